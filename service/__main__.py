@@ -1,0 +1,80 @@
+"""CLI: statuscache serve | poll | sync --once | migrate. Thin: parses, builds Settings, calls the runner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from service import runner
+from service.errors import ConfigurationError, SchemaError
+from service.settings import Settings, from_env
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="statuscache", description=__doc__)
+    parser.add_argument("--database-url", help="env STATUSCACHE_DATABASE_URL")
+    parser.add_argument("--regions", help="comma list; env STATUSCACHE_REGIONS")
+    parser.add_argument("--log-level", help="env STATUSCACHE_LOG_LEVEL")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="the API and the poller in one process")
+    serve.add_argument("--host", default=os.environ.get("STATUSCACHE_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("STATUSCACHE_PORT", "8080")))
+    serve.add_argument(
+        "--no-poll", action="store_true", default=os.environ.get("STATUSCACHE_NO_POLL", "") == "1",
+        help="API only (a replica); env STATUSCACHE_NO_POLL=1",
+    )
+    serve.add_argument("--demo", action="store_true", help="force the local demo; env STATUSCACHE_DEMO=1")
+
+    commands.add_parser("poll", help="the poller alone")
+    sync = commands.add_parser("sync", help="reconcile against AWS")
+    sync.add_argument("--once", action="store_true", help="one pass, then exit")
+    commands.add_parser("migrate", help="apply database migrations")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    env = dict(os.environ)
+    if args.database_url:
+        env["STATUSCACHE_DATABASE_URL"] = args.database_url
+    if args.regions:
+        env["STATUSCACHE_REGIONS"] = args.regions
+    if args.log_level:
+        env["STATUSCACHE_LOG_LEVEL"] = args.log_level
+    settings = from_env(env)
+    if getattr(args, "demo", False):
+        settings = settings.with_overrides(demo=True)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigurationError as exc:
+        print(f"statuscache: {exc}", file=sys.stderr)
+        return 2
+    runner.configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            asyncio.run(runner.serve(settings, host=args.host, port=args.port, poll=not args.no_poll))
+        elif args.command == "poll":
+            asyncio.run(runner.poll(settings))
+        elif args.command == "sync":
+            if args.once:
+                return asyncio.run(runner.sync_once(settings))
+            asyncio.run(runner.poll(settings))
+        elif args.command == "migrate":
+            asyncio.run(runner.migrate(settings))
+    except (SchemaError, ConfigurationError) as exc:
+        print(f"statuscache: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

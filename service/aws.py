@@ -1,0 +1,311 @@
+"""The only module that talks to AWS: aiobotocore clients, plain-data results, errors mapped to service.errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+import aiobotocore.session
+import botocore.exceptions
+from aiobotocore.config import AioConfig
+
+from service.errors import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
+from service.models import (
+    IMAGE_RESOURCE_LOGICAL_ID,
+    TAG_BUILD_STATUS,
+    TAG_IMAGE_ID,
+    AmiInfo,
+    ImagebuilderState,
+    StackInfo,
+    Tags,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+THROTTLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "ProvisionedThroughputExceededException",
+        "EC2ThrottledException",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+        # Image Builder's throttle, which botocore's retry handlers do not recognise.
+        "CallRateLimitExceededException",
+    }
+)
+ACCESS_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
+     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "AuthFailure", "SignatureDoesNotMatch"}
+)
+NOT_FOUND_CODES = frozenset({"404", "NoSuchBucket", "NotFound", "ResourceNotFoundException", "NoSuchKey"})
+
+# Image Builder throttles with an error botocore will not retry: we retry it ourselves, boundedly.
+IMAGEBUILDER_RETRIES = 4
+IMAGEBUILDER_BACKOFF_SECONDS = 0.2
+
+
+def translate(exc: BaseException, *, operation: str) -> AwsError:
+    """The most specific service error for a botocore/aiohttp failure."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message", "")) or str(exc)
+        http_status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in THROTTLE_CODES or http_status == 429:
+            return AwsThrottled(message, code=code, operation=operation)
+        if code in ACCESS_CODES or http_status == 403:
+            return AwsAccessDenied(message, code=code, operation=operation)
+        if code in NOT_FOUND_CODES or (code == "ValidationError" and "does not exist" in message):
+            return AwsNotFound(message, code=code, operation=operation)
+        if http_status >= 500:
+            return AwsUnavailable(message, code=code, operation=operation)
+        return AwsError(message, code=code, operation=operation)
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AwsAccessDenied(str(exc), code="NoCredentials", operation=operation)
+    return AwsUnavailable(str(exc) or type(exc).__name__, operation=operation)
+
+
+def _tags(raw: list[dict[str, str]] | None) -> Tags:
+    return tuple((tag["Key"], tag["Value"]) for tag in raw or ())
+
+
+def stack_from_api(raw: dict[str, Any]) -> StackInfo:
+    return StackInfo(
+        name=raw["StackName"],
+        stack_id=raw["StackId"],
+        status=raw["StackStatus"],
+        status_reason=raw.get("StackStatusReason"),
+        creation_time=raw["CreationTime"],
+        tags=_tags(raw.get("Tags")),
+    )
+
+
+def ami_from_api(raw: dict[str, Any]) -> AmiInfo:
+    return AmiInfo(
+        ami_id=raw["ImageId"],
+        state=raw.get("State", ""),
+        tags=_tags(raw.get("Tags")),
+        name=raw.get("Name"),
+        description=raw.get("Description"),
+        architecture=raw.get("Architecture"),
+        creation_date=raw.get("CreationDate"),
+    )
+
+
+def default_bucket_name(*, account_id: str, region: str) -> str:
+    """ParallelCluster's default bucket, used when an image carries no parallelcluster:s3_bucket tag."""
+    digest = hashlib.sha256((account_id + region).encode()).hexdigest()[:16]
+    return f"parallelcluster-{digest}-v1-do-not-delete"
+
+
+def client_config(*, read_timeout: float = 30.0) -> AioConfig:
+    return AioConfig(
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=read_timeout,
+        max_pool_connections=50,
+    )
+
+
+class Aws:
+    """One aiobotocore session and its clients per (service, region), created once and closed on `close`.
+
+    Endpoints, credentials and profiles come from botocore's own configuration (AWS_ENDPOINT_URL,
+    AWS_ENDPOINT_URL_<SERVICE>, AWS_PROFILE, ...): nothing here overrides them.
+    """
+
+    def __init__(self) -> None:
+        self._session = aiobotocore.session.get_session()
+        self._stack = AsyncExitStack()
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._account_ids: dict[str, str] = {}
+        self.calls: Counter[str] = Counter()
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._clients.clear()
+
+    async def client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        existing = self._clients.get(key)
+        if existing is not None:
+            return existing
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._clients:
+                read_timeout = 30.0 if service == "sqs" else 20.0
+                creator = self._session.create_client(
+                    service, region_name=region, config=client_config(read_timeout=read_timeout)
+                )
+                self._clients[key] = await self._stack.enter_async_context(creator)
+        return self._clients[key]
+
+    async def _call(self, service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
+        client = await self.client(service, region)
+        self.calls[f"{service}.{operation}"] += 1
+        method: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, _snake(operation))
+        try:
+            return await method(**params)
+        except (TimeoutError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            raise translate(exc, operation=f"{service}.{operation}") from exc
+        except Exception as exc:  # aiohttp's errors are not botocore's; they are still "AWS unreachable"
+            if type(exc).__module__.startswith("aiohttp"):
+                raise translate(exc, operation=f"{service}.{operation}") from exc
+            raise
+
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    # --- describe-image's own calls -------------------------------------------------------------
+
+    async def find_available_ami(self, *, region: str, image_id: str) -> AmiInfo | None:
+        """pcluster's AMI path: the first self-owned AMI tagged with this image id and build_status available."""
+        response = await self._call(
+            "ec2",
+            region,
+            "DescribeImages",
+            Owners=["self"],
+            Filters=[
+                {"Name": f"tag:{TAG_IMAGE_ID}", "Values": [image_id]},
+                {"Name": f"tag:{TAG_BUILD_STATUS}", "Values": ["available"]},
+            ],
+        )
+        images = response.get("Images") or []
+        return ami_from_api(images[0]) if images else None
+
+    async def describe_stack(self, *, region: str, name: str) -> StackInfo | None:
+        try:
+            response = await self._call("cloudformation", region, "DescribeStacks", StackName=name)
+        except AwsNotFound:
+            return None
+        stacks = response.get("Stacks") or []
+        return stack_from_api(stacks[0]) if stacks else None
+
+    async def image_resource_arn(self, *, region: str, stack_name: str) -> str | None:
+        """Physical id of the stack's ParallelClusterImage resource; None when there is no such resource."""
+        try:
+            response = await self._call(
+                "cloudformation",
+                region,
+                "DescribeStackResource",
+                StackName=stack_name,
+                LogicalResourceId=IMAGE_RESOURCE_LOGICAL_ID,
+            )
+        except AwsNotFound:
+            return None
+        except AwsError as exc:
+            # CloudFormation answers ValidationError for a missing resource; pcluster treats any failure as absent.
+            if exc.code == "ValidationError":
+                return None
+            raise
+        detail = response.get("StackResourceDetail") or {}
+        arn = detail.get("PhysicalResourceId")
+        return str(arn) if arn else None
+
+    async def imagebuilder_state(self, *, region: str, arn: str) -> ImagebuilderState:
+        """GetImage's state; status None when the image is not there (describe then omits the fields)."""
+        for attempt in range(IMAGEBUILDER_RETRIES):
+            try:
+                response = await self._call("imagebuilder", region, "GetImage", imageBuildVersionArn=arn)
+            except AwsThrottled:
+                if attempt == IMAGEBUILDER_RETRIES - 1:
+                    raise
+                await asyncio.sleep(IMAGEBUILDER_BACKOFF_SECONDS * 2**attempt)
+                continue
+            except (AwsNotFound, AwsAccessDenied):
+                return ImagebuilderState(arn=arn)
+            except AwsError as exc:
+                if exc.code in {"InvalidParameterValueException", "InvalidRequestException"}:
+                    return ImagebuilderState(arn=arn)
+                raise
+            state = (response.get("image") or {}).get("state") or {}
+            return ImagebuilderState(arn=arn, status=state.get("status"), reason=state.get("reason"))
+        raise AssertionError("unreachable")
+
+    async def bucket_available(self, *, region: str, bucket: str) -> bool:
+        """HeadBucket as pcluster does it: reachable -> a URL, refused (missing, forbidden) -> NOT_AVAILABLE."""
+        try:
+            await self._call("s3", region, "HeadBucket", Bucket=bucket)
+        except (AwsNotFound, AwsAccessDenied):
+            return False
+        except AwsError as exc:
+            if exc.code in {"400", "301", "PermanentRedirect", "InvalidBucketName"}:
+                return False
+            raise
+        return True
+
+    async def account_id(self, *, region: str) -> str:
+        if region not in self._account_ids:
+            response = await self._call("sts", region, "GetCallerIdentity")
+            self._account_ids[region] = str(response["Account"])
+        return self._account_ids[region]
+
+    async def presign(self, *, region: str, bucket: str, key: str, expires_seconds: int) -> str:
+        """A pre-signed GetObject URL: local computation, no AWS call."""
+        client = await self.client("s3", region)
+        url: str = await client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+        return url
+
+    # --- reconciliation's list calls -------------------------------------------------------------
+
+    async def list_image_stacks(self, *, region: str) -> AsyncIterator[list[StackInfo]]:
+        """Pages of parentless stacks carrying the parallelcluster:image_id tag."""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"NextToken": token} if token else {}
+            response = await self._call("cloudformation", region, "DescribeStacks", **params)
+            yield [
+                stack_from_api(raw)
+                for raw in response.get("Stacks") or []
+                if not raw.get("ParentId") and any(tag["Key"] == TAG_IMAGE_ID for tag in raw.get("Tags") or ())
+            ]
+            token = response.get("NextToken")
+            if not token:
+                return
+
+    async def list_available_amis(self, *, region: str) -> AsyncIterator[list[AmiInfo]]:
+        """Pages of self-owned AMIs with the image-id tag and build_status available."""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"NextToken": token} if token else {}
+            response = await self._call(
+                "ec2",
+                region,
+                "DescribeImages",
+                Owners=["self"],
+                Filters=[
+                    {"Name": "tag-key", "Values": [TAG_IMAGE_ID]},
+                    {"Name": f"tag:{TAG_BUILD_STATUS}", "Values": ["available"]},
+                ],
+                MaxResults=1000,
+                **params,
+            )
+            yield [ami_from_api(raw) for raw in response.get("Images") or []]
+            token = response.get("NextToken")
+            if not token:
+                return
+
+
+def _snake(operation: str) -> str:
+    out = []
+    for index, char in enumerate(operation):
+        if char.isupper() and index:
+            out.append("_")
+        out.append(char.lower())
+    return "".join(out)

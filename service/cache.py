@@ -1,0 +1,353 @@
+"""The SQL cache: one-lookup reads, and the one idempotent `apply` every writer goes through."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service import records
+from service.db import IMMEDIATE
+from service.models import CachedImage, Change, ConfigLocation, StatusFields
+from service.tables import images, revisions, transitions
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 200
+WRITE_ATTEMPTS = 4
+
+READ_COLUMNS = (
+    images.c.version,
+    images.c.exists,
+    images.c.document,
+    images.c.config_bucket,
+    images.c.config_key,
+    images.c.config_available,
+    images.c.changed_at,
+    images.c.confirmed_at,
+)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    region: str
+    image_id: str
+    stored: bool  # a row exists after the change
+    changed: bool  # the served document (version) changed
+    transitioned: bool  # a transition row was written
+    exists: bool
+    version: int
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class Known:
+    """What reconciliation needs to know about a stored image."""
+
+    exists: bool
+    stack_id: str | None
+    stack_status: str | None
+    imagebuilder_fetched: bool
+
+
+Listener = Callable[[Sequence[ApplyResult]], None]
+
+
+def _config_of(row: Any) -> ConfigLocation:
+    return ConfigLocation(
+        bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)
+    )
+
+
+class Cache:
+    """Reads and writes image records. Listeners hear about every committed batch of results."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._listeners: list[Listener] = []
+        self._dialect = engine.dialect.name
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def read(self, *, region: str, image_id: str) -> CachedImage | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(*READ_COLUMNS).where(images.c.region == region, images.c.image_id == image_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return CachedImage(
+            region=region,
+            image_id=image_id,
+            version=row.version,
+            exists=bool(row.exists),
+            document=row.document.encode() if row.document is not None else None,
+            config=_config_of(row),
+            changed_at=row.changed_at,
+            confirmed_at=row.confirmed_at,
+        )
+
+    async def known(self, *, region: str) -> dict[str, Known]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(
+                    images.c.image_id,
+                    images.c.exists,
+                    images.c.stack_id,
+                    images.c.stack_status,
+                    images.c.imagebuilder_as_of,
+                ).where(images.c.region == region)
+            )
+            return {
+                row.image_id: Known(
+                    exists=bool(row.exists),
+                    stack_id=row.stack_id,
+                    stack_status=row.stack_status,
+                    imagebuilder_fetched=row.imagebuilder_as_of is not None,
+                )
+                for row in rows
+            }
+
+    async def count(self) -> int:
+        async with self.engine.connect() as connection:
+            return int((await connection.execute(select(func.count()).select_from(images))).scalar_one())
+
+    async def apply(self, change: Change) -> ApplyResult:
+        return (await self.apply_many([change]))[0]
+
+    async def apply_many(self, changes: Sequence[Change]) -> list[ApplyResult]:
+        """Apply changes in order, in batches, each batch one transaction; retried on lock conflicts."""
+        results: list[ApplyResult] = []
+        for start in range(0, len(changes), BATCH_SIZE):
+            batch = changes[start : start + BATCH_SIZE]
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    batch_results = await self._apply_batch(batch)
+                    break
+                except (OperationalError, DBAPIError) as exc:
+                    if attempt == WRITE_ATTEMPTS - 1 or not _is_retryable(exc):
+                        raise
+                    log.warning("apply: retrying after %s", type(exc.orig).__name__ if exc.orig else exc)
+                    await asyncio.sleep(0.05 * 2**attempt)
+            results.extend(batch_results)
+            for listener in self._listeners:
+                listener(batch_results)
+        return results
+
+    async def _apply_batch(self, batch: Sequence[Change]) -> list[ApplyResult]:
+        keys = sorted({(change.region, change.image_id) for change in batch})
+        async with self.engine.connect() as connection:
+            connection = await connection.execution_options(**{IMMEDIATE: True})
+            async with connection.begin():
+                await self._lock(connection, keys)
+                rows = {
+                    (row.region, row.image_id): row
+                    for row in await connection.execute(
+                        select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys))
+                    )
+                }
+                planned = _Plan(rows)
+                for change in batch:
+                    planned.add(change)
+                return await planned.write(connection)
+
+    async def _lock(self, connection: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
+        # PostgreSQL: per-image advisory locks, taken in one sorted statement, so replicas applying
+        # changes to the same image serialize instead of overwriting each other's merge.
+        if self._dialect != "postgresql":
+            return
+        await connection.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k "
+                "ORDER BY hashtext(k)"
+            ),
+            {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
+        )
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    message = str(exc.orig or exc).lower()
+    return any(
+        marker in message
+        for marker in ("database is locked", "deadlock", "could not serialize", "busy", "unique")
+    )
+
+
+class _Plan:
+    """The writes for one batch, computed in memory from the rows read under lock."""
+
+    def __init__(self, rows: dict[tuple[str, str], Any]) -> None:
+        self.state: dict[tuple[str, str], dict[str, Any]] = {
+            key: dict(row._mapping) for key, row in rows.items()
+        }
+        self.image_rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.revision_rows: list[dict[str, Any]] = []
+        self.transition_rows: list[dict[str, Any]] = []
+        self.results: list[ApplyResult] = []
+
+    def add(self, change: Change) -> None:
+        key = (change.region, change.image_id)
+        row = self.state.get(key)
+        before = records.decode_parts(row["parts"]) if row else records.Parts()
+        after = records.merge(before, change)
+        rendered = records.render(region=change.region, image_id=change.image_id, parts=after)
+        happened = change.happened_at or change.observed_at
+
+        if row is None and not rendered.fields.exists:
+            # Nothing to remember about an image that never existed here.
+            self.results.append(
+                ApplyResult(change.region, change.image_id, False, False, False, False, 0, None)
+            )
+            return
+
+        document = rendered.document.decode() if rendered.document is not None else None
+        config = rendered.config
+        changed = row is None or (
+            document != row["document"]
+            or rendered.fields.exists != bool(row["exists"])
+            or config != _config_of_mapping(row)
+        )
+        previous_fields = _status_of_mapping(row) if row else None
+        transitioned = previous_fields != rendered.fields
+        version = (row["version"] if row else 0) + (1 if changed else 0)
+
+        new_row: dict[str, Any] = {
+            "region": change.region,
+            "image_id": change.image_id,
+            "version": version,
+            "exists": rendered.fields.exists,
+            "document": document,
+            "config_bucket": config.bucket,
+            "config_key": config.key,
+            "config_available": config.available,
+            "build_status": rendered.fields.image_build_status,
+            "stack_status": rendered.fields.stack_status,
+            "stack_status_reason": rendered.fields.stack_status_reason,
+            "imagebuilder_status": rendered.fields.imagebuilder_status,
+            "imagebuilder_status_reason": rendered.fields.imagebuilder_status_reason,
+            "ami_state": rendered.fields.ami_state,
+            "stack_id": after.stack_value.stack_id if after.stack_value else None,
+            "ami_id": after.ami_value.ami_id if after.ami_value else None,
+            "imagebuilder_arn": after.imagebuilder_value.arn if after.imagebuilder_value else None,
+            "parts": records.encode_parts(after),
+            "stack_as_of": after.stack.as_of if after.stack else None,
+            "ami_as_of": after.ami.as_of if after.ami else None,
+            "imagebuilder_as_of": after.imagebuilder.as_of if after.imagebuilder else None,
+            "config_as_of": after.config.as_of if after.config else None,
+            "created_at": row["created_at"] if row else change.observed_at,
+            "changed_at": change.observed_at if changed else row["changed_at"] if row else change.observed_at,
+            "confirmed_at": _latest(row["confirmed_at"] if row else None, change.observed_at),
+            "seq": row["seq"] if row else 0,
+        }
+        if changed:
+            self.revision_rows.append(
+                {
+                    "region": change.region,
+                    "image_id": change.image_id,
+                    "version": version,
+                    "exists": rendered.fields.exists,
+                    "document": document,
+                    "config_bucket": config.bucket,
+                    "config_key": config.key,
+                    "config_available": config.available,
+                    "observed_at": change.observed_at,
+                    "happened_at": happened,
+                }
+            )
+        if transitioned:
+            fields = rendered.fields
+            self.transition_rows.append(
+                {
+                    "region": change.region,
+                    "image_id": change.image_id,
+                    "happened_at": happened,
+                    "observed_at": change.observed_at,
+                    "source": change.source.value,
+                    "exists": fields.exists,
+                    "build_status": fields.image_build_status,
+                    "stack_status": fields.stack_status,
+                    "stack_status_reason": fields.stack_status_reason,
+                    "imagebuilder_status": fields.imagebuilder_status,
+                    "imagebuilder_status_reason": fields.imagebuilder_status_reason,
+                    "ami_state": fields.ami_state,
+                }
+            )
+        self.state[key] = new_row
+        self.image_rows[key] = new_row
+        self.results.append(
+            ApplyResult(
+                change.region, change.image_id, True, changed, transitioned, rendered.fields.exists, version, None
+            )
+        )
+
+    async def write(self, connection: AsyncConnection) -> list[ApplyResult]:
+        seqs: dict[tuple[str, str, int], int] = {}
+        if self.revision_rows:
+            inserted = await connection.execute(
+                revisions.insert().returning(
+                    revisions.c.seq, revisions.c.region, revisions.c.image_id, revisions.c.version,
+                    sort_by_parameter_order=True,
+                ),
+                self.revision_rows,
+            )
+            for seq, region, image_id, version in inserted:
+                seqs[(region, image_id, version)] = seq
+                key = (region, image_id)
+                if self.image_rows[key]["version"] == version:
+                    self.image_rows[key]["seq"] = seq
+        if self.image_rows:
+            await connection.execute(_upsert(connection.dialect.name), list(self.image_rows.values()))
+        if self.transition_rows:
+            await connection.execute(transitions.insert(), self.transition_rows)
+        return [
+            ApplyResult(
+                result.region, result.image_id, result.stored, result.changed, result.transitioned,
+                result.exists, result.version,
+                seqs.get((result.region, result.image_id, result.version)) if result.changed else None,
+            )
+            for result in self.results
+        ]
+
+
+def _upsert(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(images)
+    updated = {
+        column.name: statement.excluded[column.name]
+        for column in images.columns
+        if column.name not in {"region", "image_id", "created_at"}
+    }
+    return statement.on_conflict_do_update(index_elements=["region", "image_id"], set_=updated)
+
+
+def _status_of_mapping(row: dict[str, Any]) -> StatusFields:
+    return StatusFields(
+        exists=bool(row["exists"]),
+        image_build_status=row["build_status"],
+        stack_status=row["stack_status"],
+        stack_status_reason=row["stack_status_reason"],
+        imagebuilder_status=row["imagebuilder_status"],
+        imagebuilder_status_reason=row["imagebuilder_status_reason"],
+        ami_state=row["ami_state"],
+    )
+
+
+def _config_of_mapping(row: dict[str, Any]) -> ConfigLocation:
+    return ConfigLocation(
+        bucket=row["config_bucket"], key=row["config_key"], available=bool(row["config_available"])
+    )
+
+
+def _latest(first: datetime | None, second: datetime) -> datetime:
+    return second if first is None or second > first else first

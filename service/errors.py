@@ -1,0 +1,74 @@
+"""The service's error tree. botocore errors are translated into these in service.aws, nowhere else.
+
+StatusCacheError
+ ├── ConfigurationError        bad settings; the process refuses to start
+ ├── SchemaError               the database is not at the migrations' head
+ ├── RequestError              a client's request is wrong (HTTP 4xx; never reaches AWS or SQL)
+ │    ├── BadRequest           400
+ │    ├── NotFound             404
+ │    └── TooManyRequests      429 (our own live-lookup budget)
+ └── AwsError                  AWS could not answer
+      ├── AwsThrottled         throttling / rate exceeded (429 when nothing cached)
+      ├── AwsNotFound          the resource does not exist (a normal answer on lookups)
+      ├── AwsAccessDenied      credentials lack a permission
+      └── AwsUnavailable       network, endpoint or 5xx trouble (503 when nothing cached)
+"""
+
+from __future__ import annotations
+
+
+class StatusCacheError(Exception):
+    """Base of every error this service raises on purpose."""
+
+
+class ConfigurationError(StatusCacheError):
+    pass
+
+
+class SchemaError(StatusCacheError):
+    pass
+
+
+class RequestError(StatusCacheError):
+    status_code = 400
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(RequestError):
+    status_code = 400
+
+
+class NotFound(RequestError):
+    status_code = 404
+
+
+class TooManyRequests(RequestError):
+    status_code = 429
+
+
+class AwsError(StatusCacheError):
+    def __init__(self, message: str, *, code: str | None = None, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.operation = operation
+
+
+class AwsThrottled(AwsError):
+    pass
+
+
+class AwsNotFound(AwsError):
+    pass
+
+
+class AwsAccessDenied(AwsError):
+    pass
+
+
+class AwsUnavailable(AwsError):
+    pass

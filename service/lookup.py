@@ -1,0 +1,127 @@
+"""Describe one image: the cache, else one live lookup (coalesced, budgeted), written through, then served."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.aws import Aws
+from service.cache import Cache
+from service.errors import AwsError, NotFound, TooManyRequests
+from service.models import CachedImage
+from service.observe import observe_live
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def not_found_message(image_id: str) -> str:
+    return f"No image or stack associated with ParallelCluster image id: {image_id}."
+
+
+@dataclass(frozen=True)
+class Answer:
+    image: CachedImage
+    hit: bool
+
+
+class TokenBucket:
+    """Live lookups allowed per second, with a burst of one second's worth."""
+
+    def __init__(self, *, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._capacity = max(rate, 1.0)
+        self._tokens = self._capacity
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> float:
+        """0 when a token was taken, else the seconds until one is available."""
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+
+class Lookup:
+    """Cache first; on a miss one live lookup per key at a time, remembered negatively for a while."""
+
+    def __init__(
+        self,
+        *,
+        cache: Cache,
+        aws: Aws,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._aws = aws
+        self._settings = settings
+        self._clock = clock
+        self._inflight: dict[tuple[str, str], asyncio.Task[CachedImage]] = {}
+        self._negative: dict[tuple[str, str], float] = {}
+        self._budgets = {
+            region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
+        }
+        self.live_lookups = 0
+
+    async def get(self, *, region: str, image_id: str) -> Answer:
+        """The cached record (hit) or a fresh live one (miss). Raises NotFound, TooManyRequests, AwsError."""
+        cached = await self._cache.read(region=region, image_id=image_id)
+        if cached is not None and cached.exists:
+            return Answer(cached, hit=True)
+        key = (region, image_id)
+        if cached is not None and self._recently_confirmed_gone(cached):
+            raise NotFound(not_found_message(image_id))
+        expiry = self._negative.get(key)
+        if expiry is not None:
+            if expiry > self._clock():
+                raise NotFound(not_found_message(image_id))
+            del self._negative[key]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._live(region=region, image_id=image_id))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _done: self._inflight.pop(key, None))
+        # shield: one impatient client must not cancel the lookup the others are waiting on.
+        return Answer(await asyncio.shield(task), hit=False)
+
+    def _recently_confirmed_gone(self, cached: CachedImage) -> bool:
+        age = (time.time() - cached.confirmed_at.timestamp())
+        return age < self._settings.negative_ttl_seconds
+
+    async def _live(self, *, region: str, image_id: str) -> CachedImage:
+        wait = self._budgets[region].take()
+        if wait > 0:
+            raise TooManyRequests(
+                "Too many live lookups for images not in the cache; retry later.", retry_after=wait
+            )
+        self.live_lookups += 1
+        try:
+            change = await asyncio.wait_for(
+                observe_live(self._aws, region=region, image_id=image_id),
+                timeout=self._settings.live_lookup_timeout_seconds,
+            )
+        except TimeoutError as exc:
+            raise AwsError("AWS did not answer in time", code="Timeout") from exc
+        result = await self._cache.apply(change)
+        if not result.exists:
+            self._remember_missing(region=region, image_id=image_id)
+            raise NotFound(not_found_message(image_id))
+        cached = await self._cache.read(region=region, image_id=image_id)
+        if cached is None or not cached.exists:
+            # Something newer (an event, a reconcile) said it is gone between our write and read.
+            raise NotFound(not_found_message(image_id))
+        return cached
+
+    def _remember_missing(self, *, region: str, image_id: str) -> None:
+        if len(self._negative) > 100_000:
+            now = self._clock()
+            self._negative = {key: expiry for key, expiry in self._negative.items() if expiry > now}
+        self._negative[(region, image_id)] = self._clock() + self._settings.negative_ttl_seconds

@@ -1,0 +1,178 @@
+"""Periodic reconciliation: list stacks and AMIs per region, look up what can still change, apply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from service import status
+from service.aws import Aws
+from service.cache import Cache, Known
+from service.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
+from service.observe import config_location, imagebuilder_for_stack, utcnow
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+IMAGEBUILDER_CONCURRENCY = 8
+
+
+@dataclass
+class PassReport:
+    region: str
+    images_seen: int = 0
+    aws_calls: int = 0
+    changed: int = 0
+    transitions: int = 0
+    gone: int = 0
+    imagebuilder_lookups: int = 0
+    # Changes that no event had already brought: how an operator sees whether events are healthy.
+    corrected: int = 0
+    details: dict[str, int] = field(default_factory=dict)
+
+
+def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
+    """Look the Image Builder image up only where it can still change or was never fetched."""
+    if known is None or not known.imagebuilder_fetched or known.stack_id != stack.stack_id:
+        return True
+    if not status.stack_is_settled(stack.status):
+        return True
+    # Settled since we last looked: one more look catches the final Image Builder state.
+    return known.stack_status != stack.status
+
+
+class Reconciler:
+    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings) -> None:
+        self._cache = cache
+        self._aws = aws
+        self._settings = settings
+        self.passes = 0
+        self.first_pass_done = asyncio.Event()
+        self.last_reports: dict[str, PassReport] = {}
+
+    async def run_pass(self, *, region: str) -> PassReport:
+        report = PassReport(region=region)
+        calls_before = self._aws.total_calls()
+        started = utcnow()
+
+        stacks: dict[str, StackInfo] = {}
+        async for page in self._aws.list_image_stacks(region=region):
+            for stack in page:
+                stacks.setdefault(stack.name, stack)
+        amis: dict[str, AmiInfo] = {}
+        async for ami_page in self._aws.list_available_amis(region=region):
+            for ami in ami_page:
+                image_id = dict(ami.tags).get("parallelcluster:image_id")
+                if image_id:
+                    amis.setdefault(image_id, ami)
+        known = await self._cache.known(region=region)
+
+        to_fetch = [stack for stack in stacks.values() if needs_imagebuilder(stack, known.get(stack.name))]
+        report.imagebuilder_lookups = len(to_fetch)
+        limiter = asyncio.Semaphore(IMAGEBUILDER_CONCURRENCY)
+
+        async def fetch(stack: StackInfo) -> tuple[str, ImagebuilderState | None]:
+            async with limiter:
+                return stack.name, await imagebuilder_for_stack(self._aws, region=region, stack_name=stack.name)
+
+        fetched = dict(await asyncio.gather(*(fetch(stack) for stack in to_fetch)))
+
+        reachable: dict[str, bool] = {}
+        changes: list[Change] = []
+        for image_id in sorted(set(stacks) | set(amis)):
+            stack_or_none = stacks.get(image_id)
+            ami_or_none = amis.get(image_id)
+            config: ConfigLocation | None = await config_location(
+                self._aws, region=region, stack=stack_or_none, ami=ami_or_none, reachable=reachable
+            )
+            imagebuilder = fetched.get(image_id)
+            changes.append(
+                Change(
+                    region=region,
+                    image_id=image_id,
+                    source=Source.RECONCILE,
+                    observed_at=started,
+                    stack=Observed(started, stack_or_none),
+                    ami=Observed(started, ami_or_none),
+                    imagebuilder=Observed(started, imagebuilder) if imagebuilder is not None else None,
+                    config=Observed(started, config) if config is not None else None,
+                )
+            )
+        for image_id, entry in known.items():
+            if entry.exists and image_id not in stacks and image_id not in amis:
+                # Both lists were complete and neither has it: the image is gone, as pcluster would say.
+                changes.append(
+                    Change(
+                        region=region,
+                        image_id=image_id,
+                        source=Source.RECONCILE,
+                        observed_at=started,
+                        stack=Observed(started, None),
+                        ami=Observed(started, None),
+                    )
+                )
+                report.gone += 1
+
+        results = await self._cache.apply_many(changes)
+        report.images_seen = len(set(stacks) | set(amis))
+        report.changed = sum(result.changed for result in results)
+        report.transitions = sum(result.transitioned for result in results)
+        report.corrected = sum(
+            result.transitioned for result in results if known.get(result.image_id) is not None
+        )
+        report.aws_calls = self._aws.total_calls() - calls_before
+        self.last_reports[region] = report
+        log.info(
+            "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d AWS calls",
+            region, report.images_seen, report.changed, report.transitions, report.gone, report.aws_calls,
+        )
+        return report
+
+    async def run_once(self) -> list[PassReport]:
+        reports = [await self.run_pass(region=region) for region in self._settings.regions]
+        self.passes += 1
+        self.first_pass_done.set()
+        return reports
+
+    async def run(
+        self,
+        *,
+        stop: asyncio.Event,
+        iterations: int | None = None,
+        region_gate: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Reconcile every region at start and every resync interval until `stop` is set.
+
+        `region_gate` lets a fleet decide which replica reconciles a region (a lease); None means always.
+        """
+        log.info("reconciler started for %s every %gs", ",".join(self._settings.regions), self._settings.resync_seconds)
+        backoff = self._settings.backoff_initial_seconds
+        done = 0
+        try:
+            while not stop.is_set() and (iterations is None or done < iterations):
+                failed = False
+                for region in self._settings.regions:
+                    if region_gate is not None and not await region_gate(region):
+                        continue
+                    try:
+                        await self.run_pass(region=region)
+                    except Exception:
+                        failed = True
+                        log.exception("reconcile pass for %s failed", region)
+                self.passes += 1
+                done += 1
+                if not failed:
+                    self.first_pass_done.set()
+                    backoff = self._settings.backoff_initial_seconds
+                    delay = self._settings.resync_seconds
+                else:
+                    delay = backoff
+                    backoff = min(backoff * 2, self._settings.backoff_max_seconds)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+        finally:
+            log.info("reconciler stopped after %d passes", self.passes)

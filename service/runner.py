@@ -1,0 +1,103 @@
+"""What each CLI command runs: serve (API + poller), poll, sync, migrate, and the embedded demo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import botocore.session
+import uvicorn
+
+from service import db
+from service.app import create_app
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # botocore and aiobotocore are chatty below WARNING.
+    for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug", "moto"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def aws_configured(env: dict[str, str] | None = None) -> bool:
+    """Credentials or an endpoint exist: then the service talks to that AWS, otherwise it runs the demo."""
+    env = dict(os.environ) if env is None else env
+    if any(name.startswith("AWS_ENDPOINT_URL") for name in env):
+        return True
+    return botocore.session.get_session().get_credentials() is not None
+
+
+def start_demo(settings: Settings) -> tuple[Settings, list[Coroutine[Any, Any, None]]]:
+    """Start the local moto-backed AWS in-process, seed it, and point this process's botocore at it."""
+    from service import demo
+    from service.fakeaws import FakeAws
+
+    fake = FakeAws()
+    fake.start()
+    os.environ["AWS_ENDPOINT_URL"] = fake.endpoint_url
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+    os.environ["AWS_DEFAULT_REGION"] = demo.DEMO_REGION
+    image_ids = demo.seed(fake, region=demo.DEMO_REGION)
+    overrides: dict[str, Any] = {"regions": (demo.DEMO_REGION,)}
+    if "STATUSCACHE_RESYNC_SECONDS" not in os.environ:
+        # The demo's builds move within minutes; reconcile often enough to watch them.
+        overrides["resync_seconds"] = 10.0
+    log.warning(
+        "DEMO MODE: no AWS credentials or endpoint configured, so this is a local demo against an "
+        "in-process moto server at %s with images %s. Set AWS credentials to run against AWS.",
+        fake.endpoint_url, ", ".join(image_ids),
+    )
+    return settings.with_overrides(**overrides), [demo.run_scenario(fake, stop=asyncio.Event())]
+
+
+async def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
+    background: list[Coroutine[Any, Any, None]] = []
+    if settings.demo or not aws_configured():
+        settings, background = start_demo(settings)
+        from service import demo
+
+        for line in demo.curl_examples(base_url=f"http://{host}:{port}"):
+            log.warning("try: %s", line)
+    app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=background))
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on", access_log=False
+    )
+    await uvicorn.Server(config).serve()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def poll(settings: Settings) -> None:
+    async with Runtime.open(settings, poll=True):
+        await _until_signalled()
+
+
+async def sync_once(settings: Settings) -> int:
+    async with Runtime.open(settings, poll=False) as runtime:
+        reports = await runtime.reconciler.run_once()
+    for report in reports:
+        print(
+            f"region {report.region}: {report.images_seen} images seen, {report.aws_calls} AWS calls, "
+            f"{report.changed} changed, {report.transitions} transitions, {report.gone} gone"
+        )
+    return 0
+
+
+async def migrate(settings: Settings) -> None:
+    await db.migrate(settings.database_url)
+    log.info("database at revision %s", db.head_revision())

@@ -1,0 +1,128 @@
+"""SQLAlchemy tables: what Alembic migrations create and what the cache reads and writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import DateTime, TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every backend, always returned timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass UTC-aware values")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        moment: datetime = value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# SQLite only autoincrements INTEGER PRIMARY KEY.
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
+    # Bumped each time the served document (or its existence or config location) changes.
+    Column("version", Integer, nullable=False),
+    Column("exists", Boolean, nullable=False),
+    # The materialized describe document (JSON, without imageConfiguration); NULL when gone.
+    Column("document", Text, nullable=True),
+    Column("config_bucket", Text, nullable=True),
+    Column("config_key", Text, nullable=True),
+    Column("config_available", Boolean, nullable=False, default=False),
+    # Status fields, for listing and transitions.
+    Column("build_status", String(32), nullable=True),
+    Column("stack_status", String(64), nullable=True),
+    Column("stack_status_reason", Text, nullable=True),
+    Column("imagebuilder_status", String(32), nullable=True),
+    Column("imagebuilder_status_reason", Text, nullable=True),
+    Column("ami_state", String(32), nullable=True),
+    # Links used to map events back to images.
+    Column("stack_id", Text, nullable=True),
+    Column("ami_id", String(64), nullable=True),
+    Column("imagebuilder_arn", Text, nullable=True),
+    # What each source last reported and when (see service.records.Parts).
+    Column("parts", Text, nullable=False),
+    Column("stack_as_of", UtcDateTime, nullable=True),
+    Column("ami_as_of", UtcDateTime, nullable=True),
+    Column("imagebuilder_as_of", UtcDateTime, nullable=True),
+    Column("config_as_of", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    # When the document last changed (Last-Modified) and was last confirmed against AWS (Age).
+    Column("changed_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime, nullable=False),
+    # The revision id of the current version: a global, increasing change sequence.
+    Column("seq", BigInteger, nullable=False),
+)
+Index("ix_images_ami_id", images.c.ami_id)
+Index("ix_images_region_build_status", images.c.region, images.c.build_status)
+
+# One row per document version: what `at=` and the change stream read.
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("region", String(32), nullable=False),
+    Column("image_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("exists", Boolean, nullable=False),
+    Column("document", Text, nullable=True),
+    Column("config_bucket", Text, nullable=True),
+    Column("config_key", Text, nullable=True),
+    Column("config_available", Boolean, nullable=False, default=False),
+    Column("observed_at", UtcDateTime, nullable=False),
+    Column("happened_at", UtcDateTime, nullable=False),
+    UniqueConstraint("region", "image_id", "version", name="uq_revisions_image_version"),
+)
+Index("ix_revisions_image_observed", revisions.c.region, revisions.c.image_id, revisions.c.observed_at)
+
+# Append-only: one row each time an image's statuses change.
+transitions = Table(
+    "transitions",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("region", String(32), nullable=False),
+    Column("image_id", String(128), nullable=False),
+    Column("happened_at", UtcDateTime, nullable=False),
+    Column("observed_at", UtcDateTime, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("exists", Boolean, nullable=False),
+    Column("build_status", String(32), nullable=True),
+    Column("stack_status", String(64), nullable=True),
+    Column("stack_status_reason", Text, nullable=True),
+    Column("imagebuilder_status", String(32), nullable=True),
+    Column("imagebuilder_status_reason", Text, nullable=True),
+    Column("ami_state", String(32), nullable=True),
+)
+Index("ix_transitions_image", transitions.c.region, transitions.c.image_id, transitions.c.id)

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real moto-backed AWS, and every database test on both SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import db
+from service.app import create_app
+from service.aws import Aws
+from service.fakeaws import FakeAws
+from service.runtime import Runtime
+from service.settings import Settings
+
+REGION = "us-east-1"
+OTHER_REGION = "eu-west-1"
+PG_ADMIN_URL = os.environ.get("STATUSCACHE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+BACKENDS = [b for b in os.environ.get("STATUSCACHE_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+
+@pytest.fixture(scope="session")
+def fake_aws() -> Iterator[FakeAws]:
+    with FakeAws() as fake:
+        previous = {name: os.environ.get(name) for name in _AWS_ENV}
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": fake.endpoint_url,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": REGION,
+            }
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        try:
+            yield fake
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+@pytest.fixture
+def aws_state(fake_aws: FakeAws) -> FakeAws:
+    """The fake AWS, emptied and with counters at zero."""
+    fake_aws.heal()
+    fake_aws.reset()
+    fake_aws.reset_calls()
+    return fake_aws
+
+
+def _pg_database_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def _pg_admin(statement: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, migrated to head, dropped at the end."""
+    name = f"statuscache_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # never skip the PostgreSQL half silently
+        pytest.exit(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}", returncode=3)
+    url = _pg_database_url(name)
+    asyncio.run(db.migrate(url))
+    try:
+        yield url
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    asyncio.run(db.migrate(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a fresh SQLite file, or the run's PostgreSQL database truncated."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "statuscache.db"
+        path.write_bytes(template.read_bytes())
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+
+    async def truncate() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("TRUNCATE images, revisions, transitions RESTART IDENTITY"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(truncate())
+    yield url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        regions=(REGION, OTHER_REGION),
+        negative_ttl_seconds=30.0,
+        live_lookups_per_second=1000.0,
+    )
+
+
+@pytest_asyncio.fixture
+async def runtime(settings: Settings, aws_state: FakeAws) -> AsyncIterator[Runtime]:
+    engine = db.create_engine(settings)
+    built = Runtime.build(settings, engine=engine, aws=Aws())
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+@pytest_asyncio.fixture
+async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime.settings, runtime=runtime)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
+        yield http
+
+
+def pg_is_up() -> bool:
+    result = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"], capture_output=True, check=False)
+    return result.returncode == 0
