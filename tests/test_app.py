@@ -1,0 +1,329 @@
+"""The describe endpoint: every branch live and cached, errors, headers, and AWS calls counted at the fake."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+
+from service.fakeaws import FakeAws
+from service.runtime import Runtime
+from tests.conftest import OTHER_REGION, REGION
+
+pytestmark = pytest.mark.asyncio
+
+URL = "/v3/images/custom/{}"
+
+
+def without_signature(body: dict[str, Any]) -> dict[str, Any]:
+    """The document with the pre-signed URL cut to bucket and key (signature and expiry vary)."""
+    url = body.get("imageConfiguration", {}).get("url")
+    if url and url != "NOT_AVAILABLE":
+        body = {**body, "imageConfiguration": {"url": urlsplit(url).path}}
+    return body
+
+
+async def describe(client: httpx.AsyncClient, image_id: str, **params: str) -> httpx.Response:
+    return await client.get(URL.format(image_id), params=params)
+
+
+async def test_building_stack_is_described_with_image_builder_status(
+    client: httpx.AsyncClient, aws_state: FakeAws
+) -> None:
+    stack_id = aws_state.create_image_stack(region=REGION, image_id="alinux-build", imagebuilder_status="BUILDING")
+
+    response = await describe(client, "alinux-build", region=REGION)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["imageId"] == "alinux-build"
+    assert body["region"] == REGION
+    assert body["imageBuildStatus"] == "BUILD_IN_PROGRESS"
+    assert body["cloudformationStackStatus"] == "CREATE_IN_PROGRESS"
+    assert body["cloudformationStackArn"] == stack_id
+    assert body["imagebuilderImageStatus"] == "BUILDING"
+    assert "imagebuilderImageStatusReason" not in body
+    assert body["version"] == "3.9.0"
+    assert body["imageBuildLogsArn"].endswith("/aws/imagebuilder/ParallelClusterImage-alinux-build")
+    assert {"key": "parallelcluster:image_id", "value": "alinux-build"} in body["cloudformationStackTags"]
+    assert body["cloudformationStackCreationTime"].endswith("Z")
+    assert len(body["cloudformationStackCreationTime"]) == len("2022-03-30T23:23:33.731Z")
+    assert urlsplit(body["imageConfiguration"]["url"]).path.endswith("/configs/image-config.yaml")
+    assert None not in body.values()
+    assert response.headers["x-cache"] == "MISS"
+
+
+async def test_ami_path_wins_and_has_no_cloudformation_fields(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="done-image", status="DELETE_FAILED", reason="busy")
+    ami_id = aws_state.create_ami(region=REGION, image_id="done-image", version="3.8.0")
+
+    body = (await describe(client, "done-image", region=REGION)).json()
+
+    assert body["imageBuildStatus"] == "BUILD_COMPLETE"
+    assert body["version"] == "3.8.0"
+    assert body["ec2AmiInfo"]["amiId"] == ami_id
+    assert body["ec2AmiInfo"]["state"] == "AVAILABLE"
+    assert body["ec2AmiInfo"]["architecture"] == "x86_64"
+    assert body["creationTime"].endswith("Z")
+    assert not [key for key in body if key.startswith("cloudformation") or key.startswith("imagebuilder")]
+
+
+@pytest.mark.parametrize(
+    ("stack_status", "reason", "build_status"),
+    [
+        ("CREATE_IN_PROGRESS", None, "BUILD_IN_PROGRESS"),
+        ("CREATE_COMPLETE", None, "BUILD_COMPLETE"),
+        ("ROLLBACK_IN_PROGRESS", "The following resource(s) failed to create: [ParallelClusterImage].", "BUILD_FAILED"),
+        ("ROLLBACK_COMPLETE", "Rollback requested by user.", "BUILD_FAILED"),
+        ("CREATE_FAILED", "Resource creation cancelled", "BUILD_FAILED"),
+        ("DELETE_IN_PROGRESS", "User Initiated", "DELETE_IN_PROGRESS"),
+        ("DELETE_FAILED", "The following resource(s) failed to delete: [InstanceRole].", "DELETE_FAILED"),
+        ("UPDATE_ROLLBACK_COMPLETE", None, "BUILD_FAILED"),
+    ],
+)
+async def test_live_and_cached_answers_are_identical_for_every_stack_branch(
+    client: httpx.AsyncClient, aws_state: FakeAws, stack_status: str, reason: str | None, build_status: str
+) -> None:
+    aws_state.create_image_stack(
+        region=REGION, image_id="branchy", status=stack_status, reason=reason, imagebuilder_status="FAILED",
+        imagebuilder_reason="Image Builder workflow failed" if "ROLLBACK" in stack_status else None,
+    )
+
+    live = await describe(client, "branchy", region=REGION)
+    cached = await describe(client, "branchy", region=REGION)
+
+    assert live.status_code == cached.status_code == 200
+    assert live.headers["x-cache"] == "MISS" and cached.headers["x-cache"] == "HIT"
+    assert live.content == cached.content
+    body = live.json()
+    assert body["imageBuildStatus"] == build_status
+    assert body["cloudformationStackStatus"] == stack_status
+    assert body.get("cloudformationStackStatusReason") == reason
+
+
+async def test_live_and_cached_answers_are_identical_on_the_ami_path(
+    client: httpx.AsyncClient, aws_state: FakeAws
+) -> None:
+    aws_state.create_ami(region=REGION, image_id="ami-path", description=None)
+    live = await describe(client, "ami-path")
+    cached = await describe(client, "ami-path")
+    assert live.content == cached.content
+    assert "description" not in live.json()["ec2AmiInfo"]
+
+
+async def test_reconciled_answer_equals_live_answer(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime, settings: Any
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="rec-stack", imagebuilder_status="TESTING")
+    aws_state.create_ami(region=REGION, image_id="rec-ami")
+    await runtime.reconciler.run_pass(region=REGION)
+    from_reconcile = {i: (await describe(client, i)).content for i in ("rec-stack", "rec-ami")}
+
+    # The same state looked up live by a process with an empty cache.
+    async with runtime.engine.begin() as connection:
+        from sqlalchemy import text
+
+        await connection.execute(text("DELETE FROM images"))
+        await connection.execute(text("DELETE FROM revisions"))
+    live = {i: await describe(client, i) for i in ("rec-stack", "rec-ami")}
+    for image_id, response in live.items():
+        assert response.headers["x-cache"] == "MISS"
+        assert response.content == from_reconcile[image_id]
+
+
+async def test_image_builder_failure_leaves_its_fields_out(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="no-resource", with_image_resource=False)
+    aws_state.create_image_stack(region=REGION, image_id="no-ib-image", imagebuilder_status=None)
+
+    for image_id in ("no-resource", "no-ib-image"):
+        response = await describe(client, image_id)
+        assert response.status_code == 200
+        assert "imagebuilderImageStatus" not in response.json()
+        assert "imagebuilderImageStatusReason" not in response.json()
+
+
+async def test_unknown_bucket_gives_not_available_url(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="no-bucket", bucket="bucket-that-was-deleted")
+    aws_state.reset_calls()
+    # The builder creates the bucket; remove it so HeadBucket says 404, as for a deleted bucket.
+    import boto3
+
+    s3 = boto3.client("s3", region_name=REGION)
+    for item in s3.list_objects_v2(Bucket="bucket-that-was-deleted").get("Contents", []):
+        s3.delete_object(Bucket="bucket-that-was-deleted", Key=item["Key"])
+    s3.delete_bucket(Bucket="bucket-that-was-deleted")
+
+    body = (await describe(client, "no-bucket")).json()
+    assert body["imageConfiguration"] == {"url": "NOT_AVAILABLE"}
+
+
+async def test_missing_image_is_pcluster_404_and_remembered(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    first = await describe(client, "never-built")
+    calls_after_first = aws_state.total_calls()
+    second = await describe(client, "never-built")
+
+    assert first.status_code == second.status_code == 404
+    assert first.json() == {"message": "No image or stack associated with ParallelCluster image id: never-built."}
+    assert calls_after_first == 2  # DescribeImages, DescribeStacks: what pcluster calls
+    assert aws_state.total_calls() == calls_after_first
+
+
+async def test_cached_hit_makes_zero_aws_calls(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="hot-image")
+    await describe(client, "hot-image")
+    aws_state.reset_calls()
+
+    for _ in range(20):
+        response = await describe(client, "hot-image")
+        assert response.headers["x-cache"] == "HIT"
+
+    assert aws_state.total_calls() == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "message"),
+    [
+        (URL.format("1starts-with-digit"), {}, "Bad Request: '1starts-with-digit' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
+        (URL.format("has_underscore"), {}, "Bad Request: 'has_underscore' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
+        (URL.format("x"), {}, "Bad Request: 'x' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
+        (URL.format("a" * 129), {}, f"Bad Request: '{'a' * 129}' is too long"),
+        (URL.format("good-id"), {"region": "mars-1"}, "invalid or unsupported region 'mars-1'"),
+        (URL.format("good-id"), {"region": "US-EAST-1"}, "invalid or unsupported region 'US-EAST-1'"),
+        (
+            URL.format("good-id"),
+            {"region": "ap-south-1"},
+            "region 'ap-south-1' is not served here; configured regions: us-east-1, eu-west-1",
+        ),
+    ],
+)
+async def test_bad_input_is_400_and_reaches_neither_aws_nor_sql(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime, path: str, params: dict[str, str], message: str
+) -> None:
+    response = await client.get(path, params=params)
+
+    assert response.status_code == 400
+    assert response.json() == {"message": message}
+    assert aws_state.total_calls() == 0
+    assert await runtime.cache.count() == 0
+
+
+async def test_longest_valid_id_is_accepted(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    response = await describe(client, "a" * 128)
+    assert response.status_code == 404
+
+
+async def test_region_defaults_to_first_configured_and_is_reported(
+    client: httpx.AsyncClient, aws_state: FakeAws
+) -> None:
+    aws_state.create_image_stack(region=OTHER_REGION, image_id="eu-image")
+    assert (await describe(client, "eu-image")).status_code == 404
+    response = await describe(client, "eu-image", region=OTHER_REGION)
+    assert response.status_code == 200
+    assert response.json()["region"] == OTHER_REGION
+    aws_state.create_image_stack(region=REGION, image_id="us-image")
+    assert (await describe(client, "us-image")).json()["region"] == REGION
+
+
+async def test_etag_and_if_none_match_answer_304_without_body(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="etagged")
+    first = await describe(client, "etagged")
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+
+    again = await client.get(URL.format("etagged"), headers={"If-None-Match": etag})
+    other = await client.get(URL.format("etagged"), headers={"If-None-Match": '"nope"'})
+
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == etag
+    assert other.status_code == 200
+
+
+async def test_etag_changes_when_the_record_changes(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="moving")
+    first = await describe(client, "moving")
+    aws_state.set_stack_status(region=REGION, stack_name="moving", status="CREATE_COMPLETE")
+    await runtime.reconciler.run_pass(region=REGION)
+    second = await describe(client, "moving")
+
+    assert second.json()["cloudformationStackStatus"] == "CREATE_COMPLETE"
+    assert second.headers["etag"] != first.headers["etag"]
+    assert (await client.get(URL.format("moving"), headers={"If-None-Match": first.headers["etag"]})).status_code == 200
+
+
+async def test_last_modified_and_age_headers(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="aged")
+    response = await describe(client, "aged")
+    assert response.headers["last-modified"].endswith("GMT")
+    assert int(response.headers["age"]) >= 0
+
+
+async def test_aws_down_with_nothing_cached_is_503(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.fail_all(status=503)
+    try:
+        response = await describe(client, "unreachable")
+    finally:
+        aws_state.heal()
+    assert response.status_code == 503
+    assert set(response.json()) == {"message"}
+
+
+async def test_aws_down_still_serves_what_is_cached(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="survivor")
+    await describe(client, "survivor")
+    aws_state.fail_all(status=503)
+    try:
+        response = await describe(client, "survivor")
+    finally:
+        aws_state.heal()
+    assert response.status_code == 200
+    assert response.headers["x-cache"] == "HIT"
+
+
+async def test_throttled_lookup_is_429_and_stores_nothing(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="throttled")
+    # retries={"max_attempts": 3} is three retries after the first try: four throttled answers.
+    aws_state.fail_next("ec2.DescribeImages", code="RequestLimitExceeded", times=4)
+
+    response = await describe(client, "throttled")
+
+    assert response.status_code == 429
+    assert "message" in response.json()
+    assert await runtime.cache.count() == 0
+    # Once AWS answers again the image is found: the failure was not remembered as a 404.
+    assert aws_state.calls["ec2.DescribeImages"] == 4
+    assert (await describe(client, "throttled")).status_code == 200
+
+
+async def test_concurrent_misses_share_one_live_lookup(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="stampede")
+
+    responses = await asyncio.gather(*(describe(client, "stampede") for _ in range(50)))
+
+    assert {response.status_code for response in responses} == {200}
+    assert runtime.lookup.live_lookups == 1
+    assert aws_state.calls["cloudformation.DescribeStacks"] == 1
+
+
+async def test_unknown_routes_and_methods_are_pcluster_shaped(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/v3/nothing-here")
+    wrong_method = await client.post(URL.format("some-image"))
+    assert missing.status_code == 404 and set(missing.json()) == {"message"}
+    assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"message"}
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert orjson.loads(ready.content)["checks"] == {"database": True, "schema": True}
