@@ -170,6 +170,8 @@ class Reconciler:
                 else:
                     delay = backoff
                     backoff = min(backoff * 2, self._settings.backoff_max_seconds)
+                if iterations is not None and done >= iterations:
+                    break
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 except TimeoutError:

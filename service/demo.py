@@ -1,0 +1,141 @@
+"""The embedded demo: four ParallelCluster image builds played out on a FakeAws over about three minutes."""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.fakeaws import ACCOUNT_ID, FakeAws
+
+log = logging.getLogger(__name__)
+
+DEMO_REGION = "us-east-1"
+VERSION = "3.9.0"
+
+FINISHED = "alinux2-hpc-ready"  # built before the demo starts: an AMI, no stack
+SUCCEEDS = "ubuntu2204-gpu-build"  # builds, gets its AMI, then its stack is deleted
+ROLLS_BACK = "rocky9-rollback"  # Image Builder fails, the stack rolls back
+BUILDING = "alinux2023-slurm-long"  # still building when the demo ends
+
+ROLLBACK_REASON = "The following resource(s) failed to create: [ParallelClusterImage]. Rollback requested by user."
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    at_seconds: float
+    description: str
+    action: Callable[[FakeAws], None]
+
+
+def seed(fake: FakeAws, *, region: str = DEMO_REGION) -> list[str]:
+    """Create the state at t=0 and return the demo's image ids."""
+    fake.create_ami(
+        region=region,
+        image_id=FINISHED,
+        version=VERSION,
+        description="AWS ParallelCluster AMI for alinux2, kernel-5.10.217, lustre-2.12.8, efa-1.32.0",
+    )
+    for image_id in (SUCCEEDS, ROLLS_BACK, BUILDING):
+        fake.create_image_stack(region=region, image_id=image_id, version=VERSION, imagebuilder_status="BUILDING")
+    return [FINISHED, SUCCEEDS, ROLLS_BACK, BUILDING]
+
+
+def steps(*, region: str = DEMO_REGION) -> list[DemoStep]:
+    """The timeline after seed(), in time order."""
+
+    def imagebuilder(image_id: str, status: str, reason: str | None = None) -> Callable[[FakeAws], None]:
+        def act(fake: FakeAws) -> None:
+            arn = fake.imagebuilder_arn(region=region, image_id=image_id, version=VERSION)
+            fake.put_imagebuilder_image(arn, status=status, reason=reason)
+
+        return act
+
+    def stack(image_id: str, status: str, reason: str | None = None) -> Callable[[FakeAws], None]:
+        def act(fake: FakeAws) -> None:
+            fake.set_stack_status(region=region, stack_name=image_id, status=status, reason=reason)
+
+        return act
+
+    def register_ami(fake: FakeAws) -> None:
+        description = "AWS ParallelCluster AMI for ubuntu2204, kernel-5.15.0-1061-aws, nvidia-535.183.01"
+        fake.create_ami(region=region, image_id=SUCCEEDS, version=VERSION, description=description)
+
+    def delete_stack(fake: FakeAws) -> None:
+        fake.delete_stack(region=region, stack_name=SUCCEEDS)
+
+    component = f"arn:aws:imagebuilder:{region}:{ACCOUNT_ID}:component/parallelclusterimage-{ROLLS_BACK}/{VERSION}/1"
+    build_failure = (
+        "Image Build failed: Workflow Execution ID: 'wf-5c2d3f7a-91b4-4e0a-8d6f-2a7e9b1c4d08' failed with "
+        "reason: Step 'Build' failed. SSM execution '7f0e2c1a-3b4d-4e5f-8a9b-0c1d2e3f4a5b' failed with "
+        "status = 'Failed' in state = 'BUILDING' and failure message = 'Step fails when it is Execution: "
+        f"ExecuteBash failed with status Failed. Document {component} failed!'"
+    )
+    return [
+        DemoStep(30, f"{SUCCEEDS}: Image Builder TESTING", imagebuilder(SUCCEEDS, "TESTING")),
+        DemoStep(50, f"{ROLLS_BACK}: Image Builder FAILED", imagebuilder(ROLLS_BACK, "FAILED", build_failure)),
+        DemoStep(
+            55,
+            f"{ROLLS_BACK}: stack ROLLBACK_IN_PROGRESS",
+            stack(ROLLS_BACK, "ROLLBACK_IN_PROGRESS", ROLLBACK_REASON),
+        ),
+        DemoStep(65, f"{SUCCEEDS}: Image Builder DISTRIBUTING", imagebuilder(SUCCEEDS, "DISTRIBUTING")),
+        DemoStep(95, f"{SUCCEEDS}: Image Builder AVAILABLE", imagebuilder(SUCCEEDS, "AVAILABLE")),
+        DemoStep(100, f"{SUCCEEDS}: stack CREATE_COMPLETE", stack(SUCCEEDS, "CREATE_COMPLETE")),
+        DemoStep(105, f"{SUCCEEDS}: AMI registered, tagged build_status=available", register_ami),
+        DemoStep(130, f"{SUCCEEDS}: build stack deleted (ParallelCluster cleans up)", delete_stack),
+        DemoStep(
+            170,
+            f"{ROLLS_BACK}: stack ROLLBACK_COMPLETE",
+            stack(ROLLS_BACK, "ROLLBACK_COMPLETE", ROLLBACK_REASON),
+        ),
+    ]
+
+
+def advance(fake: FakeAws, *, elapsed: float, done: int, region: str = DEMO_REGION) -> int:
+    """Apply the steps due by `elapsed` seconds that are not yet applied; return how many are applied now."""
+    timeline = steps(region=region)
+    while done < len(timeline) and timeline[done].at_seconds <= elapsed:
+        timeline[done].action(fake)
+        done += 1
+    return done
+
+
+async def run_scenario(fake: FakeAws, *, stop: asyncio.Event, speed: float = 1.0, region: str = DEMO_REGION) -> None:
+    """Play the timeline (`speed` times faster than real time), then idle until `stop` is set."""
+    timeline = steps(region=region)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    done = 0
+    log.info(
+        "demo scenario started: %d steps over %.0f s at speed %g",
+        len(timeline),
+        timeline[-1].at_seconds,
+        speed,
+    )
+    while not stop.is_set():
+        if done == len(timeline):
+            log.info("demo scenario complete: all %d steps applied", done)
+            await stop.wait()
+            break
+        wait = timeline[done].at_seconds / speed - (loop.time() - started)
+        if wait > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+                break
+            except TimeoutError:
+                pass
+        # max(): float rounding must not leave a step that is due by the clock unapplied.
+        elapsed = max((loop.time() - started) * speed, timeline[done].at_seconds)
+        applied = advance(fake, elapsed=elapsed, done=done, region=region)
+        for step in timeline[done:applied]:
+            log.info("demo t+%.0fs %s", step.at_seconds, step.description)
+        done = applied
+    log.info("demo scenario stopped after %d of %d steps", done, len(timeline))
+
+
+def curl_examples(*, base_url: str) -> list[str]:
+    base = base_url.rstrip("/")
+    return [
+        f"curl -s '{base}/v3/images/custom/{image_id}?region={DEMO_REGION}'"
+        for image_id in (SUCCEEDS, FINISHED, ROLLS_BACK)
+    ]
