@@ -24,8 +24,8 @@ class UrlSigner:
         reuse_seconds: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if reuse_seconds >= expires_seconds:
-            raise ValueError("reuse window must be shorter than the URL lifetime")
+        if not 0 < reuse_seconds < expires_seconds:
+            raise ValueError("reuse window must be positive and shorter than the URL lifetime")
         self._aws = aws
         self._expires = expires_seconds
         self._reuse = reuse_seconds

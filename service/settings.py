@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -76,7 +77,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError as exc:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from exc
-    if value < minimum:
+    if not math.isfinite(value) or value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum:g}, got {raw!r}")
     return value
 
@@ -84,12 +85,14 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
 def _regions(env: Mapping[str, str]) -> tuple[str, ...]:
     raw = env.get("STATUSCACHE_REGIONS", "")
     regions = tuple(part.strip() for part in raw.split(",") if part.strip())
+    source = "STATUSCACHE_REGIONS"
     if not regions:
+        source = next((name for name in ("AWS_REGION", "AWS_DEFAULT_REGION") if env.get(name)), "the AWS profile")
         default = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _profile_region()
         regions = (default or FALLBACK_REGION,)
     for region in regions:
         if not REGION_PATTERN.match(region):
-            raise ConfigurationError(f"STATUSCACHE_REGIONS: {region!r} is not an AWS region name")
+            raise ConfigurationError(f"{source}: {region!r} is not an AWS region name")
     return tuple(dict.fromkeys(regions))
 
 
@@ -108,10 +111,10 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate Settings from the environment; a bad value raises ConfigurationError."""
     env = os.environ if env is None else env
-    log_level = env.get("STATUSCACHE_LOG_LEVEL", "INFO").upper()
+    log_level = (env.get("STATUSCACHE_LOG_LEVEL") or "INFO").strip().upper()
     if log_level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
         raise ConfigurationError(f"STATUSCACHE_LOG_LEVEL: unknown level {log_level!r}")
-    return Settings(
+    settings = Settings(
         database_url=normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL),
         regions=_regions(env),
         resync_seconds=_number(env, "STATUSCACHE_RESYNC_SECONDS", 300.0, minimum=1.0),
@@ -119,9 +122,18 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         live_lookups_per_second=_number(env, "STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", 20.0, minimum=0.1),
         live_lookup_timeout_seconds=_number(env, "STATUSCACHE_LIVE_LOOKUP_TIMEOUT_SECONDS", 20.0, minimum=1.0),
+        backoff_initial_seconds=_number(env, "STATUSCACHE_BACKOFF_INITIAL_SECONDS", 1.0, minimum=0.01),
+        backoff_max_seconds=_number(env, "STATUSCACHE_BACKOFF_MAX_SECONDS", 60.0, minimum=0.01),
+        presign_expires_seconds=int(_number(env, "STATUSCACHE_PRESIGN_EXPIRES_SECONDS", 3600, minimum=60)),
+        presign_reuse_seconds=int(_number(env, "STATUSCACHE_PRESIGN_REUSE_SECONDS", 600, minimum=1)),
         demo=_flag(env, "STATUSCACHE_DEMO"),
         db_pool_size=int(_number(env, "STATUSCACHE_DB_POOL_SIZE", 10, minimum=1)),
         db_max_overflow=int(_number(env, "STATUSCACHE_DB_MAX_OVERFLOW", 10)),
         db_pool_timeout_seconds=_number(env, "STATUSCACHE_DB_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         db_statement_timeout_ms=int(_number(env, "STATUSCACHE_DB_STATEMENT_TIMEOUT_MS", 15000, minimum=0)),
     )
+    if settings.presign_reuse_seconds >= settings.presign_expires_seconds:
+        raise ConfigurationError(
+            "STATUSCACHE_PRESIGN_REUSE_SECONDS must be shorter than STATUSCACHE_PRESIGN_EXPIRES_SECONDS"
+        )
+    return settings

@@ -187,7 +187,11 @@ async def test_cached_hit_makes_zero_aws_calls(client: httpx.AsyncClient, aws_st
 @pytest.mark.parametrize(
     ("path", "params", "message"),
     [
-        (URL.format("1starts-with-digit"), {}, "Bad Request: '1starts-with-digit' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
+        (
+            URL.format("1starts-with-digit"),
+            {},
+            "Bad Request: '1starts-with-digit' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'",
+        ),
         (URL.format("has_underscore"), {}, "Bad Request: 'has_underscore' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
         (URL.format("x"), {}, "Bad Request: 'x' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
         (URL.format("a" * 129), {}, f"Bad Request: '{'a' * 129}' is too long"),

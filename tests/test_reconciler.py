@@ -8,6 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from service.errors import AwsError
 from service.fakeaws import FakeAws
 from service.runtime import Runtime
 from service.tables import transitions
@@ -118,7 +119,7 @@ async def test_failed_list_changes_nothing(runtime: Runtime, aws_state: FakeAws)
     await runtime.reconciler.run_pass(region=REGION)
     aws_state.fail_next("ec2.DescribeImages", code="InternalError", status=500, times=10)
 
-    with pytest.raises(Exception, match="InternalError|injected"):
+    with pytest.raises(AwsError, match=r"InternalError|injected"):
         await runtime.reconciler.run_pass(region=REGION)
 
     cached = await runtime.cache.read(region=REGION, image_id="kept")

@@ -1,0 +1,108 @@
+"""The live-lookup budget: a token bucket with a burst of one second's worth, refilled at `rate` per second."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.lookup import TokenBucket
+
+
+class Clock:
+    def __init__(self, now: float = 5_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def take_all(bucket: TokenBucket) -> int:
+    """Tokens granted right now before the first refusal."""
+    taken = 0
+    while bucket.take() == 0.0:
+        taken += 1
+        assert taken < 10_000
+    return taken
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(1.0, 1), (5.0, 5), (20.0, 20), (1000.0, 1000), (2.5, 2), (0.5, 1)])
+def test_a_full_bucket_allows_a_burst_of_rate_tokens_then_refuses(rate: float, burst: int) -> None:
+    bucket = TokenBucket(rate=rate, clock=Clock())
+
+    assert take_all(bucket) == burst
+
+
+@pytest.mark.parametrize(
+    ("rate", "wait"),
+    [(1.0, 1.0), (5.0, 0.2), (20.0, 0.05), (0.5, 2.0), (2.5, 0.2)],  # 2.5: half a token is left after the burst
+)
+def test_refusal_says_how_long_until_the_next_token(rate: float, wait: float) -> None:
+    bucket = TokenBucket(rate=rate, clock=Clock())
+    take_all(bucket)
+
+    refused = bucket.take()
+
+    assert refused > 0
+    assert refused == pytest.approx(wait)
+
+
+@pytest.mark.parametrize("rate", [1.0, 5.0, 20.0, 0.5])
+def test_a_token_is_available_once_the_announced_wait_has_passed(rate: float) -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=rate, clock=clock)
+    take_all(bucket)
+    wait = bucket.take()
+
+    clock.now += wait * 0.9
+    assert 0 < bucket.take() == pytest.approx(wait * 0.1)
+    clock.now += wait * 0.1 + 1e-9
+    assert bucket.take() == 0.0
+    assert bucket.take() > 0
+
+
+@pytest.mark.parametrize(
+    ("rate", "idle", "granted"),
+    [
+        pytest.param(10.0, 0.0, 0, id="no-time-no-tokens"),
+        pytest.param(10.0, 0.35, 3, id="partial-refill"),
+        pytest.param(10.0, 1.0, 10, id="one-second-refills-the-burst"),
+        pytest.param(10.0, 3600.0, 10, id="never-more-than-the-burst"),
+        pytest.param(0.5, 1.0, 0, id="slow-rate-half-a-token"),
+        pytest.param(0.5, 2.0, 1, id="slow-rate-one-token"),
+        pytest.param(0.5, 60.0, 1, id="slow-rate-capacity-one"),
+    ],
+)
+def test_the_bucket_refills_over_time_up_to_its_burst(rate: float, idle: float, granted: int) -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=rate, clock=clock)
+    take_all(bucket)
+
+    clock.now += idle
+
+    assert take_all(bucket) == granted
+
+
+def test_refusals_do_not_use_up_tokens() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=4.0, clock=clock)
+    take_all(bucket)
+
+    waits = []
+    for _ in range(5):
+        waits.append(bucket.take())
+        clock.now += 0.05
+
+    assert waits == pytest.approx([0.25, 0.2, 0.15, 0.1, 0.05])
+    assert bucket.take() == 0.0
+
+
+def test_a_steady_rate_is_served_indefinitely() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=10.0, clock=clock)
+    take_all(bucket)
+
+    granted = 0
+    for _ in range(1000):  # 100 s at exactly the budgeted rate, plus a hair for float error
+        clock.now += 0.1 + 1e-9
+        granted += bucket.take() == 0.0
+
+    assert granted == 1000

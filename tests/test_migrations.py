@@ -1,0 +1,75 @@
+"""Alembic owns the schema: empty database to head, the head matches the tables, old schemas are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from service import db
+from service.errors import SchemaError
+from service.runtime import Runtime
+from service.settings import Settings
+from service.tables import metadata
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_empty_sqlite_database_upgrades_to_head(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    await db.migrate(url)
+    engine = db.create_engine(Settings(database_url=url))
+    try:
+        assert await db.current_revision(engine) == db.head_revision()
+        async with engine.connect() as connection:
+            names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+        assert {"images", "revisions", "transitions", "alembic_version"} <= names
+    finally:
+        await engine.dispose()
+
+
+async def test_migrated_schema_matches_the_tables(database_url: str) -> None:
+    engine = db.create_engine(Settings(database_url=database_url))
+
+    def diff(connection: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_twice_is_harmless(database_url: str) -> None:
+    await db.migrate(database_url)
+    engine = db.create_engine(Settings(database_url=database_url))
+    try:
+        assert await db.schema_is_current(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_runtime_refuses_an_unmigrated_shared_database(postgres_url: str) -> None:
+    # A database nobody migrated: PostgreSQL is never migrated implicitly.
+    from tests.conftest import _pg_admin, _pg_database_url
+
+    name = postgres_url.rsplit("/", 1)[1] + "_blank"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        settings = Settings(database_url=_pg_database_url(name))
+        with pytest.raises(SchemaError, match="statuscache migrate"):
+            async with Runtime.open(settings, poll=False):
+                pass
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_embedded_sqlite_migrates_itself_on_open(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
+    async with Runtime.open(settings, poll=False) as runtime:
+        assert await db.schema_is_current(runtime.engine)

@@ -1,0 +1,268 @@
+"""Settings from the environment: documented defaults, region fallbacks, validation, database URL forms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.errors import ConfigurationError
+from service.settings import DEFAULT_DATABASE_URL, Settings, from_env, normalize_database_url
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No region may leak in from the developer's shell or ~/.aws/config (botocore reads os.environ)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-such-aws-config"))
+
+
+def test_empty_environment_gives_the_documented_defaults() -> None:
+    assert from_env({}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("database_url", "sqlite+aiosqlite:///./statuscache.db"),
+        ("regions", ("us-east-1",)),
+        ("resync_seconds", 300.0),
+        ("negative_ttl_seconds", 30.0),
+        ("log_level", "INFO"),
+        ("live_lookups_per_second", 20.0),
+        ("live_lookup_timeout_seconds", 20.0),
+        ("demo", False),
+        ("db_pool_size", 10),
+        ("db_max_overflow", 10),
+        ("db_pool_timeout_seconds", 10.0),
+        ("db_statement_timeout_ms", 15000),
+    ],
+)
+def test_default_value(name: str, value: Any) -> None:
+    assert getattr(from_env({}), name) == value
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATUSCACHE_REGIONS", "eu-north-1")
+    monkeypatch.setenv("STATUSCACHE_DATABASE_URL", "postgres://app@db/cache")
+
+    settings = from_env()
+
+    assert settings.regions == ("eu-north-1",)
+    assert settings.database_url == "postgresql+asyncpg://app@db/cache"
+
+
+# --- regions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "regions"),
+    [
+        pytest.param({}, ("us-east-1",), id="fallback"),
+        pytest.param({"AWS_DEFAULT_REGION": "eu-west-1"}, ("eu-west-1",), id="aws-default-region"),
+        pytest.param(
+            {"AWS_REGION": "ap-southeast-2", "AWS_DEFAULT_REGION": "eu-west-1"}, ("ap-southeast-2",), id="aws-region"
+        ),
+        pytest.param(
+            {"STATUSCACHE_REGIONS": "us-west-2", "AWS_REGION": "ap-southeast-2", "AWS_DEFAULT_REGION": "eu-west-1"},
+            ("us-west-2",),
+            id="statuscache-regions",
+        ),
+        pytest.param({"STATUSCACHE_REGIONS": "", "AWS_REGION": "ca-central-1"}, ("ca-central-1",), id="empty-list"),
+        pytest.param({"STATUSCACHE_REGIONS": " , ,", "AWS_REGION": "ca-central-1"}, ("ca-central-1",), id="blank-list"),
+        pytest.param({"AWS_REGION": "", "AWS_DEFAULT_REGION": "sa-east-1"}, ("sa-east-1",), id="empty-aws-region"),
+    ],
+)
+def test_regions_fall_back_from_statuscache_regions_to_aws_region_to_default(
+    env: dict[str, str], regions: tuple[str, ...]
+) -> None:
+    assert from_env(env).regions == regions
+
+
+def test_regions_fall_back_to_the_aws_profile_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-central-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+
+    assert from_env({}).regions == ("eu-central-1",)
+    assert from_env({"AWS_DEFAULT_REGION": "eu-west-3"}).regions == ("eu-west-3",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "regions"),
+    [
+        ("us-east-1", ("us-east-1",)),
+        ("us-east-1,eu-west-1", ("us-east-1", "eu-west-1")),
+        (" us-east-1 , eu-west-1 ", ("us-east-1", "eu-west-1")),
+        ("eu-west-1,us-east-1", ("eu-west-1", "us-east-1")),
+        ("us-east-1,eu-west-1,us-east-1", ("us-east-1", "eu-west-1")),
+        ("eu-west-1, eu-west-1 ,eu-west-1", ("eu-west-1",)),
+        ("us-east-1,,eu-west-1,", ("us-east-1", "eu-west-1")),
+        ("us-gov-west-1,cn-north-1,ap-southeast-4", ("us-gov-west-1", "cn-north-1", "ap-southeast-4")),
+    ],
+)
+def test_region_list_is_trimmed_and_deduplicated_keeping_order(raw: str, regions: tuple[str, ...]) -> None:
+    settings = from_env({"STATUSCACHE_REGIONS": raw})
+
+    assert settings.regions == regions
+    assert settings.default_region == regions[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        pytest.param({"STATUSCACHE_REGIONS": "us-east-1,not a region"}, "STATUSCACHE_REGIONS", id="space"),
+        pytest.param({"STATUSCACHE_REGIONS": "US-EAST-1"}, "STATUSCACHE_REGIONS", id="upper-case"),
+        pytest.param({"STATUSCACHE_REGIONS": "us-east-1;eu-west-1"}, "STATUSCACHE_REGIONS", id="semicolon"),
+        pytest.param({"STATUSCACHE_REGIONS": "useast1"}, "STATUSCACHE_REGIONS", id="no-dashes"),
+        pytest.param({"STATUSCACHE_REGIONS": "us-east-123"}, "STATUSCACHE_REGIONS", id="long-number"),
+        pytest.param({"AWS_REGION": "bogus"}, "AWS_REGION", id="aws-region"),
+        pytest.param({"AWS_DEFAULT_REGION": "bogus"}, "AWS_DEFAULT_REGION", id="aws-default-region"),
+    ],
+)
+def test_bad_region_is_refused_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable):
+        from_env(env)
+
+
+# --- numbers, flags, log level ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "name", "value"),
+    [
+        ("STATUSCACHE_RESYNC_SECONDS", "60", "resync_seconds", 60.0),
+        ("STATUSCACHE_RESYNC_SECONDS", " 1.5 ", "resync_seconds", 1.5),
+        ("STATUSCACHE_NEGATIVE_TTL_SECONDS", "0", "negative_ttl_seconds", 0.0),
+        ("STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", "0.5", "live_lookups_per_second", 0.5),
+        ("STATUSCACHE_LIVE_LOOKUP_TIMEOUT_SECONDS", "5", "live_lookup_timeout_seconds", 5.0),
+        ("STATUSCACHE_DB_POOL_SIZE", "3", "db_pool_size", 3),
+        ("STATUSCACHE_DB_MAX_OVERFLOW", "0", "db_max_overflow", 0),
+        ("STATUSCACHE_DB_POOL_TIMEOUT_SECONDS", "2.5", "db_pool_timeout_seconds", 2.5),
+        ("STATUSCACHE_DB_STATEMENT_TIMEOUT_MS", "0", "db_statement_timeout_ms", 0),
+        # Settings' docstring: "Environment names are STATUSCACHE_<NAME upper-cased>" for every knob.
+        ("STATUSCACHE_BACKOFF_INITIAL_SECONDS", "0.5", "backoff_initial_seconds", 0.5),
+        ("STATUSCACHE_BACKOFF_MAX_SECONDS", "30", "backoff_max_seconds", 30.0),
+        ("STATUSCACHE_PRESIGN_EXPIRES_SECONDS", "7200", "presign_expires_seconds", 7200),
+        ("STATUSCACHE_PRESIGN_REUSE_SECONDS", "300", "presign_reuse_seconds", 300),
+    ],
+)
+def test_number_is_read_from_its_environment_variable(variable: str, raw: str, name: str, value: float) -> None:
+    settings = from_env({variable: raw})
+
+    assert getattr(settings, name) == value
+    assert type(getattr(settings, name)) is type(getattr(Settings(), name))
+
+
+@pytest.mark.parametrize(
+    ("variable", "name"),
+    [
+        ("STATUSCACHE_RESYNC_SECONDS", "resync_seconds"),
+        ("STATUSCACHE_DB_POOL_SIZE", "db_pool_size"),
+        ("STATUSCACHE_DB_STATEMENT_TIMEOUT_MS", "db_statement_timeout_ms"),
+    ],
+)
+@pytest.mark.parametrize("raw", ["", "   "])
+def test_blank_number_means_the_default(variable: str, name: str, raw: str) -> None:
+    assert getattr(from_env({variable: raw}), name) == getattr(Settings(), name)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("STATUSCACHE_RESYNC_SECONDS", "five"),
+        ("STATUSCACHE_RESYNC_SECONDS", "0"),
+        ("STATUSCACHE_RESYNC_SECONDS", "0.5"),
+        ("STATUSCACHE_RESYNC_SECONDS", "nan"),
+        ("STATUSCACHE_NEGATIVE_TTL_SECONDS", "-1"),
+        ("STATUSCACHE_NEGATIVE_TTL_SECONDS", "30s"),
+        ("STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", "0"),
+        ("STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", "0.05"),
+        ("STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", "NaN"),
+        ("STATUSCACHE_LIVE_LOOKUP_TIMEOUT_SECONDS", "0.9"),
+        ("STATUSCACHE_DB_POOL_SIZE", "0"),
+        ("STATUSCACHE_DB_POOL_SIZE", "ten"),
+        ("STATUSCACHE_DB_MAX_OVERFLOW", "-1"),
+        ("STATUSCACHE_DB_POOL_TIMEOUT_SECONDS", "0"),
+        ("STATUSCACHE_DB_STATEMENT_TIMEOUT_MS", "-5"),
+        ("STATUSCACHE_DB_STATEMENT_TIMEOUT_MS", "1e3x"),
+    ],
+)
+def test_bad_number_is_refused_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable):
+        from_env({variable: raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"),
+    [("DEBUG", "DEBUG"), ("debug", "DEBUG"), ("Warning", "WARNING"), ("error", "ERROR"), ("CRITICAL", "CRITICAL")],
+)
+def test_log_level_is_case_insensitive(raw: str, level: str) -> None:
+    assert from_env({"STATUSCACHE_LOG_LEVEL": raw}).log_level == level
+
+
+@pytest.mark.parametrize("raw", ["verbose", "TRACE", "WARN", "10"])
+def test_bad_log_level_is_refused_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="STATUSCACHE_LOG_LEVEL"):
+        from_env({"STATUSCACHE_LOG_LEVEL": raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "demo"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        (" on ", True),
+        ("0", False),
+        ("", False),
+        ("no", False),
+        ("false", False),
+        ("2", False),
+    ],
+)
+def test_demo_flag(raw: str, demo: bool) -> None:
+    assert from_env({"STATUSCACHE_DEMO": raw}).demo is demo
+
+
+# --- database URL -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "url"),
+    [
+        pytest.param(None, DEFAULT_DATABASE_URL, id="unset"),
+        pytest.param("", DEFAULT_DATABASE_URL, id="empty"),
+        pytest.param("postgres://app:pw@db:5432/cache", "postgresql+asyncpg://app:pw@db:5432/cache", id="postgres"),
+        pytest.param("sqlite:////var/lib/statuscache.db", "sqlite+aiosqlite:////var/lib/statuscache.db", id="sqlite"),
+    ],
+)
+def test_database_url_comes_from_the_environment_normalized(raw: str | None, url: str) -> None:
+    env = {} if raw is None else {"STATUSCACHE_DATABASE_URL": raw}
+
+    settings = from_env(env)
+
+    assert settings.database_url == url
+    assert settings.is_sqlite is url.startswith("sqlite")
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        ("postgres://app:pw@db:5432/cache", "postgresql+asyncpg://app:pw@db:5432/cache"),
+        ("postgresql://app@127.0.0.1/test", "postgresql+asyncpg://app@127.0.0.1/test"),
+        ("postgresql+psycopg2://app@db/cache", "postgresql+asyncpg://app@db/cache"),
+        ("postgresql+psycopg://app@db/cache", "postgresql+asyncpg://app@db/cache"),
+        ("postgresql+asyncpg://app@db/cache?ssl=require", "postgresql+asyncpg://app@db/cache?ssl=require"),
+        ("sqlite:///./statuscache.db", "sqlite+aiosqlite:///./statuscache.db"),
+        ("sqlite:////abs/path.db", "sqlite+aiosqlite:////abs/path.db"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("sqlite+aiosqlite:///./statuscache.db", "sqlite+aiosqlite:///./statuscache.db"),
+        ("sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
+    ],
+)
+def test_normalize_database_url_picks_the_async_driver(url: str, normalized: str) -> None:
+    assert normalize_database_url(url) == normalized
