@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # botocore and aiobotocore are chatty below WARNING.
-    for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug", "moto"):
+    for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug", "moto", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
