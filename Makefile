@@ -19,7 +19,7 @@ run: install
 test: install postgres lint typecheck unit
 
 lint: install
-	$(BIN)/ruff check service tests migrations bench
+	$(BIN)/ruff check .
 
 typecheck: install
 	$(BIN)/mypy --strict service

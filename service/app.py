@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -14,16 +15,18 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from service import queries
 from service.errors import (
     AwsError,
     AwsThrottled,
     BadRequest,
+    NotFound,
     RequestError,
 )
-from service.lookup import Answer
+from service.lookup import Answer, not_found_message
 from service.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, REGION_PATTERN, CachedImage
 from service.runtime import Runtime
 from service.settings import Settings
@@ -79,19 +82,43 @@ def if_none_match(request: Request, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
+def parse_timestamp(value: str, *, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BadRequest(
+            f"{name} must be an ISO 8601 timestamp, e.g. 2022-03-30T23:23:33Z; got {value!r}"
+        ) from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 async def describe_image(request: Request) -> Response:
     runtime = _runtime(request)
     image_id = request.path_params["image_id"]
     validate_image_id(image_id)
     region = resolve_region(request, runtime.settings)
+    at = request.query_params.get("at")
+    if at is not None:
+        moment = parse_timestamp(at, name="at")
+        past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=moment)
+        if past is None or not past.exists:
+            raise NotFound(not_found_message(image_id))
+        return await render_answer(request, runtime, Answer(past, hit=True))
     answer: Answer = await runtime.lookup.get(region=region, image_id=image_id)
     return await render_answer(request, runtime, answer)
 
 
-async def render_answer(request: Request, runtime: Runtime, answer: Answer) -> Response:
-    image = answer.image
+async def document_body(runtime: Runtime, image: CachedImage) -> tuple[bytes, str | None, int]:
+    """The served describe document: the stored one with the configuration URL signed now."""
     assert image.document is not None
     url, window = await runtime.signer.url(region=image.region, config=image.config)
+    body = b'{"imageConfiguration":{"url":' + orjson.dumps(url or "NOT_AVAILABLE") + b"}," + image.document[1:]
+    return body, url, window
+
+
+async def render_answer(request: Request, runtime: Runtime, answer: Answer) -> Response:
+    image = answer.image
+    body, url, window = await document_body(runtime, image)
     etag = etag_for(image, window if url is not None else None)
     headers = {
         "ETag": etag,
@@ -102,8 +129,126 @@ async def render_answer(request: Request, runtime: Runtime, answer: Answer) -> R
     }
     if if_none_match(request, etag):
         return Response(status_code=304, headers=headers)
-    body = b'{"imageConfiguration":{"url":' + orjson.dumps(url or "NOT_AVAILABLE") + b"}," + image.document[1:]
     return Response(body, media_type=JSON, headers=headers)
+
+
+def _limit(request: Request, *, default: int, maximum: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise BadRequest(f"limit must be a whole number from 1 to {maximum}; got {raw!r}")
+    return int(raw)
+
+
+async def image_history(request: Request) -> Response:
+    runtime = _runtime(request)
+    image_id = request.path_params["image_id"]
+    validate_image_id(image_id)
+    region = resolve_region(request, runtime.settings)
+    since = request.query_params.get("since")
+    until = request.query_params.get("until")
+    try:
+        page = await queries.history(
+            runtime.engine,
+            region=region,
+            image_id=image_id,
+            since=parse_timestamp(since, name="since") if since else None,
+            until=parse_timestamp(until, name="until") if until else None,
+            limit=_limit(request, default=100, maximum=1000),
+            next_token=request.query_params.get("nextToken"),
+        )
+    except queries.BadToken as exc:
+        raise BadRequest("nextToken is not one this service issued") from exc
+    if not page.known:
+        raise NotFound(not_found_message(image_id))
+    body: dict[str, Any] = {"imageId": image_id, "region": region, "transitions": page.transitions}
+    if page.next_token:
+        body["nextToken"] = page.next_token
+    return Response(orjson.dumps(body), media_type=JSON)
+
+
+async def list_images(request: Request) -> Response:
+    runtime = _runtime(request)
+    image_status = request.query_params.get("imageStatus")
+    if image_status is None:
+        raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
+    if image_status not in queries.IMAGE_STATUS_FILTERS:
+        raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
+    region = resolve_region(request, runtime.settings)
+    try:
+        page = await queries.list_images(
+            runtime.engine, region=region, image_status=image_status, next_token=request.query_params.get("nextToken")
+        )
+    except queries.BadToken as exc:
+        raise BadRequest("nextToken is not one this service issued") from exc
+    headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
+    if if_none_match(request, page.etag):
+        return Response(status_code=304, headers=headers)
+    body: dict[str, Any] = {"images": page.images}
+    if page.next_token:
+        body["nextToken"] = page.next_token
+    return Response(orjson.dumps(body), media_type=JSON, headers=headers)
+
+
+async def change_stream(request: Request) -> Response:
+    """Server-Sent Events: `id:` the change sequence, `data:` the new describe document."""
+    runtime = _runtime(request)
+    region_param = request.query_params.get("region")
+    region = resolve_region(request, runtime.settings) if region_param else None
+    image_id = request.query_params.get("imageId")
+    if image_id is not None:
+        validate_image_id(image_id)
+    last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    if last_event_id is not None and not last_event_id.isdigit():
+        raise BadRequest(f"Last-Event-ID must be a change sequence number; got {last_event_id!r}")
+    start = int(last_event_id) if last_event_id is not None else await queries.latest_seq(runtime.engine)
+    return StreamingResponse(
+        _change_events(runtime, after=start, region=region, image_id=image_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _change_events(
+    runtime: Runtime, *, after: int, region: str | None, image_id: str | None
+) -> AsyncIterator[bytes]:
+    # Pull-based: each client reads the revisions table at its own pace, so a slow client holds up
+    # nobody; the table is shared, so changes made by any replica reach every client.
+    settings = runtime.settings
+    yield b"retry: 2000\n: connected\n\n"
+    last_beat = time.monotonic()
+    cursor = after
+    while True:
+        batch = await queries.revisions_after(runtime.engine, after=cursor, region=region, image_id=image_id)
+        for revision in batch:
+            cursor = revision.seq
+            yield await _change_event(runtime, revision)
+            last_beat = time.monotonic()
+        if len(batch) == 100:
+            continue
+        await runtime.changes.wait(seconds=settings.sse_poll_seconds)
+        if time.monotonic() - last_beat >= settings.sse_heartbeat_seconds:
+            yield b": keepalive\n\n"
+            last_beat = time.monotonic()
+
+
+async def _change_event(runtime: Runtime, revision: queries.Revision) -> bytes:
+    image = revision.image
+    if image.exists and image.document is not None:
+        data, _, _ = await document_body(runtime, image)
+        kind = b"image"
+    else:
+        data = orjson.dumps(
+            {"imageId": image.image_id, "region": image.region, "message": not_found_message(image.image_id)}
+        )
+        kind = b"gone"
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (revision.seq, kind, data)
+
+
+async def stats(request: Request) -> Response:
+    runtime = _runtime(request)
+    return Response(orjson.dumps(runtime.stats()), media_type=JSON)
 
 
 async def healthz(request: Request) -> Response:
@@ -180,7 +325,12 @@ def create_app(
     }
     app = Starlette(
         routes=[
+            Route("/v3/images/custom", list_images, methods=["GET"]),
+            # Before the describe route: "changes" would otherwise be taken for an image id.
+            Route("/v3/images/custom/changes", change_stream, methods=["GET"]),
             Route("/v3/images/custom/{image_id}", describe_image, methods=["GET"]),
+            Route("/v3/images/custom/{image_id}/history", image_history, methods=["GET"]),
+            Route("/stats", stats, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiobotocore.session
 import botocore.exceptions
@@ -103,6 +106,24 @@ def ami_from_api(raw: dict[str, Any]) -> AmiInfo:
         architecture=raw.get("Architecture"),
         creation_date=raw.get("CreationDate"),
     )
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+
+
+def queue_region(queue_url: str, *, default: str) -> str:
+    """The region in an SQS queue URL (sqs.R.amazonaws.com, R.queue.amazonaws.com, VPC endpoints); else `default`."""
+    host = urlsplit(queue_url).hostname or ""
+    for pattern in (r"(?:^|\.)sqs[.-]([a-z]{2}(?:-[a-z]+)+-\d)\.", r"^([a-z]{2}(?:-[a-z]+)+-\d)\.queue\."):
+        match = re.search(pattern, host)
+        if match:
+            return match.group(1)
+    return default
 
 
 def default_bucket_name(*, account_id: str, region: str) -> str:
@@ -261,6 +282,54 @@ class Aws:
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_seconds
         )
         return url
+
+    async def describe_ami(self, *, region: str, ami_id: str) -> AmiInfo | None:
+        """One AMI by id (to learn which image an AMI event is about); None when it is not there."""
+        try:
+            response = await self._call("ec2", region, "DescribeImages", ImageIds=[ami_id], Owners=["self"])
+        except AwsError as exc:
+            if exc.code in {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"}:
+                return None
+            raise
+        images = response.get("Images") or []
+        return ami_from_api(images[0]) if images else None
+
+    # --- the event queue -----------------------------------------------------------------------
+
+    async def receive_messages(
+        self, *, region: str, queue_url: str, wait_seconds: int, max_messages: int = 10
+    ) -> list[QueueMessage]:
+        response = await self._call(
+            "sqs",
+            region,
+            "ReceiveMessage",
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            QueueMessage(
+                message_id=raw["MessageId"],
+                receipt_handle=raw["ReceiptHandle"],
+                body=raw.get("Body", ""),
+                receive_count=int((raw.get("Attributes") or {}).get("ApproximateReceiveCount", "1")),
+            )
+            for raw in response.get("Messages") or []
+        ]
+
+    async def delete_messages(self, *, region: str, queue_url: str, receipt_handles: dict[str, str]) -> list[str]:
+        """DeleteMessageBatch; returns the entry ids that failed (it answers 200 with per-entry failures)."""
+        if not receipt_handles:
+            return []
+        response = await self._call(
+            "sqs",
+            region,
+            "DeleteMessageBatch",
+            QueueUrl=queue_url,
+            Entries=[{"Id": entry, "ReceiptHandle": handle} for entry, handle in receipt_handles.items()],
+        )
+        return [str(failure["Id"]) for failure in response.get("Failed") or []]
 
     # --- reconciliation's list calls -------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service import records
 from service.db import IMMEDIATE
 from service.models import CachedImage, Change, ConfigLocation, StatusFields
-from service.tables import images, revisions, transitions
+from service.tables import images, poison_messages, processed_events, revisions, transitions
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,16 @@ class ApplyResult:
     exists: bool
     version: int
     seq: int | None
+
+
+@dataclass(frozen=True)
+class Poison:
+    """An SQS message that could not be read, kept with the reason."""
+
+    queue_url: str
+    message_id: str
+    body: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -126,14 +136,28 @@ class Cache:
     async def apply(self, change: Change) -> ApplyResult:
         return (await self.apply_many([change]))[0]
 
-    async def apply_many(self, changes: Sequence[Change]) -> list[ApplyResult]:
-        """Apply changes in order, in batches, each batch one transaction; retried on lock conflicts."""
+    async def apply_many(
+        self,
+        changes: Sequence[Change],
+        *,
+        event_ids: Sequence[str] = (),
+        poison: Sequence[Poison] = (),
+    ) -> list[ApplyResult]:
+        """Apply changes in order, in batches, each batch one transaction; retried on lock conflicts.
+
+        `event_ids` are recorded as processed, and `poison` messages stored, in the last batch's
+        transaction: if anything before fails, a redelivered event is not mistaken for a duplicate.
+        """
         results: list[ApplyResult] = []
-        for start in range(0, len(changes), BATCH_SIZE):
+        starts = list(range(0, len(changes), BATCH_SIZE)) or [0]
+        for start in starts:
             batch = changes[start : start + BATCH_SIZE]
+            last = start == starts[-1]
             for attempt in range(WRITE_ATTEMPTS):
                 try:
-                    batch_results = await self._apply_batch(batch)
+                    batch_results = await self._apply_batch(
+                        batch, event_ids=event_ids if last else (), poison=poison if last else ()
+                    )
                     break
                 except (OperationalError, DBAPIError) as exc:
                     if attempt == WRITE_ATTEMPTS - 1 or not _is_retryable(exc):
@@ -145,22 +169,93 @@ class Cache:
                 listener(batch_results)
         return results
 
-    async def _apply_batch(self, batch: Sequence[Change]) -> list[ApplyResult]:
+    async def _apply_batch(
+        self, batch: Sequence[Change], *, event_ids: Sequence[str], poison: Sequence[Poison]
+    ) -> list[ApplyResult]:
         keys = sorted({(change.region, change.image_id) for change in batch})
         async with self.engine.connect() as connection:
             connection = await connection.execution_options(**{IMMEDIATE: True})
             async with connection.begin():
-                await self._lock(connection, keys)
-                rows = {
-                    (row.region, row.image_id): row
-                    for row in await connection.execute(
-                        select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys))
-                    )
-                }
+                rows = {}
+                if keys:
+                    await self._lock(connection, keys)
+                    rows = {
+                        (row.region, row.image_id): row
+                        for row in await connection.execute(
+                            select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys))
+                        )
+                    }
                 planned = _Plan(rows)
                 for change in batch:
                     planned.add(change)
-                return await planned.write(connection)
+                results = await planned.write(connection)
+                now = datetime.now(UTC)
+                if event_ids:
+                    insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+                    await connection.execute(
+                        insert(processed_events).on_conflict_do_nothing(index_elements=["event_id"]),
+                        [{"event_id": event_id, "processed_at": now} for event_id in dict.fromkeys(event_ids)],
+                    )
+                if poison:
+                    await connection.execute(
+                        poison_messages.insert(),
+                        [
+                            {
+                                "queue_url": item.queue_url,
+                                "message_id": item.message_id,
+                                "body": item.body,
+                                "reason": item.reason,
+                                "received_at": now,
+                            }
+                            for item in poison
+                        ],
+                    )
+                return results
+
+    async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(processed_events.c.event_id).where(processed_events.c.event_id.in_(list(event_ids)))
+            )
+            return {row.event_id for row in rows}
+
+    async def read_parts(self, *, region: str, image_id: str) -> records.Parts | None:
+        async with self.engine.connect() as connection:
+            text_value = (
+                await connection.execute(
+                    select(images.c.parts).where(images.c.region == region, images.c.image_id == image_id)
+                )
+            ).scalar_one_or_none()
+        return records.decode_parts(text_value) if text_value is not None else None
+
+    async def image_for(
+        self, *, region: str, imagebuilder_arn: str | None = None, ami_id: str | None = None,
+        stack_id: str | None = None,
+    ) -> str | None:
+        """The image id a resource belongs to, by what the cache already knows."""
+        condition = (
+            images.c.imagebuilder_arn == imagebuilder_arn if imagebuilder_arn is not None
+            else images.c.ami_id == ami_id if ami_id is not None
+            else images.c.stack_id == stack_id
+        )
+        async with self.engine.connect() as connection:
+            return (
+                await connection.execute(
+                    select(images.c.image_id).where(images.c.region == region, condition).limit(1)
+                )
+            ).scalar_one_or_none()
+
+    async def image_by_lower_id(self, *, region: str, lower_id: str) -> str | None:
+        async with self.engine.connect() as connection:
+            return (
+                await connection.execute(
+                    select(images.c.image_id)
+                    .where(images.c.region == region, func.lower(images.c.image_id) == lower_id)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
 
     async def _lock(self, connection: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
         # PostgreSQL: per-image advisory locks, taken in one sorted statement, so replicas applying

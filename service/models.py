@@ -102,6 +102,23 @@ class Observed(Generic[T]):
 
 
 @dataclass(frozen=True)
+class StackStatusPatch:
+    """A stack status event: the status of one stack, nothing else about it."""
+
+    stack_id: str
+    status: str
+    status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AmiStatePatch:
+    """An AMI state event: the state of one AMI, nothing else about it."""
+
+    ami_id: str
+    state: str
+
+
+@dataclass(frozen=True)
 class Change:
     """Everything one observation says about one image. Parts left as None are not spoken about."""
 
@@ -113,6 +130,9 @@ class Change:
     ami: Observed[AmiInfo] | None = None
     imagebuilder: Observed[ImagebuilderState] | None = None
     config: Observed[ConfigLocation] | None = None
+    # Events carry only a status; they patch the stored part when it is the same stack / AMI.
+    stack_status: Observed[StackStatusPatch] | None = None
+    ami_state: Observed[AmiStatePatch] | None = None
     # When the change happened (an event's time); defaults to observed_at.
     happened_at: datetime | None = None
 

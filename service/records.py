@@ -17,11 +17,13 @@ import orjson
 from service import describe
 from service.models import (
     AmiInfo,
+    AmiStatePatch,
     Change,
     ConfigLocation,
     ImagebuilderState,
     Observed,
     StackInfo,
+    StackStatusPatch,
     StatusFields,
 )
 
@@ -58,9 +60,46 @@ def is_newer(stored: Observed[Any] | None, incoming: Observed[Any] | None) -> bo
     return stored is None or incoming.as_of >= stored.as_of
 
 
+# AMI states in which DescribeImages no longer lists the AMI (pcluster's AMI path then misses it).
+AMI_STATES_NOT_LISTED = frozenset({"deregistered", "disabled"})
+
+
+def patched_stack(current: Parts, patch: Observed[StackStatusPatch] | None) -> Observed[StackInfo] | None:
+    """The stored stack with the event's status applied, or None when the patch does not apply.
+
+    It applies to the same stack (by id) only, and only when not older than what is stored.
+    """
+    stored = current.stack
+    if patch is None or patch.value is None or stored is None or stored.value is None:
+        return None
+    if stored.value.stack_id != patch.value.stack_id or patch.as_of < stored.as_of:
+        return None
+    return Observed(
+        patch.as_of, replace(stored.value, status=patch.value.status, status_reason=patch.value.status_reason)
+    )
+
+
+def patched_ami(current: Parts, patch: Observed[AmiStatePatch] | None) -> Observed[AmiInfo] | None:
+    """The stored AMI with the event's state applied (absent once deregistered), or None when it does not apply."""
+    stored = current.ami
+    if patch is None or patch.value is None or stored is None or stored.value is None:
+        return None
+    if stored.value.ami_id != patch.value.ami_id or patch.as_of < stored.as_of:
+        return None
+    if patch.value.state.lower() in AMI_STATES_NOT_LISTED:
+        return Observed(patch.as_of, None)
+    return Observed(patch.as_of, replace(stored.value, state=patch.value.state.lower()))
+
+
 def merge(current: Parts, change: Change) -> Parts:
     """The parts after applying `change`; parts the change is silent on, or older than stored, stay."""
     merged = current
+    stack_patch = patched_stack(current, change.stack_status)
+    if stack_patch is not None:
+        merged = replace(merged, stack=stack_patch)
+    ami_patch = patched_ami(current, change.ami_state)
+    if ami_patch is not None:
+        merged = replace(merged, ami=ami_patch)
     if is_newer(current.stack, change.stack):
         merged = replace(merged, stack=change.stack)
     if is_newer(current.ami, change.ami):

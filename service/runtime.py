@@ -7,20 +7,44 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db
+from service import db, queries
 from service.aws import Aws
 from service.cache import Cache
+from service.consumer import Consumer
 from service.lookup import Lookup
 from service.presign import UrlSigner
 from service.reconciler import Reconciler
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ChangeSignal:
+    """Wakes everyone waiting for "something changed" (the change stream), without holding up the writer."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self, *, seconds: float) -> None:
+        """Until the next change, or `seconds` at most."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
+        except TimeoutError:
+            pass
+
+
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 @dataclass
@@ -32,6 +56,8 @@ class Runtime:
     lookup: Lookup
     signer: UrlSigner
     reconciler: Reconciler
+    consumer: Consumer
+    changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -39,7 +65,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, engine: AsyncEngine, aws: Aws) -> Runtime:
         cache = Cache(engine)
-        return cls(
+        runtime = cls(
             settings=settings,
             engine=engine,
             aws=aws,
@@ -49,7 +75,10 @@ class Runtime:
                 aws, expires_seconds=settings.presign_expires_seconds, reuse_seconds=settings.presign_reuse_seconds
             ),
             reconciler=Reconciler(cache=cache, aws=aws, settings=settings),
+            consumer=Consumer(cache=cache, aws=aws, settings=settings),
         )
+        cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
+        return runtime
 
     @classmethod
     @asynccontextmanager
@@ -71,6 +100,9 @@ class Runtime:
             await db.check_schema(engine)
             if poll:
                 runtime.start(runtime.reconciler.run(stop=runtime.stop), name="reconciler")
+                if settings.events_queue_urls:
+                    runtime.start(runtime.consumer.run(stop=runtime.stop), name="consumer")
+                runtime.start(runtime.prune_forever(), name="pruner")
             for coroutine in background or ():
                 runtime.start(coroutine, name="background")
             runtime.polling = poll
@@ -90,6 +122,33 @@ class Runtime:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.aws.close()
         await self.engine.dispose()
+
+    async def prune_forever(self) -> None:
+        """Retention: drop history older than STATUSCACHE_HISTORY_DAYS, hourly, in small transactions."""
+        while not self.stop.is_set():
+            older_than = datetime.now(UTC) - timedelta(days=self.settings.history_days)
+            try:
+                removed = await queries.prune(self.engine, older_than=older_than)
+                if removed:
+                    log.info("pruned %d history rows older than %s", removed, older_than.isoformat())
+            except Exception:
+                log.exception("pruning history failed")
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=PRUNE_INTERVAL_SECONDS)
+            except TimeoutError:
+                pass
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "live_lookups": self.lookup.live_lookups,
+            "reconcile": {
+                region: {key: value for key, value in vars(report).items() if key != "details"}
+                for region, report in self.reconciler.last_reports.items()
+            },
+            "reconcile_passes": self.reconciler.passes,
+            "events": dict(self.consumer.stats.counts),
+            "targeted_refreshes": self.consumer.refresher.refreshes,
+        }
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"database": False, "schema": False}

@@ -38,6 +38,17 @@ class Settings:
     # Pre-signed configuration URLs: their lifetime, and how long one signature is reused.
     presign_expires_seconds: int = 3600
     presign_reuse_seconds: int = 600
+    # SQS queues EventBridge delivers image state changes to (each in the region of its URL).
+    events_queue_urls: tuple[str, ...] = ()
+    # Concurrent long-poll receivers per queue.
+    events_receivers: int = 2
+    # Targeted refreshes (AWS look-ups of one image an event could not fully describe) at once.
+    refresh_concurrency: int = 4
+    # Transitions and document revisions older than this are pruned in the background.
+    history_days: float = 365.0
+    # The change stream: how often it looks for other replicas' changes, and its heartbeat.
+    sse_poll_seconds: float = 1.0
+    sse_heartbeat_seconds: float = 15.0
     # Force the local demo (a moto server in-process) even when AWS credentials exist.
     demo: bool = False
     # SQL pool and timeouts (PostgreSQL).
@@ -126,6 +137,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         backoff_max_seconds=_number(env, "STATUSCACHE_BACKOFF_MAX_SECONDS", 60.0, minimum=0.01),
         presign_expires_seconds=int(_number(env, "STATUSCACHE_PRESIGN_EXPIRES_SECONDS", 3600, minimum=60)),
         presign_reuse_seconds=int(_number(env, "STATUSCACHE_PRESIGN_REUSE_SECONDS", 600, minimum=1)),
+        events_queue_urls=tuple(
+            url.strip() for url in env.get("STATUSCACHE_EVENTS_QUEUE_URL", "").split(",") if url.strip()
+        ),
+        events_receivers=int(_number(env, "STATUSCACHE_EVENTS_RECEIVERS", 2, minimum=1)),
+        refresh_concurrency=int(_number(env, "STATUSCACHE_REFRESH_CONCURRENCY", 4, minimum=1)),
+        history_days=_number(env, "STATUSCACHE_HISTORY_DAYS", 365.0, minimum=1),
         demo=_flag(env, "STATUSCACHE_DEMO"),
         db_pool_size=int(_number(env, "STATUSCACHE_DB_POOL_SIZE", 10, minimum=1)),
         db_max_overflow=int(_number(env, "STATUSCACHE_DB_MAX_OVERFLOW", 10)),

@@ -126,3 +126,26 @@ transitions = Table(
     Column("ami_state", String(32), nullable=True),
 )
 Index("ix_transitions_image", transitions.c.region, transitions.c.image_id, transitions.c.id)
+Index("ix_images_imagebuilder_arn", images.c.imagebuilder_arn)
+Index("ix_images_region_stack_status", images.c.region, images.c.stack_status)
+
+# Event ids already applied: SQS delivers at least once, EventBridge may send twice.
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("processed_at", UtcDateTime, nullable=False),
+)
+Index("ix_processed_events_processed_at", processed_events.c.processed_at)
+
+# Messages that could not be read: kept with the reason, so none is lost and none loops forever.
+poison_messages = Table(
+    "poison_messages",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("queue_url", Text, nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+)

@@ -114,7 +114,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         engine = create_async_engine(url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(text("TRUNCATE images, revisions, transitions RESTART IDENTITY"))
+                await connection.execute(
+                    text(
+                        "TRUNCATE images, revisions, transitions, processed_events, poison_messages RESTART IDENTITY"
+                    )
+                )
         finally:
             await engine.dispose()
 

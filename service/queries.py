@@ -1,0 +1,289 @@
+"""Read-only questions about the past and the whole cache: history, time travel, list pages, the change feed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.describe import iso_time
+from service.models import TAG_VERSION, CachedImage, ConfigLocation, tag_value
+from service.records import decode_parts
+from service.status import build_status
+from service.tables import images, processed_events, revisions, transitions
+
+# pcluster's ListImages filters, by the stack statuses each one selects.
+PENDING_STACK_STATUSES = ("CREATE_IN_PROGRESS",)
+FAILED_STACK_STATUSES = (
+    "CREATE_FAILED",
+    "DELETE_FAILED",
+    "ROLLBACK_FAILED",
+    "ROLLBACK_COMPLETE",
+    "ROLLBACK_IN_PROGRESS",
+)
+IMAGE_STATUS_FILTERS = ("AVAILABLE", "PENDING", "FAILED")
+
+
+class BadToken(ValueError):
+    pass
+
+
+def encode_token(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
+
+
+def decode_token(token: str) -> dict[str, Any]:
+    try:
+        decoded = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise BadToken(token) from exc
+    if not isinstance(decoded, dict):
+        raise BadToken(token)
+    return decoded
+
+
+# --- history ---------------------------------------------------------------------------------------
+
+
+def transition_json(row: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "time": iso_time(row.happened_at),
+        "observedTime": iso_time(row.observed_at),
+        "source": row.source,
+    }
+    for key, value in (
+        ("imageBuildStatus", row.build_status),
+        ("cloudformationStackStatus", row.stack_status),
+        ("cloudformationStackStatusReason", row.stack_status_reason),
+        ("imagebuilderImageStatus", row.imagebuilder_status),
+        ("imagebuilderImageStatusReason", row.imagebuilder_status_reason),
+        ("ec2AmiState", row.ami_state),
+    ):
+        if value is not None:
+            item[key] = value
+    if not row.exists:
+        item["gone"] = True
+    return item
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    transitions: list[dict[str, Any]]
+    next_token: str | None
+    known: bool
+
+
+async def history(
+    engine: AsyncEngine,
+    *,
+    region: str,
+    image_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    next_token: str | None,
+) -> HistoryPage:
+    """Transitions oldest first (in the order the cache learned them), `time` within [since, until]."""
+    after_id = int(decode_token(next_token).get("after", 0)) if next_token else 0
+    conditions = [transitions.c.region == region, transitions.c.image_id == image_id, transitions.c.id > after_id]
+    if since is not None:
+        conditions.append(transitions.c.happened_at >= since)
+    if until is not None:
+        conditions.append(transitions.c.happened_at <= until)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(transitions).where(*conditions).order_by(transitions.c.id).limit(limit + 1)
+            )
+        ).all()
+        known = bool(rows) or after_id > 0 or (
+            await connection.execute(
+                select(func.count())
+                .select_from(transitions)
+                .where(transitions.c.region == region, transitions.c.image_id == image_id)
+            )
+        ).scalar_one() > 0
+    page = rows[:limit]
+    token = encode_token({"after": page[-1].id}) if len(rows) > limit else None
+    return HistoryPage([transition_json(row) for row in page], token, known)
+
+
+# --- time travel -----------------------------------------------------------------------------------
+
+
+async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datetime) -> CachedImage | None:
+    """The record as the cache knew it at `at` (latest revision observed by then); None if unknown then."""
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                select(revisions)
+                .where(revisions.c.region == region, revisions.c.image_id == image_id, revisions.c.observed_at <= at)
+                .order_by(revisions.c.observed_at.desc(), revisions.c.seq.desc())
+                .limit(1)
+            )
+        ).first()
+    if row is None:
+        return None
+    return CachedImage(
+        region=region,
+        image_id=image_id,
+        version=row.version,
+        exists=bool(row.exists),
+        document=row.document.encode() if row.document is not None else None,
+        config=ConfigLocation(bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)),
+        changed_at=row.observed_at,
+        confirmed_at=row.observed_at,
+    )
+
+
+# --- list ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListPage:
+    images: list[dict[str, Any]]
+    next_token: str | None
+    etag: str
+
+
+def _summary(row: Any, *, image_status: str, region: str) -> dict[str, Any]:
+    parts = decode_parts(row.parts)
+    if image_status == "AVAILABLE":
+        ami = parts.ami_value
+        assert ami is not None
+        item: dict[str, Any] = {
+            "imageId": row.image_id,
+            "imageBuildStatus": "BUILD_COMPLETE",
+            "ec2AmiInfo": {"amiId": ami.ami_id},
+            "region": region,
+            "version": tag_value(ami.tags, TAG_VERSION),
+        }
+    else:
+        stack = parts.stack_value
+        assert stack is not None
+        item = {
+            "imageId": row.image_id,
+            "imageBuildStatus": build_status(stack.status),
+            "cloudformationStackStatus": stack.status,
+            "cloudformationStackArn": stack.stack_id,
+            "region": region,
+            "version": tag_value(stack.tags, TAG_VERSION),
+        }
+    return {key: value for key, value in item.items() if value is not None}
+
+
+async def list_images(
+    engine: AsyncEngine, *, region: str, image_status: str, next_token: str | None, limit: int = 100
+) -> ListPage:
+    """A page of images in pcluster's ListImages shape, keyed by image id so pages never skip or repeat."""
+    after = str(decode_token(next_token).get("after", "")) if next_token else ""
+    if image_status == "AVAILABLE":
+        condition = and_(images.c.ami_id.is_not(None), images.c.exists.is_(True))
+    elif image_status == "PENDING":
+        condition = images.c.stack_status.in_(PENDING_STACK_STATUSES)
+    else:
+        condition = images.c.stack_status.in_(FAILED_STACK_STATUSES)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(images.c.image_id, images.c.version, images.c.parts)
+                .where(images.c.region == region, condition, images.c.image_id > after)
+                .order_by(images.c.image_id)
+                .limit(limit + 1)
+            )
+        ).all()
+    page = rows[:limit]
+    token = encode_token({"after": page[-1].image_id}) if len(rows) > limit else None
+    digest = hashlib.sha256(
+        orjson.dumps([region, image_status, after, token, [(row.image_id, row.version) for row in page]])
+    ).hexdigest()[:32]
+    return ListPage([_summary(row, image_status=image_status, region=region) for row in page], token, f'"{digest}"')
+
+
+# --- the change feed -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revision:
+    seq: int
+    image: CachedImage
+
+
+async def revisions_after(
+    engine: AsyncEngine, *, after: int, region: str | None, image_id: str | None, limit: int = 100
+) -> list[Revision]:
+    conditions = [revisions.c.seq > after]
+    if region is not None:
+        conditions.append(revisions.c.region == region)
+    if image_id is not None:
+        conditions.append(revisions.c.image_id == image_id)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(select(revisions).where(*conditions).order_by(revisions.c.seq).limit(limit))
+        ).all()
+    return [
+        Revision(
+            seq=row.seq,
+            image=CachedImage(
+                region=row.region,
+                image_id=row.image_id,
+                version=row.version,
+                exists=bool(row.exists),
+                document=row.document.encode() if row.document is not None else None,
+                config=ConfigLocation(
+                    bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)
+                ),
+                changed_at=row.observed_at,
+                confirmed_at=row.observed_at,
+            ),
+        )
+        for row in rows
+    ]
+
+
+async def latest_seq(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(select(func.coalesce(func.max(revisions.c.seq), 0)))).scalar_one())
+
+
+# --- retention -------------------------------------------------------------------------------------
+
+
+async def prune(engine: AsyncEngine, *, older_than: datetime, batch: int = 1000) -> int:
+    """Delete transitions and superseded revisions older than `older_than`, in small transactions.
+
+    The current revision of every image is kept (the change feed and `at=` for now need it).
+    """
+    removed = 0
+    while True:
+        async with engine.begin() as connection:
+            old_transitions = select(transitions.c.id).where(transitions.c.happened_at < older_than).limit(batch)
+            gone_t = (await connection.execute(delete(transitions).where(transitions.c.id.in_(old_transitions))))
+            current = select(images.c.seq)
+            old_revisions = (
+                select(revisions.c.seq)
+                .where(revisions.c.observed_at < older_than, revisions.c.seq.not_in(current))
+                .limit(batch)
+            )
+            gone_r = await connection.execute(delete(revisions).where(revisions.c.seq.in_(old_revisions)))
+            count = (gone_t.rowcount or 0) + (gone_r.rowcount or 0)
+        removed += count
+        if count < batch:
+            break
+    async with engine.begin() as connection:
+        await connection.execute(
+            delete(processed_events).where(processed_events.c.processed_at < _event_horizon(older_than))
+        )
+    return removed
+
+
+def _event_horizon(older_than: datetime) -> datetime:
+    # Duplicates arrive within SQS's retention (at most 14 days): event ids need not be kept longer.
+    return max(older_than, datetime.now(older_than.tzinfo) - timedelta(days=15))
+
