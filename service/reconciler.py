@@ -154,10 +154,10 @@ class Reconciler:
             while not stop.is_set() and (iterations is None or done < iterations):
                 failed = False
                 for region in self._settings.regions:
-                    if region_gate is not None and not await region_gate(region):
-                        continue
                     try:
-                        await self.run_pass(region=region)
+                        # Another replica holding the region's lease reconciles it: that counts as done here.
+                        if region_gate is None or await region_gate(region):
+                            await self.run_pass(region=region)
                     except Exception:
                         failed = True
                         log.exception("reconcile pass for %s failed", region)

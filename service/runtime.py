@@ -17,6 +17,7 @@ from service import db, queries
 from service.aws import Aws
 from service.cache import Cache
 from service.consumer import Consumer
+from service.lease import RegionLease
 from service.lookup import Lookup
 from service.presign import UrlSigner
 from service.reconciler import Reconciler
@@ -57,6 +58,7 @@ class Runtime:
     signer: UrlSigner
     reconciler: Reconciler
     consumer: Consumer
+    lease: RegionLease
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,6 +78,7 @@ class Runtime:
             ),
             reconciler=Reconciler(cache=cache, aws=aws, settings=settings),
             consumer=Consumer(cache=cache, aws=aws, settings=settings),
+            lease=RegionLease(engine),
         )
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
         return runtime
@@ -99,7 +102,9 @@ class Runtime:
         try:
             await db.check_schema(engine)
             if poll:
-                runtime.start(runtime.reconciler.run(stop=runtime.stop), name="reconciler")
+                runtime.start(
+                    runtime.reconciler.run(stop=runtime.stop, region_gate=runtime.lease.holds), name="reconciler"
+                )
                 if settings.events_queue_urls:
                     runtime.start(runtime.consumer.run(stop=runtime.stop), name="consumer")
                 runtime.start(runtime.prune_forever(), name="pruner")
@@ -120,6 +125,7 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.lease.release_all()
         await self.aws.close()
         await self.engine.dispose()
 
@@ -146,6 +152,7 @@ class Runtime:
                 for region, report in self.reconciler.last_reports.items()
             },
             "reconcile_passes": self.reconciler.passes,
+            "reconcile_lease": self.lease.regions,
             "events": dict(self.consumer.stats.counts),
             "targeted_refreshes": self.consumer.refresher.refreshes,
         }

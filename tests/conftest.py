@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -108,10 +107,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         path.write_bytes(template.read_bytes())
         yield f"sqlite+aiosqlite:///{path}"
         return
-    url: str = request.getfixturevalue("postgres_url")
+    yield request.getfixturevalue("empty_postgres_url")
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_url: str) -> str:
+    """The run's PostgreSQL database with every table emptied."""
 
     async def truncate() -> None:
-        engine = create_async_engine(url)
+        engine = create_async_engine(postgres_url)
         try:
             async with engine.begin() as connection:
                 await connection.execute(
@@ -123,7 +127,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             await engine.dispose()
 
     asyncio.run(truncate())
-    yield url
+    return postgres_url
 
 
 @pytest.fixture
@@ -152,7 +156,3 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
         yield http
 
-
-def pg_is_up() -> bool:
-    result = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"], capture_output=True, check=False)
-    return result.returncode == 0

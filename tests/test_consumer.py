@@ -23,12 +23,17 @@ from tests.conftest import REGION
 pytestmark = pytest.mark.asyncio
 
 _ids = itertools.count(1)
-# Event times are relative to a minute from now: after any reconcile a test runs first.
-T0 = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+# Event times count from a minute after each test starts: after any reconcile the test runs first.
+_event_base = [datetime.now(UTC)]
+
+
+@pytest.fixture(autouse=True)
+def event_clock() -> None:
+    _event_base[0] = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
 
 
 def stamp(seconds: float) -> str:
-    return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (_event_base[0] + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def envelope(detail_type: str, source: str, *, detail: dict[str, Any], at: float, resources: list[str],

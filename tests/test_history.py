@@ -16,7 +16,9 @@ from service.app import create_app
 from service.fakeaws import FakeAws
 from service.runtime import Runtime
 from tests.conftest import REGION
-from tests.test_consumer import Queue, ami_event, drain, imagebuilder_event, stack_event
+from tests.test_consumer import Queue, ami_event, drain, event_clock, imagebuilder_event, stack_event
+
+__all__ = ["event_clock"]  # the autouse fixture, so event times count from each test's start
 
 pytestmark = pytest.mark.asyncio
 
