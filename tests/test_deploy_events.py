@@ -19,7 +19,8 @@ import yaml
 from moto import mock_aws
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "deploy" / "events.yaml"
-FIXTURES = Path("/work/shared/fixtures/events")
+# Copies of shared/fixtures/events, so the suite runs from any checkout.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "events"
 FIXTURE_NAMES = [
     "cfn-stack-status-change.json",
     "cfn-resource-status-change.json",

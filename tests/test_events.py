@@ -11,7 +11,8 @@ import pytest
 
 from service import events
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "events"
+# Copies of shared/fixtures/events, so the suite runs from any checkout.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "events"
 
 
 def fixture(name: str) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""The one apply: idempotence, versions, transitions, event ids, poison, readers during writes, retention."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from service import db, queries
+from service.cache import Cache, Poison
+from service.models import (
+    AmiInfo,
+    Change,
+    ConfigLocation,
+    ImagebuilderState,
+    Observed,
+    Source,
+    StackInfo,
+)
+from service.runtime import Runtime
+from service.settings import Settings
+from service.tables import poison_messages, processed_events, revisions, transitions
+
+pytestmark = pytest.mark.asyncio
+
+REGION = "us-east-1"
+T = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def stack(status: str = "CREATE_IN_PROGRESS", *, reason: str | None = None) -> StackInfo:
+    return StackInfo(
+        name="img",
+        stack_id="arn:aws:cloudformation:us-east-1:123456789012:stack/img/1",
+        status=status,
+        status_reason=reason,
+        creation_time=T,
+        tags=(("parallelcluster:image_id", "img"), ("parallelcluster:version", "3.9.0")),
+    )
+
+
+def change(
+    at: datetime,
+    *,
+    image_id: str = "img",
+    stack_info: StackInfo | None = None,
+    ami: AmiInfo | None = None,
+    imagebuilder: ImagebuilderState | None = None,
+    source: Source = Source.RECONCILE,
+) -> Change:
+    return Change(
+        region=REGION,
+        image_id=image_id,
+        source=source,
+        observed_at=at,
+        stack=Observed(at, stack_info),
+        ami=Observed(at, ami),
+        imagebuilder=Observed(at, imagebuilder) if imagebuilder else None,
+        config=Observed(at, ConfigLocation(bucket="b", key="k", available=True)),
+    )
+
+
+async def count(runtime: Runtime, table: object) -> int:
+    async with runtime.engine.connect() as connection:
+        return int((await connection.execute(select(func.count()).select_from(table))).scalar_one())  # type: ignore[arg-type]
+
+
+async def test_same_change_twice_changes_nothing(runtime: Runtime) -> None:
+    first = await runtime.cache.apply(change(T, stack_info=stack()))
+    second = await runtime.cache.apply(change(T + timedelta(seconds=5), stack_info=stack()))
+
+    assert first.changed and first.transitioned and first.version == 1
+    assert not second.changed and not second.transitioned and second.version == 1
+    assert await count(runtime, transitions) == 1
+    assert await count(runtime, revisions) == 1
+    cached = await runtime.cache.read(region=REGION, image_id="img")
+    assert cached is not None and cached.confirmed_at == T + timedelta(seconds=5) and cached.changed_at == T
+
+
+async def test_status_change_bumps_version_and_writes_one_transition(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack()))
+    result = await runtime.cache.apply(change(T + timedelta(seconds=1), stack_info=stack("CREATE_COMPLETE")))
+    assert result.changed and result.transitioned and result.version == 2
+    assert result.seq is not None
+
+
+async def test_document_change_without_status_change_bumps_version_only(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack()))
+    retagged = StackInfo(**{**stack().__dict__, "tags": (*stack().tags, ("team", "hpc"))})
+    result = await runtime.cache.apply(change(T + timedelta(seconds=1), stack_info=retagged))
+    assert result.changed and not result.transitioned
+
+
+async def test_older_observation_is_ignored(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack("CREATE_COMPLETE")))
+    result = await runtime.cache.apply(change(T - timedelta(minutes=1), stack_info=stack("CREATE_IN_PROGRESS")))
+    assert not result.changed
+    cached = await runtime.cache.read(region=REGION, image_id="img")
+    assert cached is not None and cached.document is not None and b"CREATE_COMPLETE" in cached.document
+
+
+async def test_nothing_is_stored_for_an_image_that_never_existed(runtime: Runtime) -> None:
+    result = await runtime.cache.apply(change(T))
+    assert not result.stored
+    assert await runtime.cache.count() == 0
+
+
+async def test_event_ids_and_poison_commit_with_the_batch(runtime: Runtime) -> None:
+    await runtime.cache.apply_many(
+        [change(T, stack_info=stack())],
+        event_ids=["e-1", "e-2", "e-1"],
+        poison=[Poison("q", "m-1", "{bad", "body is not JSON")],
+    )
+    assert await runtime.cache.seen_events(["e-1", "e-2", "e-3"]) == {"e-1", "e-2"}
+    assert await count(runtime, processed_events) == 2
+    assert await count(runtime, poison_messages) == 1
+    # With nothing to apply, the ids and poison still land.
+    await runtime.cache.apply_many([], event_ids=["e-3"])
+    assert await runtime.cache.seen_events(["e-3"]) == {"e-3"}
+
+
+async def test_readers_never_fail_while_another_engine_writes(settings: Settings, runtime: Runtime) -> None:
+    writer = Cache(db.create_engine(settings))
+    errors: list[BaseException] = []
+    await runtime.cache.apply(change(T, stack_info=stack()))
+
+    async def write() -> None:
+        for index in range(60):
+            status = "CREATE_COMPLETE" if index % 2 else "CREATE_IN_PROGRESS"
+            await writer.apply_many(
+                [change(T + timedelta(seconds=index + 1), image_id=f"img-{k}", stack_info=stack(status))
+                 for k in range(20)]
+            )
+
+    async def read() -> None:
+        for _ in range(300):
+            try:
+                await runtime.cache.read(region=REGION, image_id="img")
+            except BaseException as exc:  # collect, do not stop: every failure counts
+                errors.append(exc)
+            await asyncio.sleep(0)
+
+    try:
+        await asyncio.gather(write(), read(), read())
+    finally:
+        await writer.engine.dispose()
+    assert errors == []
+    assert await runtime.cache.count() == 21
+
+
+async def test_prune_drops_old_history_but_keeps_current_revisions(runtime: Runtime) -> None:
+    old = datetime.now(UTC) - timedelta(days=400)
+    await runtime.cache.apply(change(old, stack_info=stack()))
+    await runtime.cache.apply(change(old + timedelta(days=1), stack_info=stack("CREATE_COMPLETE")))
+    await runtime.cache.apply(change(datetime.now(UTC), stack_info=stack("DELETE_IN_PROGRESS")))
+
+    removed = await queries.prune(runtime.engine, older_than=datetime.now(UTC) - timedelta(days=365))
+
+    assert removed == 4  # two old transitions, two superseded old revisions
+    assert await count(runtime, transitions) == 1
+    assert await count(runtime, revisions) == 1
+    cached = await runtime.cache.read(region=REGION, image_id="img")
+    assert cached is not None and cached.version == 3
