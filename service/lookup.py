@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from service.aws import Aws
-from service.cache import Cache
+from service.cache import ApplyResult, Cache
 from service.errors import AwsError, NotFound, TooManyRequests
 from service.models import CachedImage
 from service.observe import observe_live
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+READ_CACHE_MAX_ENTRIES = 50_000
 
 
 def not_found_message(image_id: str) -> str:
@@ -70,10 +72,43 @@ class Lookup:
             region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
         }
         self.live_lookups = 0
+        # A small read-through memory of recent records: dropped on every local write (so this
+        # process never serves older than what it committed), and kept at most `read_cache_seconds`
+        # (the extra staleness a write by another replica can see).
+        self._recent: dict[tuple[str, str], tuple[float, CachedImage]] = {}
+        self._generation = 0
+
+    def forget(self, results: Sequence[ApplyResult]) -> None:
+        """Called after every committed write batch (Cache listener)."""
+        if not results:
+            return
+        self._generation += 1
+        for result in results:
+            key = (result.region, result.image_id)
+            self._recent.pop(key, None)
+            if result.exists:
+                self._negative.pop(key, None)
+
+    async def _read(self, *, region: str, image_id: str) -> CachedImage | None:
+        ttl = self._settings.read_cache_seconds
+        key = (region, image_id)
+        started = self._clock()
+        if ttl > 0:
+            entry = self._recent.get(key)
+            if entry is not None and started - entry[0] < ttl:
+                return entry[1]
+        generation = self._generation
+        cached = await self._cache.read(region=region, image_id=image_id)
+        # Only remember it if no write landed while we read: otherwise it may already be stale.
+        if ttl > 0 and cached is not None and cached.exists and generation == self._generation:
+            if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
+                self._recent.clear()
+            self._recent[key] = (started, cached)
+        return cached
 
     async def get(self, *, region: str, image_id: str) -> Answer:
         """The cached record (hit) or a fresh live one (miss). Raises NotFound, TooManyRequests, AwsError."""
-        cached = await self._cache.read(region=region, image_id=image_id)
+        cached = await self._read(region=region, image_id=image_id)
         if cached is not None and cached.exists:
             return Answer(cached, hit=True)
         key = (region, image_id)

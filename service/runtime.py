@@ -80,6 +80,7 @@ class Runtime:
             consumer=Consumer(cache=cache, aws=aws, settings=settings),
             lease=RegionLease(engine),
         )
+        cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
         return runtime
 

@@ -30,6 +30,9 @@ class Settings:
     log_level: str = "INFO"
     # Live lookups (cache misses) allowed per second per region; past it the answer is 429.
     live_lookups_per_second: float = 20.0
+    # Seconds a record read from SQL may be served again from memory; bounds how late a change made by
+    # another replica is seen (changes made by this process are seen at once). 0 turns it off.
+    read_cache_seconds: float = 1.0
     # Seconds a live lookup may take before the request answers 503.
     live_lookup_timeout_seconds: float = 20.0
     # Bounded backoff for the poller loops after a failed pass.
@@ -132,6 +135,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         negative_ttl_seconds=_number(env, "STATUSCACHE_NEGATIVE_TTL_SECONDS", 30.0),
         log_level=log_level,
         live_lookups_per_second=_number(env, "STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", 20.0, minimum=0.1),
+        read_cache_seconds=_number(env, "STATUSCACHE_READ_CACHE_SECONDS", 1.0),
         live_lookup_timeout_seconds=_number(env, "STATUSCACHE_LIVE_LOOKUP_TIMEOUT_SECONDS", 20.0, minimum=1.0),
         backoff_initial_seconds=_number(env, "STATUSCACHE_BACKOFF_INITIAL_SECONDS", 1.0, minimum=0.01),
         backoff_max_seconds=_number(env, "STATUSCACHE_BACKOFF_MAX_SECONDS", 60.0, minimum=0.01),

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from service.fakeaws import FakeAws
+from service.lookup import Lookup
 from service.runtime import Runtime
 from tests.conftest import OTHER_REGION, REGION
 
@@ -129,6 +130,7 @@ async def test_reconciled_answer_equals_live_answer(
 
         await connection.execute(text("DELETE FROM images"))
         await connection.execute(text("DELETE FROM revisions"))
+    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings)  # a fresh process
     live = {i: await describe(client, i) for i in ("rec-stack", "rec-ami")}
     for image_id, response in live.items():
         assert response.headers["x-cache"] == "MISS"

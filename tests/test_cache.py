@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -162,3 +163,40 @@ async def test_prune_drops_old_history_but_keeps_current_revisions(runtime: Runt
     assert await count(runtime, revisions) == 1
     cached = await runtime.cache.read(region=REGION, image_id="img")
     assert cached is not None and cached.version == 3
+
+
+async def test_a_read_after_a_local_write_sees_it_at_once(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack()))
+    first = await runtime.lookup.get(region=REGION, image_id="img")
+    await runtime.cache.apply(change(T + timedelta(seconds=1), stack_info=stack("CREATE_COMPLETE")))
+    second = await runtime.lookup.get(region=REGION, image_id="img")
+    assert (first.image.version, second.image.version) == (1, 2)
+
+
+async def test_another_replicas_write_is_seen_within_the_read_cache_bound(settings: Settings, runtime: Runtime) -> None:
+    bound = 0.3
+    runtime.lookup._settings = dataclasses.replace(settings, read_cache_seconds=bound)
+    other = Cache(db.create_engine(settings))
+    try:
+        await runtime.cache.apply(change(T, stack_info=stack()))
+        assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 1
+        await other.apply(change(T + timedelta(seconds=1), stack_info=stack("CREATE_COMPLETE")))
+        await asyncio.sleep(bound + 0.05)
+        assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 2
+    finally:
+        await other.engine.dispose()
+
+
+async def test_a_read_racing_a_write_is_not_remembered(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack()))
+    original_read = runtime.cache.read
+
+    async def slow_read(**kwargs: str) -> object:
+        result = await original_read(**kwargs)  # reads version 1 ...
+        await runtime.cache.apply(change(T + timedelta(seconds=1), stack_info=stack("CREATE_COMPLETE")))
+        return result  # ... which a write has replaced by the time the read returns
+
+    runtime.cache.read = slow_read  # type: ignore[method-assign, assignment]
+    await runtime.lookup.get(region=REGION, image_id="img")
+    runtime.cache.read = original_read  # type: ignore[method-assign]
+    assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 2
