@@ -118,25 +118,29 @@ class Consumer:
                 continue
             fresh[event_id] = event
 
-        plans = [await self.plan(event) for event in fresh.values()]
-        refreshes = {plan.refresh: event for plan, event in zip(plans, fresh.values(), strict=True) if plan.refresh}
-        results = await asyncio.gather(
-            *(
-                self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
-                for (region, image_id), event in refreshes.items()
-            ),
-            return_exceptions=True,
-        )
-        for outcome in results:
-            if isinstance(outcome, AwsError):
-                # The event's effect is still recorded below; reconciliation heals what the refresh missed.
-                log.warning("targeted refresh failed: %s", outcome.message)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-        changes = [plan.change for plan in plans if plan.change is not None]
-        await self._cache.apply_many(changes, event_ids=list(fresh), poison=poison)
-        self.stats.counts["applied"] += len(changes)
-        self.stats.counts["refreshed"] += len(refreshes)
+        # In message order: changes accumulate, and an event that needs a look-up first commits what came
+        # before it, so history keeps the order things happened in. One look-up per image per batch.
+        pending: list[Change] = []
+        refreshed: set[tuple[str, str]] = set()
+        for event in fresh.values():
+            plan = await self.plan(event)
+            if plan.change is not None:
+                pending.append(plan.change)
+            if plan.refresh is not None and plan.refresh not in refreshed:
+                refreshed.add(plan.refresh)
+                await self._cache.apply_many(pending)
+                self.stats.counts["applied"] += len(pending)
+                pending = []
+                region, image_id = plan.refresh
+                try:
+                    await self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
+                except AwsError as exc:
+                    # Reconciliation heals what this look-up could not see.
+                    log.warning("targeted refresh of %s/%s failed: %s", region, image_id, exc.message)
+                self.stats.counts["refreshed"] += 1
+        # The ids are recorded with the last changes: a crash before this point redelivers the batch.
+        await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison)
+        self.stats.counts["applied"] += len(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
     async def plan(self, event: events.Event) -> Plan:
@@ -172,6 +176,13 @@ class Consumer:
             )
             if image_id is None:
                 return Plan(refresh=(region, event.image_id_hint))
+            parts = await self._cache.read_parts(region=region, image_id=image_id)
+            stored_state = parts.imagebuilder if parts else None
+            if stored_state is not None and stored_state.as_of > when:
+                # EventBridge times have whole seconds: a look-up earlier in that second can seem newer.
+                # Same news: nothing to do; different news: ask AWS which is current.
+                same = stored_state.value is not None and stored_state.value.status == event.status
+                return Plan() if same else Plan(refresh=(region, image_id))
             state = ImagebuilderState(arn=event.arn, status=event.status, reason=event.reason)
             return Plan(
                 change=Change(

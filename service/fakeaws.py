@@ -286,6 +286,19 @@ class FakeAws:
         self._live_stack(region=region, stack_name=stack_name)
         cloudformation_backends[ACCOUNT_ID][region].delete_stack(stack_name)
 
+    def stack_id(self, *, region: str, stack_name: str) -> str:
+        """The id (ARN) of the running stack with that name."""
+        return str(self._live_stack(region=region, stack_name=stack_name).stack_id)
+
+    def ami_ids(self, *, region: str, image_id: str) -> list[str]:
+        """Ids of the AMIs tagged with this ParallelCluster image id."""
+        return sorted(
+            ami.id
+            for ami in ec2_backends[ACCOUNT_ID][region].amis.values()
+            if any(tag.get("key") == "parallelcluster:image_id" and tag.get("value") == image_id
+                   for tag in ami.get_tags())
+        )
+
     def _live_stack(self, *, region: str, stack_name: str) -> Stack:
         for stack in cloudformation_backends[ACCOUNT_ID][region].stacks.values():
             if stack.name == stack_name:

@@ -47,16 +47,19 @@ def start_demo(settings: Settings) -> tuple[Settings, list[Coroutine[Any, Any, N
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
     os.environ["AWS_DEFAULT_REGION"] = demo.DEMO_REGION
     image_ids = demo.seed(fake, region=demo.DEMO_REGION)
-    overrides: dict[str, Any] = {"regions": (demo.DEMO_REGION,)}
+    queue_url = demo.create_queue(fake, region=demo.DEMO_REGION)
+    # The scenario sends each step's EventBridge event to this queue, and the service consumes it.
+    overrides: dict[str, Any] = {"regions": (demo.DEMO_REGION,), "events_queue_urls": (queue_url,)}
     if "STATUSCACHE_RESYNC_SECONDS" not in os.environ:
-        # The demo's builds move within minutes; reconcile often enough to watch them.
-        overrides["resync_seconds"] = 10.0
+        # Events bring the changes; reconciliation heals what they miss, often enough to watch it.
+        overrides["resync_seconds"] = 30.0
     log.warning(
         "DEMO MODE: no AWS credentials or endpoint configured, so this is a local demo against an "
         "in-process moto server at %s with images %s. Set AWS credentials to run against AWS.",
         fake.endpoint_url, ", ".join(image_ids),
     )
-    return settings.with_overrides(**overrides), [demo.run_scenario(fake, stop=asyncio.Event())]
+    publish = demo.sqs_publisher(fake, queue_url=queue_url, region=demo.DEMO_REGION)
+    return settings.with_overrides(**overrides), [demo.run_scenario(fake, stop=asyncio.Event(), publish=publish)]
 
 
 async def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:

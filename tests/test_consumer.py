@@ -340,3 +340,20 @@ async def test_lost_event_is_healed_by_reconcile_and_counted(
     assert report.corrected == 1
     assert (await describe(client, "evt-lost"))["cloudformationStackStatus"] == "CREATE_COMPLETE"
     assert (await history(client, "evt-lost"))[-1]["source"] == "reconcile"
+
+
+async def test_event_in_the_same_second_as_a_reconcile_is_settled_by_a_refresh(
+    runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
+) -> None:
+    await known_building_image(runtime, aws_state, "evt-race")
+    arn = aws_state.imagebuilder_arn(region=REGION, image_id="evt-race")
+    aws_state.put_imagebuilder_image(arn, status="TESTING")
+    event = imagebuilder_event(arn, "TESTING", at=0)
+    # Stamped with the current whole second: earlier than the reconcile's as_of a moment ago.
+    event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    queue.send(event)
+
+    await drain(runtime.consumer, queue)
+
+    assert (await describe(client, "evt-race"))["imagebuilderImageStatus"] == "TESTING"
+    assert aws_state.calls["imagebuilder.GetImage"] == 1
