@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -116,20 +117,45 @@ async def document_body(runtime: Runtime, image: CachedImage) -> tuple[bytes, st
     return body, url, window
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A served answer's bytes and validators, the same for every request of one version and signing window."""
+
+    body: bytes
+    etag: str
+    last_modified: str
+
+
+PREPARED_MAX_ENTRIES = 20_000
+
+
+async def prepare(request: Request, runtime: Runtime, image: CachedImage) -> Prepared:
+    memo: dict[tuple[str, str, int, int | None], Prepared] = request.app.state.prepared
+    window = runtime.signer.window() if image.config.signable else None
+    key = (image.region, image.image_id, image.version, window)
+    prepared = memo.get(key)
+    if prepared is None:
+        body, _, _ = await document_body(runtime, image)
+        prepared = Prepared(body, etag_for(image, window), format_datetime(image.changed_at, usegmt=True))
+        if len(memo) >= PREPARED_MAX_ENTRIES:
+            memo.clear()
+        memo[key] = prepared
+    return prepared
+
+
 async def render_answer(request: Request, runtime: Runtime, answer: Answer) -> Response:
     image = answer.image
-    body, url, window = await document_body(runtime, image)
-    etag = etag_for(image, window if url is not None else None)
+    prepared = await prepare(request, runtime, image)
     headers = {
-        "ETag": etag,
-        "Last-Modified": format_datetime(image.changed_at, usegmt=True),
-        "Age": str(max(0, math.floor(time.time() - image.confirmed_at.timestamp()))),
+        "ETag": prepared.etag,
+        "Last-Modified": prepared.last_modified,
+        "Age": str(max(0, int(time.time() - image.confirmed_at.timestamp()))),
         "X-Cache": "HIT" if answer.hit else "MISS",
         "Cache-Control": "no-cache",
     }
-    if if_none_match(request, etag):
+    if if_none_match(request, prepared.etag):
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type=JSON, headers=headers)
+    return Response(prepared.body, media_type=JSON, headers=headers)
 
 
 def _limit(request: Request, *, default: int, maximum: int) -> int:
@@ -337,6 +363,7 @@ def create_app(
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+    app.state.prepared = {}
     if runtime is not None:
         app.state.runtime = runtime
     return app
