@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     runner.configure_logging(settings.log_level)
     try:
         if args.command == "serve":
-            asyncio.run(runner.serve(settings, host=args.host, port=args.port, poll=not args.no_poll))
+            runner.serve(settings, host=args.host, port=args.port, poll=not args.no_poll)
         elif args.command == "poll":
             asyncio.run(runner.poll(settings))
         elif args.command == "sync":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -11,13 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service import queries
 from service.errors import (
@@ -53,9 +57,14 @@ def validate_image_id(image_id: str) -> None:
 
 
 def resolve_region(request: Request, settings: Settings) -> str:
-    region = request.query_params.get("region")
+    return region_from(request.query_params.get("region"), settings)
+
+
+def region_from(region: str | None, settings: Settings) -> str:
     if region is None or region == "":
         return settings.default_region
+    if region in settings.regions:
+        return region
     if not REGION_PATTERN.match(region):
         raise BadRequest(f"invalid or unsupported region '{region}'")
     if region not in settings.regions:
@@ -76,7 +85,10 @@ def etag_for(image: CachedImage, window: int | None) -> str:
 
 
 def if_none_match(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
+    return etag_matches(request.headers.get("if-none-match"), etag)
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
     candidates = {part.strip() for part in header.split(",")}
@@ -93,20 +105,121 @@ def parse_timestamp(value: str, *, name: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-async def describe_image(request: Request) -> Response:
-    runtime = _runtime(request)
-    image_id = request.path_params["image_id"]
-    validate_image_id(image_id)
-    region = resolve_region(request, runtime.settings)
-    at = request.query_params.get("at")
-    if at is not None:
-        moment = parse_timestamp(at, name="at")
-        past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=moment)
-        if past is None or not past.exists:
-            raise NotFound(not_found_message(image_id))
-        return await render_answer(request, runtime, Answer(past, hit=True))
-    answer: Answer = await runtime.lookup.get(region=region, image_id=image_id)
-    return await render_answer(request, runtime, answer)
+class DescribeImage:
+    """GET /v3/images/custom/{image_id}: a plain ASGI endpoint, because it is the hot path.
+
+    A cached answer skips Starlette's Request/Response objects: the query string and the one header
+    it needs are read straight from the scope, and the prepared bytes are sent as they are.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        runtime: Runtime = state.runtime
+        image_id: str = scope["path_params"]["image_id"]
+        validate_image_id(image_id)
+        params = query_params(scope["query_string"])
+        region = region_from(params.get("region"), runtime.settings)
+        at = params.get("at")
+        if at is not None:
+            moment = parse_timestamp(at, name="at")
+            past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=moment)
+            if past is None or not past.exists:
+                raise NotFound(not_found_message(image_id))
+            answer = Answer(past, hit=True)
+        else:
+            # Recently read records are answered without awaiting anything.
+            recent = runtime.lookup.recent(region=region, image_id=image_id)
+            answer = Answer(recent, hit=True) if recent is not None else await runtime.lookup.get(
+                region=region, image_id=image_id
+            )
+        image = answer.image
+        memo: PreparedMemo = state.prepared
+        prepared = memo.get(memo_key(runtime, image)) or await prepare(memo, runtime, image)
+        await send_prepared(send, prepared, image=image, hit=answer.hit, if_none_match=_header(scope, b"if-none-match"))
+
+
+def memo_key(runtime: Runtime, image: CachedImage) -> tuple[str, str, int, int | None]:
+    return (image.region, image.image_id, image.version, runtime.signer.window() if image.config.signable else None)
+
+
+async def send_prepared(
+    send: Send, prepared: Prepared, *, image: CachedImage, hit: bool, if_none_match: str | None
+) -> None:
+    extra = [
+        (b"age", b"%d" % max(0, int(time.time() - image.confirmed_at.timestamp()))),
+        (b"x-cache", b"HIT" if hit else b"MISS"),
+    ]
+    if etag_matches(if_none_match, prepared.etag):
+        await send({"type": "http.response.start", "status": 304, "headers": prepared.headers_304 + extra})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": prepared.headers_200 + extra})
+        await send({"type": "http.response.body", "body": prepared.body})
+
+
+DESCRIBE_PREFIX = "/v3/images/custom/"
+
+
+class HotPath:
+    """In front of the Starlette app: a describe whose record and answer bytes are both in memory is
+    sent straight away. Anything else (a miss, `at=`, bad input, other routes) goes to Starlette,
+    which answers it in full, so no behaviour lives only here.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and not scope.get("root_path")
+            and scope["path"].startswith(DESCRIBE_PREFIX)
+        ):
+            image_id: str = scope["path"][len(DESCRIBE_PREFIX) :]
+            runtime: Runtime | None = getattr(self.state, "runtime", None)
+            if (
+                runtime is not None
+                and len(image_id) <= IMAGE_ID_MAX_LENGTH
+                and IMAGE_ID_PATTERN.match(image_id)
+                and image_id != "changes"
+            ):
+                params = query_params(scope["query_string"])
+                region = params.get("region") or runtime.settings.default_region
+                if "at" not in params and region in runtime.settings.regions:
+                    image = runtime.lookup.recent(region=region, image_id=image_id)
+                    if image is not None:
+                        prepared = self.state.prepared.get(memo_key(runtime, image))
+                        if prepared is not None:
+                            await send_prepared(
+                                send, prepared, image=image, hit=True, if_none_match=_header(scope, b"if-none-match")
+                            )
+                            return
+        await self.app(scope, receive, send)
+
+
+def query_params(raw: bytes) -> dict[str, str]:
+    """The query string as Starlette reads it (last value wins), without its objects on the hot path."""
+    if not raw:
+        return {}
+    text = raw.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    params: dict[str, str] = {}
+    for part in text.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            params[key] = value
+    return params
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None
 
 
 async def document_body(runtime: Runtime, image: CachedImage) -> tuple[bytes, str | None, int]:
@@ -117,45 +230,49 @@ async def document_body(runtime: Runtime, image: CachedImage) -> tuple[bytes, st
     return body, url, window
 
 
+RawHeaders = list[tuple[bytes, bytes]]
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """A served answer's bytes and validators, the same for every request of one version and signing window."""
+    """A served answer's bytes and headers, the same for every request of one version and signing window."""
 
     body: bytes
     etag: str
-    last_modified: str
+    # Encoded once: Starlette would rebuild and re-encode them on every request.
+    headers_200: RawHeaders
+    headers_304: RawHeaders
 
 
 PREPARED_MAX_ENTRIES = 20_000
 
 
-async def prepare(request: Request, runtime: Runtime, image: CachedImage) -> Prepared:
-    memo: dict[tuple[str, str, int, int | None], Prepared] = request.app.state.prepared
+PreparedMemo = dict[tuple[str, str, int, int | None], Prepared]
+
+
+async def prepare(memo: PreparedMemo, runtime: Runtime, image: CachedImage) -> Prepared:
     window = runtime.signer.window() if image.config.signable else None
     key = (image.region, image.image_id, image.version, window)
     prepared = memo.get(key)
     if prepared is None:
         body, _, _ = await document_body(runtime, image)
-        prepared = Prepared(body, etag_for(image, window), format_datetime(image.changed_at, usegmt=True))
+        etag = etag_for(image, window)
+        validators = [
+            (b"etag", etag.encode()),
+            (b"last-modified", format_datetime(image.changed_at, usegmt=True).encode()),
+            # Revalidate every time (a browser would otherwise guess a freshness from Last-Modified).
+            (b"cache-control", b"no-cache"),
+        ]
+        prepared = Prepared(
+            body=body,
+            etag=etag,
+            headers_200=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *validators],
+            headers_304=validators,
+        )
         if len(memo) >= PREPARED_MAX_ENTRIES:
             memo.clear()
         memo[key] = prepared
     return prepared
-
-
-async def render_answer(request: Request, runtime: Runtime, answer: Answer) -> Response:
-    image = answer.image
-    prepared = await prepare(request, runtime, image)
-    headers = {
-        "ETag": prepared.etag,
-        "Last-Modified": prepared.last_modified,
-        "Age": str(max(0, int(time.time() - image.confirmed_at.timestamp()))),
-        "X-Cache": "HIT" if answer.hit else "MISS",
-        "Cache-Control": "no-cache",
-    }
-    if if_none_match(request, prepared.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(prepared.body, media_type=JSON, headers=headers)
 
 
 def _limit(request: Request, *, default: int, maximum: int) -> int:
@@ -324,12 +441,27 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
+class ImageIdConvertor(Convertor[str]):
+    """A path segment, except "changes" (the change stream's path)."""
+
+    regex = "(?!changes$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("image_id", ImageIdConvertor())
+
+
 def create_app(
     settings: Settings,
     *,
     runtime: Runtime | None = None,
     open_runtime: Callable[[Settings], Any] | None = None,
-) -> Starlette:
+) -> HotPath:
     """The ASGI app. With `runtime` given (tests, the runner) it is used as is; otherwise the lifespan opens one."""
 
     @asynccontextmanager
@@ -341,6 +473,10 @@ def create_app(
         opener = open_runtime or (lambda s: Runtime.open(s, poll=True))
         async with opener(settings) as opened:
             app.state.runtime = opened
+            # Everything loaded so far (modules, botocore's service models, the engine) lives as long as
+            # the process: keep the garbage collector from walking it again on every full collection.
+            gc.collect()
+            gc.freeze()
             yield
 
     handlers: dict[Any, Handler] = {
@@ -351,11 +487,11 @@ def create_app(
     }
     app = Starlette(
         routes=[
-            Route("/v3/images/custom", list_images, methods=["GET"]),
-            # Before the describe route: "changes" would otherwise be taken for an image id.
+            # First, as the hot path; its id never matches "changes", which is the stream's.
+            Route("/v3/images/custom/{image_id:image_id}", DescribeImage(), methods=["GET"]),
             Route("/v3/images/custom/changes", change_stream, methods=["GET"]),
-            Route("/v3/images/custom/{image_id}", describe_image, methods=["GET"]),
-            Route("/v3/images/custom/{image_id}/history", image_history, methods=["GET"]),
+            Route("/v3/images/custom", list_images, methods=["GET"]),
+            Route("/v3/images/custom/{image_id:image_id}/history", image_history, methods=["GET"]),
             Route("/stats", stats, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -366,4 +502,4 @@ def create_app(
     app.state.prepared = {}
     if runtime is not None:
         app.state.runtime = runtime
-    return app
+    return HotPath(app)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import records
-from service.db import IMMEDIATE
+from service.db import sqlite_direct_for
 from service.models import CachedImage, Change, ConfigLocation, StatusFields
 from service.tables import images, poison_messages, processed_events, revisions, transitions
 
@@ -70,6 +73,29 @@ class Known:
 
 Listener = Callable[[Sequence[ApplyResult]], None]
 
+SQLITE_READ = (
+    'SELECT version, "exists", document, config_bucket, config_key, config_available, changed_at, confirmed_at '
+    "FROM images WHERE region = ? AND image_id = ?"
+)
+
+
+def _sqlite_time(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> CachedImage:
+    version, exists, document, bucket, key, available, changed_at, confirmed_at = row
+    return CachedImage(
+        region=region,
+        image_id=image_id,
+        version=version,
+        exists=bool(exists),
+        document=document.encode() if document is not None else None,
+        config=ConfigLocation(bucket=bucket, key=key, available=bool(available)),
+        changed_at=_sqlite_time(changed_at),
+        confirmed_at=_sqlite_time(confirmed_at),
+    )
+
 
 def _config_of(row: Any) -> ConfigLocation:
     return ConfigLocation(
@@ -84,11 +110,23 @@ class Cache:
         self.engine = engine
         self._listeners: list[Listener] = []
         self._dialect = engine.dialect.name
+        self._sqlite = sqlite_direct_for(engine)
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     async def read(self, *, region: str, image_id: str) -> CachedImage | None:
+        if self._sqlite is not None:
+            try:
+                direct = self._sqlite.read_one(SQLITE_READ, (region, image_id))
+            except sqlite3.OperationalError as exc:
+                log.debug("direct SQLite read failed (%s); reading through the engine", exc)
+            else:
+                return _cached_from_sqlite(region, image_id, direct) if direct is not None else None
         async with self.engine.connect() as connection:
             row = (
                 await connection.execute(
@@ -172,45 +210,17 @@ class Cache:
     async def _apply_batch(
         self, batch: Sequence[Change], *, event_ids: Sequence[str], poison: Sequence[Poison]
     ) -> list[ApplyResult]:
-        keys = sorted({(change.region, change.image_id) for change in batch})
+        if self._sqlite is not None:
+            # One hop to the writer thread for the whole transaction, instead of one per statement.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._sqlite.writer, self._sqlite.write, lambda connection: _write_batch(
+                    connection, batch, event_ids=event_ids, poison=poison
+                )
+            )
         async with self.engine.connect() as connection:
-            connection = await connection.execution_options(**{IMMEDIATE: True})
-            async with connection.begin():
-                rows = {}
-                if keys:
-                    await self._lock(connection, keys)
-                    rows = {
-                        (row.region, row.image_id): row
-                        for row in await connection.execute(
-                            select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys))
-                        )
-                    }
-                planned = _Plan(rows)
-                for change in batch:
-                    planned.add(change)
-                results = await planned.write(connection)
-                now = datetime.now(UTC)
-                if event_ids:
-                    insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-                    await connection.execute(
-                        insert(processed_events).on_conflict_do_nothing(index_elements=["event_id"]),
-                        [{"event_id": event_id, "processed_at": now} for event_id in dict.fromkeys(event_ids)],
-                    )
-                if poison:
-                    await connection.execute(
-                        poison_messages.insert(),
-                        [
-                            {
-                                "queue_url": item.queue_url,
-                                "message_id": item.message_id,
-                                "body": item.body,
-                                "reason": item.reason,
-                                "received_at": now,
-                            }
-                            for item in poison
-                        ],
-                    )
-                return results
+            return await connection.run_sync(
+                _write_in_transaction, batch=batch, event_ids=event_ids, poison=poison
+            )
 
     async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
@@ -257,18 +267,61 @@ class Cache:
                 )
             ).scalar_one_or_none()
 
-    async def _lock(self, connection: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
-        # PostgreSQL: per-image advisory locks, taken in one sorted statement, so replicas applying
-        # changes to the same image serialize instead of overwriting each other's merge.
-        if self._dialect != "postgresql":
-            return
-        await connection.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k "
-                "ORDER BY hashtext(k)"
-            ),
-            {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
+def _write_in_transaction(
+    connection: Connection, *, batch: Sequence[Change], event_ids: Sequence[str], poison: Sequence[Poison]
+) -> list[ApplyResult]:
+    with connection.begin():
+        return _write_batch(connection, batch, event_ids=event_ids, poison=poison)
+
+
+def _write_batch(
+    connection: Connection, batch: Sequence[Change], *, event_ids: Sequence[str], poison: Sequence[Poison]
+) -> list[ApplyResult]:
+    """One batch, inside the caller's transaction: lock, read, merge in memory, write."""
+    dialect = connection.dialect.name
+    keys = sorted({(change.region, change.image_id) for change in batch})
+    rows = {}
+    if keys:
+        if dialect == "postgresql":
+            # Per-image advisory locks, taken in one sorted statement, so replicas applying changes to
+            # the same image serialize instead of overwriting each other's merge.
+            connection.execute(
+                text(
+                    "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k "
+                    "ORDER BY hashtext(k)"
+                ),
+                {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
+            )
+        rows = {
+            (row.region, row.image_id): row
+            for row in connection.execute(select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys)))
+        }
+    planned = _Plan(rows)
+    for change in batch:
+        planned.add(change)
+    results = planned.write(connection)
+    now = datetime.now(UTC)
+    if event_ids:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        connection.execute(
+            insert(processed_events).on_conflict_do_nothing(index_elements=["event_id"]),
+            [{"event_id": event_id, "processed_at": now} for event_id in dict.fromkeys(event_ids)],
         )
+    if poison:
+        connection.execute(
+            poison_messages.insert(),
+            [
+                {
+                    "queue_url": item.queue_url,
+                    "message_id": item.message_id,
+                    "body": item.body,
+                    "reason": item.reason,
+                    "received_at": now,
+                }
+                for item in poison
+            ],
+        )
+    return results
 
 
 def _is_retryable(exc: DBAPIError) -> bool:
@@ -386,10 +439,10 @@ class _Plan:
             )
         )
 
-    async def write(self, connection: AsyncConnection) -> list[ApplyResult]:
+    def write(self, connection: Connection) -> list[ApplyResult]:
         seqs: dict[tuple[str, str, int], int] = {}
         if self.revision_rows:
-            inserted = await connection.execute(
+            inserted = connection.execute(
                 revisions.insert().returning(
                     revisions.c.seq, revisions.c.region, revisions.c.image_id, revisions.c.version,
                     sort_by_parameter_order=True,
@@ -402,9 +455,9 @@ class _Plan:
                 if self.image_rows[key]["version"] == version:
                     self.image_rows[key]["seq"] = seq
         if self.image_rows:
-            await connection.execute(_upsert(connection.dialect.name), list(self.image_rows.values()))
+            connection.execute(_upsert(connection.dialect.name), list(self.image_rows.values()))
         if self.transition_rows:
-            await connection.execute(transitions.insert(), self.transition_rows)
+            connection.execute(transitions.insert(), self.transition_rows)
         return [
             ApplyResult(
                 result.region, result.image_id, result.stored, result.changed, result.transitioned,
@@ -415,6 +468,7 @@ class _Plan:
         ]
 
 
+@functools.cache
 def _upsert(dialect: str) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(images)

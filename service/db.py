@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -45,8 +49,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (the documented recipe).
         dbapi_connection.isolation_level = None
@@ -56,10 +62,59 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(IMMEDIATE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+T = TypeVar("T")
+
+
+class SqliteDirect:
+    """SQLite without aiosqlite's thread hop per statement, for the two hot paths.
+
+    A read is one primary-key SELECT on the caller's (event loop) thread: in WAL mode a reader never
+    waits for a writer, and the lookup takes microseconds, less than one hop to a thread. A write
+    transaction runs whole on one writer thread: one hop per batch, and one writer per process.
+    """
+
+    def __init__(self, database: str) -> None:
+        self.path = database
+        self.engine = create_sync_engine(f"sqlite:///{database}", connect_args={"check_same_thread": False})
+        _configure_sqlite(self.engine)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader: sqlite3.Connection | None = None
+
+    def write(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(**{IMMEDIATE: True})
+            with connection.begin():
+                return work(connection)
+
+    def read_one(self, sql: str, parameters: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Raises sqlite3.OperationalError when SQLite is busy; the caller then takes the async path."""
+        if self._reader is None:
+            reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            reader.execute("PRAGMA query_only=ON")
+            reader.execute("PRAGMA busy_timeout=20")
+            self._reader = reader
+        row: tuple[Any, ...] | None = self._reader.execute(sql, parameters).fetchone()
+        return row
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.writer.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def sqlite_direct_for(engine: AsyncEngine) -> SqliteDirect | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return SqliteDirect(database)
 
 
 def alembic_config(database_url: str) -> Config:

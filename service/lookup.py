@@ -89,6 +89,13 @@ class Lookup:
             if result.exists:
                 self._negative.pop(key, None)
 
+    def recent(self, *, region: str, image_id: str) -> CachedImage | None:
+        """A record read within `read_cache_seconds` that exists, without touching SQL; else None."""
+        entry = self._recent.get((region, image_id))
+        if entry is not None and self._clock() - entry[0] < self._settings.read_cache_seconds:
+            return entry[1]
+        return None
+
     async def _read(self, *, region: str, image_id: str) -> CachedImage | None:
         ttl = self._settings.read_cache_seconds
         key = (region, image_id)

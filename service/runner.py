@@ -62,7 +62,8 @@ def start_demo(settings: Settings) -> tuple[Settings, list[Coroutine[Any, Any, N
     return settings.with_overrides(**overrides), [demo.run_scenario(fake, stop=asyncio.Event(), publish=publish)]
 
 
-async def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
+def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
+    """Run uvicorn the way `uvicorn` itself does (its event loop and HTTP implementation choices)."""
     background: list[Coroutine[Any, Any, None]] = []
     if settings.demo or not aws_configured():
         settings, background = start_demo(settings)
@@ -74,7 +75,7 @@ async def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None
     config = uvicorn.Config(
         app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on", access_log=False
     )
-    await uvicorn.Server(config).serve()
+    uvicorn.Server(config).run()
 
 
 async def _until_signalled() -> None:

@@ -128,6 +128,7 @@ class Runtime:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.lease.release_all()
         await self.aws.close()
+        self.cache.close()
         await self.engine.dispose()
 
     async def prune_forever(self) -> None:

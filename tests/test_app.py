@@ -333,3 +333,23 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert orjson.loads(ready.content)["checks"] == {"database": True, "schema": True}
+
+
+async def test_hot_path_answers_exactly_as_the_full_path(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="hot-and-full")
+    await describe(client, "hot-and-full")  # live, then stored
+    full = await describe(client, "hot-and-full")  # read from SQL and prepared by the Starlette route
+    hot = await describe(client, "hot-and-full")  # record and bytes in memory: answered in front of Starlette
+    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings)
+    cold = await describe(client, "hot-and-full")  # memory forgotten: the full path again
+
+    def comparable(response: httpx.Response) -> dict[str, str]:
+        return {key: value for key, value in response.headers.items() if key != "age"}
+
+    assert full.content == hot.content == cold.content
+    assert comparable(full) == comparable(hot) == comparable(cold)
+    assert hot.headers["x-cache"] == "HIT"
+    revalidated = await client.get(URL.format("hot-and-full"), headers={"If-None-Match": hot.headers["etag"]})
+    assert revalidated.status_code == 304 and revalidated.content == b""

@@ -349,8 +349,10 @@ async def test_event_in_the_same_second_as_a_reconcile_is_settled_by_a_refresh(
     arn = aws_state.imagebuilder_arn(region=REGION, image_id="evt-race")
     aws_state.put_imagebuilder_image(arn, status="TESTING")
     event = imagebuilder_event(arn, "TESTING", at=0)
-    # Stamped with the current whole second: earlier than the reconcile's as_of a moment ago.
-    event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Stamped with the whole second the reconcile looked in: earlier than the look itself.
+    parts = await runtime.cache.read_parts(region=REGION, image_id="evt-race")
+    assert parts is not None and parts.imagebuilder is not None and parts.imagebuilder.as_of.microsecond > 0
+    event["time"] = parts.imagebuilder.as_of.strftime("%Y-%m-%dT%H:%M:%SZ")
     queue.send(event)
 
     await drain(runtime.consumer, queue)
