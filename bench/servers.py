@@ -114,12 +114,18 @@ def serve_env(*, database_url: str, aws_endpoint: str, extra: dict[str, str] | N
 
 
 def start_serve(
-    *, name: str, database_url: str, aws_endpoint: str, log_dir: Path, extra_env: dict[str, str] | None = None
+    *,
+    name: str,
+    database_url: str,
+    aws_endpoint: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    poll: bool = False,
 ) -> Process:
     port = free_port()
     process = Process(
         name=name,
-        command=[sys.executable, "-m", "service", "serve", "--no-poll", "--port", str(port)],
+        command=[sys.executable, "-m", "service", "serve", *([] if poll else ["--no-poll"]), "--port", str(port)],
         env=serve_env(database_url=database_url, aws_endpoint=aws_endpoint, extra=extra_env),
         log_dir=log_dir,
         port=port,

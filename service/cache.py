@@ -119,14 +119,21 @@ class Cache:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def read_now(self, *, region: str, image_id: str) -> tuple[bool, CachedImage | None]:
+        """(answered, record): a read without awaiting, where the database allows one (SQLite)."""
+        if self._sqlite is None:
+            return False, None
+        try:
+            direct = self._sqlite.read_one(SQLITE_READ, (region, image_id))
+        except sqlite3.OperationalError as exc:
+            log.debug("direct SQLite read failed (%s); reading through the engine", exc)
+            return False, None
+        return True, _cached_from_sqlite(region, image_id, direct) if direct is not None else None
+
     async def read(self, *, region: str, image_id: str) -> CachedImage | None:
-        if self._sqlite is not None:
-            try:
-                direct = self._sqlite.read_one(SQLITE_READ, (region, image_id))
-            except sqlite3.OperationalError as exc:
-                log.debug("direct SQLite read failed (%s); reading through the engine", exc)
-            else:
-                return _cached_from_sqlite(region, image_id, direct) if direct is not None else None
+        answered, record = self.read_now(region=region, image_id=image_id)
+        if answered:
+            return record
         async with self.engine.connect() as connection:
             row = (
                 await connection.execute(

@@ -90,11 +90,23 @@ class Lookup:
                 self._negative.pop(key, None)
 
     def recent(self, *, region: str, image_id: str) -> CachedImage | None:
-        """A record read within `read_cache_seconds` that exists, without touching SQL; else None."""
-        entry = self._recent.get((region, image_id))
-        if entry is not None and self._clock() - entry[0] < self._settings.read_cache_seconds:
+        """An existing record without awaiting: from memory if read within `read_cache_seconds`, else read
+        now where the database allows it without a round trip (SQLite); None when neither answers."""
+        key = (region, image_id)
+        ttl = self._settings.read_cache_seconds
+        now = self._clock()
+        entry = self._recent.get(key)
+        if entry is not None and now - entry[0] < ttl:
             return entry[1]
-        return None
+        answered, cached = self._cache.read_now(region=region, image_id=image_id)
+        if not answered or cached is None or not cached.exists:
+            return None
+        if ttl > 0:
+            # Synchronous: no write can have landed between this read and remembering it.
+            if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
+                self._recent.clear()
+            self._recent[key] = (now, cached)
+        return cached
 
     async def _read(self, *, region: str, image_id: str) -> CachedImage | None:
         ttl = self._settings.read_cache_seconds
