@@ -319,19 +319,34 @@ async def list_images(request: Request) -> Response:
     if image_status not in queries.IMAGE_STATUS_FILTERS:
         raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
     region = resolve_region(request, runtime.settings)
-    try:
-        page = await queries.list_images(
-            runtime.engine, region=region, image_status=image_status, next_token=request.query_params.get("nextToken")
-        )
-    except queries.BadToken as exc:
-        raise BadRequest("nextToken is not one this service issued") from exc
-    headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
-    if if_none_match(request, page.etag):
+    token = request.query_params.get("nextToken")
+    # A page is remembered like a record: dropped by any local write, kept at most read_cache_seconds.
+    memo: dict[tuple[str, str, str | None], tuple[int, float, bytes, str]] = request.app.state.pages
+    key = (region, image_status, token)
+    remembered = memo.get(key)
+    generation = runtime.lookup.generation
+    if (
+        remembered is not None
+        and remembered[0] == generation
+        and time.monotonic() - remembered[1] < runtime.settings.read_cache_seconds
+    ):
+        body, etag = remembered[2], remembered[3]
+    else:
+        try:
+            page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
+        except queries.BadToken as exc:
+            raise BadRequest("nextToken is not one this service issued") from exc
+        document: dict[str, Any] = {"images": page.images}
+        if page.next_token:
+            document["nextToken"] = page.next_token
+        body, etag = orjson.dumps(document), page.etag
+        if len(memo) >= PREPARED_MAX_ENTRIES:
+            memo.clear()
+        memo[key] = (generation, time.monotonic(), body, etag)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match(request, etag):
         return Response(status_code=304, headers=headers)
-    body: dict[str, Any] = {"images": page.images}
-    if page.next_token:
-        body["nextToken"] = page.next_token
-    return Response(orjson.dumps(body), media_type=JSON, headers=headers)
+    return Response(body, media_type=JSON, headers=headers)
 
 
 async def change_stream(request: Request) -> Response:
@@ -500,6 +515,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.prepared = {}
+    app.state.pages = {}
     if runtime is not None:
         app.state.runtime = runtime
     return HotPath(app)

@@ -89,6 +89,11 @@ class Lookup:
             if result.exists:
                 self._negative.pop(key, None)
 
+    @property
+    def generation(self) -> int:
+        """Grows with every local write batch: what memories of query results check."""
+        return self._generation
+
     def recent(self, *, region: str, image_id: str) -> CachedImage | None:
         """An existing record without awaiting: from memory if read within `read_cache_seconds`, else read
         now where the database allows it without a round trip (SQLite); None when neither answers."""
