@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import boto3
 import httpx
 
-from service.fakeaws import ACCOUNT_ID, FakeAws
+from service.demo import envelope
+from service.fakeaws import FakeAws
 
 REGION = "us-east-1"
 # Image Builder states a build walks through; each step is one event.
@@ -31,17 +30,7 @@ class EventTiming:
 
 def _envelope(detail_type: str, source: str, resources: list[str], detail: dict[str, object]) -> str:
     return json.dumps(
-        {
-            "version": "0",
-            "id": str(uuid.uuid4()),
-            "detail-type": detail_type,
-            "source": source,
-            "account": ACCOUNT_ID,
-            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "region": REGION,
-            "resources": resources,
-            "detail": detail,
-        }
+        envelope(detail_type=detail_type, source=source, region=REGION, resources=resources, detail=detail)
     )
 
 

@@ -83,8 +83,20 @@ def _sqlite_time(value: str) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> CachedImage:
-    version, exists, document, bucket, key, available, changed_at, confirmed_at = row
+def stored_image(
+    *,
+    region: str,
+    image_id: str,
+    version: int,
+    exists: Any,
+    document: str | None,
+    bucket: str | None,
+    key: str | None,
+    available: Any,
+    changed_at: datetime,
+    confirmed_at: datetime,
+) -> CachedImage:
+    """A record (or a revision) as served, from its stored columns."""
     return CachedImage(
         region=region,
         image_id=image_id,
@@ -92,8 +104,16 @@ def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> Cac
         exists=bool(exists),
         document=document.encode() if document is not None else None,
         config=ConfigLocation(bucket=bucket, key=key, available=bool(available)),
-        changed_at=_sqlite_time(changed_at),
-        confirmed_at=_sqlite_time(confirmed_at),
+        changed_at=changed_at,
+        confirmed_at=confirmed_at,
+    )
+
+
+def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> CachedImage:
+    version, exists, document, bucket, key, available, changed_at, confirmed_at = row
+    return stored_image(
+        region=region, image_id=image_id, version=version, exists=exists, document=document, bucket=bucket,
+        key=key, available=available, changed_at=_sqlite_time(changed_at), confirmed_at=_sqlite_time(confirmed_at),
     )
 
 
@@ -142,15 +162,10 @@ class Cache:
             ).first()
         if row is None:
             return None
-        return CachedImage(
-            region=region,
-            image_id=image_id,
-            version=row.version,
-            exists=bool(row.exists),
-            document=row.document.encode() if row.document is not None else None,
-            config=_config_of(row),
-            changed_at=row.changed_at,
-            confirmed_at=row.confirmed_at,
+        return stored_image(
+            region=region, image_id=image_id, version=row.version, exists=row.exists, document=row.document,
+            bucket=row.config_bucket, key=row.config_key, available=row.config_available,
+            changed_at=row.changed_at, confirmed_at=row.confirmed_at,
         )
 
     async def known(self, *, region: str) -> dict[str, Known]:

@@ -12,8 +12,9 @@ import orjson
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cache import stored_image
 from service.describe import iso_time
-from service.models import TAG_VERSION, CachedImage, ConfigLocation, tag_value
+from service.models import TAG_VERSION, CachedImage, tag_value
 from service.records import decode_parts
 from service.status import build_status
 from service.tables import images, processed_events, revisions, transitions
@@ -130,15 +131,14 @@ async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datet
         ).first()
     if row is None:
         return None
-    return CachedImage(
-        region=region,
-        image_id=image_id,
-        version=row.version,
-        exists=bool(row.exists),
-        document=row.document.encode() if row.document is not None else None,
-        config=ConfigLocation(bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)),
-        changed_at=row.observed_at,
-        confirmed_at=row.observed_at,
+    return _revision_image(row)
+
+
+def _revision_image(row: Any) -> CachedImage:
+    return stored_image(
+        region=row.region, image_id=row.image_id, version=row.version, exists=row.exists, document=row.document,
+        bucket=row.config_bucket, key=row.config_key, available=row.config_available,
+        changed_at=row.observed_at, confirmed_at=row.observed_at,
     )
 
 
@@ -227,24 +227,7 @@ async def revisions_after(
         rows = (
             await connection.execute(select(revisions).where(*conditions).order_by(revisions.c.seq).limit(limit))
         ).all()
-    return [
-        Revision(
-            seq=row.seq,
-            image=CachedImage(
-                region=row.region,
-                image_id=row.image_id,
-                version=row.version,
-                exists=bool(row.exists),
-                document=row.document.encode() if row.document is not None else None,
-                config=ConfigLocation(
-                    bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)
-                ),
-                changed_at=row.observed_at,
-                confirmed_at=row.observed_at,
-            ),
-        )
-        for row in rows
-    ]
+    return [Revision(seq=row.seq, image=_revision_image(row)) for row in rows]
 
 
 async def latest_seq(engine: AsyncEngine) -> int:

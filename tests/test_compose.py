@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.__main__ as cli
@@ -34,7 +34,7 @@ from service import runner, seeding
 from service import settings as settings_module
 from service.settings import from_env
 from service.tables import images
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, _pg_admin
 from tests.test_e2e import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -435,19 +435,10 @@ class Stack:
                 process.wait()
 
 
-async def _admin(statement: str) -> None:
-    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     database = f"statuscache_compose_{secrets.token_hex(4)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{database}"'))
     running = Stack(workdir=tmp_path, moto_port=free_port(), database=database)
     try:
         yield running
@@ -455,7 +446,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running.close()
         for name in running.logs:  # shown by pytest only when the test failed
             print(f"----- {name} -----\n{running.log(name)[-4000:]}")
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 async def stored_image_ids(database_url: str) -> set[str]:

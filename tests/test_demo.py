@@ -1,16 +1,14 @@
 import asyncio
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from service import demo
 from service.demo import DEMO_REGION, advance, curl_examples, run_scenario, seed, steps
 from service.fakeaws import FakeAws
+from tests.test_fakeaws import client, fake
 
 AVAILABLE = {"Name": "tag:parallelcluster:build_status", "Values": ["available"]}
 
@@ -28,21 +26,7 @@ class SetWhenLogged(logging.Handler):
             self.event.set()
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeAws]:
-    with FakeAws() as started:
-        yield started
-
-
-def client(fake: FakeAws, service: str) -> Any:
-    return boto3.client(
-        service,
-        region_name=DEMO_REGION,
-        endpoint_url=fake.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-    )
+__all__ = ["fake"]  # the fixture, shared with test_fakeaws
 
 
 def amis(fake: FakeAws, image_id: str) -> list[dict[str, Any]]:

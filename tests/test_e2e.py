@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,9 @@ import httpx
 import pytest
 
 from service.fakeaws import FakeAws
-from tests.conftest import REGION
+from tests.conftest import REGION, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until_ready(base: str, *, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:

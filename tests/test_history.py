@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from service.app import create_app
 from service.fakeaws import FakeAws
 from service.runtime import Runtime
-from tests.conftest import REGION
+from tests.conftest import REGION, serving
 from tests.test_consumer import Queue, ami_event, drain, event_clock, imagebuilder_event, stack_event
 
 __all__ = ["event_clock"]  # the autouse fixture, so event times count from each test's start
@@ -202,13 +200,6 @@ async def test_list_etag_and_bad_filters(runtime: Runtime, aws_state: FakeAws, c
     assert wrong.json() == {"message": "Bad Request: 'DONE' is not one of ['AVAILABLE', 'PENDING', 'FAILED']"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def read_events(response: httpx.Response, count: int) -> list[dict[str, str]]:
     events: list[dict[str, str]] = []
     current: dict[str, str] = {}
@@ -231,15 +222,7 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:
     runtime.settings = dataclasses.replace(runtime.settings, sse_poll_seconds=0.1)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime.settings, runtime=runtime), port=port, log_level="warning", lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await asyncio.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+    async with serving(create_app(runtime.settings, runtime=runtime)) as base:
         aws_state.create_image_stack(region=REGION, image_id="streamed")
         await runtime.reconciler.run_pass(region=REGION)
         aws_state.set_stack_status(region=REGION, stack_name="streamed", status="CREATE_COMPLETE")
@@ -272,6 +255,3 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
         assert [event["id"] for event in resumed] == [replay[1]["id"], str(int(replay[1]["id"]) + 1)]
         assert resumed[1]["event"] == "gone"
         assert int(replay[0]["id"]) < int(replay[1]["id"])
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, timeout=10)

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 
 from service import db
 from service.app import create_app
@@ -24,9 +23,9 @@ from service.fakeaws import FakeAws
 from service.models import Change, Observed, Source, StackStatusPatch
 from service.runtime import Runtime
 from service.settings import Settings
-from tests.conftest import REGION
+from tests.conftest import REGION, serving
 from tests.test_e2e import Server, wait_until_ready
-from tests.test_history import _free_port, read_events
+from tests.test_history import read_events
 
 RESYNC = 2.0
 
@@ -161,15 +160,8 @@ async def test_a_change_made_by_one_replica_reaches_stream_clients_of_another(
     two_runtimes: tuple[Runtime, Runtime], aws_state: FakeAws
 ) -> None:
     writer, streamer = two_runtimes
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(streamer.settings, runtime=streamer), port=port, log_level="warning", lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+    async with serving(create_app(streamer.settings, runtime=streamer)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             async with http.stream("GET", "/v3/images/custom/changes", params={"region": REGION}) as response:
                 reader = asyncio.create_task(read_events(response, 1))
                 await asyncio.sleep(0.3)
@@ -178,6 +170,3 @@ async def test_a_change_made_by_one_replica_reaches_stream_clients_of_another(
                 received = await asyncio.wait_for(reader, timeout=10)
         assert received[0]["event"] == "image"
         assert '"imageId":"from-elsewhere"' in received[0]["data"]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, timeout=10)
