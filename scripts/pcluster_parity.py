@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.fakeaws import FakeAws  # noqa: E402
+from service.fakeaws import FakeAws
 
 REGION = "us-east-1"
 
