@@ -64,7 +64,9 @@ def build_states(fake: FakeAws) -> list[str]:
     )
     fake.create_image_stack(region=REGION, image_id="par-both", status="DELETE_FAILED", reason="busy")
     fake.create_ami(region=REGION, image_id="par-both")
-    fake.create_image_stack(region=REGION, image_id="par-deleting", status="DELETE_IN_PROGRESS", reason="User Initiated")
+    fake.create_image_stack(
+        region=REGION, image_id="par-deleting", status="DELETE_IN_PROGRESS", reason="User Initiated"
+    )
     fake.create_image_stack(region=REGION, image_id="par-update-rollback", status="UPDATE_ROLLBACK_COMPLETE")
     fake.create_image_stack(region=REGION, image_id="par-gone-bucket", bucket="par-bucket-deleted")
     s3 = boto3.client("s3", region_name=REGION, endpoint_url=fake.endpoint_url)
@@ -132,7 +134,9 @@ def main() -> int:
             for _round in ("live", "cached"):
                 for image_id in ids:
                     response = httpx.get(f"{base}/v3/images/custom/{image_id}", params={"region": REGION})
-                    answers[image_id].append((response.status_code, response.json(), response.headers.get("x-cache", "")))
+                    answers[image_id].append(
+                        (response.status_code, response.json(), response.headers.get("x-cache", ""))
+                    )
             subprocess.run(
                 [sys.executable, "-m", "service", "sync", "--once"], env=serve_env, check=True, capture_output=True
             )
