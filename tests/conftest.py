@@ -90,6 +90,19 @@ def aws_state(fake_aws: FakeAws) -> FakeAws:
     return fake_aws
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The PostgreSQL half of the suite is never skipped: no server, no test run."""
+    if "postgresql" not in BACKENDS:
+        return
+    try:
+        asyncio.run(_pg_admin("SELECT 1"))
+    except Exception as exc:
+        raise pytest.UsageError(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}). `make test` starts the local server "
+            "(scripts/ensure-postgres); set STATUSCACHE_TEST_PG_URL to use another one."
+        ) from exc
+
+
 def _pg_database_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
@@ -107,10 +120,7 @@ async def _pg_admin(statement: str) -> None:
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, migrated to head, dropped at the end."""
     name = f"statuscache_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # never skip the PostgreSQL half silently
-        pytest.exit(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}", returncode=3)
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     url = _pg_database_url(name)
     asyncio.run(db.migrate(url))
     try:
