@@ -25,6 +25,9 @@ from service.tables import images, poison_messages, processed_events, revisions,
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
+# On PostgreSQL a batch is merged on the event loop (SQLite merges on its writer thread): smaller
+# batches keep a reconcile pass from holding up reads for long.
+LOOP_BATCH_SIZE = 50
 WRITE_ATTEMPTS = 4
 
 READ_COLUMNS = (
@@ -209,9 +212,10 @@ class Cache:
         transaction: if anything before fails, a redelivered event is not mistaken for a duplicate.
         """
         results: list[ApplyResult] = []
-        starts = list(range(0, len(changes), BATCH_SIZE)) or [0]
+        size = BATCH_SIZE if self._sqlite is not None else LOOP_BATCH_SIZE
+        starts = list(range(0, len(changes), size)) or [0]
         for start in starts:
-            batch = changes[start : start + BATCH_SIZE]
+            batch = changes[start : start + size]
             last = start == starts[-1]
             for attempt in range(WRITE_ATTEMPTS):
                 try:
