@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service import queries
+from service import describe, queries
 from service.errors import (
     AwsError,
     AwsThrottled,
@@ -226,7 +226,8 @@ async def document_body(runtime: Runtime, image: CachedImage) -> tuple[bytes, st
     """The served describe document: the stored one with the configuration URL signed now."""
     assert image.document is not None
     url, window = await runtime.signer.url(region=image.region, config=image.config)
-    body = b'{"imageConfiguration":{"url":' + orjson.dumps(url or "NOT_AVAILABLE") + b"}," + image.document[1:]
+    body = b'{"imageConfiguration":{"url":' + orjson.dumps(describe.config_url(image.config, url)) + b"},"
+    body += image.document[1:]
     return body, url, window
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 IMAGE_ID_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")
 # CloudFormation stack names are at most 128 characters and the image id is the stack name.
@@ -162,4 +162,3 @@ class CachedImage:
     config: ConfigLocation
     changed_at: datetime
     confirmed_at: datetime
-    extra: dict[str, Any] = field(default_factory=dict)

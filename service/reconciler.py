@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service import status
 from service.aws import Aws
@@ -30,7 +30,6 @@ class PassReport:
     imagebuilder_lookups: int = 0
     # Changes that no event had already brought: how an operator sees whether events are healthy.
     corrected: int = 0
-    details: dict[str, int] = field(default_factory=dict)
 
 
 def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:

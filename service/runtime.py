@@ -150,7 +150,7 @@ class Runtime:
         return {
             "live_lookups": self.lookup.live_lookups,
             "reconcile": {
-                region: {key: value for key, value in vars(report).items() if key != "details"}
+                region: dict(vars(report))
                 for region, report in self.reconciler.last_reports.items()
             },
             "reconcile_passes": self.reconciler.passes,

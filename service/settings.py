@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.errors import ConfigurationError
@@ -59,7 +59,6 @@ class Settings:
     db_max_overflow: int = 10
     db_pool_timeout_seconds: float = 10.0
     db_statement_timeout_ms: int = 15000
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def default_region(self) -> str:

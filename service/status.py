@@ -35,10 +35,6 @@ BUILD_STATUS_BY_STACK_STATUS: dict[str, str] = {
     "DELETE_COMPLETE": "DELETE_COMPLETE",
 }
 
-# Image Builder states after which the image no longer changes on its own.
-IMAGEBUILDER_TERMINAL = frozenset({"AVAILABLE", "CANCELLED", "FAILED", "DEPRECATED", "DELETED", "DISABLED"})
-
-
 def build_status(stack_status: str) -> str | None:
     """The imageBuildStatus pcluster reports for a stack status (None for a status it does not map)."""
     return BUILD_STATUS_BY_STACK_STATUS.get(stack_status)
