@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
@@ -333,14 +334,14 @@ async def list_images(request: Request) -> Response:
     ):
         body, etag = remembered[2], remembered[3]
     else:
-        try:
-            page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
-        except queries.BadToken as exc:
-            raise BadRequest("nextToken is not one this service issued") from exc
-        document: dict[str, Any] = {"images": page.images}
-        if page.next_token:
-            document["nextToken"] = page.next_token
-        body, etag = orjson.dumps(document), page.etag
+        # Clients polling the same page when it expires share one query.
+        building: dict[tuple[str, str, str | None], asyncio.Task[tuple[bytes, str]]] = request.app.state.building
+        task = building.get(key)
+        if task is None:
+            task = asyncio.create_task(_list_page(runtime, region=region, image_status=image_status, token=token))
+            building[key] = task
+            task.add_done_callback(lambda _done: building.pop(key, None))
+        body, etag = await asyncio.shield(task)
         if len(memo) >= PREPARED_MAX_ENTRIES:
             memo.clear()
         memo[key] = (generation, time.monotonic(), body, etag)
@@ -348,6 +349,17 @@ async def list_images(request: Request) -> Response:
     if if_none_match(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=JSON, headers=headers)
+
+
+async def _list_page(runtime: Runtime, *, region: str, image_status: str, token: str | None) -> tuple[bytes, str]:
+    try:
+        page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
+    except queries.BadToken as exc:
+        raise BadRequest("nextToken is not one this service issued") from exc
+    document: dict[str, Any] = {"images": page.images}
+    if page.next_token:
+        document["nextToken"] = page.next_token
+    return orjson.dumps(document), page.etag
 
 
 async def change_stream(request: Request) -> Response:
@@ -517,6 +529,7 @@ def create_app(
     )
     app.state.prepared = {}
     app.state.pages = {}
+    app.state.building = {}
     if runtime is not None:
         app.state.runtime = runtime
     return HotPath(app)

@@ -255,3 +255,27 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
         assert [event["id"] for event in resumed] == [replay[1]["id"], str(int(replay[1]["id"]) + 1)]
         assert resumed[1]["event"] == "gone"
         assert int(replay[0]["id"]) < int(replay[1]["id"])
+
+
+async def test_concurrent_list_requests_share_one_query(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import queries
+
+    aws_state.create_ami(region=REGION, image_id="shared-page")
+    await runtime.reconciler.run_pass(region=REGION)
+    calls = 0
+    original = queries.list_images
+
+    async def counting(*args: Any, **kwargs: Any) -> queries.ListPage:
+        nonlocal calls
+        calls += 1
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "list_images", counting)
+    responses = await asyncio.gather(
+        *(client.get("/v3/images/custom", params={"imageStatus": "AVAILABLE"}) for _ in range(20))
+    )
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.content for response in responses}) == 1
+    assert calls == 1
