@@ -135,7 +135,7 @@ class DescribeImage:
             )
         image = answer.image
         memo: PreparedMemo = state.prepared
-        prepared = memo.get(memo_key(runtime, image)) or await prepare(memo, runtime, image)
+        prepared = await prepare(memo, runtime, image)
         await send_prepared(send, prepared, image=image, hit=answer.hit, if_none_match=_header(scope, b"if-none-match"))
 
 
@@ -223,13 +223,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def document_body(runtime: Runtime, image: CachedImage) -> tuple[bytes, str | None, int]:
+async def document_body(runtime: Runtime, image: CachedImage) -> bytes:
     """The served describe document: the stored one with the configuration URL signed now."""
     assert image.document is not None
-    url, window = await runtime.signer.url(region=image.region, config=image.config)
+    url, _ = await runtime.signer.url(region=image.region, config=image.config)
     body = b'{"imageConfiguration":{"url":' + orjson.dumps(describe.config_url(image.config, url)) + b"},"
-    body += image.document[1:]
-    return body, url, window
+    return body + image.document[1:]
 
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -253,12 +252,11 @@ PreparedMemo = dict[tuple[str, str, int, int | None], Prepared]
 
 
 async def prepare(memo: PreparedMemo, runtime: Runtime, image: CachedImage) -> Prepared:
-    window = runtime.signer.window() if image.config.signable else None
-    key = (image.region, image.image_id, image.version, window)
+    key = memo_key(runtime, image)
     prepared = memo.get(key)
     if prepared is None:
-        body, _, _ = await document_body(runtime, image)
-        etag = etag_for(image, window)
+        body = await document_body(runtime, image)
+        etag = etag_for(image, key[3])
         validators = [
             (b"etag", etag.encode()),
             (b"last-modified", format_datetime(image.changed_at, usegmt=True).encode()),
@@ -396,7 +394,7 @@ async def _change_events(
             cursor = revision.seq
             yield await _change_event(runtime, revision)
             last_beat = time.monotonic()
-        if len(batch) == 100:
+        if len(batch) == queries.FEED_PAGE:
             continue
         await runtime.changes.wait(seconds=settings.sse_poll_seconds)
         if time.monotonic() - last_beat >= settings.sse_heartbeat_seconds:
@@ -407,7 +405,7 @@ async def _change_events(
 async def _change_event(runtime: Runtime, revision: queries.Revision) -> bytes:
     image = revision.image
     if image.exists and image.document is not None:
-        data, _, _ = await document_body(runtime, image)
+        data = await document_body(runtime, image)
         kind = b"image"
     else:
         data = orjson.dumps(

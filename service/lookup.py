@@ -94,40 +94,45 @@ class Lookup:
         """Grows with every local write batch: what memories of query results check."""
         return self._generation
 
+    def _remembered(self, key: tuple[str, str], now: float) -> CachedImage | None:
+        entry = self._recent.get(key)
+        if entry is not None and now - entry[0] < self._settings.read_cache_seconds:
+            return entry[1]
+        return None
+
+    def _remember(self, key: tuple[str, str], read_at: float, cached: CachedImage | None) -> None:
+        if self._settings.read_cache_seconds <= 0 or cached is None or not cached.exists:
+            return
+        if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
+            self._recent.clear()
+        self._recent[key] = (read_at, cached)
+
     def recent(self, *, region: str, image_id: str) -> CachedImage | None:
         """An existing record without awaiting: from memory if read within `read_cache_seconds`, else read
         now where the database allows it without a round trip (SQLite); None when neither answers."""
         key = (region, image_id)
-        ttl = self._settings.read_cache_seconds
         now = self._clock()
-        entry = self._recent.get(key)
-        if entry is not None and now - entry[0] < ttl:
-            return entry[1]
+        remembered = self._remembered(key, now)
+        if remembered is not None:
+            return remembered
         answered, cached = self._cache.read_now(region=region, image_id=image_id)
         if not answered or cached is None or not cached.exists:
             return None
-        if ttl > 0:
-            # Synchronous: no write can have landed between this read and remembering it.
-            if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
-                self._recent.clear()
-            self._recent[key] = (now, cached)
+        # Synchronous: no write can have landed between this read and remembering it.
+        self._remember(key, now, cached)
         return cached
 
     async def _read(self, *, region: str, image_id: str) -> CachedImage | None:
-        ttl = self._settings.read_cache_seconds
         key = (region, image_id)
         started = self._clock()
-        if ttl > 0:
-            entry = self._recent.get(key)
-            if entry is not None and started - entry[0] < ttl:
-                return entry[1]
+        remembered = self._remembered(key, started)
+        if remembered is not None:
+            return remembered
         generation = self._generation
         cached = await self._cache.read(region=region, image_id=image_id)
         # Only remember it if no write landed while we read: otherwise it may already be stale.
-        if ttl > 0 and cached is not None and cached.exists and generation == self._generation:
-            if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
-                self._recent.clear()
-            self._recent[key] = (started, cached)
+        if generation == self._generation:
+            self._remember(key, started, cached)
         return cached
 
     async def get(self, *, region: str, image_id: str) -> Answer:

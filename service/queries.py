@@ -215,8 +215,11 @@ class Revision:
     image: CachedImage
 
 
+FEED_PAGE = 100
+
+
 async def revisions_after(
-    engine: AsyncEngine, *, after: int, region: str | None, image_id: str | None, limit: int = 100
+    engine: AsyncEngine, *, after: int, region: str | None, image_id: str | None, limit: int = FEED_PAGE
 ) -> list[Revision]:
     conditions = [revisions.c.seq > after]
     if region is not None:
