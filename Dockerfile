@@ -28,7 +28,7 @@ COPY migrations /tmp/migrations
 RUN site_packages="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && cp -r /tmp/migrations "$site_packages/migrations" \
  && python -m compileall -q "$site_packages/migrations" \
- && python -c 'import service.db as db; assert (db.MIGRATIONS_DIR / "env.py").is_file(), db.MIGRATIONS_DIR'
+ && python -c 'import service.store.db as db; assert (db.MIGRATIONS_DIR / "env.py").is_file(), db.MIGRATIONS_DIR'
 
 # --- final: the venv, the migrations, alembic.ini; no compilers ------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -48,8 +48,8 @@ COPY --from=builder /opt/venv /opt/venv
 # (./statuscache.db) and the demo work; alembic.ini plus a migrations link let `alembic` run by hand here.
 WORKDIR /app
 COPY alembic.ini ./
-RUN ln -s "$(python -c 'import service.db as db; print(db.MIGRATIONS_DIR)')" /app/migrations \
- && python -c 'import service.db as db; assert db.head_revision(), "no Alembic head found"'
+RUN ln -s "$(python -c 'import service.store.db as db; print(db.MIGRATIONS_DIR)')" /app/migrations \
+ && python -c 'import service.store.db as db; assert db.head_revision(), "no Alembic head found"'
 
 USER 10001:10001
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import boto3
 import httpx
 
-from service.demo import envelope
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
+from service.demo.scenario import envelope
 
 REGION = "us-east-1"
 # Image Builder states a build walks through; each step is one event.

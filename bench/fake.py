@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
 
 
 class TimedFakeAws(FakeAws):

@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import seed
 from bench.fake import TimedFakeAws
-from service import db
 from service.aws import Aws
-from service.cache import Cache
-from service.fakeaws import FakeAws
-from service.reconciler import Reconciler
+from service.demo.fakeaws import FakeAws
+from service.ingest.reconciler import Reconciler
 from service.settings import Settings
+from service.store import db
+from service.store.cache import Cache
 
 PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 

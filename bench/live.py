@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from bench.load import describe_path
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
 
 REGION = "us-east-1"
 

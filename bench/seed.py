@@ -9,10 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from service import db
-from service.cache import Cache
-from service.fakeaws import ACCOUNT_ID, DEFAULT_BUCKET
-from service.models import (
+from service.demo.fakeaws import ACCOUNT_ID, DEFAULT_BUCKET
+from service.domain.models import (
     AmiInfo,
     Change,
     ConfigLocation,
@@ -22,6 +20,8 @@ from service.models import (
     StackInfo,
 )
 from service.settings import Settings
+from service.store import db
+from service.store.cache import Cache
 
 REGION = "us-east-1"
 VERSION = "3.9.0"

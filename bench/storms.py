@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.load import describe_path
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
 
 
 @dataclass

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.settings import normalize_database_url
-from service.tables import metadata
+from service.store.tables import metadata
 
 config = context.config
 target_metadata = metadata

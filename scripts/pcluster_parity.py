@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
 
 REGION = "us-east-1"
 

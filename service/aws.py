@@ -17,8 +17,7 @@ import aiobotocore.session
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 
-from service.errors import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
-from service.models import (
+from service.domain.models import (
     IMAGE_RESOURCE_LOGICAL_ID,
     TAG_BUILD_STATUS,
     TAG_IMAGE_ID,
@@ -27,6 +26,7 @@ from service.models import (
     StackInfo,
     Tags,
 )
+from service.errors import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from service.aws import Aws
-from service.models import ConfigLocation
+from service.domain.models import ConfigLocation
 
 
 class UrlSigner:

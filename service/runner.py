@@ -12,10 +12,10 @@ from typing import Any
 import botocore.session
 import uvicorn
 
-from service import db
-from service.app import create_app
+from service.api.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
+from service.store import db
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def aws_configured(env: dict[str, str] | None = None) -> bool:
 
 def start_demo(settings: Settings) -> tuple[Settings, list[Coroutine[Any, Any, None]]]:
     """Start the local moto-backed AWS in-process, seed it, and point this process's botocore at it."""
-    from service import demo
-    from service.fakeaws import FakeAws
+    from service.demo import scenario as demo
+    from service.demo.fakeaws import FakeAws
 
     fake = FakeAws()
     fake.start()
@@ -67,7 +67,7 @@ def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
     background: list[Coroutine[Any, Any, None]] = []
     if settings.demo or not aws_configured():
         settings, background = start_demo(settings)
-        from service import demo
+        from service.demo import scenario as demo
 
         for line in demo.curl_examples(base_url=f"http://{host}:{port}"):
             log.warning("try: %s", line)

@@ -13,15 +13,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, queries
 from service.aws import Aws
-from service.cache import Cache
-from service.consumer import Consumer
-from service.lease import RegionLease
-from service.lookup import Lookup
+from service.ingest.consumer import Consumer
+from service.ingest.lookup import Lookup
+from service.ingest.reconciler import Reconciler
 from service.presign import UrlSigner
-from service.reconciler import Reconciler
 from service.settings import Settings
+from service.store import db, queries
+from service.store.cache import Cache
+from service.store.lease import RegionLease
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from service.domain.models import REGION_PATTERN
 from service.errors import ConfigurationError
-from service.models import REGION_PATTERN
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./statuscache.db"
 FALLBACK_REGION = "us-east-1"

@@ -18,12 +18,12 @@ import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import db
-from service.app import create_app
+from service.api.app import create_app
 from service.aws import Aws
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
 from service.settings import Settings
+from service.store import db
 
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"

@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from service.fakeaws import FakeAws
-from service.lookup import Lookup
+from service.demo.fakeaws import FakeAws
+from service.ingest.lookup import Lookup
 from service.runtime import Runtime
 from tests.conftest import OTHER_REGION, REGION
 

@@ -10,9 +10,9 @@ import botocore.exceptions
 import pytest
 
 from service.aws import Aws, ami_from_api, default_bucket_name, stack_from_api, translate
+from service.demo.fakeaws import FakeAws
+from service.domain.models import AmiInfo, ImagebuilderState, StackInfo
 from service.errors import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
-from service.fakeaws import FakeAws
-from service.models import AmiInfo, ImagebuilderState, StackInfo
 
 REGION = "us-east-1"
 

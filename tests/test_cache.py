@@ -9,9 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service import db, queries
-from service.cache import Cache, Poison
-from service.models import (
+from service.domain.models import (
     AmiInfo,
     Change,
     ConfigLocation,
@@ -22,7 +20,9 @@ from service.models import (
 )
 from service.runtime import Runtime
 from service.settings import Settings
-from service.tables import poison_messages, processed_events, revisions, transitions
+from service.store import db, queries
+from service.store.cache import Cache, Poison
+from service.store.tables import poison_messages, processed_events, revisions, transitions
 
 pytestmark = pytest.mark.asyncio
 

@@ -30,10 +30,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.__main__ as cli
-from service import runner, seeding
+from service import runner
 from service import settings as settings_module
+from service.demo import seeding
 from service.settings import from_env
-from service.tables import images
+from service.store.tables import images
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 from tests.test_e2e import free_port, wait_until_ready
 
@@ -46,7 +47,7 @@ CONDITIONS = {"service_started", "service_healthy", "service_completed_successfu
 # Entry points the image offers, and what each is outside a container.
 LOCAL_ENTRYPOINTS = {
     ("statuscache",): [sys.executable, "-m", "service"],
-    ("python", "-m", "service.seeding"): [sys.executable, "-m", "service.seeding"],
+    ("python", "-m", "service.demo.seeding"): [sys.executable, "-m", "service.demo.seeding"],
 }
 REGION = "us-east-1"
 
@@ -163,7 +164,7 @@ def parse_cli(name: str) -> Any:
     program = tuple(entrypoint(name))
     if program == ("statuscache",):
         return cli._parser().parse_args(command(name))
-    assert program == ("python", "-m", "service.seeding"), f"{name}: unknown entrypoint {program}"
+    assert program == ("python", "-m", "service.demo.seeding"), f"{name}: unknown entrypoint {program}"
     return seeding._parser().parse_args(command(name))
 
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from service.aws import QueueMessage
-from service.consumer import Consumer
-from service.fakeaws import ACCOUNT_ID, FakeAws
+from service.demo.fakeaws import ACCOUNT_ID, FakeAws
+from service.ingest.consumer import Consumer
 from service.runtime import Runtime
-from service.tables import poison_messages
+from service.store.tables import poison_messages
 from tests.conftest import REGION
 
 pytestmark = pytest.mark.asyncio

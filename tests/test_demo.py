@@ -5,9 +5,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from service import demo
-from service.demo import DEMO_REGION, advance, curl_examples, run_scenario, seed, steps
-from service.fakeaws import FakeAws
+from service.demo import scenario as demo
+from service.demo.fakeaws import FakeAws
+from service.demo.scenario import DEMO_REGION, advance, curl_examples, run_scenario, seed, steps
 from tests.test_fakeaws import client, fake
 
 AVAILABLE = {"Name": "tag:parallelcluster:build_status", "Values": ["available"]}
@@ -146,16 +146,16 @@ async def test_run_scenario_applies_every_step_then_stops_on_the_event(
 ) -> None:
     seed(fake)
     stop = asyncio.Event()
-    caplog.set_level(logging.INFO, logger="service.demo")
+    caplog.set_level(logging.INFO, logger="service.demo.scenario")
 
     complete = asyncio.Event()
     watcher = SetWhenLogged("demo scenario complete", complete)
-    logging.getLogger("service.demo").addHandler(watcher)
+    logging.getLogger("service.demo.scenario").addHandler(watcher)
     try:
         task = asyncio.create_task(run_scenario(fake, stop=stop, speed=10_000))
         await asyncio.wait_for(complete.wait(), timeout=10)
     finally:
-        logging.getLogger("service.demo").removeHandler(watcher)
+        logging.getLogger("service.demo.scenario").removeHandler(watcher)
     assert not task.done()
     stop.set()
     await asyncio.wait_for(task, timeout=5)

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from service import demo
-from service.fakeaws import FakeAws
+from service.demo import scenario as demo
+from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
 from tests.test_consumer import drain
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service import describe
-from service.models import AmiInfo, ConfigLocation, ImagebuilderState, StackInfo, StatusFields, Tags
+from service.domain import describe
+from service.domain.models import AmiInfo, ConfigLocation, ImagebuilderState, StackInfo, StatusFields, Tags
 
 REGION = "eu-west-1"
 IMAGE_ID = "alinux2-image"

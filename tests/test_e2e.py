@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.fakeaws import FakeAws
+from service.demo.fakeaws import FakeAws
 from tests.conftest import REGION, free_port
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service import events
+from service.domain import events
 
 # Copies of shared/fixtures/events, so the suite runs from any checkout.
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "events"

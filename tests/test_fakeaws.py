@@ -11,7 +11,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from service.fakeaws import ACCOUNT_ID, DEFAULT_BUCKET, FakeAws
+from service.demo.fakeaws import ACCOUNT_ID, DEFAULT_BUCKET, FakeAws
 
 REGION = "us-east-1"
 # One attempt: botocore would otherwise retry injected throttles and 5xx away.

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import create_app
-from service.fakeaws import FakeAws
+from service.api.app import create_app
+from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
 from tests.conftest import REGION, serving
 from tests.test_consumer import Queue, ami_event, drain, event_clock, imagebuilder_event, stack_event
@@ -164,7 +164,7 @@ async def test_list_filters_like_pcluster_and_pages_stably(
 async def test_list_pages_never_skip_or_repeat_while_images_change(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
-    from service import queries
+    from service.store import queries
 
     for index in range(7):
         aws_state.create_ami(region=REGION, image_id=f"page-{index}")
@@ -260,7 +260,7 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
 async def test_concurrent_list_requests_share_one_query(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service import queries
+    from service.store import queries
 
     aws_state.create_ami(region=REGION, image_id="shared-page")
     await runtime.reconciler.run_pass(region=REGION)

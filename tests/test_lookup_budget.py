@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.lookup import TokenBucket
+from service.ingest.lookup import TokenBucket
 
 
 class Clock:

@@ -10,11 +10,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from service import db
 from service.errors import SchemaError
 from service.runtime import Runtime
 from service.settings import Settings
-from service.tables import metadata
+from service.store import db
+from service.store.tables import metadata
 
 pytestmark = pytest.mark.asyncio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.models import ConfigLocation
+from service.domain.models import ConfigLocation
 from service.presign import UrlSigner
 
 EXPIRES = 3600

@@ -8,10 +8,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from service.demo.fakeaws import FakeAws
 from service.errors import AwsError
-from service.fakeaws import FakeAws
 from service.runtime import Runtime
-from service.tables import transitions
+from service.store.tables import transitions
 from tests.conftest import REGION
 
 pytestmark = pytest.mark.asyncio

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from service import describe
-from service.models import (
+from service.domain import describe
+from service.domain.models import (
     AmiInfo,
     Change,
     ConfigLocation,
@@ -19,7 +19,7 @@ from service.models import (
     StackInfo,
     StatusFields,
 )
-from service.records import Parts, decode_parts, encode_parts, is_newer, merge, render
+from service.domain.records import Parts, decode_parts, encode_parts, is_newer, merge, render
 
 REGION = "us-east-1"
 IMAGE_ID = "rocky9-build"

@@ -16,13 +16,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service import db
-from service.app import create_app
+from service.api.app import create_app
 from service.aws import Aws
-from service.fakeaws import FakeAws
-from service.models import Change, Observed, Source, StackStatusPatch
+from service.demo.fakeaws import FakeAws
+from service.domain.models import Change, Observed, Source, StackStatusPatch
 from service.runtime import Runtime
 from service.settings import Settings
+from service.store import db
 from tests.conftest import REGION, serving
 from tests.test_e2e import Server, wait_until_ready
 from tests.test_history import read_events

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service import status
+from service.domain import status
 
 # One row per CloudFormation stack status, exactly as DESIGN §2 tabulates it.
 STACK_STATUS_TABLE = [

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from service.tables import Serial, UtcDateTime
+from service.store.tables import Serial, UtcDateTime
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -24,7 +24,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service import describe, queries
+from service.domain import describe
+from service.domain.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, REGION_PATTERN, CachedImage
 from service.errors import (
     AwsError,
     AwsThrottled,
@@ -32,10 +33,10 @@ from service.errors import (
     NotFound,
     RequestError,
 )
-from service.lookup import Answer, not_found_message
-from service.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, REGION_PATTERN, CachedImage
+from service.ingest.lookup import Answer, not_found_message
 from service.runtime import Runtime
 from service.settings import Settings
+from service.store import queries
 
 log = logging.getLogger(__name__)
 

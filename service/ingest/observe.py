@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from service import describe
 from service.aws import Aws, default_bucket_name
-from service.errors import AwsError
-from service.models import (
+from service.domain import describe
+from service.domain.models import (
     AmiInfo,
     Change,
     ConfigLocation,
@@ -17,6 +16,7 @@ from service.models import (
     Source,
     StackInfo,
 )
+from service.errors import AwsError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from service import describe
-from service.models import (
+from service.domain import describe
+from service.domain.models import (
     AmiInfo,
     AmiStatePatch,
     Change,

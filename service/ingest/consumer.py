@@ -8,11 +8,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from service import events, records
 from service.aws import Aws, QueueMessage, queue_region
-from service.cache import Cache, Poison
-from service.errors import AwsError
-from service.models import (
+from service.domain import events, records
+from service.domain.models import (
     IMAGE_RESOURCE_LOGICAL_ID,
     TAG_IMAGE_ID,
     AmiStatePatch,
@@ -23,8 +21,10 @@ from service.models import (
     StackStatusPatch,
     tag_value,
 )
-from service.observe import observe_live, utcnow
+from service.errors import AwsError
+from service.ingest.observe import observe_live, utcnow
 from service.settings import Settings
+from service.store.cache import Cache, Poison
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Unlike service/fakeaws.py, nothing here touches moto's in-process backends: every write is a boto3 call,
 so it works against any endpoint (moto in a container, LocalStack). Running it twice changes nothing.
 
-    python -m service.seeding --endpoint-url http://moto:5000 --region us-east-1
+    python -m service.demo.seeding --endpoint-url http://moto:5000 --region us-east-1
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import boto3
 import botocore.exceptions
 
 from service.aws import default_bucket_name
-from service.models import IMAGE_RESOURCE_LOGICAL_ID, TAG_BUILD_STATUS, TAG_IMAGE_ID
+from service.domain.models import IMAGE_RESOURCE_LOGICAL_ID, TAG_BUILD_STATUS, TAG_IMAGE_ID
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def seed_via_api(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.seeding", description="Seed an AWS endpoint with ParallelCluster-style images."
+        prog="python -m service.demo.seeding", description="Seed an AWS endpoint with ParallelCluster-style images."
     )
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="env AWS_ENDPOINT_URL")
     parser.add_argument(

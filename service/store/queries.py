@@ -12,12 +12,12 @@ import orjson
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.cache import stored_image
-from service.describe import iso_time
-from service.models import TAG_VERSION, CachedImage, tag_value
-from service.records import decode_parts
-from service.status import build_status
-from service.tables import images, processed_events, revisions, transitions
+from service.domain.describe import iso_time
+from service.domain.models import TAG_VERSION, CachedImage, tag_value
+from service.domain.records import decode_parts
+from service.domain.status import build_status
+from service.store.cache import stored_image
+from service.store.tables import images, processed_events, revisions, transitions
 
 # pcluster's ListImages filters, by the stack statuses each one selects.
 PENDING_STACK_STATUSES = ("CREATE_IN_PROGRESS",)

@@ -72,7 +72,7 @@ images = Table(
     Column("stack_id", Text, nullable=True),
     Column("ami_id", String(64), nullable=True),
     Column("imagebuilder_arn", Text, nullable=True),
-    # What each source last reported and when (see service.records.Parts).
+    # What each source last reported and when (see service.domain.records.Parts).
     Column("parts", Text, nullable=False),
     Column("stack_as_of", UtcDateTime, nullable=True),
     Column("ami_as_of", UtcDateTime, nullable=True),

@@ -17,10 +17,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import records
-from service.db import sqlite_direct_for
-from service.models import CachedImage, Change, ConfigLocation, StatusFields
-from service.tables import images, poison_messages, processed_events, revisions, transitions
+from service.domain import records
+from service.domain.models import CachedImage, Change, ConfigLocation, StatusFields
+from service.store.db import sqlite_direct_for
+from service.store.tables import images, poison_messages, processed_events, revisions, transitions
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from service import status
-from service.models import (
+from service.domain import status
+from service.domain.models import (
     CONFIG_NAME,
     TAG_BUILD_LOG,
     TAG_S3_BUCKET,

@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from service.aws import Aws
-from service.cache import ApplyResult, Cache
+from service.domain.models import CachedImage
 from service.errors import AwsError, NotFound, TooManyRequests
-from service.models import CachedImage
-from service.observe import observe_live
+from service.ingest.observe import observe_live
 from service.settings import Settings
+from service.store.cache import ApplyResult, Cache
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from service.errors import SchemaError
 from service.settings import Settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Write transactions on SQLite take the write lock up front, so two writers never deadlock on upgrade.
 IMMEDIATE = "statuscache_immediate"

@@ -7,12 +7,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from service import status
 from service.aws import Aws
-from service.cache import Cache, Known
-from service.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
-from service.observe import config_location, imagebuilder_for_stack, utcnow
+from service.domain import status
+from service.domain.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
+from service.ingest.observe import config_location, imagebuilder_for_stack, utcnow
 from service.settings import Settings
+from service.store.cache import Cache, Known
 
 log = logging.getLogger(__name__)
 

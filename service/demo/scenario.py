@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from service.fakeaws import ACCOUNT_ID, FakeAws
+from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 
 log = logging.getLogger(__name__)
 
