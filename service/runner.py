@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
+import socket
 from collections.abc import Coroutine
+from types import FrameType
 from typing import Any
 
 import botocore.session
 import uvicorn
 
 from service.api.app import create_app
+from service.api.state import AppState
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
@@ -73,9 +77,43 @@ def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
             log.warning("try: %s", line)
     app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=background))
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on", access_log=False
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_seconds)),
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the runtime the moment a stop signal arrives (before uvicorn's own drain).
+
+    uvicorn closes idle connections and waits for busy ones; the runtime meanwhile answers /readyz with
+    503, ends change streams (otherwise uvicorn would wait for their clients to leave) and lets the event
+    batch in hand finish. A SIGTERM that drained cleanly exits 0: it is how an orchestrator asks to stop.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self._state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after its shutdown; a drained SIGTERM is a normal exit.
+            self._captured_signals.remove(sig)
+        runtime = self._state.opened
+        if runtime is not None and self._loop is not None:
+            # A signal handler runs between two bytecodes of the loop's thread: hand over to the loop.
+            self._loop.call_soon_threadsafe(runtime.begin_shutdown)
 
 
 async def _until_signalled() -> None:

@@ -31,13 +31,21 @@ class ChangeSignal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def close(self) -> None:
+        """Shutdown: wake every waiter now, and from now on never make one wait."""
+        self.closed = True
+        self.notify()
+
     async def wait(self, *, seconds: float) -> None:
         """Until the next change, or `seconds` at most."""
+        if self.closed:
+            return
         try:
             async with asyncio.timeout(seconds):
                 await self._event.wait()
@@ -61,8 +69,14 @@ class Runtime:
     lease: RegionLease
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
+    # Set when shutdown begins (SIGTERM): readiness answers 503 and change streams end.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set with `draining`: the loops stop taking new work.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Tasks that finish what they hold before the process exits (an event batch being applied).
+    draining_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _shutdown_deadline: float | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, engine: AsyncEngine, aws: Aws) -> Runtime:
@@ -107,7 +121,7 @@ class Runtime:
                     runtime.reconciler.run(stop=runtime.stop, region_gate=runtime.lease.holds), name="reconciler"
                 )
                 if settings.events_queue_urls:
-                    runtime.start(runtime.consumer.run(stop=runtime.stop), name="consumer")
+                    runtime.start(runtime.consumer.run(stop=runtime.stop), name="consumer", drains=True)
                 runtime.start(runtime.prune_forever(), name="pruner")
             for coroutine in background or ():
                 runtime.start(coroutine, name="background")
@@ -116,13 +130,37 @@ class Runtime:
         finally:
             await runtime.close()
 
-    def start(self, coroutine: Coroutine[Any, Any, None], *, name: str) -> None:
+    def start(self, coroutine: Coroutine[Any, Any, None], *, name: str, drains: bool = False) -> None:
+        """Run a loop until close; with `drains`, close lets it finish its work in hand (it watches `stop`)."""
         task = asyncio.create_task(coroutine, name=name)
         task.add_done_callback(_log_crash)
         self.tasks.append(task)
+        if drains:
+            self.draining_tasks.add(task)
+
+    def begin_shutdown(self) -> None:
+        """The first step of shutting down (SIGTERM): not ready any more, streams end, loops stop taking work.
+
+        Everything after must be done within `shutdown_seconds` of this moment.
+        """
+        if self.draining.is_set():
+            return
+        log.info("shutting down: draining within %gs", self.settings.shutdown_seconds)
+        self._shutdown_deadline = asyncio.get_running_loop().time() + self.settings.shutdown_seconds
+        self.draining.set()
+        self.stop.set()
+        self.changes.close()
 
     async def close(self) -> None:
-        self.stop.set()
+        self.begin_shutdown()
+        assert self._shutdown_deadline is not None
+        finishing = [task for task in self.draining_tasks if not task.done()]
+        if finishing:
+            remaining = self._shutdown_deadline - asyncio.get_running_loop().time()
+            _, late = await asyncio.wait(finishing, timeout=max(0.0, remaining))
+            if late:
+                names = ", ".join(task.get_name() for task in late)
+                log.warning("cancelling %s: not finished within the shutdown bound", names)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -160,6 +198,8 @@ class Runtime:
         }
 
     async def readiness(self) -> dict[str, bool]:
+        if self.draining.is_set():
+            return {"accepting_requests": False}
         checks = {"database": False, "schema": False}
         try:
             async with self.engine.connect() as connection:

@@ -52,6 +52,9 @@ class Settings:
     # The change stream: how often it looks for other replicas' changes, and its heartbeat.
     sse_poll_seconds: float = 1.0
     sse_heartbeat_seconds: float = 15.0
+    # After SIGTERM: the bound on draining (readiness 503, streams ended, requests and the event batch in hand
+    # finished, loops stopped) before the process exits.
+    shutdown_seconds: float = 10.0
     # Force the local demo (a moto server in-process) even when AWS credentials exist.
     demo: bool = False
     # SQL pool and timeouts (PostgreSQL).
@@ -146,6 +149,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         events_receivers=int(_number(env, "STATUSCACHE_EVENTS_RECEIVERS", 2, minimum=1)),
         refresh_concurrency=int(_number(env, "STATUSCACHE_REFRESH_CONCURRENCY", 4, minimum=1)),
         history_days=_number(env, "STATUSCACHE_HISTORY_DAYS", 365.0, minimum=1),
+        shutdown_seconds=_number(env, "STATUSCACHE_SHUTDOWN_SECONDS", 10.0, minimum=0.1),
         demo=_flag(env, "STATUSCACHE_DEMO"),
         db_pool_size=int(_number(env, "STATUSCACHE_DB_POOL_SIZE", 10, minimum=1)),
         db_max_overflow=int(_number(env, "STATUSCACHE_DB_MAX_OVERFLOW", 10)),

@@ -353,3 +353,72 @@ async def test_hot_path_answers_exactly_as_the_full_path(
     assert hot.headers["x-cache"] == "HIT"
     revalidated = await client.get(URL.format("hot-and-full"), headers={"If-None-Match": hot.headers["etag"]})
     assert revalidated.status_code == 304 and revalidated.content == b""
+
+
+class SeenPaths:
+    """A pure ASGI middleware, added the Starlette way, that records every request and response status."""
+
+    def __init__(self, app: Any, *, seen: list[tuple[str, int]]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.seen.append((scope["path"], message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
+async def test_middleware_sees_every_request_cached_describes_included(
+    runtime: Runtime, aws_state: FakeAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.middleware import Middleware
+
+    from service.api.app import create_app
+    from service.api.describe import DescribeImage
+
+    routed: list[str] = []
+    full_route = DescribeImage.__call__
+
+    async def counting(self: DescribeImage, scope: Any, receive: Any, send: Any) -> None:
+        routed.append(scope["path"])
+        await full_route(self, scope, receive, send)
+
+    monkeypatch.setattr(DescribeImage, "__call__", counting)
+    seen: list[tuple[str, int]] = []
+    app = create_app(runtime.settings, runtime=runtime, middleware=[Middleware(SeenPaths, seen=seen)])
+    aws_state.create_image_stack(region=REGION, image_id="watched")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
+        responses = [await describe(http, "watched") for _ in range(4)]
+        etag = responses[-1].headers["etag"]
+        not_modified = await http.get(URL.format("watched"), headers={"If-None-Match": etag})
+        listing = await http.get("/v3/images/custom", params={"imageStatus": "PENDING"})
+        bad = await describe(http, "1-bad")
+    assert [response.headers["x-cache"] for response in responses] == ["MISS", "HIT", "HIT", "HIT"]
+    # The live lookup (and, without SQLite's direct read, the first cached read) and the bad id reached the
+    # route; the other cached answers, the 304 among them, were the fast path's.
+    assert routed[-1] == URL.format("1-bad") and 1 <= routed.count(URL.format("watched")) <= 2
+    assert not_modified.status_code == 304
+    assert seen == [
+        *[(URL.format("watched"), 200)] * 4,
+        (URL.format("watched"), 304),
+        ("/v3/images/custom", listing.status_code),
+        (URL.format("1-bad"), bad.status_code),
+    ]
+
+
+async def test_no_route_shadows_an_image_id(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    # "changes" is a valid image id: the change stream lives at /v3/image-changes instead.
+    aws_state.create_image_stack(region=REGION, image_id="changes")
+    first = await describe(client, "changes")
+    second = await describe(client, "changes")
+    assert first.status_code == second.status_code == 200
+    assert first.json()["imageId"] == "changes" and second.headers["x-cache"] == "HIT"
+    history = await client.get(URL.format("changes") + "/history")
+    assert history.status_code == 200 and history.json()["imageId"] == "changes"

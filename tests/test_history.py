@@ -230,14 +230,14 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
 
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             async with http.stream(
-                "GET", "/v3/images/custom/changes", params={"imageId": "streamed"}, headers={"Last-Event-ID": "0"}
+                "GET", "/v3/image-changes", params={"imageId": "streamed"}, headers={"Last-Event-ID": "0"}
             ) as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
                 replay = await read_events(response, 2)
             first_id = replay[0]["id"]
             async with http.stream(
-                "GET", "/v3/images/custom/changes", params={"imageId": "streamed"},
+                "GET", "/v3/image-changes", params={"imageId": "streamed"},
                 headers={"Last-Event-ID": first_id},
             ) as response:
                 aws_state.delete_stack(region=REGION, stack_name="streamed")

@@ -162,7 +162,7 @@ async def test_a_change_made_by_one_replica_reaches_stream_clients_of_another(
     writer, streamer = two_runtimes
     async with serving(create_app(streamer.settings, runtime=streamer)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            async with http.stream("GET", "/v3/images/custom/changes", params={"region": REGION}) as response:
+            async with http.stream("GET", "/v3/image-changes", params={"region": REGION}) as response:
                 reader = asyncio.create_task(read_events(response, 1))
                 await asyncio.sleep(0.3)
                 aws_state.create_ami(region=REGION, image_id="from-elsewhere")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from service.aws import Aws, QueueMessage, queue_region
 from service.domain import events, records
@@ -227,12 +229,17 @@ class Consumer:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    async def receive_once(self, *, queue_url: str, wait_seconds: int = WAIT_SECONDS) -> int:
+    async def receive_once(
+        self, *, queue_url: str, wait_seconds: int = WAIT_SECONDS, stop: asyncio.Event | None = None
+    ) -> int:
+        """One long poll and its batch. With `stop`, a poll still waiting when it is set is abandoned (SQS
+        makes anything it had handed out visible again), while a batch already received is handled whole."""
         region = queue_region(queue_url, default=self._settings.default_region)
-        messages = await self._aws.receive_messages(region=region, queue_url=queue_url, wait_seconds=wait_seconds)
+        receive = self._aws.receive_messages(region=region, queue_url=queue_url, wait_seconds=wait_seconds)
+        messages = await receive if stop is None else await _unless_stopped(receive, stop)
         if messages:
             await self.handle(queue_url=queue_url, messages=messages)
-        return len(messages)
+        return len(messages or ())
 
     async def run(self, *, stop: asyncio.Event, iterations: int | None = None) -> None:
         """Receivers for every queue until `stop`; `iterations` bounds each receiver's polls (tests)."""
@@ -255,7 +262,7 @@ class Consumer:
         while not stop.is_set() and (iterations is None or done < iterations):
             done += 1
             try:
-                await self.receive_once(queue_url=queue_url)
+                await self.receive_once(queue_url=queue_url, stop=stop)
                 backoff = self._settings.backoff_initial_seconds
             except Exception:
                 log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
@@ -264,3 +271,21 @@ class Consumer:
                 except TimeoutError:
                     pass
                 backoff = min(backoff * 2, self._settings.backoff_max_seconds)
+
+
+async def _unless_stopped(receive: Coroutine[Any, Any, list[QueueMessage]], stop: asyncio.Event) -> list[QueueMessage]:
+    """The poll's messages, or none when `stop` is set first (the poll is then cancelled)."""
+    polling = asyncio.ensure_future(receive)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({polling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        polling.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if polling.done():
+        return polling.result()
+    polling.cancel()
+    await asyncio.gather(polling, return_exceptions=True)
+    return []

@@ -1,0 +1,80 @@
+"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages remembered like records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.describe import PREPARED_MAX_ENTRIES
+from service.api.errors import JSON
+from service.api.requests import etag_matches, region_from
+from service.api.state import AppState
+from service.errors import BadRequest
+from service.runtime import Runtime
+from service.store import queries
+
+PATH = "/v3/images/custom"
+
+PageKey = tuple[str, str, str | None]
+
+
+class ListImages:
+    """A page is remembered like a record: dropped by any local write, kept at most read_cache_seconds."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._pages: dict[PageKey, tuple[int, float, bytes, str]] = {}
+        self._building: dict[PageKey, asyncio.Task[tuple[bytes, str]]] = {}
+
+    async def endpoint(self, request: Request) -> Response:
+        runtime = self.state.runtime
+        image_status = request.query_params.get("imageStatus")
+        if image_status is None:
+            raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
+        if image_status not in queries.IMAGE_STATUS_FILTERS:
+            raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
+        region = region_from(request.query_params.get("region"), runtime.settings)
+        token = request.query_params.get("nextToken")
+        body, etag = await self._page(runtime, (region, image_status, token))
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=JSON, headers=headers)
+
+    async def _page(self, runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
+        remembered = self._pages.get(key)
+        generation = runtime.lookup.generation
+        if (
+            remembered is not None
+            and remembered[0] == generation
+            and time.monotonic() - remembered[1] < runtime.settings.read_cache_seconds
+        ):
+            return remembered[2], remembered[3]
+        # Clients polling the same page when it expires share one query.
+        task = self._building.get(key)
+        if task is None:
+            task = asyncio.create_task(_build_page(runtime, key))
+            self._building[key] = task
+            task.add_done_callback(lambda _done: self._building.pop(key, None))
+        body, etag = await asyncio.shield(task)
+        if len(self._pages) >= PREPARED_MAX_ENTRIES:
+            self._pages.clear()
+        self._pages[key] = (generation, time.monotonic(), body, etag)
+        return body, etag
+
+
+async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
+    region, image_status, token = key
+    try:
+        page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
+    except queries.BadToken as exc:
+        raise BadRequest("nextToken is not one this service issued") from exc
+    document: dict[str, Any] = {"images": page.images}
+    if page.next_token:
+        document["nextToken"] = page.next_token
+    return orjson.dumps(document), page.etag
