@@ -422,3 +422,19 @@ async def test_no_route_shadows_an_image_id(client: httpx.AsyncClient, aws_state
     assert first.json()["imageId"] == "changes" and second.headers["x-cache"] == "HIT"
     history = await client.get(URL.format("changes") + "/history")
     assert history.status_code == 200 and history.json()["imageId"] == "changes"
+
+
+async def test_readiness_fails_and_streams_end_once_shutdown_begins(runtime: Runtime) -> None:
+    from service.api.app import create_app
+    from tests.conftest import serving
+
+    async with serving(create_app(runtime.settings, runtime=runtime)) as base, httpx.AsyncClient(base_url=base) as http:
+        async with http.stream("GET", "/v3/image-changes") as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "retry: 2000"
+            runtime.begin_shutdown()
+            rest = [line async for line in lines]
+        ready = await http.get("/readyz")
+    assert ": shutting down" in rest
+    assert ready.status_code == 503
+    assert orjson.loads(ready.content) == {"ready": False, "checks": {"accepting_requests": False}}
