@@ -19,15 +19,10 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY migrations ./migrations
 # A regular (non-editable) install: the package lands in the venv's site-packages, without the dev extra.
-RUN pip install .
-
-# service/db.py looks for Alembic's scripts at Path(service/__file__).parent.parent / "migrations", which for
-# an installed package is site-packages/migrations: put them exactly there.
-COPY migrations /tmp/migrations
-RUN site_packages="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && cp -r /tmp/migrations "$site_packages/migrations" \
- && python -m compileall -q "$site_packages/migrations" \
+# The migrations ship inside it as service.migrations (pyproject.toml), so the schema travels with the code.
+RUN pip install . \
  && python -c 'import service.store.db as db; assert (db.MIGRATIONS_DIR / "env.py").is_file(), db.MIGRATIONS_DIR'
 
 # --- final: the venv, the migrations, alembic.ini; no compilers ------------------------------------------
