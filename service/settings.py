@@ -52,8 +52,6 @@ class Settings:
     # The change stream: how often it looks for other replicas' changes, and its heartbeat.
     sse_poll_seconds: float = 1.0
     sse_heartbeat_seconds: float = 15.0
-    # Force the local demo (a moto server in-process) even when AWS credentials exist.
-    demo: bool = False
     # SQL pool and timeouts (PostgreSQL).
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -117,10 +115,6 @@ def _profile_region() -> str | None:
     return region
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate Settings from the environment; a bad value raises ConfigurationError."""
     env = os.environ if env is None else env
@@ -146,7 +140,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         events_receivers=int(_number(env, "STATUSCACHE_EVENTS_RECEIVERS", 2, minimum=1)),
         refresh_concurrency=int(_number(env, "STATUSCACHE_REFRESH_CONCURRENCY", 4, minimum=1)),
         history_days=_number(env, "STATUSCACHE_HISTORY_DAYS", 365.0, minimum=1),
-        demo=_flag(env, "STATUSCACHE_DEMO"),
         db_pool_size=int(_number(env, "STATUSCACHE_DB_POOL_SIZE", 10, minimum=1)),
         db_max_overflow=int(_number(env, "STATUSCACHE_DB_MAX_OVERFLOW", 10)),
         db_pool_timeout_seconds=_number(env, "STATUSCACHE_DB_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.1),

@@ -209,7 +209,7 @@ def test_app_services_run_valid_cli_invocations() -> None:
     cli._parser().parse_args(image_cmd())
 
 
-def test_app_service_environments_are_accepted_by_the_settings() -> None:
+def test_app_service_environments_are_accepted_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     known = inspect.getsource(settings_module) + inspect.getsource(cli)
     for name in APP_SERVICES:
         env = environment(name)
@@ -218,9 +218,15 @@ def test_app_service_environments_are_accepted_by_the_settings() -> None:
             if variable.startswith("STATUSCACHE_"):
                 assert f'"{variable}"' in known, f"{name}: {variable} is read nowhere"
         parsed = from_env(env)
-        # Pointed at the moto service: the image must never fall back to its local demo.
+        # Pointed at the moto service with credentials: serve and poll would refuse to start without AWS.
         assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= set(env)
-        assert runner.aws_configured(env), name
+        with monkeypatch.context() as patch:
+            for variable in [variable for variable in os.environ if variable.startswith("AWS_")]:
+                patch.delenv(variable)
+            for variable, value in env.items():
+                if variable.startswith("AWS_"):
+                    patch.setenv(variable, value)
+            runner.require_aws()
         assert parsed.regions == (REGION,), name
         assert parsed.resync_seconds == 60.0, name
         assert not parsed.is_sqlite, name
