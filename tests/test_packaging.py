@@ -159,6 +159,30 @@ def test_plain_install_has_no_moto_or_boto3(installed: Installed) -> None:
     assert json.loads(probe.stdout) == dict.fromkeys(DEMO_ONLY, False)
 
 
+# Every module but the demo's (and the Alembic scripts, which are not imported), then: was the demo imported?
+PRODUCTION_IMPORTS = """
+import importlib, pkgutil, sys
+
+def walk(path, prefix):
+    for found in pkgutil.iter_modules(path, prefix):
+        if not found.name.startswith(("service.demo", "service.migrations")):
+            module = importlib.import_module(found.name)
+            if found.ispkg:
+                walk(module.__path__, found.name + ".")
+
+walk(importlib.import_module("service").__path__, "service.")
+print(sorted(name for name in sys.modules if name.startswith("service.demo")))
+"""
+
+
+@pytest.mark.slow
+def test_plain_install_imports_every_production_module_without_the_demo(installed: Installed) -> None:
+    imported = installed.run([str(installed.bin / "python"), "-c", PRODUCTION_IMPORTS], env=installed.no_aws_env())
+
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_plain_install_migrates_a_database_to_head_from_its_own_schema(installed: Installed) -> None:
     database = installed.workdir / "migrated.db"
