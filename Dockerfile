@@ -1,4 +1,5 @@
-# statuscache: `docker build -t statuscache .`; `docker compose up` runs the whole stack (see docker-compose.yml).
+# statuscache: `docker build -t statuscache .` builds the production image (the last stage); `--target demo` adds
+# the [demo] extra (moto, boto3) for the compose seeder. `docker compose up` runs the whole stack (docker-compose.yml).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- builder: compilers and pip live here only ------------------------------------------------------------
@@ -19,19 +20,18 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY migrations ./migrations
 # A regular (non-editable) install: the package lands in the venv's site-packages, without the dev extra.
-RUN pip install .
-
-# service/db.py looks for Alembic's scripts at Path(service/__file__).parent.parent / "migrations", which for
-# an installed package is site-packages/migrations: put them exactly there.
-COPY migrations /tmp/migrations
-RUN site_packages="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && cp -r /tmp/migrations "$site_packages/migrations" \
- && python -m compileall -q "$site_packages/migrations" \
+# The migrations ship inside it as service.migrations (pyproject.toml), so the schema travels with the code.
+RUN pip install . \
  && python -c 'import service.store.db as db; assert (db.MIGRATIONS_DIR / "env.py").is_file(), db.MIGRATIONS_DIR'
 
-# --- final: the venv, the migrations, alembic.ini; no compilers ------------------------------------------
-FROM ${PYTHON_IMAGE}
+# --- demo-builder: the same venv plus the [demo] extra; only the demo target copies it ----------------------
+FROM builder AS demo-builder
+RUN pip install '.[demo]'
+
+# --- production: the venv (migrations inside), alembic.ini; no compilers, no moto ---------------------------
+FROM ${PYTHON_IMAGE} AS production
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -45,7 +45,7 @@ RUN groupadd --system --gid 10001 statuscache \
 COPY --from=builder /opt/venv /opt/venv
 
 # /app is the working directory: owned by the service user so the embedded SQLite default
-# (./statuscache.db) and the demo work; alembic.ini plus a migrations link let `alembic` run by hand here.
+# (./statuscache.db) works; alembic.ini plus a migrations link let `alembic` run by hand here.
 WORKDIR /app
 COPY alembic.ini ./
 RUN ln -s "$(python -c 'import service.store.db as db; print(db.MIGRATIONS_DIR)')" /app/migrations \
@@ -61,3 +61,10 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 
 ENTRYPOINT ["statuscache"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
+
+# --- demo: the production image plus the [demo] extra, for compose's seed service (`target: demo`) ---------
+FROM production AS demo
+COPY --from=demo-builder /opt/venv /opt/venv
+
+# --- the default: `docker build` without --target builds the last stage, and that must be production ------
+FROM production

@@ -10,11 +10,19 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,demo]'
 	touch $@
 
+# The real service when AWS credentials or an endpoint are configured (the same check `serve` makes), else the
+# demo, so `make run` works on a fresh machine with no AWS account; either way on 127.0.0.1:8080 by default.
 run: install
-	$(BIN)/statuscache serve
+	@if $(BIN)/python -c 'import sys; from service.runner import aws_configured; sys.exit(not aws_configured())'; then \
+		echo "make run: AWS credentials or an endpoint are configured: running statuscache serve (real AWS)" >&2; \
+		exec $(BIN)/statuscache serve; \
+	else \
+		echo "make run: no AWS credentials or endpoint configured: running statuscache demo (a local fake AWS, invented images)" >&2; \
+		exec $(BIN)/statuscache demo; \
+	fi
 
 test: install postgres lint typecheck unit
 

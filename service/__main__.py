@@ -1,4 +1,4 @@
-"""CLI: statuscache serve | poll | sync --once | migrate. Thin: parses, builds Settings, calls the runner."""
+"""CLI: statuscache serve | poll | sync --once | migrate | demo. Thin: parses, builds Settings, calls the runner."""
 
 from __future__ import annotations
 
@@ -20,19 +20,26 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="the API and the poller in one process")
-    serve.add_argument("--host", default=os.environ.get("STATUSCACHE_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("STATUSCACHE_PORT", "8080")))
+    _listen_arguments(serve)
     serve.add_argument(
         "--no-poll", action="store_true", default=os.environ.get("STATUSCACHE_NO_POLL", "") == "1",
         help="API only (a replica); env STATUSCACHE_NO_POLL=1",
     )
-    serve.add_argument("--demo", action="store_true", help="force the local demo; env STATUSCACHE_DEMO=1")
 
     commands.add_parser("poll", help="the poller alone")
     sync = commands.add_parser("sync", help="reconcile against AWS")
     sync.add_argument("--once", action="store_true", help="one pass, then exit")
     commands.add_parser("migrate", help="apply database migrations")
+    demo = commands.add_parser(
+        "demo", help="try it without AWS: serve invented images from a local fake AWS (needs the [demo] extra)"
+    )
+    _listen_arguments(demo)
     return parser
+
+
+def _listen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("STATUSCACHE_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STATUSCACHE_PORT", "8080")))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -43,10 +50,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         env["STATUSCACHE_REGIONS"] = args.regions
     if args.log_level:
         env["STATUSCACHE_LOG_LEVEL"] = args.log_level
-    settings = from_env(env)
-    if getattr(args, "demo", False):
-        settings = settings.with_overrides(demo=True)
-    return settings
+    return from_env(env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +72,28 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(runner.poll(settings))
         elif args.command == "migrate":
             asyncio.run(runner.migrate(settings))
+        elif args.command == "demo":
+            _demo(settings, host=args.host, port=args.port)
     except (SchemaError, ConfigurationError) as exc:
         print(f"statuscache: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _demo(settings: Settings, *, host: str, port: int) -> None:
+    # The one place production code reaches the demo package: lazily, and only when asked for it by name.
+    try:
+        from service.demo import run
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] == "service":
+            raise
+        # Not ours: a plain install, without what the [demo] extra brings (moto, werkzeug, boto3).
+        raise ConfigurationError(
+            f"the demo needs the [demo] extra ({exc.name} is not installed): pip install 'statuscache[demo]'"
+        ) from exc
+    run.serve(settings, host=host, port=port)
 
 
 if __name__ == "__main__":

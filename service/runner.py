@@ -1,4 +1,4 @@
-"""What each CLI command runs: serve (API + poller), poll, sync, migrate, and the embedded demo."""
+"""What each CLI command runs: serve (API + poller), poll, sync, migrate. Never the demo: see service.demo."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from types import FrameType
 from typing import Any
 
+import botocore.exceptions
 import botocore.session
 import uvicorn
 
 from service.api.app import create_app
 from service.api.state import AppState
+from service.errors import ConfigurationError
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
@@ -27,55 +29,57 @@ log = logging.getLogger(__name__)
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # botocore and aiobotocore are chatty below WARNING.
-    for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug", "moto", "alembic.runtime.migration"):
+    for noisy in ("botocore", "aiobotocore", "urllib3", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def aws_configured(env: dict[str, str] | None = None) -> bool:
-    """Credentials or an endpoint exist: then the service talks to that AWS, otherwise it runs the demo."""
-    env = dict(os.environ) if env is None else env
-    if any(name.startswith("AWS_ENDPOINT_URL") for name in env):
+NO_AWS = (
+    "no AWS credentials and no AWS endpoint: botocore found no credentials in the environment "
+    "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), in the shared files ~/.aws/credentials and "
+    "~/.aws/config, or from a container or instance role, and AWS_ENDPOINT_URL is not set; configure one of "
+    "them, or run `statuscache demo` to try the service against a local fake AWS"
+)
+
+
+def aws_configured() -> bool:
+    """An endpoint is set, or botocore finds credentials the way the service's own clients will look."""
+    if any(name.startswith("AWS_ENDPOINT_URL") and value for name, value in os.environ.items()):
         return True
     return botocore.session.get_session().get_credentials() is not None
 
 
-def start_demo(settings: Settings) -> tuple[Settings, list[Coroutine[Any, Any, None]]]:
-    """Start the local moto-backed AWS in-process, seed it, and point this process's botocore at it."""
-    from service.demo import scenario as demo
-    from service.demo.fakeaws import FakeAws
+def require_aws() -> None:
+    """Refuse to start without AWS to ask: serving then could only mean errors, or invented data.
 
-    fake = FakeAws()
-    fake.start()
-    os.environ["AWS_ENDPOINT_URL"] = fake.endpoint_url
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
-    os.environ["AWS_DEFAULT_REGION"] = demo.DEMO_REGION
-    image_ids = demo.seed(fake, region=demo.DEMO_REGION)
-    queue_url = demo.create_queue(fake, region=demo.DEMO_REGION)
-    # The scenario sends each step's EventBridge event to this queue, and the service consumes it.
-    overrides: dict[str, Any] = {"regions": (demo.DEMO_REGION,), "events_queue_urls": (queue_url,)}
-    if "STATUSCACHE_RESYNC_SECONDS" not in os.environ:
-        # Events bring the changes; reconciliation heals what they miss, often enough to watch it.
-        overrides["resync_seconds"] = 30.0
-    log.warning(
-        "DEMO MODE: no AWS credentials or endpoint configured, so this is a local demo against an "
-        "in-process moto server at %s with images %s. Set AWS credentials to run against AWS.",
-        fake.endpoint_url, ", ".join(image_ids),
-    )
-    publish = demo.sqs_publisher(fake, queue_url=queue_url, region=demo.DEMO_REGION)
-    return settings.with_overrides(**overrides), [demo.run_scenario(fake, stop=asyncio.Event(), publish=publish)]
+    Called before anything starts (database, loops, HTTP), so the failure is one line and exit code 2.
+    """
+    try:
+        configured = aws_configured()
+    except botocore.exceptions.BotoCoreError as exc:
+        # A profile that does not exist, a malformed ~/.aws/config: the same refusal, botocore's words.
+        raise ConfigurationError(f"AWS configuration: {exc}") from exc
+    if not configured:
+        raise ConfigurationError(NO_AWS)
 
 
 def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
-    """Run uvicorn the way `uvicorn` itself does (its event loop and HTTP implementation choices)."""
-    background: list[Coroutine[Any, Any, None]] = []
-    if settings.demo or not aws_configured():
-        settings, background = start_demo(settings)
-        from service.demo import scenario as demo
+    require_aws()
+    serve_app(settings, host=host, port=port, poll=poll)
 
-        for line in demo.curl_examples(base_url=f"http://{host}:{port}"):
-            log.warning("try: %s", line)
-    app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=background))
+
+def serve_app(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    poll: bool,
+    background: Sequence[Coroutine[Any, Any, None]] = (),
+) -> None:
+    """Run uvicorn the way `uvicorn` itself does (its event loop and HTTP implementation choices).
+
+    `background` runs beside the loops for the life of the app (the demo's scenario); `serve` has none.
+    """
+    app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background)))
     config = uvicorn.Config(
         app,
         host=host,
@@ -125,11 +129,13 @@ async def _until_signalled() -> None:
 
 
 async def poll(settings: Settings) -> None:
+    require_aws()
     async with Runtime.open(settings, poll=True):
         await _until_signalled()
 
 
 async def sync_once(settings: Settings) -> int:
+    require_aws()
     async with Runtime.open(settings, poll=False) as runtime:
         reports = await runtime.reconciler.run_once()
     for report in reports:

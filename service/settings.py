@@ -55,8 +55,6 @@ class Settings:
     # After SIGTERM: the bound on draining (readiness 503, streams ended, requests and the event batch in hand
     # finished, loops stopped) before the process exits.
     shutdown_seconds: float = 10.0
-    # Force the local demo (a moto server in-process) even when AWS credentials exist.
-    demo: bool = False
     # SQL pool and timeouts (PostgreSQL).
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -120,10 +118,6 @@ def _profile_region() -> str | None:
     return region
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate Settings from the environment; a bad value raises ConfigurationError."""
     env = os.environ if env is None else env
@@ -150,7 +144,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         refresh_concurrency=int(_number(env, "STATUSCACHE_REFRESH_CONCURRENCY", 4, minimum=1)),
         history_days=_number(env, "STATUSCACHE_HISTORY_DAYS", 365.0, minimum=1),
         shutdown_seconds=_number(env, "STATUSCACHE_SHUTDOWN_SECONDS", 10.0, minimum=0.1),
-        demo=_flag(env, "STATUSCACHE_DEMO"),
         db_pool_size=int(_number(env, "STATUSCACHE_DB_POOL_SIZE", 10, minimum=1)),
         db_max_overflow=int(_number(env, "STATUSCACHE_DB_MAX_OVERFLOW", 10)),
         db_pool_timeout_seconds=_number(env, "STATUSCACHE_DB_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.1),

@@ -80,11 +80,62 @@ def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[list[tuple[str, 
     return stages
 
 
-def final_stage() -> list[tuple[str, str]]:
+Stage = list[tuple[str, str]]
+
+
+def stage_name(stage: Stage) -> str | None:
+    """The stage's `AS name`, if it has one."""
+    words = stage[0][1].split()
+    return words[2] if len(words) == 3 and words[1].lower() == "as" else None
+
+
+def named_stage(name: str) -> Stage:
+    (stage,) = (stage for stage in dockerfile_stages() if stage_name(stage) == name)
+    return stage
+
+
+def default_target() -> Stage:
+    """The stage `docker build` builds without --target: the last one."""
     return dockerfile_stages()[-1]
 
 
-def last(stage: list[tuple[str, str]], instruction: str) -> str | None:
+def target_stage(target: str | None) -> Stage:
+    return default_target() if target is None else named_stage(target)
+
+
+def base(stage: Stage) -> str:
+    return stage[0][1].split()[0]
+
+
+def image_instructions(target: str | None = None) -> Stage:
+    """Every instruction that shapes the target's image: its own and its bases' (FROM another stage), base first."""
+    stage = target_stage(target)
+    names = {stage_name(other) for other in dockerfile_stages()}
+    inherited = image_instructions(base(stage)) if base(stage) in names else []
+    return inherited + stage[1:]
+
+
+def build_stages(target: str | None = None) -> list[Stage]:
+    """The stages docker builds for the target: it, its bases, and the stages it copies from, recursively."""
+    stage = target_stage(target)
+    names = {stage_name(other) for other in dockerfile_stages()}
+    sources = [base(stage)] + [
+        arguments.split()[0].removeprefix("--from=")
+        for instruction, arguments in stage
+        if instruction == "COPY" and arguments.startswith("--from=")
+    ]
+    needed = [stage]
+    for source in sources:
+        if source in names:
+            needed += [other for other in build_stages(source) if other not in needed]
+    return needed
+
+
+def runs(stages: list[Stage]) -> str:
+    return " ".join(arguments for stage in stages for name, arguments in stage if name == "RUN")
+
+
+def last(stage: Stage, instruction: str) -> str | None:
     values = [arguments for name, arguments in stage if name == instruction]
     return values[-1] if values else None
 
@@ -96,17 +147,17 @@ def exec_form(arguments: str | None) -> list[str]:
     return value
 
 
-def image_entrypoint() -> list[str]:
-    return exec_form(last(final_stage(), "ENTRYPOINT"))
+def image_entrypoint(target: str | None = None) -> list[str]:
+    return exec_form(last(image_instructions(target), "ENTRYPOINT"))
 
 
-def image_cmd() -> list[str]:
-    return exec_form(last(final_stage(), "CMD"))
+def image_cmd(target: str | None = None) -> list[str]:
+    return exec_form(last(image_instructions(target), "CMD"))
 
 
-def image_healthcheck() -> list[str]:
-    arguments = last(final_stage(), "HEALTHCHECK")
-    assert arguments is not None, "the final stage has no HEALTHCHECK"
+def image_healthcheck(target: str | None = None) -> list[str]:
+    arguments = last(image_instructions(target), "HEALTHCHECK")
+    assert arguments is not None, "the image has no HEALTHCHECK"
     return exec_form(arguments[arguments.index("CMD ") + len("CMD ") :].strip())
 
 
@@ -120,9 +171,19 @@ def environment(name: str) -> dict[str, str]:
     return {key: str(value) for key, value in raw.items()}
 
 
+def build_target(name: str) -> str | None:
+    """The Dockerfile target the service's image is built from (None: the default, the last stage)."""
+    build = SERVICES[name]["build"]
+    if isinstance(build, str):
+        return None
+    assert build.get("context", ".") == ".", f"{name}: built from another context"
+    target: str | None = build.get("target")
+    return target
+
+
 def entrypoint(name: str) -> list[str]:
     value = SERVICES[name].get("entrypoint")
-    return list(value) if value is not None else image_entrypoint()
+    return list(value) if value is not None else image_entrypoint(build_target(name))
 
 
 def command(name: str) -> list[str]:
@@ -132,7 +193,7 @@ def command(name: str) -> list[str]:
         assert isinstance(value, list), f"{name}: write command in exec form"
         return [str(part) for part in value]
     # Compose drops the image's CMD when a service sets its own entrypoint.
-    return [] if "entrypoint" in service else image_cmd()
+    return [] if "entrypoint" in service else image_cmd(build_target(name))
 
 
 def depends_on(name: str) -> dict[str, str]:
@@ -156,7 +217,7 @@ def healthcheck(name: str) -> list[str] | None:
         test = check.get("test")
         assert isinstance(test, list) and test and test[0] in {"CMD", "CMD-SHELL"}, f"{name}: bad healthcheck"
         return [str(part) for part in test[1:]] if test[0] == "CMD" else ["sh", "-c", str(test[1])]
-    return image_healthcheck() if "build" in service else None
+    return image_healthcheck(build_target(name)) if "build" in service else None
 
 
 def parse_cli(name: str) -> Any:
@@ -207,9 +268,11 @@ def test_app_services_run_valid_cli_invocations() -> None:
     assert parse_cli("migrate").command == "migrate"
     # The image's default command is a valid invocation too.
     cli._parser().parse_args(image_cmd())
+    # The seeder runs in the demo image, which has what it imports (boto3); nothing else needs that image.
+    assert tuple(entrypoint("seed")) == ("python", "-m", "service.demo.seeding")
 
 
-def test_app_service_environments_are_accepted_by_the_settings() -> None:
+def test_app_service_environments_are_accepted_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     known = inspect.getsource(settings_module) + inspect.getsource(cli)
     for name in APP_SERVICES:
         env = environment(name)
@@ -218,9 +281,15 @@ def test_app_service_environments_are_accepted_by_the_settings() -> None:
             if variable.startswith("STATUSCACHE_"):
                 assert f'"{variable}"' in known, f"{name}: {variable} is read nowhere"
         parsed = from_env(env)
-        # Pointed at the moto service: the image must never fall back to its local demo.
+        # Pointed at the moto service with credentials: serve and poll would refuse to start without AWS.
         assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= set(env)
-        assert runner.aws_configured(env), name
+        with monkeypatch.context() as patch:
+            for variable in [variable for variable in os.environ if variable.startswith("AWS_")]:
+                patch.delenv(variable)
+            for variable, value in env.items():
+                if variable.startswith("AWS_"):
+                    patch.setenv(variable, value)
+            runner.require_aws()
         assert parsed.regions == (REGION,), name
         assert parsed.resync_seconds == 60.0, name
         assert not parsed.is_sqlite, name
@@ -287,20 +356,53 @@ def test_moto_image_is_the_major_version_the_suite_runs() -> None:
     assert image.partition(":")[2].split(".")[0] == version("moto").split(".")[0]
 
 
-def test_dockerfile_final_stage_runs_statuscache_as_non_root_with_a_healthcheck() -> None:
+def test_dockerfile_default_image_runs_statuscache_as_non_root_with_a_healthcheck() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: a builder and a final stage"
-    stage = final_stage()
+    image = image_instructions()
     assert image_entrypoint() == ["statuscache"]
     assert image_cmd() == ["serve", "--host", "0.0.0.0", "--port", "8080"]
-    assert "8080" in (last(stage, "EXPOSE") or "").split()
-    user = last(stage, "USER")
+    assert "8080" in (last(image, "EXPOSE") or "").split()
+    user = last(image, "USER")
     assert user is not None and user.split(":")[0] not in {"root", "0"}
     assert "/healthz" in " ".join(image_healthcheck())
-    final_text = " ".join(arguments for _, arguments in stage)
+    final_text = " ".join(arguments for _, arguments in image)
     assert not re.search(r"\b(build-essential|gcc|g\+\+|apt-get install)\b", final_text), "compilers in the final image"
-    builder_runs = " ".join(arguments for name, arguments in stages[0] if name == "RUN")
+    builder_runs = runs([named_stage("builder")])
     assert re.search(r"pip install \.(\s|$)", builder_runs) and "-e" not in shlex.split(builder_runs)
+
+
+def test_default_build_is_the_production_target() -> None:
+    # `docker build .` (and compose's `build: .`) must never produce the demo image.
+    assert "production" in {stage_name(default_target()), base(default_target())}
+    assert image_instructions() == image_instructions("production")
+
+
+def pip_installs(target: str) -> list[str]:
+    """What every `pip install` that goes into the target's image installs."""
+    return [arguments.strip() for arguments in re.findall(r"pip install ([^&;]*)", runs(build_stages(target)))]
+
+
+def test_production_image_installs_the_package_without_extras() -> None:
+    # No [demo] extra, so no moto, werkzeug or boto3 in the image the services run.
+    assert pip_installs("production") == ["."]
+
+
+def test_demo_image_is_production_plus_the_demo_extra() -> None:
+    demo = named_stage("demo")
+    assert base(demo) == "production"
+    assert sorted(pip_installs("demo")) == sorted([".", "'.[demo]'"])
+    # Only the venv differs: same user, entry point and health check as production.
+    assert [instruction for instruction, _ in demo[1:]] == ["COPY"]
+    assert image_entrypoint("demo") == image_entrypoint("production")
+
+
+def test_seed_alone_is_built_from_the_demo_target() -> None:
+    assert build_target("seed") == "demo"
+    for name in APP_SERVICES:
+        if name != "seed":
+            target = build_target(name)
+            assert target == "production" or (target is None and base(default_target()) == "production"), name
 
 
 def test_dockerignore_lets_through_everything_the_dockerfile_copies() -> None:
@@ -517,7 +619,7 @@ def test_compose_stack_serves_the_seeded_images_through_both_replicas(stack: Sta
     for name, base in bases.items():
         wait_until_ready(base, timeout=30, process=stack.processes[name])
         # The image's own HEALTHCHECK command, pointed at this replica.
-        check = [sys.executable if part == "python" else part for part in image_healthcheck()]
+        check = [sys.executable if part == "python" else part for part in image_healthcheck(build_target(name))]
         env = stack.env(name, {"STATUSCACHE_PORT": str(stack.ports[name])})
         assert subprocess.run(check, env=env, capture_output=True, timeout=10, check=False).returncode == 0
 

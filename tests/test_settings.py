@@ -23,6 +23,11 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert from_env({}) == Settings()
 
 
+def test_the_demo_is_not_a_setting() -> None:
+    # The demo is a command (`statuscache demo`), never a switch that turns `serve` into it.
+    assert from_env({"STATUSCACHE_DEMO": "1"}) == Settings()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -33,7 +38,6 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
         ("log_level", "INFO"),
         ("live_lookups_per_second", 20.0),
         ("live_lookup_timeout_seconds", 20.0),
-        ("demo", False),
         ("db_pool_size", 10),
         ("db_max_overflow", 10),
         ("db_pool_timeout_seconds", 10.0),
@@ -207,25 +211,6 @@ def test_log_level_is_case_insensitive(raw: str, level: str) -> None:
 def test_bad_log_level_is_refused_naming_the_variable(raw: str) -> None:
     with pytest.raises(ConfigurationError, match="STATUSCACHE_LOG_LEVEL"):
         from_env({"STATUSCACHE_LOG_LEVEL": raw})
-
-
-@pytest.mark.parametrize(
-    ("raw", "demo"),
-    [
-        ("1", True),
-        ("true", True),
-        ("TRUE", True),
-        ("yes", True),
-        (" on ", True),
-        ("0", False),
-        ("", False),
-        ("no", False),
-        ("false", False),
-        ("2", False),
-    ],
-)
-def test_demo_flag(raw: str, demo: bool) -> None:
-    assert from_env({"STATUSCACHE_DEMO": raw}).demo is demo
 
 
 # --- database URL -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from service.errors import SchemaError
 from service.settings import Settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Found by import, not beside the source tree: the repository's migrations/ ships as service.migrations, so a
+# wheel install and an editable checkout both have it (a plain directory on disk either way).
+MIGRATIONS_DIR = Path(str(resources.files("service.migrations")))
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Write transactions on SQLite take the write lock up front, so two writers never deadlock on upgrade.
 IMMEDIATE = "statuscache_immediate"

@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError
 from service.demo import scenario as demo
 from service.demo.fakeaws import FakeAws
 from service.demo.scenario import DEMO_REGION, advance, curl_examples, run_scenario, seed, steps
-from tests.test_fakeaws import client, fake
+from tests.demo.test_fakeaws import client, fake
 
 AVAILABLE = {"Name": "tag:parallelcluster:build_status", "Values": ["available"]}
 

@@ -1,0 +1,105 @@
+"""Without AWS to ask, serve, poll and sync refuse to start: exit 2, one line, nothing started, never the demo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import service.__main__ as cli
+from service import runner
+from service.errors import ConfigurationError
+
+
+@pytest.fixture
+def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Nothing for botocore to find: no AWS_* variables, an empty HOME, no shared files, no instance role."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "missing" / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "missing" / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("STATUSCACHE_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cache.db'}")
+    monkeypatch.setenv("STATUSCACHE_REGIONS", "us-east-1")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("variables", "configured"),
+    [
+        pytest.param({}, False, id="nothing"),
+        pytest.param({"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}, True, id="endpoint"),
+        pytest.param({"AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:5000"}, True, id="service-endpoint"),
+        pytest.param({"AWS_ENDPOINT_URL": ""}, False, id="empty-endpoint"),
+        pytest.param({"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}, True, id="keys"),
+    ],
+)
+def test_aws_configured_by_credentials_or_an_endpoint(
+    no_aws: Path, monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], configured: bool
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    assert runner.aws_configured() is configured
+
+
+def test_aws_configured_by_the_shared_credentials_file(no_aws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = no_aws / "credentials"
+    credentials.write_text("[ops]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "ops")
+
+    assert runner.aws_configured()
+
+
+def test_require_aws_names_what_is_missing_and_offers_the_demo(no_aws: Path) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        runner.require_aws()
+
+    message = str(refused.value)
+    assert "\n" not in message
+    for named in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "~/.aws/credentials", "~/.aws/config",
+        "instance role", "AWS_ENDPOINT_URL", "`statuscache demo`",
+    ):  # fmt: skip
+        assert named in message
+
+
+def test_require_aws_refuses_half_a_key_pair_in_botocores_words(no_aws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+
+    with pytest.raises(ConfigurationError, match="AWS_SECRET_ACCESS_KEY"):
+        runner.require_aws()
+
+
+@pytest.mark.parametrize(
+    "argv", [["serve"], ["serve", "--no-poll"], ["poll"], ["sync", "--once"], ["sync"]], ids=" ".join
+)
+def test_command_without_aws_exits_2_with_one_line_and_starts_nothing(
+    no_aws: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert cli.main(argv) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"statuscache: {runner.NO_AWS}\n"
+    # Refused before anything started: not even the embedded database was created.
+    assert not (no_aws / "cache.db").exists()
+
+
+def test_demo_is_a_command_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATUSCACHE_HOST", raising=False)
+    monkeypatch.delenv("STATUSCACHE_PORT", raising=False)
+    parser = cli._parser()
+
+    defaults = parser.parse_args(["demo"])
+    assert (defaults.command, defaults.host, defaults.port) == ("demo", "127.0.0.1", 8080)
+    chosen = parser.parse_args(["demo", "--host", "127.0.0.2", "--port", "9000"])
+    assert (chosen.host, chosen.port) == ("127.0.0.2", 9000)
+    # `serve` is always the real service: it has no way to be asked for the demo.
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--demo"])
