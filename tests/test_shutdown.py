@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +56,14 @@ def slow_aws(aws_state: FakeAws) -> Iterator[SlowFakeAws]:
         fake.stop()
 
 
-def imagebuilder_event(arn: str, status: str) -> dict[str, Any]:
+def imagebuilder_event(arn: str, status: str, *, at: datetime) -> dict[str, Any]:
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
         "detail-type": "EC2 Image Builder Image State Change",
         "source": "aws.imagebuilder",
         "account": "123456789012",
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "region": REGION,
         "resources": [arn],
         "detail": {"state": {"status": status}},
@@ -106,10 +106,13 @@ def test_sigterm_drains_streams_requests_and_the_event_batch(
     def send_events() -> None:
         statuses = ["TESTING", "DISTRIBUTING", "BUILDING"]
         index = 0
+        # Each round a second later than the last and than anything observed: every event applies as it is,
+        # with no AWS look-up (those are made slow below, for the request in flight only).
+        start = datetime.now(UTC) + timedelta(minutes=1)
         while not stop_sending.is_set():
             entries = []
             for arn in arns:
-                event = imagebuilder_event(arn, statuses[index % len(statuses)])
+                event = imagebuilder_event(arn, statuses[index % len(statuses)], at=start + timedelta(seconds=index))
                 sent.append(event["id"])
                 entries.append({"Id": str(len(entries)), "MessageBody": json.dumps(event)})
             sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
