@@ -21,10 +21,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="the API and the poller in one process")
     _listen_arguments(serve)
-    serve.add_argument(
-        "--no-poll", action="store_true", default=os.environ.get("STATUSCACHE_NO_POLL", "") == "1",
-        help="API only (a replica); env STATUSCACHE_NO_POLL=1",
-    )
+    serve.add_argument("--no-poll", action="store_true", help="API only (a replica); env STATUSCACHE_NO_POLL=1")
 
     commands.add_parser("poll", help="the poller alone")
     sync = commands.add_parser("sync", help="reconcile against AWS")
@@ -38,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _listen_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=os.environ.get("STATUSCACHE_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("STATUSCACHE_PORT", "8080")))
+    parser.add_argument("--host", help="env STATUSCACHE_HOST (127.0.0.1)")
+    parser.add_argument("--port", type=int, help="env STATUSCACHE_PORT (8080)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -50,7 +47,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         env["STATUSCACHE_REGIONS"] = args.regions
     if args.log_level:
         env["STATUSCACHE_LOG_LEVEL"] = args.log_level
-    return from_env(env)
+    return from_env(env).with_overrides(
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        no_poll=True if getattr(args, "no_poll", False) else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     runner.configure_logging(settings.log_level)
     try:
         if args.command == "serve":
-            runner.serve(settings, host=args.host, port=args.port, poll=not args.no_poll)
+            runner.serve(settings)
         elif args.command == "poll":
             asyncio.run(runner.poll(settings))
         elif args.command == "sync":
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "migrate":
             asyncio.run(runner.migrate(settings))
         elif args.command == "demo":
-            _demo(settings, host=args.host, port=args.port)
+            _demo(settings)
     except (SchemaError, ConfigurationError) as exc:
         print(f"statuscache: {exc}", file=sys.stderr)
         return 2
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _demo(settings: Settings, *, host: str, port: int) -> None:
+def _demo(settings: Settings) -> None:
     # The one place production code reaches the demo package: lazily, and only when asked for it by name.
     try:
         from service.demo import run
@@ -93,7 +94,7 @@ def _demo(settings: Settings, *, host: str, port: int) -> None:
         raise ConfigurationError(
             f"the demo needs the [demo] extra ({exc.name} is not installed): pip install 'statuscache[demo]'"
         ) from exc
-    run.serve(settings, host=host, port=port)
+    run.serve(settings)
 
 
 if __name__ == "__main__":

@@ -62,28 +62,22 @@ def require_aws() -> None:
         raise ConfigurationError(NO_AWS)
 
 
-def serve(settings: Settings, *, host: str, port: int, poll: bool) -> None:
+def serve(settings: Settings) -> None:
     require_aws()
-    serve_app(settings, host=host, port=port, poll=poll)
+    serve_app(settings)
 
 
-def serve_app(
-    settings: Settings,
-    *,
-    host: str,
-    port: int,
-    poll: bool,
-    background: Sequence[Coroutine[Any, Any, None]] = (),
-) -> None:
+def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, None]] = ()) -> None:
     """Run uvicorn the way `uvicorn` itself does (its event loop and HTTP implementation choices).
 
     `background` runs beside the loops for the life of the app (the demo's scenario); `serve` has none.
     """
+    poll = not settings.no_poll
     app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background)))
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         log_level=settings.log_level.lower(),
         lifespan="on",
         access_log=False,

@@ -1,11 +1,16 @@
-"""One typed Settings object, built once from the environment (and CLI overrides) and passed down."""
+"""One typed Settings object, built once from the environment (and CLI overrides) and passed down.
+
+Every knob is a field of Settings with its default written there and nowhere else; its environment
+variable is STATUSCACHE_<FIELD NAME upper-cased> unless the field says otherwise, and from_env reads
+every field, so a new knob needs one line here and one row in the README's table (a test holds both).
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
 from service.domain.models import REGION_PATTERN
@@ -15,51 +20,61 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./statuscache.db"
 FALLBACK_REGION = "us-east-1"
 
 
+def knob(default: Any, *, minimum: float | None = None, maximum: float | None = None, env: str | None = None) -> Any:
+    """A setting's default, with the range from_env accepts and, where it differs, its variable's name."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "env": env})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every knob, with its documented default. Environment names are STATUSCACHE_<NAME upper-cased>."""
+    """Every knob, with its documented default."""
 
     # Where the cache lives; SQLite is the embedded default, PostgreSQL for several replicas.
     database_url: str = DEFAULT_DATABASE_URL
     # Regions served; the first one answers requests that name no region.
     regions: tuple[str, ...] = (FALLBACK_REGION,)
-    # Seconds between reconciliation passes per region (one also runs at start).
-    resync_seconds: float = 300.0
-    # Seconds a "no such image" answer is remembered, so unknown ids cannot flood AWS.
-    negative_ttl_seconds: float = 30.0
+    # Where `serve` listens (the CLI's --host and --port override them).
+    host: str = "127.0.0.1"
+    port: int = knob(8080, minimum=0, maximum=65535)
+    # API only, no poller (a replica behind a load balancer); the CLI's --no-poll sets it too.
+    no_poll: bool = False
     log_level: str = "INFO"
+    # Seconds between reconciliation passes per region (one also runs at start).
+    resync_seconds: float = knob(300.0, minimum=1.0)
+    # Seconds a "no such image" answer is remembered, so unknown ids cannot flood AWS.
+    negative_ttl_seconds: float = knob(30.0, minimum=0.0)
     # Live lookups (cache misses) allowed per second per region; past it the answer is 429.
-    live_lookups_per_second: float = 20.0
+    live_lookups_per_second: float = knob(20.0, minimum=0.1)
     # Seconds a record read from SQL may be served again from memory; bounds how late a change made by
     # another replica is seen (changes made by this process are seen at once). 0 turns it off.
-    read_cache_seconds: float = 1.0
+    read_cache_seconds: float = knob(1.0, minimum=0.0)
     # Seconds a live lookup may take before the request answers 503.
-    live_lookup_timeout_seconds: float = 20.0
+    live_lookup_timeout_seconds: float = knob(20.0, minimum=1.0)
     # Bounded backoff for the poller loops after a failed pass.
-    backoff_initial_seconds: float = 1.0
-    backoff_max_seconds: float = 60.0
+    backoff_initial_seconds: float = knob(1.0, minimum=0.01)
+    backoff_max_seconds: float = knob(60.0, minimum=0.01)
     # Pre-signed configuration URLs: their lifetime, and how long one signature is reused.
-    presign_expires_seconds: int = 3600
-    presign_reuse_seconds: int = 600
+    presign_expires_seconds: int = knob(3600, minimum=60)
+    presign_reuse_seconds: int = knob(600, minimum=1)
     # SQS queues EventBridge delivers image state changes to (each in the region of its URL).
-    events_queue_urls: tuple[str, ...] = ()
+    events_queue_urls: tuple[str, ...] = knob((), env="STATUSCACHE_EVENTS_QUEUE_URL")
     # Concurrent long-poll receivers per queue.
-    events_receivers: int = 2
+    events_receivers: int = knob(2, minimum=1)
     # Targeted refreshes (AWS look-ups of one image an event could not fully describe) at once.
-    refresh_concurrency: int = 4
+    refresh_concurrency: int = knob(4, minimum=1)
     # Transitions and document revisions older than this are pruned in the background.
-    history_days: float = 365.0
+    history_days: float = knob(365.0, minimum=1.0)
     # The change stream: how often it looks for other replicas' changes, and its heartbeat.
-    sse_poll_seconds: float = 1.0
-    sse_heartbeat_seconds: float = 15.0
+    sse_poll_seconds: float = knob(1.0, minimum=0.05)
+    sse_heartbeat_seconds: float = knob(15.0, minimum=1.0)
     # After SIGTERM: the bound on draining (readiness 503, streams ended, requests and the event batch in hand
     # finished, loops stopped) before the process exits.
-    shutdown_seconds: float = 10.0
+    shutdown_seconds: float = knob(10.0, minimum=0.1)
     # SQL pool and timeouts (PostgreSQL).
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
-    db_pool_timeout_seconds: float = 10.0
-    db_statement_timeout_ms: int = 15000
+    db_pool_size: int = knob(10, minimum=1)
+    db_max_overflow: int = knob(10, minimum=0)
+    db_pool_timeout_seconds: float = knob(10.0, minimum=0.1)
+    db_statement_timeout_ms: int = knob(15000, minimum=0)
 
     @property
     def default_region(self) -> str:
@@ -73,6 +88,12 @@ class Settings:
         return replace(self, **{key: value for key, value in values.items() if value is not None})
 
 
+def env_name(setting: Field[Any]) -> str:
+    """The environment variable a setting is read from."""
+    named: str | None = setting.metadata.get("env")
+    return named or f"STATUSCACHE_{setting.name.upper()}"
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the URL forms operators paste (postgres://, postgresql://) and pick the async drivers."""
     for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://"):
@@ -83,7 +104,10 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def _number(env: Mapping[str, str], setting: Field[Any]) -> float | int:
+    name = env_name(setting)
+    default = setting.default
+    assert isinstance(default, int | float)
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -91,9 +115,28 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError as exc:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from exc
-    if not math.isfinite(value) or value < minimum:
+    minimum, maximum = setting.metadata.get("minimum"), setting.metadata.get("maximum")
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
         raise ConfigurationError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be at most {maximum:g}, got {raw!r}")
+    if isinstance(default, int):
+        if not value.is_integer():
+            raise ConfigurationError(f"{name} must be a whole number, got {raw!r}")
+        return int(value)
     return value
+
+
+def _flag(env: Mapping[str, str], setting: Field[Any]) -> bool:
+    name = env_name(setting)
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return bool(setting.default)
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
 
 
 def _regions(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -112,43 +155,48 @@ def _regions(env: Mapping[str, str]) -> tuple[str, ...]:
 
 def _profile_region() -> str | None:
     # botocore resolves the profile's region (AWS_PROFILE, ~/.aws/config) without any AWS call.
+    import botocore.exceptions
     import botocore.session
 
-    region: str | None = botocore.session.get_session().get_config_variable("region")
+    try:
+        region: str | None = botocore.session.get_session().get_config_variable("region")
+    except botocore.exceptions.BotoCoreError as exc:
+        # A profile that does not exist, a malformed ~/.aws/config: refuse to start, in botocore's words.
+        raise ConfigurationError(f"AWS configuration: {exc}") from exc
     return region
 
 
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (env.get("STATUSCACHE_LOG_LEVEL") or Settings.log_level).strip().upper()
+    if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+        raise ConfigurationError(f"STATUSCACHE_LOG_LEVEL: unknown level {level!r}")
+    return level
+
+
+def _queue_urls(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
+    return tuple(url.strip() for url in env.get(env_name(setting), "").split(",") if url.strip())
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Build and validate Settings from the environment; a bad value raises ConfigurationError."""
+    """Build and validate Settings from the environment; a bad value raises ConfigurationError naming it."""
     env = os.environ if env is None else env
-    log_level = (env.get("STATUSCACHE_LOG_LEVEL") or "INFO").strip().upper()
-    if log_level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
-        raise ConfigurationError(f"STATUSCACHE_LOG_LEVEL: unknown level {log_level!r}")
-    settings = Settings(
-        database_url=normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL),
-        regions=_regions(env),
-        resync_seconds=_number(env, "STATUSCACHE_RESYNC_SECONDS", 300.0, minimum=1.0),
-        negative_ttl_seconds=_number(env, "STATUSCACHE_NEGATIVE_TTL_SECONDS", 30.0),
-        log_level=log_level,
-        live_lookups_per_second=_number(env, "STATUSCACHE_LIVE_LOOKUPS_PER_SECOND", 20.0, minimum=0.1),
-        read_cache_seconds=_number(env, "STATUSCACHE_READ_CACHE_SECONDS", 1.0),
-        live_lookup_timeout_seconds=_number(env, "STATUSCACHE_LIVE_LOOKUP_TIMEOUT_SECONDS", 20.0, minimum=1.0),
-        backoff_initial_seconds=_number(env, "STATUSCACHE_BACKOFF_INITIAL_SECONDS", 1.0, minimum=0.01),
-        backoff_max_seconds=_number(env, "STATUSCACHE_BACKOFF_MAX_SECONDS", 60.0, minimum=0.01),
-        presign_expires_seconds=int(_number(env, "STATUSCACHE_PRESIGN_EXPIRES_SECONDS", 3600, minimum=60)),
-        presign_reuse_seconds=int(_number(env, "STATUSCACHE_PRESIGN_REUSE_SECONDS", 600, minimum=1)),
-        events_queue_urls=tuple(
-            url.strip() for url in env.get("STATUSCACHE_EVENTS_QUEUE_URL", "").split(",") if url.strip()
-        ),
-        events_receivers=int(_number(env, "STATUSCACHE_EVENTS_RECEIVERS", 2, minimum=1)),
-        refresh_concurrency=int(_number(env, "STATUSCACHE_REFRESH_CONCURRENCY", 4, minimum=1)),
-        history_days=_number(env, "STATUSCACHE_HISTORY_DAYS", 365.0, minimum=1),
-        shutdown_seconds=_number(env, "STATUSCACHE_SHUTDOWN_SECONDS", 10.0, minimum=0.1),
-        db_pool_size=int(_number(env, "STATUSCACHE_DB_POOL_SIZE", 10, minimum=1)),
-        db_max_overflow=int(_number(env, "STATUSCACHE_DB_MAX_OVERFLOW", 10)),
-        db_pool_timeout_seconds=_number(env, "STATUSCACHE_DB_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-        db_statement_timeout_ms=int(_number(env, "STATUSCACHE_DB_STATEMENT_TIMEOUT_MS", 15000, minimum=0)),
-    )
+    values: dict[str, Any] = {
+        "database_url": normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL),
+        "regions": _regions(env),
+        "log_level": _log_level(env),
+    }
+    for setting in fields(Settings):
+        if setting.name in values:
+            continue
+        if setting.name == "events_queue_urls":
+            values[setting.name] = _queue_urls(env, setting)
+        elif isinstance(setting.default, bool):
+            values[setting.name] = _flag(env, setting)
+        elif isinstance(setting.default, int | float):
+            values[setting.name] = _number(env, setting)
+        else:
+            values[setting.name] = (env.get(env_name(setting)) or "").strip() or setting.default
+    settings = Settings(**values)
     if settings.presign_reuse_seconds >= settings.presign_expires_seconds:
         raise ConfigurationError(
             "STATUSCACHE_PRESIGN_REUSE_SECONDS must be shorter than STATUSCACHE_PRESIGN_EXPIRES_SECONDS"

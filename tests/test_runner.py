@@ -96,9 +96,9 @@ def test_demo_is_a_command_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STATUSCACHE_PORT", raising=False)
     parser = cli._parser()
 
-    defaults = parser.parse_args(["demo"])
-    assert (defaults.command, defaults.host, defaults.port) == ("demo", "127.0.0.1", 8080)
-    chosen = parser.parse_args(["demo", "--host", "127.0.0.2", "--port", "9000"])
+    defaults = cli._settings(parser.parse_args(["demo"]))
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 8080)
+    chosen = cli._settings(parser.parse_args(["demo", "--host", "127.0.0.2", "--port", "9000"]))
     assert (chosen.host, chosen.port) == ("127.0.0.2", 9000)
     # `serve` is always the real service: it has no way to be asked for the demo.
     with pytest.raises(SystemExit):

@@ -251,3 +251,76 @@ def test_database_url_comes_from_the_environment_normalized(raw: str | None, url
 )
 def test_normalize_database_url_picks_the_async_driver(url: str, normalized: str) -> None:
     assert normalize_database_url(url) == normalized
+
+
+# --- one definition of every knob -------------------------------------------------------------------
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def test_every_setting_is_read_from_its_variable_and_documented_in_the_readme() -> None:
+    from dataclasses import fields
+
+    from service.settings import env_name
+
+    readme = (REPOSITORY / "README.md").read_text()
+    for setting in fields(Settings):
+        assert f"`{env_name(setting)}`" in readme, f"{env_name(setting)} is not in the README's table"
+
+
+def test_every_statuscache_variable_the_service_names_is_a_setting() -> None:
+    import re
+    from dataclasses import fields
+
+    from service.settings import env_name
+
+    known = {env_name(setting) for setting in fields(Settings)} | {"STATUSCACHE_LOG_LEVEL", "STATUSCACHE_REGIONS"}
+    named = {
+        name
+        for path in (REPOSITORY / "service").rglob("*.py")
+        for name in re.findall(r"STATUSCACHE_[A-Z_]+[A-Z]", path.read_text())
+    }
+    assert named - known == set()
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "value"),
+    [
+        ({"STATUSCACHE_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
+        ({"STATUSCACHE_PORT": "9090"}, "port", 9090),
+        ({"STATUSCACHE_NO_POLL": "1"}, "no_poll", True),
+        ({"STATUSCACHE_NO_POLL": "off"}, "no_poll", False),
+        ({"STATUSCACHE_READ_CACHE_SECONDS": "0"}, "read_cache_seconds", 0.0),
+        ({"STATUSCACHE_SHUTDOWN_SECONDS": "2.5"}, "shutdown_seconds", 2.5),
+        ({"STATUSCACHE_SSE_POLL_SECONDS": "0.2"}, "sse_poll_seconds", 0.2),
+    ],
+)
+def test_listen_address_and_the_other_knobs_come_from_the_environment(
+    env: dict[str, str], name: str, value: Any
+) -> None:
+    assert getattr(from_env(env), name) == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("STATUSCACHE_PORT", "70000"),
+        ("STATUSCACHE_PORT", "80.5"),
+        ("STATUSCACHE_NO_POLL", "maybe"),
+        ("STATUSCACHE_EVENTS_RECEIVERS", "1.5"),
+    ],
+)
+def test_out_of_range_or_fractional_values_are_refused_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable):
+        from_env({variable: raw})
+
+
+def test_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.__main__ import _parser, _settings
+
+    monkeypatch.setenv("STATUSCACHE_HOST", "0.0.0.0")
+    monkeypatch.setenv("STATUSCACHE_PORT", "9000")
+    from_variables = _settings(_parser().parse_args(["serve"]))
+    from_flags = _settings(_parser().parse_args(["serve", "--host", "127.0.0.2", "--port", "9001", "--no-poll"]))
+    assert (from_variables.host, from_variables.port, from_variables.no_poll) == ("0.0.0.0", 9000, False)
+    assert (from_flags.host, from_flags.port, from_flags.no_poll) == ("127.0.0.2", 9001, True)

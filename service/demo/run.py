@@ -55,14 +55,14 @@ def start(settings: Settings) -> tuple[Settings, FakeAws, list[Coroutine[Any, An
     return settings.with_overrides(**overrides), fake, [play]
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
+def serve(settings: Settings) -> None:
     """The demo's whole life: fake AWS, API and poller in this process until uvicorn is told to stop."""
     for noisy in ("werkzeug", "moto"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     settings, fake, background = start(settings)
-    for line in scenario.curl_examples(base_url=f"http://{host}:{port}"):
+    for line in scenario.curl_examples(base_url=f"http://{settings.host}:{settings.port}"):
         log.warning("try: %s", line)
     try:
-        runner.serve_app(settings, host=host, port=port, poll=True, background=background)
+        runner.serve_app(settings.with_overrides(no_poll=False), background=background)
     finally:
         fake.stop()
