@@ -28,6 +28,7 @@ test: install postgres lint typecheck unit
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy --strict service
