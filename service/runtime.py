@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -22,6 +22,7 @@ from service.settings import Settings
 from service.store import db, queries
 from service.store.cache import Cache
 from service.store.lease import RegionLease
+from service.support.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Runtime:
     async def prune_forever(self) -> None:
         """Retention: drop history older than STATUSCACHE_HISTORY_DAYS, hourly, in small transactions."""
         while not self.stop.is_set():
-            older_than = datetime.now(UTC) - timedelta(days=self.settings.history_days)
+            older_than = utcnow() - timedelta(days=self.settings.history_days)
             try:
                 removed = await queries.prune(self.engine, older_than=older_than)
                 if removed:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
+
+from service.support.clock import as_utc
 
 STACK_STATUS = "CloudFormation Stack Status Change"
 RESOURCE_STATUS = "CloudFormation Resource Status Change"
@@ -81,11 +83,6 @@ class NotOurs:
 Event = StackStatusEvent | ResourceStatusEvent | ImagebuilderStateEvent | AmiStateEvent
 
 
-def parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def stack_name_from_arn(stack_id: str) -> str:
     match = _STACK_ARN.match(stack_id)
     if not match:
@@ -126,7 +123,7 @@ def parse(body: str | bytes) -> Event | NotOurs:
     if not isinstance(detail, dict):
         raise MalformedEvent("detail is missing or not an object")
     try:
-        when = parse_time(_text(raw, "time", where=""))
+        when = as_utc(_text(raw, "time", where=""))
     except ValueError as exc:
         raise MalformedEvent(f"time is not an ISO-8601 timestamp: {raw.get('time')!r}") from exc
     envelope = Envelope(

@@ -9,7 +9,7 @@ definition of "newer" in the service (`merge`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,6 +26,7 @@ from service.domain.models import (
     StackStatusPatch,
     StatusFields,
 )
+from service.support.clock import as_utc
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,7 @@ def render(*, region: str, image_id: str, parts: Parts) -> Rendered:
 
 
 def _time(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
-
-
-def _parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(value).isoformat()
 
 
 def encode_stack(stack: StackInfo | None) -> dict[str, Any] | None:
@@ -171,7 +167,7 @@ def decode_stack(raw: dict[str, Any] | None) -> StackInfo | None:
         stack_id=raw["stackId"],
         status=raw["status"],
         status_reason=raw.get("statusReason"),
-        creation_time=_parse_time(raw["creationTime"]),
+        creation_time=as_utc(raw["creationTime"]),
         tags=tuple((key, value) for key, value in raw.get("tags") or ()),
     )
 
@@ -252,7 +248,7 @@ def decode_parts(text: str | None) -> Parts:
     raw = orjson.loads(text)
 
     def as_of(item: dict[str, Any]) -> datetime:
-        return _parse_time(item["asOf"])
+        return as_utc(item["asOf"])
 
     stack = raw.get("stack")
     ami = raw.get("ami")

@@ -22,9 +22,10 @@ from service.domain.models import (
     tag_value,
 )
 from service.errors import AwsError
-from service.ingest.observe import observe_live, utcnow
+from service.ingest.observe import observe_live
 from service.settings import Settings
 from service.store.cache import Cache, Poison
+from service.support.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from service.aws import Aws
 from service.domain import status
 from service.domain.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
-from service.ingest.observe import config_location, imagebuilder_for_stack, utcnow
+from service.ingest.observe import config_location, imagebuilder_for_stack
 from service.settings import Settings
 from service.store.cache import Cache, Known
+from service.support.clock import utcnow
 
 log = logging.getLogger(__name__)
 

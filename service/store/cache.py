@@ -8,7 +8,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, tuple_
@@ -21,6 +21,7 @@ from service.domain import records
 from service.domain.models import CachedImage, Change, ConfigLocation, StatusFields
 from service.store.db import sqlite_direct_for
 from service.store.tables import images, poison_messages, processed_events, revisions, transitions
+from service.support.clock import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,6 @@ SQLITE_READ = (
 )
 
 
-def _sqlite_time(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
 def stored_image(
     *,
     region: str,
@@ -116,7 +113,7 @@ def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> Cac
     version, exists, document, bucket, key, available, changed_at, confirmed_at = row
     return stored_image(
         region=region, image_id=image_id, version=version, exists=exists, document=document, bucket=bucket,
-        key=key, available=available, changed_at=_sqlite_time(changed_at), confirmed_at=_sqlite_time(confirmed_at),
+        key=key, available=available, changed_at=as_utc(changed_at), confirmed_at=as_utc(confirmed_at),
     )
 
 
@@ -326,7 +323,7 @@ def _write_batch(
     for change in batch:
         planned.add(change)
     results = planned.write(connection)
-    now = datetime.now(UTC)
+    now = utcnow()
     if event_ids:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         connection.execute(

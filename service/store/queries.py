@@ -18,6 +18,7 @@ from service.domain.records import decode_parts
 from service.domain.status import build_status
 from service.store.cache import stored_image
 from service.store.tables import images, processed_events, revisions, transitions
+from service.support.clock import as_utc, utcnow
 
 # pcluster's ListImages filters, by the stack statuses each one selects.
 PENDING_STACK_STATUSES = ("CREATE_IN_PROGRESS",)
@@ -271,5 +272,5 @@ async def prune(engine: AsyncEngine, *, older_than: datetime, batch: int = 1000)
 
 def _event_horizon(older_than: datetime) -> datetime:
     # Duplicates arrive within SQS's retention (at most 14 days): event ids need not be kept longer.
-    return max(older_than, datetime.now(older_than.tzinfo) - timedelta(days=15))
+    return max(as_utc(older_than), utcnow() - timedelta(days=15))
 
