@@ -23,6 +23,7 @@ from service.store import db, queries
 from service.store.cache import Cache
 from service.store.lease import RegionLease
 from service.support.clock import utcnow
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,8 @@ class Runtime:
                     log.info("pruned %d history rows older than %s", removed, older_than.isoformat())
             except Exception:
                 log.exception("pruning history failed")
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=PRUNE_INTERVAL_SECONDS)
-            except TimeoutError:
-                pass
+            if await sleep_until_stopped(self.stop, PRUNE_INTERVAL_SECONDS):
+                return
 
     def stats(self) -> dict[str, Any]:
         return {

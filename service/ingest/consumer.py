@@ -26,6 +26,7 @@ from service.ingest.observe import observe_live
 from service.settings import Settings
 from service.store.cache import Cache, Poison
 from service.support.clock import utcnow
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,6 @@ class Consumer:
                 backoff = self._settings.backoff_initial_seconds
             except Exception:
                 log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
+                if await sleep_until_stopped(stop, backoff):
+                    return
                 backoff = min(backoff * 2, self._settings.backoff_max_seconds)

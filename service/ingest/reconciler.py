@@ -14,6 +14,7 @@ from service.ingest.observe import config_location, imagebuilder_for_stack
 from service.settings import Settings
 from service.store.cache import Cache, Known
 from service.support.clock import utcnow
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +173,7 @@ class Reconciler:
                     backoff = min(backoff * 2, self._settings.backoff_max_seconds)
                 if iterations is not None and done >= iterations:
                     break
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                if await sleep_until_stopped(stop, delay):
+                    break
         finally:
             log.info("reconciler stopped after %d passes", self.passes)
