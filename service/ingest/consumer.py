@@ -26,6 +26,7 @@ from service.ingest.observe import observe_live
 from service.settings import Settings
 from service.store.cache import Cache, Poison
 from service.support.clock import utcnow
+from service.support.singleflight import SingleFlight
 from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,13 @@ class Refresher:
         self._cache = cache
         self._aws = aws
         self._limit = asyncio.Semaphore(concurrency)
-        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._flights: SingleFlight[tuple[str, str], None] = SingleFlight()
         self.refreshes = 0
 
     async def refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
-        key = (region, image_id)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._refresh(region=region, image_id=image_id, happened_at=happened_at))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _done: self._inflight.pop(key, None))
-        await asyncio.shield(task)
+        await self._flights.run(
+            (region, image_id), lambda: self._refresh(region=region, image_id=image_id, happened_at=happened_at)
+        )
 
     async def _refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         async with self._limit:

@@ -14,10 +14,13 @@ from service.errors import AwsError, NotFound, TooManyRequests
 from service.ingest.observe import observe_live
 from service.settings import Settings
 from service.store.cache import ApplyResult, Cache
+from service.support.bounded import BoundedDict
+from service.support.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
 READ_CACHE_MAX_ENTRIES = 50_000
+NEGATIVE_MAX_ENTRIES = 100_000
 
 
 def not_found_message(image_id: str) -> str:
@@ -66,8 +69,9 @@ class Lookup:
         self._aws = aws
         self._settings = settings
         self._clock = clock
-        self._inflight: dict[tuple[str, str], asyncio.Task[CachedImage]] = {}
-        self._negative: dict[tuple[str, str], float] = {}
+        self._flights: SingleFlight[tuple[str, str], CachedImage] = SingleFlight()
+        # Expiry (clock time) of each remembered 404.
+        self._negative: BoundedDict[tuple[str, str], float] = BoundedDict(NEGATIVE_MAX_ENTRIES)
         self._budgets = {
             region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
         }
@@ -75,7 +79,7 @@ class Lookup:
         # A small read-through memory of recent records: dropped on every local write (so this
         # process never serves older than what it committed), and kept at most `read_cache_seconds`
         # (the extra staleness a write by another replica can see).
-        self._recent: dict[tuple[str, str], tuple[float, CachedImage]] = {}
+        self._recent: BoundedDict[tuple[str, str], tuple[float, CachedImage]] = BoundedDict(READ_CACHE_MAX_ENTRIES)
         self._generation = 0
 
     def forget(self, results: Sequence[ApplyResult]) -> None:
@@ -103,8 +107,6 @@ class Lookup:
     def _remember(self, key: tuple[str, str], read_at: float, cached: CachedImage | None) -> None:
         if self._settings.read_cache_seconds <= 0 or cached is None or not cached.exists:
             return
-        if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
-            self._recent.clear()
         self._recent[key] = (read_at, cached)
 
     def recent(self, *, region: str, image_id: str) -> CachedImage | None:
@@ -148,13 +150,8 @@ class Lookup:
             if expiry > self._clock():
                 raise NotFound(not_found_message(image_id))
             del self._negative[key]
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._live(region=region, image_id=image_id))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _done: self._inflight.pop(key, None))
-        # shield: one impatient client must not cancel the lookup the others are waiting on.
-        return Answer(await asyncio.shield(task), hit=False)
+        # Concurrent misses for one image share one lookup; a client that gives up does not cancel it.
+        return Answer(await self._flights.run(key, lambda: self._live(region=region, image_id=image_id)), hit=False)
 
     def _recently_confirmed_gone(self, cached: CachedImage) -> bool:
         age = (time.time() - cached.confirmed_at.timestamp())
@@ -185,7 +182,4 @@ class Lookup:
         return cached
 
     def _remember_missing(self, *, region: str, image_id: str) -> None:
-        if len(self._negative) > 100_000:
-            now = self._clock()
-            self._negative = {key: expiry for key, expiry in self._negative.items() if expiry > now}
         self._negative[(region, image_id)] = self._clock() + self._settings.negative_ttl_seconds
