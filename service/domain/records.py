@@ -3,7 +3,8 @@
 An image is four parts, each last reported by some source at some time (`as_of`):
 the stack, the AMI, the Image Builder image and the configuration's location. A change
 replaces a part only when it is at least as new as what is stored; that is the only
-definition of "newer" in the service (`merge`).
+definition of "newer" in the service (`is_newer`): merging, event patches and the consumer's
+decisions all ask it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def patched_stack(current: Parts, patch: Observed[StackStatusPatch] | None) -> O
     stored = current.stack
     if patch is None or patch.value is None or stored is None or stored.value is None:
         return None
-    if stored.value.stack_id != patch.value.stack_id or patch.as_of < stored.as_of:
+    if stored.value.stack_id != patch.value.stack_id or not is_newer(stored, patch):
         return None
     return Observed(
         patch.as_of, replace(stored.value, status=patch.value.status, status_reason=patch.value.status_reason)
@@ -85,7 +86,7 @@ def patched_ami(current: Parts, patch: Observed[AmiStatePatch] | None) -> Observ
     stored = current.ami
     if patch is None or patch.value is None or stored is None or stored.value is None:
         return None
-    if stored.value.ami_id != patch.value.ami_id or patch.as_of < stored.as_of:
+    if stored.value.ami_id != patch.value.ami_id or not is_newer(stored, patch):
         return None
     if patch.value.state.lower() in AMI_STATES_NOT_LISTED:
         return Observed(patch.as_of, None)

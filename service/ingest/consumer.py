@@ -1,4 +1,7 @@
-"""The SQS event loop: receive -> parse -> apply (or refresh one image) -> delete, per queue, N receivers."""
+"""The SQS event loop: receive -> parse -> gather -> decide -> apply (or refresh one image) -> delete, per queue.
+
+What an event means is decided in service.domain.plans; this module does the reading and writing around it.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from service.aws import Aws, QueueMessage, queue_region
-from service.domain import events, records
-from service.domain.models import (
-    IMAGE_RESOURCE_LOGICAL_ID,
-    TAG_IMAGE_ID,
-    AmiStatePatch,
-    Change,
-    ImagebuilderState,
-    Observed,
-    Source,
-    StackStatusPatch,
-    tag_value,
-)
+from service.domain import events
+from service.domain.models import Change, Source
+from service.domain.plans import Facts, decide, is_image_resource, worth_storing
 from service.errors import AwsError
 from service.ingest.observe import observe_live
 from service.settings import Settings
@@ -33,14 +27,6 @@ log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 20
 DELETE_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one event means: a change to apply, and/or one image to look up because the event cannot say enough."""
-
-    change: Change | None = None
-    refresh: tuple[str, str] | None = None
 
 
 class Refresher:
@@ -62,12 +48,8 @@ class Refresher:
         async with self._limit:
             self.refreshes += 1
             change = await observe_live(self._aws, region=region, image_id=image_id)
-            known = await self._cache.read_parts(region=region, image_id=image_id)
-            stack = change.stack.value if change.stack else None
-            ami = change.ami.value if change.ami else None
-            is_image = ami is not None or (stack is not None and tag_value(stack.tags, TAG_IMAGE_ID) is not None)
-            if known is None and not is_image:
-                # Stack events also come for clusters and other stacks: only images are cached.
+            stored = await self._cache.read_parts(region=region, image_id=image_id)
+            if not worth_storing(change, stored):
                 return
             await self._cache.apply(replace(change, source=Source.EVENT, happened_at=happened_at))
 
@@ -122,7 +104,9 @@ class Consumer:
         pending: list[Change] = []
         refreshed: set[tuple[str, str]] = set()
         for event in fresh.values():
-            plan = await self.plan(event)
+            plan = decide(event, await self.gather(event))
+            if plan.ignored is not None:
+                self.stats.counts[plan.ignored] += 1
             if plan.change is not None:
                 pending.append(plan.change)
             if plan.refresh is not None and plan.refresh not in refreshed:
@@ -142,72 +126,28 @@ class Consumer:
         self.stats.counts["applied"] += len(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
-    async def plan(self, event: events.Event) -> Plan:
-        """Decide what an event changes, using what the cache knows; unknown images get a targeted refresh."""
+    async def gather(self, event: events.Event) -> Facts:
+        """What `decide` needs to know about the event's image, read from the cache (and EC2 for an unplaced AMI)."""
         region = event.envelope.region
-        when = event.envelope.time
         now = utcnow()
         if isinstance(event, events.StackStatusEvent):
-            patch = Observed(when, StackStatusPatch(event.stack_id, event.status, event.status_reason))
-            parts = await self._cache.read_parts(region=region, image_id=event.stack_name)
-            change = Change(
-                region=region, image_id=event.stack_name, source=Source.EVENT, observed_at=now,
-                happened_at=when, stack_status=patch,
-            )
-            if parts is not None and records.patched_stack(parts, patch) is not None:
-                return Plan(change=change)
-            stored = parts.stack_value if parts else None
-            if stored is not None and stored.stack_id == event.stack_id and stored.status == event.status:
-                return Plan()  # older or repeated news
-            return Plan(refresh=(region, event.stack_name))
+            return Facts(now, parts=await self._cache.read_parts(region=region, image_id=event.stack_name))
         if isinstance(event, events.ResourceStatusEvent):
-            if event.logical_id != IMAGE_RESOURCE_LOGICAL_ID or not event.physical_id:
-                self.stats.counts["ignored_resources"] += 1
-                return Plan()
-            parts = await self._cache.read_parts(region=region, image_id=event.stack_name)
-            known_arn = parts.imagebuilder_value.arn if parts and parts.imagebuilder_value else None
-            if known_arn == event.physical_id:
-                return Plan()
-            return Plan(refresh=(region, event.stack_name))
+            if not is_image_resource(event):
+                return Facts(now)  # decided without reading anything
+            return Facts(now, parts=await self._cache.read_parts(region=region, image_id=event.stack_name))
         if isinstance(event, events.ImagebuilderStateEvent):
             image_id = await self._cache.image_for(region=region, imagebuilder_arn=event.arn) or (
                 await self._cache.image_by_lower_id(region=region, lower_id=event.image_id_hint)
             )
+        else:
+            image_id = await self._cache.image_for(region=region, ami_id=event.ami_id)
             if image_id is None:
-                return Plan(refresh=(region, event.image_id_hint))
-            parts = await self._cache.read_parts(region=region, image_id=image_id)
-            stored_state = parts.imagebuilder if parts else None
-            if stored_state is not None and stored_state.as_of > when:
-                # EventBridge times have whole seconds: a look-up earlier in that second can seem newer.
-                # Same news: nothing to do; different news: ask AWS which is current.
-                same = stored_state.value is not None and stored_state.value.status == event.status
-                return Plan() if same else Plan(refresh=(region, image_id))
-            state = ImagebuilderState(arn=event.arn, status=event.status, reason=event.reason)
-            return Plan(
-                change=Change(
-                    region=region, image_id=image_id, source=Source.EVENT, observed_at=now, happened_at=when,
-                    imagebuilder=Observed(when, state),
-                )
-            )
-        # An AMI state change.
-        image_id = await self._cache.image_for(region=region, ami_id=event.ami_id)
-        if image_id is not None:
-            patch_ami = Observed(when, AmiStatePatch(event.ami_id, event.state))
-            parts = await self._cache.read_parts(region=region, image_id=image_id)
-            if parts is not None and records.patched_ami(parts, patch_ami) is not None:
-                return Plan(
-                    change=Change(
-                        region=region, image_id=image_id, source=Source.EVENT, observed_at=now, happened_at=when,
-                        ami_state=patch_ami,
-                    )
-                )
-            return Plan(refresh=(region, image_id))
-        ami = await self._aws.describe_ami(region=region, ami_id=event.ami_id)
-        tagged = tag_value(ami.tags, TAG_IMAGE_ID) if ami else None
-        if tagged is None:
-            self.stats.counts["ignored_amis"] += 1
-            return Plan()
-        return Plan(refresh=(region, tagged))
+                # Only EC2 can say which image (if any) an AMI the cache has not seen belongs to.
+                return Facts(now, ami=await self._aws.describe_ami(region=region, ami_id=event.ami_id))
+        if image_id is None:
+            return Facts(now)
+        return Facts(now, image_id=image_id, parts=await self._cache.read_parts(region=region, image_id=image_id))
 
     async def _delete(self, *, queue_url: str, messages: list[QueueMessage]) -> None:
         region = queue_region(queue_url, default=self._settings.default_region)
