@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from service.aws import Aws
 from service.domain.models import CachedImage
+from service.domain.rows import ApplyResult
 from service.errors import AwsError, NotFound, TooManyRequests
 from service.ingest.observe import observe_live
 from service.settings import Settings
-from service.store.cache import ApplyResult, Cache
+from service.store.cache import Cache
 from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 

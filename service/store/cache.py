@@ -17,8 +17,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.domain import records
-from service.domain.models import CachedImage, Change, ConfigLocation, StatusFields
+from service.domain import records, rows
+from service.domain.models import CachedImage, Change, ConfigLocation
+from service.domain.rows import ApplyResult
 from service.store.db import sqlite_direct_for
 from service.store.tables import images, poison_messages, processed_events, revisions, transitions
 from service.support.clock import as_utc, utcnow
@@ -41,18 +42,6 @@ READ_COLUMNS = (
     images.c.changed_at,
     images.c.confirmed_at,
 )
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    region: str
-    image_id: str
-    stored: bool  # a row exists after the change
-    changed: bool  # the served document (version) changed
-    transitioned: bool  # a transition row was written
-    exists: bool
-    version: int
-    seq: int | None
 
 
 @dataclass(frozen=True)
@@ -114,12 +103,6 @@ def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> Cac
     return stored_image(
         region=region, image_id=image_id, version=version, exists=exists, document=document, bucket=bucket,
         key=key, available=available, changed_at=as_utc(changed_at), confirmed_at=as_utc(confirmed_at),
-    )
-
-
-def _config_of(row: Any) -> ConfigLocation:
-    return ConfigLocation(
-        bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)
     )
 
 
@@ -303,7 +286,7 @@ def _write_batch(
     """One batch, inside the caller's transaction: lock, read, merge in memory, write."""
     dialect = connection.dialect.name
     keys = sorted({(change.region, change.image_id) for change in batch})
-    rows = {}
+    stored = {}
     if keys:
         if dialect == "postgresql":
             # Per-image advisory locks, taken in one sorted statement, so replicas applying changes to
@@ -315,11 +298,11 @@ def _write_batch(
                 ),
                 {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
             )
-        rows = {
+        stored = {
             (row.region, row.image_id): row
             for row in connection.execute(select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys)))
         }
-    planned = _Plan(rows)
+    planned = _Writes(stored)
     for change in batch:
         planned.add(change)
     results = planned.write(connection)
@@ -355,13 +338,11 @@ def _is_retryable(exc: DBAPIError) -> bool:
     )
 
 
-class _Plan:
-    """The writes for one batch, computed in memory from the rows read under lock."""
+class _Writes:
+    """The writes for one batch: each change decided (service.domain.rows) against the row as the batch left it."""
 
-    def __init__(self, rows: dict[tuple[str, str], Any]) -> None:
-        self.state: dict[tuple[str, str], dict[str, Any]] = {
-            key: dict(row._mapping) for key, row in rows.items()
-        }
+    def __init__(self, stored: dict[tuple[str, str], Any]) -> None:
+        self.state: dict[tuple[str, str], dict[str, Any]] = {key: dict(row._mapping) for key, row in stored.items()}
         self.image_rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.revision_rows: list[dict[str, Any]] = []
         self.transition_rows: list[dict[str, Any]] = []
@@ -369,98 +350,15 @@ class _Plan:
 
     def add(self, change: Change) -> None:
         key = (change.region, change.image_id)
-        row = self.state.get(key)
-        before = records.decode_parts(row["parts"]) if row else records.Parts()
-        after = records.merge(before, change)
-        rendered = records.render(region=change.region, image_id=change.image_id, parts=after)
-        happened = change.happened_at or change.observed_at
-
-        if row is None and not rendered.fields.exists:
-            # Nothing to remember about an image that never existed here.
-            self.results.append(
-                ApplyResult(change.region, change.image_id, False, False, False, False, 0, None)
-            )
+        written = rows.apply(self.state.get(key), change)
+        self.results.append(written.result)
+        if written.image is None:
             return
-
-        document = rendered.document.decode() if rendered.document is not None else None
-        config = rendered.config
-        changed = row is None or (
-            document != row["document"]
-            or rendered.fields.exists != bool(row["exists"])
-            or config != _config_of_mapping(row)
-        )
-        previous_fields = _status_of_mapping(row) if row else None
-        transitioned = previous_fields != rendered.fields
-        version = (row["version"] if row else 0) + (1 if changed else 0)
-
-        new_row: dict[str, Any] = {
-            "region": change.region,
-            "image_id": change.image_id,
-            "version": version,
-            "exists": rendered.fields.exists,
-            "document": document,
-            "config_bucket": config.bucket,
-            "config_key": config.key,
-            "config_available": config.available,
-            "build_status": rendered.fields.image_build_status,
-            "stack_status": rendered.fields.stack_status,
-            "stack_status_reason": rendered.fields.stack_status_reason,
-            "imagebuilder_status": rendered.fields.imagebuilder_status,
-            "imagebuilder_status_reason": rendered.fields.imagebuilder_status_reason,
-            "ami_state": rendered.fields.ami_state,
-            "stack_id": after.stack_value.stack_id if after.stack_value else None,
-            "ami_id": after.ami_value.ami_id if after.ami_value else None,
-            "imagebuilder_arn": after.imagebuilder_value.arn if after.imagebuilder_value else None,
-            "parts": records.encode_parts(after),
-            "stack_as_of": after.stack.as_of if after.stack else None,
-            "ami_as_of": after.ami.as_of if after.ami else None,
-            "imagebuilder_as_of": after.imagebuilder.as_of if after.imagebuilder else None,
-            "config_as_of": after.config.as_of if after.config else None,
-            "created_at": row["created_at"] if row else change.observed_at,
-            "changed_at": change.observed_at if changed else row["changed_at"] if row else change.observed_at,
-            "confirmed_at": _latest(row["confirmed_at"] if row else None, change.observed_at),
-            "seq": row["seq"] if row else 0,
-        }
-        if changed:
-            self.revision_rows.append(
-                {
-                    "region": change.region,
-                    "image_id": change.image_id,
-                    "version": version,
-                    "exists": rendered.fields.exists,
-                    "document": document,
-                    "config_bucket": config.bucket,
-                    "config_key": config.key,
-                    "config_available": config.available,
-                    "observed_at": change.observed_at,
-                    "happened_at": happened,
-                }
-            )
-        if transitioned:
-            fields = rendered.fields
-            self.transition_rows.append(
-                {
-                    "region": change.region,
-                    "image_id": change.image_id,
-                    "happened_at": happened,
-                    "observed_at": change.observed_at,
-                    "source": change.source.value,
-                    "exists": fields.exists,
-                    "build_status": fields.image_build_status,
-                    "stack_status": fields.stack_status,
-                    "stack_status_reason": fields.stack_status_reason,
-                    "imagebuilder_status": fields.imagebuilder_status,
-                    "imagebuilder_status_reason": fields.imagebuilder_status_reason,
-                    "ami_state": fields.ami_state,
-                }
-            )
-        self.state[key] = new_row
-        self.image_rows[key] = new_row
-        self.results.append(
-            ApplyResult(
-                change.region, change.image_id, True, changed, transitioned, rendered.fields.exists, version, None
-            )
-        )
+        self.state[key] = self.image_rows[key] = written.image
+        if written.revision is not None:
+            self.revision_rows.append(written.revision)
+        if written.transition is not None:
+            self.transition_rows.append(written.transition)
 
     def write(self, connection: Connection) -> list[ApplyResult]:
         seqs: dict[tuple[str, str, int], int] = {}
@@ -501,25 +399,3 @@ def _upsert(dialect: str) -> Any:
         if column.name not in {"region", "image_id", "created_at"}
     }
     return statement.on_conflict_do_update(index_elements=["region", "image_id"], set_=updated)
-
-
-def _status_of_mapping(row: dict[str, Any]) -> StatusFields:
-    return StatusFields(
-        exists=bool(row["exists"]),
-        image_build_status=row["build_status"],
-        stack_status=row["stack_status"],
-        stack_status_reason=row["stack_status_reason"],
-        imagebuilder_status=row["imagebuilder_status"],
-        imagebuilder_status_reason=row["imagebuilder_status_reason"],
-        ami_state=row["ami_state"],
-    )
-
-
-def _config_of_mapping(row: dict[str, Any]) -> ConfigLocation:
-    return ConfigLocation(
-        bucket=row["config_bucket"], key=row["config_key"], available=bool(row["config_available"])
-    )
-
-
-def _latest(first: datetime | None, second: datetime) -> datetime:
-    return second if first is None or second > first else first
