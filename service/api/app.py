@@ -24,12 +24,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.domain import describe
+from service.domain import describe, listing
 from service.domain.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, REGION_PATTERN, CachedImage
 from service.errors import (
     AwsError,
     AwsThrottled,
     BadRequest,
+    BadToken,
     NotFound,
     RequestError,
 )
@@ -302,7 +303,7 @@ async def image_history(request: Request) -> Response:
             limit=_limit(request, default=100, maximum=1000),
             next_token=request.query_params.get("nextToken"),
         )
-    except queries.BadToken as exc:
+    except BadToken as exc:
         raise BadRequest("nextToken is not one this service issued") from exc
     if not page.known:
         raise NotFound(not_found_message(image_id))
@@ -317,7 +318,7 @@ async def list_images(request: Request) -> Response:
     image_status = request.query_params.get("imageStatus")
     if image_status is None:
         raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
-    if image_status not in queries.IMAGE_STATUS_FILTERS:
+    if image_status not in listing.IMAGE_STATUS_FILTERS:
         raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
     region = resolve_region(request, runtime.settings)
     token = request.query_params.get("nextToken")
@@ -353,7 +354,7 @@ async def list_images(request: Request) -> Response:
 async def _list_page(runtime: Runtime, *, region: str, image_status: str, token: str | None) -> tuple[bytes, str]:
     try:
         page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
-    except queries.BadToken as exc:
+    except BadToken as exc:
         raise BadRequest("nextToken is not one this service issued") from exc
     document: dict[str, Any] = {"images": page.images}
     if page.next_token:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from service.errors import MalformedEvent
 from service.support.clock import as_utc
 
 STACK_STATUS = "CloudFormation Stack Status Change"
@@ -19,10 +20,6 @@ AMI_STATE = "EC2 AMI State Change"
 _STACK_ARN = re.compile(r"^arn:[\w-]+:cloudformation:([\w-]+):(\d+):stack/([^/]+)/.+$")
 _IMAGEBUILDER_ARN = re.compile(r"^arn:[\w-]+:imagebuilder:([\w-]+):(\d+):image/([^/]+)/[^/]+/\d+$")
 IMAGEBUILDER_NAME_PREFIX = "parallelclusterimage-"
-
-
-class MalformedEvent(ValueError):
-    """The message is not an EventBridge event we can read; it is kept, counted and deleted."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +119,9 @@ def parse(body: str | bytes) -> Event | NotOurs:
     detail = raw.get("detail")
     if not isinstance(detail, dict):
         raise MalformedEvent("detail is missing or not an object")
+    time_text = _text(raw, "time", where="")
     try:
-        when = as_utc(_text(raw, "time", where=""))
+        when = as_utc(time_text)
     except ValueError as exc:
         raise MalformedEvent(f"time is not an ISO-8601 timestamp: {raw.get('time')!r}") from exc
     envelope = Envelope(

@@ -15,7 +15,7 @@ from service.aws import Aws, QueueMessage, queue_region
 from service.domain import events
 from service.domain.models import Change, Source
 from service.domain.plans import Facts, decide, is_image_resource, worth_storing
-from service.errors import AwsError
+from service.errors import AwsError, MalformedEvent
 from service.ingest.observe import observe_live
 from service.settings import Settings
 from service.store.cache import Cache, Poison
@@ -80,7 +80,7 @@ class Consumer:
         for message in messages:
             try:
                 event = events.parse(message.body)
-            except events.MalformedEvent as exc:
+            except MalformedEvent as exc:
                 poison.append(Poison(queue_url, message.message_id, message.body, str(exc)))
                 self.stats.counts["poison"] += 1
                 log.warning("unreadable message %s kept as poison: %s", message.message_id, exc)

@@ -12,28 +12,14 @@ import orjson
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.domain import listing
 from service.domain.describe import iso_time
-from service.domain.models import TAG_VERSION, CachedImage, tag_value
+from service.domain.models import CachedImage
 from service.domain.records import decode_parts
-from service.domain.status import build_status
+from service.errors import BadToken
 from service.store.cache import stored_image
 from service.store.tables import images, processed_events, revisions, transitions
 from service.support.clock import as_utc, utcnow
-
-# pcluster's ListImages filters, by the stack statuses each one selects.
-PENDING_STACK_STATUSES = ("CREATE_IN_PROGRESS",)
-FAILED_STACK_STATUSES = (
-    "CREATE_FAILED",
-    "DELETE_FAILED",
-    "ROLLBACK_FAILED",
-    "ROLLBACK_COMPLETE",
-    "ROLLBACK_IN_PROGRESS",
-)
-IMAGE_STATUS_FILTERS = ("AVAILABLE", "PENDING", "FAILED")
-
-
-class BadToken(ValueError):
-    pass
 
 
 def encode_token(value: dict[str, Any]) -> str:
@@ -44,9 +30,9 @@ def decode_token(token: str) -> dict[str, Any]:
     try:
         decoded = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (ValueError, orjson.JSONDecodeError) as exc:
-        raise BadToken(token) from exc
+        raise BadToken() from exc
     if not isinstance(decoded, dict):
-        raise BadToken(token)
+        raise BadToken()
     return decoded
 
 
@@ -153,32 +139,6 @@ class ListPage:
     etag: str
 
 
-def _summary(row: Any, *, image_status: str, region: str) -> dict[str, Any]:
-    parts = decode_parts(row.parts)
-    if image_status == "AVAILABLE":
-        ami = parts.ami_value
-        assert ami is not None
-        item: dict[str, Any] = {
-            "imageId": row.image_id,
-            "imageBuildStatus": "BUILD_COMPLETE",
-            "ec2AmiInfo": {"amiId": ami.ami_id},
-            "region": region,
-            "version": tag_value(ami.tags, TAG_VERSION),
-        }
-    else:
-        stack = parts.stack_value
-        assert stack is not None
-        item = {
-            "imageId": row.image_id,
-            "imageBuildStatus": build_status(stack.status),
-            "cloudformationStackStatus": stack.status,
-            "cloudformationStackArn": stack.stack_id,
-            "region": region,
-            "version": tag_value(stack.tags, TAG_VERSION),
-        }
-    return {key: value for key, value in item.items() if value is not None}
-
-
 async def list_images(
     engine: AsyncEngine, *, region: str, image_status: str, next_token: str | None, limit: int = 100
 ) -> ListPage:
@@ -187,9 +147,9 @@ async def list_images(
     if image_status == "AVAILABLE":
         condition = and_(images.c.ami_id.is_not(None), images.c.exists.is_(True))
     elif image_status == "PENDING":
-        condition = images.c.stack_status.in_(PENDING_STACK_STATUSES)
+        condition = images.c.stack_status.in_(listing.PENDING_STACK_STATUSES)
     else:
-        condition = images.c.stack_status.in_(FAILED_STACK_STATUSES)
+        condition = images.c.stack_status.in_(listing.FAILED_STACK_STATUSES)
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
@@ -204,7 +164,11 @@ async def list_images(
     digest = hashlib.sha256(
         orjson.dumps([region, image_status, after, token, [(row.image_id, row.version) for row in page]])
     ).hexdigest()[:32]
-    return ListPage([_summary(row, image_status=image_status, region=region) for row in page], token, f'"{digest}"')
+    summaries = [
+        listing.summary(image_id=row.image_id, parts=decode_parts(row.parts), image_status=image_status, region=region)
+        for row in page
+    ]
+    return ListPage(summaries, token, f'"{digest}"')
 
 
 # --- the change feed -------------------------------------------------------------------------------
