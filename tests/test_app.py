@@ -13,7 +13,7 @@ import pytest
 from service.demo.fakeaws import FakeAws
 from service.ingest.lookup import Lookup
 from service.runtime import Runtime
-from tests.conftest import OTHER_REGION, REGION
+from tests.conftest import OTHER_REGION, REGION, stored_images
 
 pytestmark = pytest.mark.asyncio
 
@@ -214,7 +214,7 @@ async def test_bad_input_is_400_and_reaches_neither_aws_nor_sql(
     assert response.status_code == 400
     assert response.json() == {"message": message}
     assert aws_state.total_calls() == 0
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
 
 
 async def test_longest_valid_id_is_accepted(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
@@ -303,7 +303,7 @@ async def test_throttled_lookup_is_429_and_stores_nothing(
 
     assert response.status_code == 429
     assert "message" in response.json()
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
     # Once AWS answers again the image is found: the failure was not remembered as a 404.
     assert aws_state.calls["ec2.DescribeImages"] == 4
     assert (await describe(client, "throttled")).status_code == 200

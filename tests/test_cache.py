@@ -21,8 +21,9 @@ from service.domain.models import (
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db, queries
-from service.store.cache import Cache, Poison
+from service.store.cache import READ, Cache, Poison, stored_image
 from service.store.tables import poison_messages, processed_events, revisions, transitions
+from tests.conftest import stored_images
 
 pytestmark = pytest.mark.asyncio
 
@@ -104,7 +105,7 @@ async def test_older_observation_is_ignored(runtime: Runtime) -> None:
 async def test_nothing_is_stored_for_an_image_that_never_existed(runtime: Runtime) -> None:
     result = await runtime.cache.apply(change(T))
     assert not result.stored
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
 
 
 async def test_event_ids_and_poison_commit_with_the_batch(runtime: Runtime) -> None:
@@ -147,7 +148,7 @@ async def test_readers_never_fail_while_another_engine_writes(settings: Settings
     finally:
         await writer.engine.dispose()
     assert errors == []
-    assert await runtime.cache.count() == 21
+    assert await stored_images(runtime) == 21
 
 
 async def test_prune_drops_old_history_but_keeps_current_revisions(runtime: Runtime) -> None:
@@ -200,3 +201,18 @@ async def test_a_read_racing_a_write_is_not_remembered(runtime: Runtime) -> None
     await runtime.lookup.get(region=REGION, image_id="img")
     runtime.cache.read = original_read  # type: ignore[method-assign]
     assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 2
+
+
+async def test_the_direct_sqlite_read_answers_as_the_engine_read(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack()))
+    async with runtime.engine.connect() as connection:
+        row = (await connection.execute(READ, {"region": REGION, "image_id": "img"})).first()
+    assert row is not None
+    through_engine = stored_image(region=REGION, image_id="img", columns=row)
+
+    answered, direct = runtime.cache.read_now(region=REGION, image_id="img")
+
+    assert answered == (runtime.engine.dialect.name == "sqlite")
+    if answered:
+        assert direct == through_engine
+    assert through_engine.changed_at == T and through_engine.changed_at.tzinfo is UTC

@@ -18,7 +18,7 @@ from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from service.ingest.consumer import Consumer
 from service.runtime import Runtime
 from service.store.tables import poison_messages
-from tests.conftest import REGION
+from tests.conftest import REGION, stored_images
 
 pytestmark = pytest.mark.asyncio
 
@@ -209,7 +209,7 @@ async def test_stack_events_of_other_stacks_are_not_cached(
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/some-cluster/0000"
     queue.send(stack_event(stack_id, "CREATE_COMPLETE", at=1))
     await drain(runtime.consumer, queue)
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
     assert queue.depth() == 0
 
 

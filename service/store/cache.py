@@ -8,10 +8,9 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import bindparam, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -32,6 +31,7 @@ BATCH_SIZE = 200
 LOOP_BATCH_SIZE = 50
 WRITE_ATTEMPTS = 4
 
+# What a served record is made of, in the order `stored_image` takes it.
 READ_COLUMNS = (
     images.c.version,
     images.c.exists,
@@ -42,6 +42,16 @@ READ_COLUMNS = (
     images.c.changed_at,
     images.c.confirmed_at,
 )
+# A revision is served as the record was at that version: when it was observed is both when it
+# changed and when it was last confirmed.
+REVISION_READ_COLUMNS = tuple(
+    revisions.c.observed_at.label(column.name) if column.name in {"changed_at", "confirmed_at"}
+    else revisions.c[column.name]
+    for column in READ_COLUMNS
+)
+READ = select(*READ_COLUMNS).where(images.c.region == bindparam("region"), images.c.image_id == bindparam("image_id"))
+# The same statement as text, for the direct SQLite reader (parameters: region, image_id).
+SQLITE_READ = str(READ.compile(dialect=sqlite.dialect()))
 
 
 @dataclass(frozen=True)
@@ -66,26 +76,12 @@ class Known:
 
 Listener = Callable[[Sequence[ApplyResult]], None]
 
-SQLITE_READ = (
-    'SELECT version, "exists", document, config_bucket, config_key, config_available, changed_at, confirmed_at '
-    "FROM images WHERE region = ? AND image_id = ?"
-)
+def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
+    """A record (or a revision) as served, from the values of READ_COLUMNS (or REVISION_READ_COLUMNS), in order.
 
-
-def stored_image(
-    *,
-    region: str,
-    image_id: str,
-    version: int,
-    exists: Any,
-    document: str | None,
-    bucket: str | None,
-    key: str | None,
-    available: Any,
-    changed_at: datetime,
-    confirmed_at: datetime,
-) -> CachedImage:
-    """A record (or a revision) as served, from its stored columns."""
+    Times may be SQLite's text (the direct reader) or datetimes (the engine): both are UTC.
+    """
+    version, exists, document, bucket, key, available, changed_at, confirmed_at = columns
     return CachedImage(
         region=region,
         image_id=image_id,
@@ -93,16 +89,8 @@ def stored_image(
         exists=bool(exists),
         document=document.encode() if document is not None else None,
         config=ConfigLocation(bucket=bucket, key=key, available=bool(available)),
-        changed_at=changed_at,
-        confirmed_at=confirmed_at,
-    )
-
-
-def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> CachedImage:
-    version, exists, document, bucket, key, available, changed_at, confirmed_at = row
-    return stored_image(
-        region=region, image_id=image_id, version=version, exists=exists, document=document, bucket=bucket,
-        key=key, available=available, changed_at=as_utc(changed_at), confirmed_at=as_utc(confirmed_at),
+        changed_at=as_utc(changed_at),
+        confirmed_at=as_utc(confirmed_at),
     )
 
 
@@ -131,25 +119,17 @@ class Cache:
         except sqlite3.OperationalError as exc:
             log.debug("direct SQLite read failed (%s); reading through the engine", exc)
             return False, None
-        return True, _cached_from_sqlite(region, image_id, direct) if direct is not None else None
+        if direct is None:
+            return True, None
+        return True, stored_image(region=region, image_id=image_id, columns=direct)
 
     async def read(self, *, region: str, image_id: str) -> CachedImage | None:
         answered, record = self.read_now(region=region, image_id=image_id)
         if answered:
             return record
         async with self.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(*READ_COLUMNS).where(images.c.region == region, images.c.image_id == image_id)
-                )
-            ).first()
-        if row is None:
-            return None
-        return stored_image(
-            region=region, image_id=image_id, version=row.version, exists=row.exists, document=row.document,
-            bucket=row.config_bucket, key=row.config_key, available=row.config_available,
-            changed_at=row.changed_at, confirmed_at=row.confirmed_at,
-        )
+            row = (await connection.execute(READ, {"region": region, "image_id": image_id})).first()
+        return stored_image(region=region, image_id=image_id, columns=row) if row is not None else None
 
     async def known(self, *, region: str) -> dict[str, Known]:
         async with self.engine.connect() as connection:
@@ -171,10 +151,6 @@ class Cache:
                 )
                 for row in rows
             }
-
-    async def count(self) -> int:
-        async with self.engine.connect() as connection:
-            return int((await connection.execute(select(func.count()).select_from(images))).scalar_one())
 
     async def apply(self, change: Change) -> ApplyResult:
         return (await self.apply_many([change]))[0]

@@ -17,7 +17,7 @@ from service.domain.describe import iso_time
 from service.domain.models import CachedImage
 from service.domain.records import decode_parts
 from service.errors import BadToken
-from service.store.cache import stored_image
+from service.store.cache import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import images, processed_events, revisions, transitions
 from service.support.clock import as_utc, utcnow
 
@@ -104,14 +104,23 @@ async def history(
 
 # --- time travel -----------------------------------------------------------------------------------
 
+# A revision row as served, with the keys the change feed needs.
+_REVISION_KEYS = (revisions.c.seq, revisions.c.region, revisions.c.image_id)
+REVISIONS = select(*_REVISION_KEYS, *REVISION_READ_COLUMNS)
+
+
+def _revision_image(row: Any) -> CachedImage:
+    return stored_image(region=row.region, image_id=row.image_id, columns=row[len(_REVISION_KEYS) :])
+
 
 async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datetime) -> CachedImage | None:
     """The record as the cache knew it at `at` (latest revision observed by then); None if unknown then."""
     async with engine.connect() as connection:
         row = (
             await connection.execute(
-                select(revisions)
-                .where(revisions.c.region == region, revisions.c.image_id == image_id, revisions.c.observed_at <= at)
+                REVISIONS.where(
+                    revisions.c.region == region, revisions.c.image_id == image_id, revisions.c.observed_at <= at
+                )
                 .order_by(revisions.c.observed_at.desc(), revisions.c.seq.desc())
                 .limit(1)
             )
@@ -119,14 +128,6 @@ async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datet
     if row is None:
         return None
     return _revision_image(row)
-
-
-def _revision_image(row: Any) -> CachedImage:
-    return stored_image(
-        region=row.region, image_id=row.image_id, version=row.version, exists=row.exists, document=row.document,
-        bucket=row.config_bucket, key=row.config_key, available=row.config_available,
-        changed_at=row.observed_at, confirmed_at=row.observed_at,
-    )
 
 
 # --- list ------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ async def revisions_after(
         conditions.append(revisions.c.image_id == image_id)
     async with engine.connect() as connection:
         rows = (
-            await connection.execute(select(revisions).where(*conditions).order_by(revisions.c.seq).limit(limit))
+            await connection.execute(REVISIONS.where(*conditions).order_by(revisions.c.seq).limit(limit))
         ).all()
     return [Revision(seq=row.seq, image=_revision_image(row)) for row in rows]
 
