@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import records, rows
@@ -179,8 +179,8 @@ class Cache:
                         batch, event_ids=event_ids if last else (), poison=poison if last else ()
                     )
                     break
-                except (OperationalError, DBAPIError) as exc:
-                    if attempt == WRITE_ATTEMPTS - 1 or not _is_retryable(exc):
+                except DBAPIError as exc:
+                    if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
                         raise
                     log.warning("apply: retrying after %s", type(exc.orig).__name__ if exc.orig else exc)
                     await asyncio.sleep(0.05 * 2**attempt)
@@ -306,12 +306,25 @@ def _write_batch(
     return results
 
 
-def _is_retryable(exc: DBAPIError) -> bool:
-    message = str(exc.orig or exc).lower()
-    return any(
-        marker in message
-        for marker in ("database is locked", "deadlock", "could not serialize", "busy", "unique")
-    )
+# PostgreSQL conditions a retry of the whole transaction can get past: serialization_failure,
+# deadlock_detected, unique_violation (two replicas inserting the same new row) and lock_not_available.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505", "55P03"})
+# SQLite: another connection holds the lock (BUSY), or a conflicting use of the same table (LOCKED).
+RETRYABLE_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a database error is a transient conflict (retry the transaction) rather than a fault.
+
+    Decided by the driver's error code (SQLSTATE, SQLite result code), never by the message text.
+    """
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        # Extended result codes (SQLITE_BUSY_SNAPSHOT, ...) carry the primary code in their low byte.
+        return code is not None and code & 0xFF in RETRYABLE_SQLITE_CODES
+    # asyncpg's errors, and SQLAlchemy's adaptation of them, carry the SQLSTATE.
+    return getattr(error, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 class _Writes:
