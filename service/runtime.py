@@ -17,6 +17,7 @@ from service.aws import Aws
 from service.ingest.consumer import Consumer
 from service.ingest.lookup import Lookup
 from service.ingest.reconciler import Reconciler
+from service.metrics import Metrics
 from service.presign import UrlSigner
 from service.settings import Settings
 from service.store import db, queries
@@ -61,6 +62,7 @@ class Runtime:
     reconciler: Reconciler
     consumer: Consumer
     lease: RegionLease
+    metrics: Metrics
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,19 +70,22 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *, engine: AsyncEngine, aws: Aws) -> Runtime:
+        """The components, all counting in one Metrics: the one the AWS clients count their calls in."""
         cache = Cache(engine)
+        metrics = aws.metrics
         runtime = cls(
             settings=settings,
             engine=engine,
             aws=aws,
             cache=cache,
-            lookup=Lookup(cache=cache, aws=aws, settings=settings),
+            lookup=Lookup(cache=cache, aws=aws, settings=settings, metrics=metrics),
             signer=UrlSigner(
                 aws, expires_seconds=settings.presign_expires_seconds, reuse_seconds=settings.presign_reuse_seconds
             ),
-            reconciler=Reconciler(cache=cache, aws=aws, settings=settings),
-            consumer=Consumer(cache=cache, aws=aws, settings=settings),
-            lease=RegionLease(engine),
+            reconciler=Reconciler(cache=cache, aws=aws, settings=settings, metrics=metrics),
+            consumer=Consumer(cache=cache, aws=aws, settings=settings, metrics=metrics),
+            lease=RegionLease(engine, metrics=metrics),
+            metrics=metrics,
         )
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
@@ -100,7 +105,7 @@ class Runtime:
             # The embedded default migrates itself; a shared database is migrated by an operator.
             await db.migrate(settings.database_url)
         engine = db.create_engine(settings)
-        aws = Aws()
+        aws = Aws(metrics=Metrics())
         runtime = cls.build(settings, engine=engine, aws=aws)
         try:
             await db.check_schema(engine)
@@ -147,16 +152,15 @@ class Runtime:
                 return
 
     def stats(self) -> dict[str, Any]:
+        """/stats: what the metrics say, in the shape clients already read."""
+        metrics = self.metrics
         return {
-            "live_lookups": self.lookup.live_lookups,
-            "reconcile": {
-                region: dict(vars(report))
-                for region, report in self.reconciler.last_reports.items()
-            },
-            "reconcile_passes": self.reconciler.passes,
-            "reconcile_lease": self.lease.regions,
-            "events": dict(self.consumer.stats.counts),
-            "targeted_refreshes": self.consumer.refresher.refreshes,
+            "live_lookups": metrics.live_lookups(),
+            "reconcile": {region: dict(report) for region, report in metrics.reconcile_reports.items()},
+            "reconcile_passes": metrics.reconcile_passes,
+            "reconcile_lease": sorted(metrics.reconcile_lease),
+            "events": dict(metrics.events),
+            "targeted_refreshes": metrics.targeted_refreshes,
         }
 
     async def readiness(self) -> dict[str, bool]:

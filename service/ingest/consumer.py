@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 
 from service.aws import Aws, QueueMessage, queue_region
@@ -17,6 +16,7 @@ from service.domain.models import Change, Source
 from service.domain.plans import Facts, decide, is_image_resource, worth_storing
 from service.errors import AwsError, MalformedEvent
 from service.ingest.observe import observe_live
+from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Poison
 from service.support.clock import utcnow
@@ -32,12 +32,12 @@ DELETE_ATTEMPTS = 3
 class Refresher:
     """Targeted refreshes of one image, coalesced per image and bounded in concurrency."""
 
-    def __init__(self, *, cache: Cache, aws: Aws, concurrency: int) -> None:
+    def __init__(self, *, cache: Cache, aws: Aws, concurrency: int, metrics: Metrics) -> None:
         self._cache = cache
         self._aws = aws
         self._limit = asyncio.Semaphore(concurrency)
         self._flights: SingleFlight[tuple[str, str], None] = SingleFlight()
-        self.refreshes = 0
+        self._metrics = metrics
 
     async def refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         await self._flights.run(
@@ -46,7 +46,7 @@ class Refresher:
 
     async def _refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         async with self._limit:
-            self.refreshes += 1
+            self._metrics.targeted_refreshes += 1
             change = await observe_live(self._aws, region=region, image_id=image_id)
             stored = await self._cache.read_parts(region=region, image_id=image_id)
             if not worth_storing(change, stored):
@@ -54,27 +54,21 @@ class Refresher:
             await self._cache.apply(replace(change, source=Source.EVENT, happened_at=happened_at))
 
 
-@dataclass
-class ConsumerStats:
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def __getitem__(self, key: str) -> int:
-        return self.counts[key]
-
-
 class Consumer:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings) -> None:
+    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
-        self.refresher = Refresher(cache=cache, aws=aws, concurrency=settings.refresh_concurrency)
-        self.stats = ConsumerStats()
+        self._metrics = metrics
+        self.refresher = Refresher(
+            cache=cache, aws=aws, concurrency=settings.refresh_concurrency, metrics=metrics
+        )
 
     # --- one batch -------------------------------------------------------------------------------
 
     async def handle(self, *, queue_url: str, messages: list[QueueMessage]) -> None:
         """Apply a batch, commit, then delete its messages. Raises (deleting nothing) if the commit fails."""
-        self.stats.counts["received"] += len(messages)
+        self._metrics.events["received"] += len(messages)
         parsed: list[tuple[QueueMessage, events.Event]] = []
         poison: list[Poison] = []
         for message in messages:
@@ -82,11 +76,11 @@ class Consumer:
                 event = events.parse(message.body)
             except MalformedEvent as exc:
                 poison.append(Poison(queue_url, message.message_id, message.body, str(exc)))
-                self.stats.counts["poison"] += 1
+                self._metrics.events["poison"] += 1
                 log.warning("unreadable message %s kept as poison: %s", message.message_id, exc)
                 continue
             if isinstance(event, events.NotOurs):
-                self.stats.counts["ignored"] += 1
+                self._metrics.events["ignored"] += 1
                 continue
             parsed.append((message, event))
 
@@ -95,7 +89,7 @@ class Consumer:
         for _, event in parsed:
             event_id = event.envelope.event_id
             if event_id in seen or event_id in fresh:
-                self.stats.counts["duplicates"] += 1
+                self._metrics.events["duplicates"] += 1
                 continue
             fresh[event_id] = event
 
@@ -106,13 +100,13 @@ class Consumer:
         for event in fresh.values():
             plan = decide(event, await self.gather(event))
             if plan.ignored is not None:
-                self.stats.counts[plan.ignored] += 1
+                self._metrics.events[plan.ignored] += 1
             if plan.change is not None:
                 pending.append(plan.change)
             if plan.refresh is not None and plan.refresh not in refreshed:
                 refreshed.add(plan.refresh)
                 await self._cache.apply_many(pending)
-                self.stats.counts["applied"] += len(pending)
+                self._metrics.events["applied"] += len(pending)
                 pending = []
                 region, image_id = plan.refresh
                 try:
@@ -120,10 +114,10 @@ class Consumer:
                 except AwsError as exc:
                     # Reconciliation heals what this look-up could not see.
                     log.warning("targeted refresh of %s/%s failed: %s", region, image_id, exc.message)
-                self.stats.counts["refreshed"] += 1
+                self._metrics.events["refreshed"] += 1
         # The ids are recorded with the last changes: a crash before this point redelivers the batch.
         await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison)
-        self.stats.counts["applied"] += len(pending)
+        self._metrics.events["applied"] += len(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
     async def gather(self, event: events.Event) -> Facts:
@@ -154,14 +148,14 @@ class Consumer:
         pending = {str(index): message.receipt_handle for index, message in enumerate(messages)}
         for attempt in range(DELETE_ATTEMPTS):
             failed = await self._aws.delete_messages(region=region, queue_url=queue_url, receipt_handles=pending)
-            self.stats.counts["deleted"] += len(pending) - len(failed)
+            self._metrics.events["deleted"] += len(pending) - len(failed)
             pending = {entry: pending[entry] for entry in failed}
             if not pending:
                 return
-            self.stats.counts["delete_retries"] += len(pending)
+            self._metrics.events["delete_retries"] += len(pending)
             await asyncio.sleep(0.1 * 2**attempt)
         # Redelivered later; the event ids are recorded, so they will count as duplicates.
-        self.stats.counts["delete_failures"] += len(pending)
+        self._metrics.events["delete_failures"] += len(pending)
         log.warning("%d messages could not be deleted from %s", len(pending), queue_url)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -186,7 +180,7 @@ class Consumer:
                 )
             )
         finally:
-            log.info("event consumer stopped: %s", dict(self.stats.counts))
+            log.info("event consumer stopped: %s", dict(self._metrics.events))
 
     async def _receiver(self, *, queue_url: str, stop: asyncio.Event, iterations: int | None) -> None:
         backoff = self._settings.backoff_initial_seconds

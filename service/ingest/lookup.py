@@ -11,8 +11,17 @@ from dataclasses import dataclass
 from service.aws import Aws
 from service.domain.models import CachedImage
 from service.domain.rows import ApplyResult
-from service.errors import AwsError, NotFound, TooManyRequests
+from service.errors import AwsError, AwsThrottled, NotFound, TooManyRequests
 from service.ingest.observe import observe_live
+from service.metrics import (
+    LOOKUP_BUDGET,
+    LOOKUP_COALESCED,
+    LOOKUP_ERROR,
+    LOOKUP_NOT_FOUND,
+    LOOKUP_OK,
+    LOOKUP_THROTTLED,
+    Metrics,
+)
 from service.settings import Settings
 from service.store.cache import Cache
 from service.support.bounded import BoundedDict
@@ -64,11 +73,13 @@ class Lookup:
         cache: Cache,
         aws: Aws,
         settings: Settings,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
+        self._metrics = metrics
         self._clock = clock
         self._flights: SingleFlight[tuple[str, str], CachedImage] = SingleFlight()
         # Expiry (clock time) of each remembered 404.
@@ -76,7 +87,6 @@ class Lookup:
         self._budgets = {
             region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
         }
-        self.live_lookups = 0
         # A small read-through memory of recent records: dropped on every local write (so this
         # process never serves older than what it committed), and kept at most `read_cache_seconds`
         # (the extra staleness a write by another replica can see).
@@ -152,6 +162,8 @@ class Lookup:
                 raise NotFound(not_found_message(image_id))
             del self._negative[key]
         # Concurrent misses for one image share one lookup; a client that gives up does not cancel it.
+        if key in self._flights:
+            self._metrics.lookups[LOOKUP_COALESCED] += 1
         return Answer(await self._flights.run(key, lambda: self._live(region=region, image_id=image_id)), hit=False)
 
     def _recently_confirmed_gone(self, cached: CachedImage) -> bool:
@@ -161,10 +173,26 @@ class Lookup:
     async def _live(self, *, region: str, image_id: str) -> CachedImage:
         wait = self._budgets[region].take()
         if wait > 0:
+            self._metrics.lookups[LOOKUP_BUDGET] += 1
             raise TooManyRequests(
                 "Too many live lookups for images not in the cache; retry later.", retry_after=wait
             )
-        self.live_lookups += 1
+        try:
+            cached = await self._look_up(region=region, image_id=image_id)
+        except NotFound:
+            self._metrics.lookups[LOOKUP_NOT_FOUND] += 1
+            raise
+        except AwsThrottled:
+            self._metrics.lookups[LOOKUP_THROTTLED] += 1
+            raise
+        except Exception:
+            self._metrics.lookups[LOOKUP_ERROR] += 1
+            raise
+        self._metrics.lookups[LOOKUP_OK] += 1
+        return cached
+
+    async def _look_up(self, *, region: str, image_id: str) -> CachedImage:
+        """pcluster's calls, written through the cache, then the stored record. Raises NotFound, AwsError."""
         try:
             change = await asyncio.wait_for(
                 observe_live(self._aws, region=region, image_id=image_id),

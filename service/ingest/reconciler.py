@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from service.aws import Aws
 from service.domain import status
 from service.domain.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
 from service.ingest.observe import config_location, imagebuilder_for_stack
+from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Known
 from service.support.clock import utcnow
@@ -45,13 +47,12 @@ def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
 
 
 class Reconciler:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings) -> None:
+    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
-        self.passes = 0
+        self._metrics = metrics
         self.first_pass_done = asyncio.Event()
-        self.last_reports: dict[str, PassReport] = {}
 
     async def run_pass(self, *, region: str) -> PassReport:
         report = PassReport(region=region)
@@ -124,7 +125,8 @@ class Reconciler:
             result.transitioned for result in results if known.get(result.image_id) is not None
         )
         report.aws_calls = self._aws.total_calls() - calls_before
-        self.last_reports[region] = report
+        self._metrics.reconcile_reports[region] = dataclasses.asdict(report)
+        self._metrics.reconcile_corrected[region] += report.corrected
         log.info(
             "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d AWS calls",
             region, report.images_seen, report.changed, report.transitions, report.gone, report.aws_calls,
@@ -133,7 +135,7 @@ class Reconciler:
 
     async def run_once(self) -> list[PassReport]:
         reports = [await self.run_pass(region=region) for region in self._settings.regions]
-        self.passes += 1
+        self._metrics.reconcile_passes += 1
         self.first_pass_done.set()
         return reports
 
@@ -162,7 +164,7 @@ class Reconciler:
                     except Exception:
                         failed = True
                         log.exception("reconcile pass for %s failed", region)
-                self.passes += 1
+                self._metrics.reconcile_passes += 1
                 done += 1
                 if not failed:
                     self.first_pass_done.set()
@@ -176,4 +178,4 @@ class Reconciler:
                 if await sleep_until_stopped(stop, delay):
                     break
         finally:
-            log.info("reconciler stopped after %d passes", self.passes)
+            log.info("reconciler stopped after %d passes", done)
