@@ -23,9 +23,6 @@ class SingleFlight(Generic[K, V]):
         """Whether work for `key` is in flight (a call now would join it)."""
         return key in self._tasks
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def run(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> V:
         """The result of `work()` for `key`, started now or joined if already in flight; its exception if it fails.
 
