@@ -76,6 +76,7 @@ class Known:
 
 Listener = Callable[[Sequence[ApplyResult]], None]
 
+
 def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
     """A record (or a revision) as served, from the values of READ_COLUMNS (or REVISION_READ_COLUMNS), in order.
 
@@ -100,7 +101,6 @@ class Cache:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._listeners: list[Listener] = []
-        self._dialect = engine.dialect.name
         self._sqlite = sqlite_direct_for(engine)
 
     def close(self) -> None:
@@ -208,10 +208,10 @@ class Cache:
         if not event_ids:
             return set()
         async with self.engine.connect() as connection:
-            rows = await connection.execute(
+            found = await connection.execute(
                 select(processed_events.c.event_id).where(processed_events.c.event_id.in_(list(event_ids)))
             )
-            return {row.event_id for row in rows}
+            return {row.event_id for row in found}
 
     async def read_parts(self, *, region: str, image_id: str) -> records.Parts | None:
         async with self.engine.connect() as connection:
@@ -223,14 +223,12 @@ class Cache:
         return records.decode_parts(text_value) if text_value is not None else None
 
     async def image_for(
-        self, *, region: str, imagebuilder_arn: str | None = None, ami_id: str | None = None,
-        stack_id: str | None = None,
+        self, *, region: str, imagebuilder_arn: str | None = None, ami_id: str | None = None
     ) -> str | None:
-        """The image id a resource belongs to, by what the cache already knows."""
+        """The image id an Image Builder image or an AMI belongs to, by what the cache already knows."""
         condition = (
             images.c.imagebuilder_arn == imagebuilder_arn if imagebuilder_arn is not None
-            else images.c.ami_id == ami_id if ami_id is not None
-            else images.c.stack_id == stack_id
+            else images.c.ami_id == ami_id
         )
         async with self.engine.connect() as connection:
             return (
@@ -248,6 +246,7 @@ class Cache:
                     .limit(1)
                 )
             ).scalar_one_or_none()
+
 
 def _write_in_transaction(
     connection: Connection, *, batch: Sequence[Change], event_ids: Sequence[str], poison: Sequence[Poison]
