@@ -70,7 +70,10 @@ async def test_live_lookups_are_counted_by_outcome(runtime: Runtime, aws_state: 
 async def test_a_lookup_refused_by_the_budget_is_counted_apart(runtime: Runtime, aws_state: FakeAws) -> None:
     metrics = Metrics()
     one_per_second = dataclasses.replace(runtime.settings, live_lookups_per_second=1.0)
-    lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=one_per_second, metrics=metrics)
+    # A clock that stands still: no token comes back however slow the first lookup is.
+    lookup = Lookup(
+        cache=runtime.cache, aws=runtime.aws, settings=one_per_second, metrics=metrics, clock=lambda: 1000.0
+    )
     with pytest.raises(NotFound):
         await lookup.get(region=REGION, image_id="first-unknown")
     with pytest.raises(TooManyRequests):
