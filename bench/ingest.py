@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import seed
@@ -19,7 +19,7 @@ from service.aws import Aws
 from service.demo.fakeaws import FakeAws
 from service.ingest.reconciler import Reconciler
 from service.settings import Settings
-from service.store import db
+from service.store import db, tables
 from service.store.cache import Cache
 
 PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -68,7 +68,8 @@ async def _apply(url: str, *, backend: str, batch: int, images: int, steps: int)
         for start in range(0, len(changes), batch):
             await cache.apply_many(changes[start : start + batch])
         seconds = time.perf_counter() - started
-        stored = await cache.count()
+        async with engine.connect() as connection:
+            stored = int((await connection.execute(select(func.count()).select_from(tables.images))).scalar_one())
     finally:
         await engine.dispose()
     if stored < images:
@@ -149,7 +150,7 @@ async def reconcile(
     aws = Aws()
     passes = []
     try:
-        reconciler = Reconciler(cache=Cache(engine), aws=aws, settings=settings)
+        reconciler = Reconciler(cache=Cache(engine), aws=aws, settings=settings, metrics=aws.metrics)
         for _ in range(2):
             fake.reset_calls()
             busy = fake.busy_seconds()

@@ -27,6 +27,7 @@ from service.domain.models import (
     Tags,
 )
 from service.errors import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
+from service.metrics import CALL_ERROR, CALL_NOT_FOUND, CALL_OK, CALL_THROTTLED, Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,16 +146,18 @@ class Aws:
     """One aiobotocore session and its clients per (service, region), created once and closed on `close`.
 
     Endpoints, credentials and profiles come from botocore's own configuration (AWS_ENDPOINT_URL,
-    AWS_ENDPOINT_URL_<SERVICE>, AWS_PROFILE, ...): nothing here overrides them.
+    AWS_ENDPOINT_URL_<SERVICE>, AWS_PROFILE, ...): nothing here overrides them. Every call is counted
+    in `calls` (by operation) and in `metrics.aws_calls` (by operation and outcome).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, metrics: Metrics | None = None) -> None:
         self._session = aiobotocore.session.get_session()
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[str, str], Any] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._account_ids: dict[str, str] = {}
         self.calls: Counter[str] = Counter()
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -177,16 +180,29 @@ class Aws:
 
     async def _call(self, service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
         client = await self.client(service, region)
-        self.calls[f"{service}.{operation}"] += 1
+        name = f"{service}.{operation}"
+        self.calls[name] += 1
         method: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, _snake(operation))
         try:
-            return await method(**params)
+            response = await method(**params)
         except (TimeoutError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise translate(exc, operation=f"{service}.{operation}") from exc
+            raise self._failed(name, translate(exc, operation=name)) from exc
         except Exception as exc:  # aiohttp's errors are not botocore's; they are still "AWS unreachable"
             if type(exc).__module__.startswith("aiohttp"):
-                raise translate(exc, operation=f"{service}.{operation}") from exc
+                raise self._failed(name, translate(exc, operation=name)) from exc
+            self.metrics.aws_calls[(name, CALL_ERROR)] += 1
             raise
+        self.metrics.aws_calls[(name, CALL_OK)] += 1
+        return response
+
+    def _failed(self, name: str, error: AwsError) -> AwsError:
+        outcome = (
+            CALL_THROTTLED if isinstance(error, AwsThrottled)
+            else CALL_NOT_FOUND if isinstance(error, AwsNotFound)
+            else CALL_ERROR
+        )
+        self.metrics.aws_calls[(name, outcome)] += 1
+        return error
 
     def total_calls(self) -> int:
         return sum(self.calls.values())

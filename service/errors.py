@@ -3,8 +3,10 @@
 StatusCacheError
  ├── ConfigurationError        bad settings; the process refuses to start
  ├── SchemaError               the database is not at the migrations' head
+ ├── MalformedEvent            a queue message is not an event we can read (kept as poison, counted, deleted)
  ├── RequestError              a client's request is wrong (HTTP 4xx; never reaches AWS or SQL)
  │    ├── BadRequest           400
+ │    │    └── BadToken        a nextToken this service did not issue
  │    ├── NotFound             404
  │    └── TooManyRequests      429 (our own live-lookup budget)
  └── AwsError                  AWS could not answer
@@ -29,6 +31,10 @@ class SchemaError(StatusCacheError):
     pass
 
 
+class MalformedEvent(StatusCacheError):
+    pass
+
+
 class RequestError(StatusCacheError):
     status_code = 400
 
@@ -40,6 +46,11 @@ class RequestError(StatusCacheError):
 
 class BadRequest(RequestError):
     status_code = 400
+
+
+class BadToken(BadRequest):
+    def __init__(self, message: str = "nextToken is not one this service issued") -> None:
+        super().__init__(message)
 
 
 class NotFound(RequestError):

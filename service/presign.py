@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 from service.aws import Aws
 from service.domain.models import ConfigLocation
+from service.support.bounded import BoundedDict
+
+SIGNED_MAX_ENTRIES = 50_000
 
 
 class UrlSigner:
@@ -30,7 +33,8 @@ class UrlSigner:
         self._expires = expires_seconds
         self._reuse = reuse_seconds
         self._clock = clock
-        self._signed: dict[tuple[str, str, str], tuple[int, str]] = {}
+        # (region, bucket, key) -> (window, URL)
+        self._signed: BoundedDict[tuple[str, str, str], tuple[int, str]] = BoundedDict(SIGNED_MAX_ENTRIES)
 
     def window(self) -> int:
         return int(self._clock() // self._reuse)
@@ -47,7 +51,5 @@ class UrlSigner:
         url = await self._aws.presign(
             region=region, bucket=config.bucket, key=config.key, expires_seconds=self._expires
         )
-        if len(self._signed) > 50_000:
-            self._signed.clear()
         self._signed[key] = (window, url)
         return url, window

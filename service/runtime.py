@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -17,11 +17,14 @@ from service.aws import Aws
 from service.ingest.consumer import Consumer
 from service.ingest.lookup import Lookup
 from service.ingest.reconciler import Reconciler
+from service.metrics import Metrics
 from service.presign import UrlSigner
 from service.settings import Settings
 from service.store import db, queries
 from service.store.cache import Cache
 from service.store.lease import RegionLease
+from service.support.clock import utcnow
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class Runtime:
     reconciler: Reconciler
     consumer: Consumer
     lease: RegionLease
+    metrics: Metrics
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     # Set when shutdown begins (SIGTERM): readiness answers 503 and change streams end.
@@ -80,19 +84,22 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *, engine: AsyncEngine, aws: Aws) -> Runtime:
+        """The components, all counting in one Metrics: the one the AWS clients count their calls in."""
         cache = Cache(engine)
+        metrics = aws.metrics
         runtime = cls(
             settings=settings,
             engine=engine,
             aws=aws,
             cache=cache,
-            lookup=Lookup(cache=cache, aws=aws, settings=settings),
+            lookup=Lookup(cache=cache, aws=aws, settings=settings, metrics=metrics),
             signer=UrlSigner(
                 aws, expires_seconds=settings.presign_expires_seconds, reuse_seconds=settings.presign_reuse_seconds
             ),
-            reconciler=Reconciler(cache=cache, aws=aws, settings=settings),
-            consumer=Consumer(cache=cache, aws=aws, settings=settings),
-            lease=RegionLease(engine),
+            reconciler=Reconciler(cache=cache, aws=aws, settings=settings, metrics=metrics),
+            consumer=Consumer(cache=cache, aws=aws, settings=settings, metrics=metrics),
+            lease=RegionLease(engine, metrics=metrics),
+            metrics=metrics,
         )
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
@@ -112,7 +119,7 @@ class Runtime:
             # The embedded default migrates itself; a shared database is migrated by an operator.
             await db.migrate(settings.database_url)
         engine = db.create_engine(settings)
-        aws = Aws()
+        aws = Aws(metrics=Metrics())
         runtime = cls.build(settings, engine=engine, aws=aws)
         try:
             await db.check_schema(engine)
@@ -172,29 +179,26 @@ class Runtime:
     async def prune_forever(self) -> None:
         """Retention: drop history older than STATUSCACHE_HISTORY_DAYS, hourly, in small transactions."""
         while not self.stop.is_set():
-            older_than = datetime.now(UTC) - timedelta(days=self.settings.history_days)
+            older_than = utcnow() - timedelta(days=self.settings.history_days)
             try:
                 removed = await queries.prune(self.engine, older_than=older_than)
                 if removed:
                     log.info("pruned %d history rows older than %s", removed, older_than.isoformat())
             except Exception:
                 log.exception("pruning history failed")
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=PRUNE_INTERVAL_SECONDS)
-            except TimeoutError:
-                pass
+            if await sleep_until_stopped(self.stop, PRUNE_INTERVAL_SECONDS):
+                return
 
     def stats(self) -> dict[str, Any]:
+        """/stats: what the metrics say, in the shape clients already read."""
+        metrics = self.metrics
         return {
-            "live_lookups": self.lookup.live_lookups,
-            "reconcile": {
-                region: dict(vars(report))
-                for region, report in self.reconciler.last_reports.items()
-            },
-            "reconcile_passes": self.reconciler.passes,
-            "reconcile_lease": self.lease.regions,
-            "events": dict(self.consumer.stats.counts),
-            "targeted_refreshes": self.consumer.refresher.refreshes,
+            "live_lookups": metrics.live_lookups(),
+            "reconcile": {region: dict(report) for region, report in metrics.reconcile_reports.items()},
+            "reconcile_passes": metrics.reconcile_passes,
+            "reconcile_lease": sorted(metrics.reconcile_lease),
+            "events": dict(metrics.events),
+            "targeted_refreshes": metrics.targeted_refreshes,
         }
 
     async def readiness(self) -> dict[str, bool]:

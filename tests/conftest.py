@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.api.app import create_app
@@ -24,6 +24,7 @@ from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
+from service.store.tables import images
 
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"
@@ -194,3 +195,9 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
         yield http
 
+
+
+async def stored_images(runtime: Runtime) -> int:
+    """How many image rows the cache holds."""
+    async with runtime.engine.connect() as connection:
+        return int((await connection.execute(select(func.count()).select_from(images))).scalar_one())

@@ -13,7 +13,7 @@ import pytest
 from service.demo.fakeaws import FakeAws
 from service.ingest.lookup import Lookup
 from service.runtime import Runtime
-from tests.conftest import OTHER_REGION, REGION
+from tests.conftest import OTHER_REGION, REGION, stored_images
 
 pytestmark = pytest.mark.asyncio
 
@@ -130,7 +130,8 @@ async def test_reconciled_answer_equals_live_answer(
 
         await connection.execute(text("DELETE FROM images"))
         await connection.execute(text("DELETE FROM revisions"))
-    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings)  # a fresh process
+    # A fresh process.
+    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings, metrics=runtime.metrics)
     live = {i: await describe(client, i) for i in ("rec-stack", "rec-ami")}
     for image_id, response in live.items():
         assert response.headers["x-cache"] == "MISS"
@@ -214,7 +215,7 @@ async def test_bad_input_is_400_and_reaches_neither_aws_nor_sql(
     assert response.status_code == 400
     assert response.json() == {"message": message}
     assert aws_state.total_calls() == 0
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
 
 
 async def test_longest_valid_id_is_accepted(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
@@ -303,7 +304,7 @@ async def test_throttled_lookup_is_429_and_stores_nothing(
 
     assert response.status_code == 429
     assert "message" in response.json()
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
     # Once AWS answers again the image is found: the failure was not remembered as a 404.
     assert aws_state.calls["ec2.DescribeImages"] == 4
     assert (await describe(client, "throttled")).status_code == 200
@@ -317,7 +318,7 @@ async def test_concurrent_misses_share_one_live_lookup(
     responses = await asyncio.gather(*(describe(client, "stampede") for _ in range(50)))
 
     assert {response.status_code for response in responses} == {200}
-    assert runtime.lookup.live_lookups == 1
+    assert runtime.metrics.live_lookups() == 1
     assert aws_state.calls["cloudformation.DescribeStacks"] == 1
 
 
@@ -342,7 +343,7 @@ async def test_hot_path_answers_exactly_as_the_full_path(
     await describe(client, "hot-and-full")  # live, then stored
     full = await describe(client, "hot-and-full")  # read from SQL and prepared by the Starlette route
     hot = await describe(client, "hot-and-full")  # record and bytes in memory: answered in front of Starlette
-    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings)
+    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings, metrics=runtime.metrics)
     cold = await describe(client, "hot-and-full")  # memory forgotten: the full path again
 
     def comparable(response: httpx.Response) -> dict[str, str]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from service.domain.models import (
     AmiInfo,
@@ -21,12 +25,14 @@ from service.domain.models import (
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db, queries
-from service.store.cache import Cache, Poison
+from service.store.cache import READ, Cache, Poison, is_retryable, stored_image
 from service.store.tables import poison_messages, processed_events, revisions, transitions
+from tests.conftest import BACKENDS, stored_images
 
 pytestmark = pytest.mark.asyncio
 
 REGION = "us-east-1"
+needs_postgres = pytest.mark.skipif("postgresql" not in BACKENDS, reason="PostgreSQL deselected")
 T = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
@@ -104,7 +110,7 @@ async def test_older_observation_is_ignored(runtime: Runtime) -> None:
 async def test_nothing_is_stored_for_an_image_that_never_existed(runtime: Runtime) -> None:
     result = await runtime.cache.apply(change(T))
     assert not result.stored
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
 
 
 async def test_event_ids_and_poison_commit_with_the_batch(runtime: Runtime) -> None:
@@ -147,7 +153,7 @@ async def test_readers_never_fail_while_another_engine_writes(settings: Settings
     finally:
         await writer.engine.dispose()
     assert errors == []
-    assert await runtime.cache.count() == 21
+    assert await stored_images(runtime) == 21
 
 
 async def test_prune_drops_old_history_but_keeps_current_revisions(runtime: Runtime) -> None:
@@ -200,3 +206,185 @@ async def test_a_read_racing_a_write_is_not_remembered(runtime: Runtime) -> None
     await runtime.lookup.get(region=REGION, image_id="img")
     runtime.cache.read = original_read  # type: ignore[method-assign]
     assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 2
+
+
+async def test_the_direct_sqlite_read_answers_as_the_engine_read(runtime: Runtime) -> None:
+    await runtime.cache.apply(change(T, stack_info=stack()))
+    async with runtime.engine.connect() as connection:
+        row = (await connection.execute(READ, {"region": REGION, "image_id": "img"})).first()
+    assert row is not None
+    through_engine = stored_image(region=REGION, image_id="img", columns=row)
+
+    answered, direct = runtime.cache.read_now(region=REGION, image_id="img")
+
+    assert answered == (runtime.engine.dialect.name == "sqlite")
+    if answered:
+        assert direct == through_engine
+    assert through_engine.changed_at == T and through_engine.changed_at.tzinfo is UTC
+
+
+# --- which database errors are retried: real errors from both databases, judged by code, not message ------
+
+
+async def _postgres_error(url: str, statement: str) -> DBAPIError:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement))
+    except DBAPIError as exc:
+        return exc
+    finally:
+        await engine.dispose()
+    raise AssertionError(f"{statement!r} did not fail")
+
+
+@needs_postgres
+async def test_postgres_unique_violation_is_retried(empty_postgres_url: str) -> None:
+    inserts = "INSERT INTO processed_events VALUES ('e-1', now()), ('e-1', now())"
+
+    error = await _postgres_error(empty_postgres_url, inserts)
+
+    assert getattr(error.orig, "sqlstate", None) == "23505"
+    assert is_retryable(error)
+
+
+@needs_postgres
+async def test_postgres_lock_not_available_is_retried(empty_postgres_url: str) -> None:
+    engine = create_async_engine(empty_postgres_url)
+    try:
+        async with engine.begin() as holder:
+            await holder.execute(text("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE"))
+            error = await _postgres_error(empty_postgres_url, "LOCK TABLE processed_events NOWAIT")
+    finally:
+        await engine.dispose()
+
+    assert getattr(error.orig, "sqlstate", None) == "55P03"
+    assert is_retryable(error)
+
+
+@needs_postgres
+async def test_postgres_serialization_failure_is_retried(empty_postgres_url: str) -> None:
+    engine = create_async_engine(empty_postgres_url, isolation_level="SERIALIZABLE")
+    error: DBAPIError | None = None
+    try:
+        async with engine.connect() as first, engine.connect() as second:
+            # Write skew: each reads what the other writes.
+            for connection in (first, second):
+                await connection.execute(text("SELECT count(*) FROM processed_events"))
+            for connection, event_id in ((first, "e-1"), (second, "e-2")):
+                await connection.execute(text(f"INSERT INTO processed_events VALUES ('{event_id}', now())"))
+            await first.commit()
+            try:
+                await second.commit()
+            except DBAPIError as exc:
+                error = exc
+    finally:
+        await engine.dispose()
+
+    assert error is not None
+    assert getattr(error.orig, "sqlstate", None) == "40001"
+    assert is_retryable(error)
+
+
+@needs_postgres
+async def test_postgres_deadlock_is_retried(empty_postgres_url: str) -> None:
+    engine = create_async_engine(empty_postgres_url)
+    errors: list[DBAPIError] = []
+    try:
+        async with engine.connect() as first, engine.connect() as second:
+            for connection, key in ((first, 1), (second, 2)):
+                await connection.execute(text("SET deadlock_timeout = '50ms'"))
+                await connection.execute(text(f"SELECT pg_advisory_xact_lock({key})"))
+
+            async def take(connection: AsyncConnection, key: int) -> None:
+                try:
+                    await connection.execute(text(f"SELECT pg_advisory_xact_lock({key})"))
+                except DBAPIError as exc:
+                    errors.append(exc)
+                    await connection.rollback()
+
+            await asyncio.wait_for(asyncio.gather(take(first, 2), take(second, 1)), timeout=10)
+    finally:
+        await engine.dispose()
+
+    assert [getattr(error.orig, "sqlstate", None) for error in errors] == ["40P01"]
+    assert is_retryable(errors[0])
+
+
+@needs_postgres
+@pytest.mark.parametrize(
+    ("statement", "sqlstate"),
+    [
+        ("INSERT INTO processed_events VALUES ('e-1', NULL)", "23502"),  # not_null_violation
+        ("SELEC 1", "42601"),  # syntax_error
+        ("SELECT * FROM no_such_table", "42P01"),  # undefined_table
+    ],
+)
+async def test_postgres_faults_are_not_retried(empty_postgres_url: str, statement: str, sqlstate: str) -> None:
+    error = await _postgres_error(empty_postgres_url, statement)
+
+    assert getattr(error.orig, "sqlstate", None) == sqlstate
+    assert not is_retryable(error)
+
+
+async def test_sqlite_busy_is_retried(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0})
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as connection:
+                await connection.execute(text("INSERT INTO t VALUES (1)"))
+    finally:
+        await engine.dispose()
+        holder.close()
+
+    assert isinstance(raised.value.orig, sqlite3.Error)
+    assert raised.value.orig.sqlite_errorcode == sqlite3.SQLITE_BUSY
+    assert is_retryable(raised.value)
+
+
+async def test_sqlite_locked_is_retried() -> None:
+    connection = sqlite3.connect(":memory:")
+    connection.executescript("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1), (2);")
+    reading = connection.execute("SELECT x FROM t")
+    reading.fetchone()
+    try:
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            connection.execute("DROP TABLE t")  # while a statement still reads it
+    finally:
+        connection.close()
+
+    assert raised.value.sqlite_errorcode == sqlite3.SQLITE_LOCKED
+    assert is_retryable(raised.value)
+
+
+async def test_sqlite_faults_are_not_retried(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'faults.db'}")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (x INTEGER UNIQUE)"))
+            await connection.execute(text("INSERT INTO t VALUES (1)"))
+        raised: list[DBAPIError] = []
+        for statement in ("INSERT INTO t VALUES (1)", "SELECT * FROM no_such_table"):
+            try:
+                async with engine.begin() as connection:
+                    await connection.execute(text(statement))
+            except DBAPIError as exc:
+                raised.append(exc)
+    finally:
+        await engine.dispose()
+
+    codes = [getattr(error.orig, "sqlite_errorname", None) for error in raised]
+    assert codes == ["SQLITE_CONSTRAINT_UNIQUE", "SQLITE_ERROR"]
+    assert not any(is_retryable(error) for error in raised)
+
+
+@pytest.mark.parametrize(
+    "message", ["database is locked", "deadlock detected", "could not serialize access", "UNIQUE constraint failed"]
+)
+async def test_the_message_alone_decides_nothing(message: str) -> None:
+    assert not is_retryable(sqlite3.OperationalError(message))
+    assert not is_retryable(DBAPIError("statement", {}, RuntimeError(message)))

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from service.aws import QueueMessage
 from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from service.ingest.consumer import Consumer
+from service.metrics import Metrics
 from service.runtime import Runtime
 from service.store.tables import poison_messages
-from tests.conftest import REGION
+from tests.conftest import REGION, stored_images
 
 pytestmark = pytest.mark.asyncio
 
@@ -209,7 +210,7 @@ async def test_stack_events_of_other_stacks_are_not_cached(
     stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/some-cluster/0000"
     queue.send(stack_event(stack_id, "CREATE_COMPLETE", at=1))
     await drain(runtime.consumer, queue)
-    assert await runtime.cache.count() == 0
+    assert await stored_images(runtime) == 0
     assert queue.depth() == 0
 
 
@@ -223,7 +224,7 @@ async def test_duplicate_event_changes_nothing(
     queue.send(event)
     await drain(runtime.consumer, queue)
 
-    assert runtime.consumer.stats["duplicates"] == 2
+    assert runtime.metrics.events["duplicates"] == 2
     statuses = [item.get("cloudformationStackStatus") for item in await history(client, "evt-dup")]
     assert statuses == ["CREATE_IN_PROGRESS", "CREATE_COMPLETE"]
 
@@ -258,7 +259,7 @@ async def test_unreadable_message_is_kept_counted_and_deleted(
     await drain(runtime.consumer, queue)
 
     assert queue.depth() == 0
-    assert runtime.consumer.stats["poison"] == 2
+    assert runtime.metrics.events["poison"] == 2
     async with runtime.engine.connect() as connection:
         rows = (await connection.execute(select(poison_messages.c.body, poison_messages.c.reason))).all()
     assert {row.body for row in rows} >= {"{this is not json"}
@@ -270,7 +271,7 @@ async def test_unrelated_events_are_counted_and_deleted(runtime: Runtime, aws_st
     other["detail-type"] = "EC2 Instance State-change Notification"
     queue.send(other)
     await drain(runtime.consumer, queue)
-    assert runtime.consumer.stats["ignored"] == 1
+    assert runtime.metrics.events["ignored"] == 1
     assert queue.depth() == 0
 
 
@@ -291,7 +292,7 @@ async def test_crash_between_commit_and_delete_redelivers_harmlessly(
     await asyncio.sleep(1.2)
     await drain(runtime.consumer, queue)
 
-    assert runtime.consumer.stats["duplicates"] == 1
+    assert runtime.metrics.events["duplicates"] == 1
     assert await history(client, "evt-crash") == before
     assert queue.depth() == 0
 
@@ -306,13 +307,14 @@ async def test_failed_batch_delete_entries_are_retried(runtime: Runtime) -> None
             return ["1"] if len(self.calls) == 1 else []
 
     flaky = FlakyDeletes()
-    consumer = Consumer(cache=runtime.cache, aws=flaky, settings=runtime.settings)  # type: ignore[arg-type]
+    metrics = Metrics()
+    consumer = Consumer(cache=runtime.cache, aws=flaky, settings=runtime.settings, metrics=metrics)  # type: ignore[arg-type]
     messages = [QueueMessage(f"m{index}", f"handle-{index}", "{}", 1) for index in range(3)]
 
     await consumer._delete(queue_url="https://sqs.us-east-1.amazonaws.com/1/q", messages=messages)
 
     assert flaky.calls == [{"0": "handle-0", "1": "handle-1", "2": "handle-2"}, {"1": "handle-1"}]
-    assert consumer.stats["deleted"] == 3
+    assert metrics.events["deleted"] == 3
 
 
 async def test_database_down_deletes_nothing(runtime: Runtime, aws_state: FakeAws, queue: Queue) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from service.domain import events
+from service.errors import MalformedEvent
 
 # Copies of shared/fixtures/events, so the suite runs from any checkout.
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "events"
@@ -89,5 +90,5 @@ def _broken(name: str, mutate: Any) -> str:
     ],
 )
 def test_malformed_messages_say_why(body: str, reason: str) -> None:
-    with pytest.raises(events.MalformedEvent, match=reason):
+    with pytest.raises(MalformedEvent, match=reason):
         events.parse(body)

@@ -132,7 +132,7 @@ async def test_loop_runs_at_start_and_stops(runtime: Runtime, aws_state: FakeAws
     await asyncio.wait_for(runtime.reconciler.first_pass_done.wait(), timeout=10)
     stop.set()
     await asyncio.wait_for(task, timeout=5)
-    assert runtime.reconciler.passes == 1
+    assert runtime.metrics.reconcile_passes == 1
 
 
 async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_state: FakeAws) -> None:

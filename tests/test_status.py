@@ -1,4 +1,4 @@
-"""DESIGN §2's stack status table, and which stack statuses are settled or visible to describe."""
+"""pcluster's stack status -> imageBuildStatus table, and which stack statuses are settled or visible to describe."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from service.domain import status
 
-# One row per CloudFormation stack status, exactly as DESIGN §2 tabulates it.
+# One row per CloudFormation stack status, with the imageBuildStatus pcluster's describe-image reports for it.
 STACK_STATUS_TABLE = [
     ("CREATE_IN_PROGRESS", "BUILD_IN_PROGRESS"),
     ("UPDATE_IN_PROGRESS", "BUILD_IN_PROGRESS"),

@@ -31,6 +31,7 @@ from service.errors import NotFound
 from service.ingest.lookup import Answer, not_found_message
 from service.runtime import Runtime
 from service.store import queries
+from service.support.bounded import BoundedDict
 
 PATH = "/v3/images/custom/{image_id}"
 PREFIX = "/v3/images/custom/"
@@ -72,7 +73,7 @@ class PreparedAnswers:
     """Prepared answers by (region, image, version, signing window); emptied when it grows past its bound."""
 
     def __init__(self) -> None:
-        self._memo: dict[MemoKey, Prepared] = {}
+        self._memo: BoundedDict[MemoKey, Prepared] = BoundedDict(PREPARED_MAX_ENTRIES)
 
     def get(self, key: MemoKey) -> Prepared | None:
         return self._memo.get(key)
@@ -97,8 +98,6 @@ class PreparedAnswers:
                 ],
                 headers_304=validators,
             )
-            if len(self._memo) >= PREPARED_MAX_ENTRIES:
-                self._memo.clear()
             self._memo[key] = prepared
         return prepared
 

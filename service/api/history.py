@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service.api.errors import JSON
 from service.api.requests import optional_timestamp, parse_limit, region_from, validate_image_id
 from service.api.state import AppState
-from service.errors import BadRequest, NotFound
+from service.errors import NotFound
 from service.ingest.lookup import not_found_message
 from service.store import queries
 
@@ -28,18 +28,15 @@ class ImageHistory:
         validate_image_id(image_id)
         params = dict(request.query_params)
         region = region_from(params.get("region"), runtime.settings)
-        try:
-            page = await queries.history(
-                runtime.engine,
-                region=region,
-                image_id=image_id,
-                since=optional_timestamp(params, "since"),
-                until=optional_timestamp(params, "until"),
-                limit=parse_limit(params.get("limit"), default=100, maximum=1000),
-                next_token=params.get("nextToken"),
-            )
-        except queries.BadToken as exc:
-            raise BadRequest("nextToken is not one this service issued") from exc
+        page = await queries.history(
+            runtime.engine,
+            region=region,
+            image_id=image_id,
+            since=optional_timestamp(params, "since"),
+            until=optional_timestamp(params, "until"),
+            limit=parse_limit(params.get("limit"), default=100, maximum=1000),
+            next_token=params.get("nextToken"),
+        )
         if not page.known:
             raise NotFound(not_found_message(image_id))
         body: dict[str, Any] = {"imageId": image_id, "region": region, "transitions": page.transitions}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -14,9 +13,12 @@ from service.api.describe import PREPARED_MAX_ENTRIES
 from service.api.errors import JSON
 from service.api.requests import etag_matches, region_from
 from service.api.state import AppState
+from service.domain.listing import IMAGE_STATUS_FILTERS
 from service.errors import BadRequest
 from service.runtime import Runtime
 from service.store import queries
+from service.support.bounded import BoundedDict
+from service.support.singleflight import SingleFlight
 
 PATH = "/v3/images/custom"
 
@@ -28,15 +30,16 @@ class ListImages:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._pages: dict[PageKey, tuple[int, float, bytes, str]] = {}
-        self._building: dict[PageKey, asyncio.Task[tuple[bytes, str]]] = {}
+        self._pages: BoundedDict[PageKey, tuple[int, float, bytes, str]] = BoundedDict(PREPARED_MAX_ENTRIES)
+        # Clients polling the same page when it expires share one query.
+        self._building: SingleFlight[PageKey, tuple[bytes, str]] = SingleFlight()
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
         image_status = request.query_params.get("imageStatus")
         if image_status is None:
             raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
-        if image_status not in queries.IMAGE_STATUS_FILTERS:
+        if image_status not in IMAGE_STATUS_FILTERS:
             raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
         region = region_from(request.query_params.get("region"), runtime.settings)
         token = request.query_params.get("nextToken")
@@ -55,25 +58,14 @@ class ListImages:
             and time.monotonic() - remembered[1] < runtime.settings.read_cache_seconds
         ):
             return remembered[2], remembered[3]
-        # Clients polling the same page when it expires share one query.
-        task = self._building.get(key)
-        if task is None:
-            task = asyncio.create_task(_build_page(runtime, key))
-            self._building[key] = task
-            task.add_done_callback(lambda _done: self._building.pop(key, None))
-        body, etag = await asyncio.shield(task)
-        if len(self._pages) >= PREPARED_MAX_ENTRIES:
-            self._pages.clear()
+        body, etag = await self._building.run(key, lambda: _build_page(runtime, key))
         self._pages[key] = (generation, time.monotonic(), body, etag)
         return body, etag
 
 
 async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
     region, image_status, token = key
-    try:
-        page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
-    except queries.BadToken as exc:
-        raise BadRequest("nextToken is not one this service issued") from exc
+    page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
     document: dict[str, Any] = {"images": page.images}
     if page.next_token:
         document["nextToken"] = page.next_token

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import parse_qsl
 
 from starlette.types import Scope
@@ -10,6 +10,7 @@ from starlette.types import Scope
 from service.domain.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, REGION_PATTERN
 from service.errors import BadRequest
 from service.settings import Settings
+from service.support.clock import as_utc
 
 
 def query_params(raw: bytes) -> dict[str, str]:
@@ -61,10 +62,9 @@ def region_from(region: str | None, settings: Settings) -> str:
 
 def parse_timestamp(value: str, *, name: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(value)
+        return as_utc(value)
     except ValueError as exc:
         raise BadRequest(f"{name} must be an ISO 8601 timestamp, e.g. 2022-03-30T23:23:33Z; got {value!r}") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def optional_timestamp(params: dict[str, str], name: str) -> datetime | None:

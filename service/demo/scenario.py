@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.demo.fakeaws import ACCOUNT_ID, FakeAws
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +245,8 @@ async def run_scenario(
             await stop.wait()
             break
         wait = timeline[done].at_seconds / speed - (loop.time() - started)
-        if wait > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=wait)
-                break
-            except TimeoutError:
-                pass
+        if wait > 0 and await sleep_until_stopped(stop, wait):
+            break
         # max(): float rounding must not leave a step that is due by the clock unapplied.
         elapsed = max((loop.time() - started) * speed, timeline[done].at_seconds)
         applied = advance(fake, elapsed=elapsed, done=done, region=region, timeline=timeline, publish=publish)

@@ -43,7 +43,8 @@ TARGET_ID = "statuscache-queue"
 
 
 def event_pattern(*, partition: str, region: str, account_id: str) -> dict[str, Any]:
-    """deploy/events.yaml's rule pattern, its Fn::Sub resolved: the four detail-types of DESIGN §3, narrowed."""
+    """deploy/events.yaml's rule pattern, its Fn::Sub resolved: the four detail-types the consumer reads
+    (service/domain/events.py), narrowed."""
     imagebuilder_prefix = f"arn:{partition}:imagebuilder:{region}:{account_id}:image/parallelclusterimage-"
     return {
         "$or": [
@@ -121,7 +122,8 @@ def ami_tags(stack_tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def image_template(image_id: str) -> str:
-    # moto cannot create AWS::ImageBuilder::Image (DESIGN §6): a log group holds ParallelClusterImage's place.
+    # moto cannot create AWS::ImageBuilder::Image (it has no Image Builder): a log group holds
+    # ParallelClusterImage's place.
     template = {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": f"AWS ParallelCluster image build stack for {image_id}",

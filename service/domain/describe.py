@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from service.domain import status
@@ -20,16 +20,14 @@ from service.domain.models import (
     Tags,
     tag_value,
 )
+from service.support.clock import as_utc
 
 NOT_AVAILABLE = "NOT_AVAILABLE"
 
 
 def iso_time(value: datetime | str) -> str:
     """UTC, millisecond precision, `Z` suffix: pcluster's `to_iso_timestr`."""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return as_utc(value).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _tags(tags: Tags) -> list[dict[str, str]]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
+
+from service.errors import MalformedEvent
+from service.support.clock import as_utc
 
 STACK_STATUS = "CloudFormation Stack Status Change"
 RESOURCE_STATUS = "CloudFormation Resource Status Change"
@@ -17,10 +20,6 @@ AMI_STATE = "EC2 AMI State Change"
 _STACK_ARN = re.compile(r"^arn:[\w-]+:cloudformation:([\w-]+):(\d+):stack/([^/]+)/.+$")
 _IMAGEBUILDER_ARN = re.compile(r"^arn:[\w-]+:imagebuilder:([\w-]+):(\d+):image/([^/]+)/[^/]+/\d+$")
 IMAGEBUILDER_NAME_PREFIX = "parallelclusterimage-"
-
-
-class MalformedEvent(ValueError):
-    """The message is not an EventBridge event we can read; it is kept, counted and deleted."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,6 @@ class NotOurs:
 Event = StackStatusEvent | ResourceStatusEvent | ImagebuilderStateEvent | AmiStateEvent
 
 
-def parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def stack_name_from_arn(stack_id: str) -> str:
     match = _STACK_ARN.match(stack_id)
     if not match:
@@ -125,8 +119,9 @@ def parse(body: str | bytes) -> Event | NotOurs:
     detail = raw.get("detail")
     if not isinstance(detail, dict):
         raise MalformedEvent("detail is missing or not an object")
+    time_text = _text(raw, "time", where="")
     try:
-        when = parse_time(_text(raw, "time", where=""))
+        when = as_utc(time_text)
     except ValueError as exc:
         raise MalformedEvent(f"time is not an ISO-8601 timestamp: {raw.get('time')!r}") from exc
     envelope = Envelope(

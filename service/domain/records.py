@@ -3,13 +3,14 @@
 An image is four parts, each last reported by some source at some time (`as_of`):
 the stack, the AMI, the Image Builder image and the configuration's location. A change
 replaces a part only when it is at least as new as what is stored; that is the only
-definition of "newer" in the service (`merge`).
+definition of "newer" in the service (`is_newer`): merging, event patches and the consumer's
+decisions all ask it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from service.domain.models import (
     StackStatusPatch,
     StatusFields,
 )
+from service.support.clock import as_utc
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def patched_stack(current: Parts, patch: Observed[StackStatusPatch] | None) -> O
     stored = current.stack
     if patch is None or patch.value is None or stored is None or stored.value is None:
         return None
-    if stored.value.stack_id != patch.value.stack_id or patch.as_of < stored.as_of:
+    if stored.value.stack_id != patch.value.stack_id or not is_newer(stored, patch):
         return None
     return Observed(
         patch.as_of, replace(stored.value, status=patch.value.status, status_reason=patch.value.status_reason)
@@ -84,7 +86,7 @@ def patched_ami(current: Parts, patch: Observed[AmiStatePatch] | None) -> Observ
     stored = current.ami
     if patch is None or patch.value is None or stored is None or stored.value is None:
         return None
-    if stored.value.ami_id != patch.value.ami_id or patch.as_of < stored.as_of:
+    if stored.value.ami_id != patch.value.ami_id or not is_newer(stored, patch):
         return None
     if patch.value.state.lower() in AMI_STATES_NOT_LISTED:
         return Observed(patch.as_of, None)
@@ -142,12 +144,7 @@ def render(*, region: str, image_id: str, parts: Parts) -> Rendered:
 
 
 def _time(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
-
-
-def _parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(value).isoformat()
 
 
 def encode_stack(stack: StackInfo | None) -> dict[str, Any] | None:
@@ -171,7 +168,7 @@ def decode_stack(raw: dict[str, Any] | None) -> StackInfo | None:
         stack_id=raw["stackId"],
         status=raw["status"],
         status_reason=raw.get("statusReason"),
-        creation_time=_parse_time(raw["creationTime"]),
+        creation_time=as_utc(raw["creationTime"]),
         tags=tuple((key, value) for key, value in raw.get("tags") or ()),
     )
 
@@ -252,7 +249,7 @@ def decode_parts(text: str | None) -> Parts:
     raw = orjson.loads(text)
 
     def as_of(item: dict[str, Any]) -> datetime:
-        return _parse_time(item["asOf"])
+        return as_utc(item["asOf"])
 
     stack = raw.get("stack")
     ami = raw.get("ami")

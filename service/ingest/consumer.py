@@ -1,32 +1,29 @@
-"""The SQS event loop: receive -> parse -> apply (or refresh one image) -> delete, per queue, N receivers."""
+"""The SQS event loop: receive -> parse -> gather -> decide -> apply (or refresh one image) -> delete, per queue.
+
+What an event means is decided in service.domain.plans; this module does the reading and writing around it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from service.aws import Aws, QueueMessage, queue_region
-from service.domain import events, records
-from service.domain.models import (
-    IMAGE_RESOURCE_LOGICAL_ID,
-    TAG_IMAGE_ID,
-    AmiStatePatch,
-    Change,
-    ImagebuilderState,
-    Observed,
-    Source,
-    StackStatusPatch,
-    tag_value,
-)
-from service.errors import AwsError
-from service.ingest.observe import observe_live, utcnow
+from service.domain import events
+from service.domain.models import Change, Source
+from service.domain.plans import Facts, decide, is_image_resource, worth_storing
+from service.errors import AwsError, MalformedEvent
+from service.ingest.observe import observe_live
+from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Poison
+from service.support.clock import utcnow
+from service.support.singleflight import SingleFlight
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -34,80 +31,58 @@ WAIT_SECONDS = 20
 DELETE_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What one event means: a change to apply, and/or one image to look up because the event cannot say enough."""
-
-    change: Change | None = None
-    refresh: tuple[str, str] | None = None
-
-
 class Refresher:
     """Targeted refreshes of one image, coalesced per image and bounded in concurrency."""
 
-    def __init__(self, *, cache: Cache, aws: Aws, concurrency: int) -> None:
+    def __init__(self, *, cache: Cache, aws: Aws, concurrency: int, metrics: Metrics) -> None:
         self._cache = cache
         self._aws = aws
         self._limit = asyncio.Semaphore(concurrency)
-        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.refreshes = 0
+        self._flights: SingleFlight[tuple[str, str], None] = SingleFlight()
+        self._metrics = metrics
 
     async def refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
-        key = (region, image_id)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._refresh(region=region, image_id=image_id, happened_at=happened_at))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _done: self._inflight.pop(key, None))
-        await asyncio.shield(task)
+        await self._flights.run(
+            (region, image_id), lambda: self._refresh(region=region, image_id=image_id, happened_at=happened_at)
+        )
 
     async def _refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         async with self._limit:
-            self.refreshes += 1
+            self._metrics.targeted_refreshes += 1
             change = await observe_live(self._aws, region=region, image_id=image_id)
-            known = await self._cache.read_parts(region=region, image_id=image_id)
-            stack = change.stack.value if change.stack else None
-            ami = change.ami.value if change.ami else None
-            is_image = ami is not None or (stack is not None and tag_value(stack.tags, TAG_IMAGE_ID) is not None)
-            if known is None and not is_image:
-                # Stack events also come for clusters and other stacks: only images are cached.
+            stored = await self._cache.read_parts(region=region, image_id=image_id)
+            if not worth_storing(change, stored):
                 return
             await self._cache.apply(replace(change, source=Source.EVENT, happened_at=happened_at))
 
 
-@dataclass
-class ConsumerStats:
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def __getitem__(self, key: str) -> int:
-        return self.counts[key]
-
-
 class Consumer:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings) -> None:
+    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
-        self.refresher = Refresher(cache=cache, aws=aws, concurrency=settings.refresh_concurrency)
-        self.stats = ConsumerStats()
+        self._metrics = metrics
+        self.refresher = Refresher(
+            cache=cache, aws=aws, concurrency=settings.refresh_concurrency, metrics=metrics
+        )
 
     # --- one batch -------------------------------------------------------------------------------
 
     async def handle(self, *, queue_url: str, messages: list[QueueMessage]) -> None:
         """Apply a batch, commit, then delete its messages. Raises (deleting nothing) if the commit fails."""
-        self.stats.counts["received"] += len(messages)
+        self._metrics.events["received"] += len(messages)
         parsed: list[tuple[QueueMessage, events.Event]] = []
         poison: list[Poison] = []
         for message in messages:
             try:
                 event = events.parse(message.body)
-            except events.MalformedEvent as exc:
+            except MalformedEvent as exc:
                 poison.append(Poison(queue_url, message.message_id, message.body, str(exc)))
-                self.stats.counts["poison"] += 1
+                self._metrics.events["poison"] += 1
                 log.warning("unreadable message %s kept as poison: %s", message.message_id, exc)
                 continue
             if isinstance(event, events.NotOurs):
-                self.stats.counts["ignored"] += 1
+                self._metrics.events["ignored"] += 1
                 continue
             parsed.append((message, event))
 
@@ -116,7 +91,7 @@ class Consumer:
         for _, event in parsed:
             event_id = event.envelope.event_id
             if event_id in seen or event_id in fresh:
-                self.stats.counts["duplicates"] += 1
+                self._metrics.events["duplicates"] += 1
                 continue
             fresh[event_id] = event
 
@@ -125,13 +100,15 @@ class Consumer:
         pending: list[Change] = []
         refreshed: set[tuple[str, str]] = set()
         for event in fresh.values():
-            plan = await self.plan(event)
+            plan = decide(event, await self.gather(event))
+            if plan.ignored is not None:
+                self._metrics.events[plan.ignored] += 1
             if plan.change is not None:
                 pending.append(plan.change)
             if plan.refresh is not None and plan.refresh not in refreshed:
                 refreshed.add(plan.refresh)
                 await self._cache.apply_many(pending)
-                self.stats.counts["applied"] += len(pending)
+                self._metrics.events["applied"] += len(pending)
                 pending = []
                 region, image_id = plan.refresh
                 try:
@@ -139,92 +116,48 @@ class Consumer:
                 except AwsError as exc:
                     # Reconciliation heals what this look-up could not see.
                     log.warning("targeted refresh of %s/%s failed: %s", region, image_id, exc.message)
-                self.stats.counts["refreshed"] += 1
+                self._metrics.events["refreshed"] += 1
         # The ids are recorded with the last changes: a crash before this point redelivers the batch.
         await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison)
-        self.stats.counts["applied"] += len(pending)
+        self._metrics.events["applied"] += len(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
-    async def plan(self, event: events.Event) -> Plan:
-        """Decide what an event changes, using what the cache knows; unknown images get a targeted refresh."""
+    async def gather(self, event: events.Event) -> Facts:
+        """What `decide` needs to know about the event's image, read from the cache (and EC2 for an unplaced AMI)."""
         region = event.envelope.region
-        when = event.envelope.time
         now = utcnow()
         if isinstance(event, events.StackStatusEvent):
-            patch = Observed(when, StackStatusPatch(event.stack_id, event.status, event.status_reason))
-            parts = await self._cache.read_parts(region=region, image_id=event.stack_name)
-            change = Change(
-                region=region, image_id=event.stack_name, source=Source.EVENT, observed_at=now,
-                happened_at=when, stack_status=patch,
-            )
-            if parts is not None and records.patched_stack(parts, patch) is not None:
-                return Plan(change=change)
-            stored = parts.stack_value if parts else None
-            if stored is not None and stored.stack_id == event.stack_id and stored.status == event.status:
-                return Plan()  # older or repeated news
-            return Plan(refresh=(region, event.stack_name))
+            return Facts(now, parts=await self._cache.read_parts(region=region, image_id=event.stack_name))
         if isinstance(event, events.ResourceStatusEvent):
-            if event.logical_id != IMAGE_RESOURCE_LOGICAL_ID or not event.physical_id:
-                self.stats.counts["ignored_resources"] += 1
-                return Plan()
-            parts = await self._cache.read_parts(region=region, image_id=event.stack_name)
-            known_arn = parts.imagebuilder_value.arn if parts and parts.imagebuilder_value else None
-            if known_arn == event.physical_id:
-                return Plan()
-            return Plan(refresh=(region, event.stack_name))
+            if not is_image_resource(event):
+                return Facts(now)  # decided without reading anything
+            return Facts(now, parts=await self._cache.read_parts(region=region, image_id=event.stack_name))
         if isinstance(event, events.ImagebuilderStateEvent):
             image_id = await self._cache.image_for(region=region, imagebuilder_arn=event.arn) or (
                 await self._cache.image_by_lower_id(region=region, lower_id=event.image_id_hint)
             )
+        else:
+            image_id = await self._cache.image_for(region=region, ami_id=event.ami_id)
             if image_id is None:
-                return Plan(refresh=(region, event.image_id_hint))
-            parts = await self._cache.read_parts(region=region, image_id=image_id)
-            stored_state = parts.imagebuilder if parts else None
-            if stored_state is not None and stored_state.as_of > when:
-                # EventBridge times have whole seconds: a look-up earlier in that second can seem newer.
-                # Same news: nothing to do; different news: ask AWS which is current.
-                same = stored_state.value is not None and stored_state.value.status == event.status
-                return Plan() if same else Plan(refresh=(region, image_id))
-            state = ImagebuilderState(arn=event.arn, status=event.status, reason=event.reason)
-            return Plan(
-                change=Change(
-                    region=region, image_id=image_id, source=Source.EVENT, observed_at=now, happened_at=when,
-                    imagebuilder=Observed(when, state),
-                )
-            )
-        # An AMI state change.
-        image_id = await self._cache.image_for(region=region, ami_id=event.ami_id)
-        if image_id is not None:
-            patch_ami = Observed(when, AmiStatePatch(event.ami_id, event.state))
-            parts = await self._cache.read_parts(region=region, image_id=image_id)
-            if parts is not None and records.patched_ami(parts, patch_ami) is not None:
-                return Plan(
-                    change=Change(
-                        region=region, image_id=image_id, source=Source.EVENT, observed_at=now, happened_at=when,
-                        ami_state=patch_ami,
-                    )
-                )
-            return Plan(refresh=(region, image_id))
-        ami = await self._aws.describe_ami(region=region, ami_id=event.ami_id)
-        tagged = tag_value(ami.tags, TAG_IMAGE_ID) if ami else None
-        if tagged is None:
-            self.stats.counts["ignored_amis"] += 1
-            return Plan()
-        return Plan(refresh=(region, tagged))
+                # Only EC2 can say which image (if any) an AMI the cache has not seen belongs to.
+                return Facts(now, ami=await self._aws.describe_ami(region=region, ami_id=event.ami_id))
+        if image_id is None:
+            return Facts(now)
+        return Facts(now, image_id=image_id, parts=await self._cache.read_parts(region=region, image_id=image_id))
 
     async def _delete(self, *, queue_url: str, messages: list[QueueMessage]) -> None:
         region = queue_region(queue_url, default=self._settings.default_region)
         pending = {str(index): message.receipt_handle for index, message in enumerate(messages)}
         for attempt in range(DELETE_ATTEMPTS):
             failed = await self._aws.delete_messages(region=region, queue_url=queue_url, receipt_handles=pending)
-            self.stats.counts["deleted"] += len(pending) - len(failed)
+            self._metrics.events["deleted"] += len(pending) - len(failed)
             pending = {entry: pending[entry] for entry in failed}
             if not pending:
                 return
-            self.stats.counts["delete_retries"] += len(pending)
+            self._metrics.events["delete_retries"] += len(pending)
             await asyncio.sleep(0.1 * 2**attempt)
         # Redelivered later; the event ids are recorded, so they will count as duplicates.
-        self.stats.counts["delete_failures"] += len(pending)
+        self._metrics.events["delete_failures"] += len(pending)
         log.warning("%d messages could not be deleted from %s", len(pending), queue_url)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -254,7 +187,7 @@ class Consumer:
                 )
             )
         finally:
-            log.info("event consumer stopped: %s", dict(self.stats.counts))
+            log.info("event consumer stopped: %s", dict(self._metrics.events))
 
     async def _receiver(self, *, queue_url: str, stop: asyncio.Event, iterations: int | None) -> None:
         backoff = self._settings.backoff_initial_seconds
@@ -266,10 +199,8 @@ class Consumer:
                 backoff = self._settings.backoff_initial_seconds
             except Exception:
                 log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
+                if await sleep_until_stopped(stop, backoff):
+                    return
                 backoff = min(backoff * 2, self._settings.backoff_max_seconds)
 
 

@@ -10,14 +10,27 @@ from dataclasses import dataclass
 
 from service.aws import Aws
 from service.domain.models import CachedImage
-from service.errors import AwsError, NotFound, TooManyRequests
+from service.domain.rows import ApplyResult
+from service.errors import AwsError, AwsThrottled, NotFound, TooManyRequests
 from service.ingest.observe import observe_live
+from service.metrics import (
+    LOOKUP_BUDGET,
+    LOOKUP_COALESCED,
+    LOOKUP_ERROR,
+    LOOKUP_NOT_FOUND,
+    LOOKUP_OK,
+    LOOKUP_THROTTLED,
+    Metrics,
+)
 from service.settings import Settings
-from service.store.cache import ApplyResult, Cache
+from service.store.cache import Cache
+from service.support.bounded import BoundedDict
+from service.support.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
 READ_CACHE_MAX_ENTRIES = 50_000
+NEGATIVE_MAX_ENTRIES = 100_000
 
 
 def not_found_message(image_id: str) -> str:
@@ -60,22 +73,24 @@ class Lookup:
         cache: Cache,
         aws: Aws,
         settings: Settings,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
+        self._metrics = metrics
         self._clock = clock
-        self._inflight: dict[tuple[str, str], asyncio.Task[CachedImage]] = {}
-        self._negative: dict[tuple[str, str], float] = {}
+        self._flights: SingleFlight[tuple[str, str], CachedImage] = SingleFlight()
+        # Expiry (clock time) of each remembered 404.
+        self._negative: BoundedDict[tuple[str, str], float] = BoundedDict(NEGATIVE_MAX_ENTRIES)
         self._budgets = {
             region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
         }
-        self.live_lookups = 0
         # A small read-through memory of recent records: dropped on every local write (so this
         # process never serves older than what it committed), and kept at most `read_cache_seconds`
         # (the extra staleness a write by another replica can see).
-        self._recent: dict[tuple[str, str], tuple[float, CachedImage]] = {}
+        self._recent: BoundedDict[tuple[str, str], tuple[float, CachedImage]] = BoundedDict(READ_CACHE_MAX_ENTRIES)
         self._generation = 0
 
     def forget(self, results: Sequence[ApplyResult]) -> None:
@@ -103,8 +118,6 @@ class Lookup:
     def _remember(self, key: tuple[str, str], read_at: float, cached: CachedImage | None) -> None:
         if self._settings.read_cache_seconds <= 0 or cached is None or not cached.exists:
             return
-        if len(self._recent) >= READ_CACHE_MAX_ENTRIES:
-            self._recent.clear()
         self._recent[key] = (read_at, cached)
 
     def recent(self, *, region: str, image_id: str) -> CachedImage | None:
@@ -148,13 +161,10 @@ class Lookup:
             if expiry > self._clock():
                 raise NotFound(not_found_message(image_id))
             del self._negative[key]
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._live(region=region, image_id=image_id))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _done: self._inflight.pop(key, None))
-        # shield: one impatient client must not cancel the lookup the others are waiting on.
-        return Answer(await asyncio.shield(task), hit=False)
+        # Concurrent misses for one image share one lookup; a client that gives up does not cancel it.
+        if key in self._flights:
+            self._metrics.lookups[LOOKUP_COALESCED] += 1
+        return Answer(await self._flights.run(key, lambda: self._live(region=region, image_id=image_id)), hit=False)
 
     def _recently_confirmed_gone(self, cached: CachedImage) -> bool:
         age = (time.time() - cached.confirmed_at.timestamp())
@@ -163,10 +173,26 @@ class Lookup:
     async def _live(self, *, region: str, image_id: str) -> CachedImage:
         wait = self._budgets[region].take()
         if wait > 0:
+            self._metrics.lookups[LOOKUP_BUDGET] += 1
             raise TooManyRequests(
                 "Too many live lookups for images not in the cache; retry later.", retry_after=wait
             )
-        self.live_lookups += 1
+        try:
+            cached = await self._look_up(region=region, image_id=image_id)
+        except NotFound:
+            self._metrics.lookups[LOOKUP_NOT_FOUND] += 1
+            raise
+        except AwsThrottled:
+            self._metrics.lookups[LOOKUP_THROTTLED] += 1
+            raise
+        except Exception:
+            self._metrics.lookups[LOOKUP_ERROR] += 1
+            raise
+        self._metrics.lookups[LOOKUP_OK] += 1
+        return cached
+
+    async def _look_up(self, *, region: str, image_id: str) -> CachedImage:
+        """pcluster's calls, written through the cache, then the stored record. Raises NotFound, AwsError."""
         try:
             change = await asyncio.wait_for(
                 observe_live(self._aws, region=region, image_id=image_id),
@@ -185,7 +211,4 @@ class Lookup:
         return cached
 
     def _remember_missing(self, *, region: str, image_id: str) -> None:
-        if len(self._negative) > 100_000:
-            now = self._clock()
-            self._negative = {key: expiry for key, expiry in self._negative.items() if expiry > now}
         self._negative[(region, image_id)] = self._clock() + self._settings.negative_ttl_seconds

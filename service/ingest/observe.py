@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 from service.aws import Aws, default_bucket_name
 from service.domain import describe
@@ -17,12 +16,9 @@ from service.domain.models import (
     StackInfo,
 )
 from service.errors import AwsError
+from service.support.clock import utcnow
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 async def imagebuilder_for_stack(aws: Aws, *, region: str, stack_name: str) -> ImagebuilderState | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,9 +11,12 @@ from dataclasses import dataclass
 from service.aws import Aws
 from service.domain import status
 from service.domain.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
-from service.ingest.observe import config_location, imagebuilder_for_stack, utcnow
+from service.ingest.observe import config_location, imagebuilder_for_stack
+from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Known
+from service.support.clock import utcnow
+from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +47,12 @@ def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
 
 
 class Reconciler:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings) -> None:
+    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
-        self.passes = 0
+        self._metrics = metrics
         self.first_pass_done = asyncio.Event()
-        self.last_reports: dict[str, PassReport] = {}
 
     async def run_pass(self, *, region: str) -> PassReport:
         report = PassReport(region=region)
@@ -122,7 +125,8 @@ class Reconciler:
             result.transitioned for result in results if known.get(result.image_id) is not None
         )
         report.aws_calls = self._aws.total_calls() - calls_before
-        self.last_reports[region] = report
+        self._metrics.reconcile_reports[region] = dataclasses.asdict(report)
+        self._metrics.reconcile_corrected[region] += report.corrected
         log.info(
             "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d AWS calls",
             region, report.images_seen, report.changed, report.transitions, report.gone, report.aws_calls,
@@ -131,7 +135,7 @@ class Reconciler:
 
     async def run_once(self) -> list[PassReport]:
         reports = [await self.run_pass(region=region) for region in self._settings.regions]
-        self.passes += 1
+        self._metrics.reconcile_passes += 1
         self.first_pass_done.set()
         return reports
 
@@ -160,7 +164,7 @@ class Reconciler:
                     except Exception:
                         failed = True
                         log.exception("reconcile pass for %s failed", region)
-                self.passes += 1
+                self._metrics.reconcile_passes += 1
                 done += 1
                 if not failed:
                     self.first_pass_done.set()
@@ -171,9 +175,7 @@ class Reconciler:
                     backoff = min(backoff * 2, self._settings.backoff_max_seconds)
                 if iterations is not None and done >= iterations:
                     break
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                if await sleep_until_stopped(stop, delay):
+                    break
         finally:
-            log.info("reconciler stopped after %d passes", self.passes)
+            log.info("reconciler stopped after %d passes", done)

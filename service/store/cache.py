@@ -8,19 +8,20 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import bindparam, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.domain import records
-from service.domain.models import CachedImage, Change, ConfigLocation, StatusFields
+from service.domain import records, rows
+from service.domain.models import CachedImage, Change, ConfigLocation
+from service.domain.rows import ApplyResult
 from service.store.db import sqlite_direct_for
 from service.store.tables import images, poison_messages, processed_events, revisions, transitions
+from service.support.clock import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ BATCH_SIZE = 200
 LOOP_BATCH_SIZE = 50
 WRITE_ATTEMPTS = 4
 
+# What a served record is made of, in the order `stored_image` takes it.
 READ_COLUMNS = (
     images.c.version,
     images.c.exists,
@@ -40,18 +42,16 @@ READ_COLUMNS = (
     images.c.changed_at,
     images.c.confirmed_at,
 )
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    region: str
-    image_id: str
-    stored: bool  # a row exists after the change
-    changed: bool  # the served document (version) changed
-    transitioned: bool  # a transition row was written
-    exists: bool
-    version: int
-    seq: int | None
+# A revision is served as the record was at that version: when it was observed is both when it
+# changed and when it was last confirmed.
+REVISION_READ_COLUMNS = tuple(
+    revisions.c.observed_at.label(column.name) if column.name in {"changed_at", "confirmed_at"}
+    else revisions.c[column.name]
+    for column in READ_COLUMNS
+)
+READ = select(*READ_COLUMNS).where(images.c.region == bindparam("region"), images.c.image_id == bindparam("image_id"))
+# The same statement as text, for the direct SQLite reader (parameters: region, image_id).
+SQLITE_READ = str(READ.compile(dialect=sqlite.dialect()))
 
 
 @dataclass(frozen=True)
@@ -76,30 +76,13 @@ class Known:
 
 Listener = Callable[[Sequence[ApplyResult]], None]
 
-SQLITE_READ = (
-    'SELECT version, "exists", document, config_bucket, config_key, config_available, changed_at, confirmed_at '
-    "FROM images WHERE region = ? AND image_id = ?"
-)
 
+def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
+    """A record (or a revision) as served, from the values of READ_COLUMNS (or REVISION_READ_COLUMNS), in order.
 
-def _sqlite_time(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-def stored_image(
-    *,
-    region: str,
-    image_id: str,
-    version: int,
-    exists: Any,
-    document: str | None,
-    bucket: str | None,
-    key: str | None,
-    available: Any,
-    changed_at: datetime,
-    confirmed_at: datetime,
-) -> CachedImage:
-    """A record (or a revision) as served, from its stored columns."""
+    Times may be SQLite's text (the direct reader) or datetimes (the engine): both are UTC.
+    """
+    version, exists, document, bucket, key, available, changed_at, confirmed_at = columns
     return CachedImage(
         region=region,
         image_id=image_id,
@@ -107,22 +90,8 @@ def stored_image(
         exists=bool(exists),
         document=document.encode() if document is not None else None,
         config=ConfigLocation(bucket=bucket, key=key, available=bool(available)),
-        changed_at=changed_at,
-        confirmed_at=confirmed_at,
-    )
-
-
-def _cached_from_sqlite(region: str, image_id: str, row: tuple[Any, ...]) -> CachedImage:
-    version, exists, document, bucket, key, available, changed_at, confirmed_at = row
-    return stored_image(
-        region=region, image_id=image_id, version=version, exists=exists, document=document, bucket=bucket,
-        key=key, available=available, changed_at=_sqlite_time(changed_at), confirmed_at=_sqlite_time(confirmed_at),
-    )
-
-
-def _config_of(row: Any) -> ConfigLocation:
-    return ConfigLocation(
-        bucket=row.config_bucket, key=row.config_key, available=bool(row.config_available)
+        changed_at=as_utc(changed_at),
+        confirmed_at=as_utc(confirmed_at),
     )
 
 
@@ -132,7 +101,6 @@ class Cache:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._listeners: list[Listener] = []
-        self._dialect = engine.dialect.name
         self._sqlite = sqlite_direct_for(engine)
 
     def close(self) -> None:
@@ -151,25 +119,17 @@ class Cache:
         except sqlite3.OperationalError as exc:
             log.debug("direct SQLite read failed (%s); reading through the engine", exc)
             return False, None
-        return True, _cached_from_sqlite(region, image_id, direct) if direct is not None else None
+        if direct is None:
+            return True, None
+        return True, stored_image(region=region, image_id=image_id, columns=direct)
 
     async def read(self, *, region: str, image_id: str) -> CachedImage | None:
         answered, record = self.read_now(region=region, image_id=image_id)
         if answered:
             return record
         async with self.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(*READ_COLUMNS).where(images.c.region == region, images.c.image_id == image_id)
-                )
-            ).first()
-        if row is None:
-            return None
-        return stored_image(
-            region=region, image_id=image_id, version=row.version, exists=row.exists, document=row.document,
-            bucket=row.config_bucket, key=row.config_key, available=row.config_available,
-            changed_at=row.changed_at, confirmed_at=row.confirmed_at,
-        )
+            row = (await connection.execute(READ, {"region": region, "image_id": image_id})).first()
+        return stored_image(region=region, image_id=image_id, columns=row) if row is not None else None
 
     async def known(self, *, region: str) -> dict[str, Known]:
         async with self.engine.connect() as connection:
@@ -191,10 +151,6 @@ class Cache:
                 )
                 for row in rows
             }
-
-    async def count(self) -> int:
-        async with self.engine.connect() as connection:
-            return int((await connection.execute(select(func.count()).select_from(images))).scalar_one())
 
     async def apply(self, change: Change) -> ApplyResult:
         return (await self.apply_many([change]))[0]
@@ -223,8 +179,8 @@ class Cache:
                         batch, event_ids=event_ids if last else (), poison=poison if last else ()
                     )
                     break
-                except (OperationalError, DBAPIError) as exc:
-                    if attempt == WRITE_ATTEMPTS - 1 or not _is_retryable(exc):
+                except DBAPIError as exc:
+                    if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
                         raise
                     log.warning("apply: retrying after %s", type(exc.orig).__name__ if exc.orig else exc)
                     await asyncio.sleep(0.05 * 2**attempt)
@@ -252,10 +208,10 @@ class Cache:
         if not event_ids:
             return set()
         async with self.engine.connect() as connection:
-            rows = await connection.execute(
+            found = await connection.execute(
                 select(processed_events.c.event_id).where(processed_events.c.event_id.in_(list(event_ids)))
             )
-            return {row.event_id for row in rows}
+            return {row.event_id for row in found}
 
     async def read_parts(self, *, region: str, image_id: str) -> records.Parts | None:
         async with self.engine.connect() as connection:
@@ -267,14 +223,12 @@ class Cache:
         return records.decode_parts(text_value) if text_value is not None else None
 
     async def image_for(
-        self, *, region: str, imagebuilder_arn: str | None = None, ami_id: str | None = None,
-        stack_id: str | None = None,
+        self, *, region: str, imagebuilder_arn: str | None = None, ami_id: str | None = None
     ) -> str | None:
-        """The image id a resource belongs to, by what the cache already knows."""
+        """The image id an Image Builder image or an AMI belongs to, by what the cache already knows."""
         condition = (
             images.c.imagebuilder_arn == imagebuilder_arn if imagebuilder_arn is not None
-            else images.c.ami_id == ami_id if ami_id is not None
-            else images.c.stack_id == stack_id
+            else images.c.ami_id == ami_id
         )
         async with self.engine.connect() as connection:
             return (
@@ -293,6 +247,7 @@ class Cache:
                 )
             ).scalar_one_or_none()
 
+
 def _write_in_transaction(
     connection: Connection, *, batch: Sequence[Change], event_ids: Sequence[str], poison: Sequence[Poison]
 ) -> list[ApplyResult]:
@@ -306,7 +261,7 @@ def _write_batch(
     """One batch, inside the caller's transaction: lock, read, merge in memory, write."""
     dialect = connection.dialect.name
     keys = sorted({(change.region, change.image_id) for change in batch})
-    rows = {}
+    stored = {}
     if keys:
         if dialect == "postgresql":
             # Per-image advisory locks, taken in one sorted statement, so replicas applying changes to
@@ -318,15 +273,15 @@ def _write_batch(
                 ),
                 {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
             )
-        rows = {
+        stored = {
             (row.region, row.image_id): row
             for row in connection.execute(select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys)))
         }
-    planned = _Plan(rows)
+    planned = _Writes(stored)
     for change in batch:
         planned.add(change)
     results = planned.write(connection)
-    now = datetime.now(UTC)
+    now = utcnow()
     if event_ids:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         connection.execute(
@@ -350,21 +305,32 @@ def _write_batch(
     return results
 
 
-def _is_retryable(exc: DBAPIError) -> bool:
-    message = str(exc.orig or exc).lower()
-    return any(
-        marker in message
-        for marker in ("database is locked", "deadlock", "could not serialize", "busy", "unique")
-    )
+# PostgreSQL conditions a retry of the whole transaction can get past: serialization_failure,
+# deadlock_detected, unique_violation (two replicas inserting the same new row) and lock_not_available.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505", "55P03"})
+# SQLite: another connection holds the lock (BUSY), or a conflicting use of the same table (LOCKED).
+RETRYABLE_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
-class _Plan:
-    """The writes for one batch, computed in memory from the rows read under lock."""
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a database error is a transient conflict (retry the transaction) rather than a fault.
 
-    def __init__(self, rows: dict[tuple[str, str], Any]) -> None:
-        self.state: dict[tuple[str, str], dict[str, Any]] = {
-            key: dict(row._mapping) for key, row in rows.items()
-        }
+    Decided by the driver's error code (SQLSTATE, SQLite result code), never by the message text.
+    """
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        # Extended result codes (SQLITE_BUSY_SNAPSHOT, ...) carry the primary code in their low byte.
+        return code is not None and code & 0xFF in RETRYABLE_SQLITE_CODES
+    # asyncpg's errors, and SQLAlchemy's adaptation of them, carry the SQLSTATE.
+    return getattr(error, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+class _Writes:
+    """The writes for one batch: each change decided (service.domain.rows) against the row as the batch left it."""
+
+    def __init__(self, stored: dict[tuple[str, str], Any]) -> None:
+        self.state: dict[tuple[str, str], dict[str, Any]] = {key: dict(row._mapping) for key, row in stored.items()}
         self.image_rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.revision_rows: list[dict[str, Any]] = []
         self.transition_rows: list[dict[str, Any]] = []
@@ -372,98 +338,15 @@ class _Plan:
 
     def add(self, change: Change) -> None:
         key = (change.region, change.image_id)
-        row = self.state.get(key)
-        before = records.decode_parts(row["parts"]) if row else records.Parts()
-        after = records.merge(before, change)
-        rendered = records.render(region=change.region, image_id=change.image_id, parts=after)
-        happened = change.happened_at or change.observed_at
-
-        if row is None and not rendered.fields.exists:
-            # Nothing to remember about an image that never existed here.
-            self.results.append(
-                ApplyResult(change.region, change.image_id, False, False, False, False, 0, None)
-            )
+        written = rows.apply(self.state.get(key), change)
+        self.results.append(written.result)
+        if written.image is None:
             return
-
-        document = rendered.document.decode() if rendered.document is not None else None
-        config = rendered.config
-        changed = row is None or (
-            document != row["document"]
-            or rendered.fields.exists != bool(row["exists"])
-            or config != _config_of_mapping(row)
-        )
-        previous_fields = _status_of_mapping(row) if row else None
-        transitioned = previous_fields != rendered.fields
-        version = (row["version"] if row else 0) + (1 if changed else 0)
-
-        new_row: dict[str, Any] = {
-            "region": change.region,
-            "image_id": change.image_id,
-            "version": version,
-            "exists": rendered.fields.exists,
-            "document": document,
-            "config_bucket": config.bucket,
-            "config_key": config.key,
-            "config_available": config.available,
-            "build_status": rendered.fields.image_build_status,
-            "stack_status": rendered.fields.stack_status,
-            "stack_status_reason": rendered.fields.stack_status_reason,
-            "imagebuilder_status": rendered.fields.imagebuilder_status,
-            "imagebuilder_status_reason": rendered.fields.imagebuilder_status_reason,
-            "ami_state": rendered.fields.ami_state,
-            "stack_id": after.stack_value.stack_id if after.stack_value else None,
-            "ami_id": after.ami_value.ami_id if after.ami_value else None,
-            "imagebuilder_arn": after.imagebuilder_value.arn if after.imagebuilder_value else None,
-            "parts": records.encode_parts(after),
-            "stack_as_of": after.stack.as_of if after.stack else None,
-            "ami_as_of": after.ami.as_of if after.ami else None,
-            "imagebuilder_as_of": after.imagebuilder.as_of if after.imagebuilder else None,
-            "config_as_of": after.config.as_of if after.config else None,
-            "created_at": row["created_at"] if row else change.observed_at,
-            "changed_at": change.observed_at if changed else row["changed_at"] if row else change.observed_at,
-            "confirmed_at": _latest(row["confirmed_at"] if row else None, change.observed_at),
-            "seq": row["seq"] if row else 0,
-        }
-        if changed:
-            self.revision_rows.append(
-                {
-                    "region": change.region,
-                    "image_id": change.image_id,
-                    "version": version,
-                    "exists": rendered.fields.exists,
-                    "document": document,
-                    "config_bucket": config.bucket,
-                    "config_key": config.key,
-                    "config_available": config.available,
-                    "observed_at": change.observed_at,
-                    "happened_at": happened,
-                }
-            )
-        if transitioned:
-            fields = rendered.fields
-            self.transition_rows.append(
-                {
-                    "region": change.region,
-                    "image_id": change.image_id,
-                    "happened_at": happened,
-                    "observed_at": change.observed_at,
-                    "source": change.source.value,
-                    "exists": fields.exists,
-                    "build_status": fields.image_build_status,
-                    "stack_status": fields.stack_status,
-                    "stack_status_reason": fields.stack_status_reason,
-                    "imagebuilder_status": fields.imagebuilder_status,
-                    "imagebuilder_status_reason": fields.imagebuilder_status_reason,
-                    "ami_state": fields.ami_state,
-                }
-            )
-        self.state[key] = new_row
-        self.image_rows[key] = new_row
-        self.results.append(
-            ApplyResult(
-                change.region, change.image_id, True, changed, transitioned, rendered.fields.exists, version, None
-            )
-        )
+        self.state[key] = self.image_rows[key] = written.image
+        if written.revision is not None:
+            self.revision_rows.append(written.revision)
+        if written.transition is not None:
+            self.transition_rows.append(written.transition)
 
     def write(self, connection: Connection) -> list[ApplyResult]:
         seqs: dict[tuple[str, str, int], int] = {}
@@ -504,25 +387,3 @@ def _upsert(dialect: str) -> Any:
         if column.name not in {"region", "image_id", "created_at"}
     }
     return statement.on_conflict_do_update(index_elements=["region", "image_id"], set_=updated)
-
-
-def _status_of_mapping(row: dict[str, Any]) -> StatusFields:
-    return StatusFields(
-        exists=bool(row["exists"]),
-        image_build_status=row["build_status"],
-        stack_status=row["stack_status"],
-        stack_status_reason=row["stack_status_reason"],
-        imagebuilder_status=row["imagebuilder_status"],
-        imagebuilder_status_reason=row["imagebuilder_status_reason"],
-        ami_state=row["ami_state"],
-    )
-
-
-def _config_of_mapping(row: dict[str, Any]) -> ConfigLocation:
-    return ConfigLocation(
-        bucket=row["config_bucket"], key=row["config_key"], available=bool(row["config_available"])
-    )
-
-
-def _latest(first: datetime | None, second: datetime) -> datetime:
-    return second if first is None or second > first else first

@@ -12,14 +12,17 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 
 class RegionLease:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, metrics: Metrics) -> None:
         self._engine = engine
         self._shared = engine.dialect.name == "postgresql"
         self._held: dict[str, AsyncConnection] = {}
+        self._metrics = metrics
 
     async def holds(self, region: str) -> bool:
         """True when this process may reconcile `region` now (taking the lease if it is free)."""
@@ -52,9 +55,11 @@ class RegionLease:
             return False
         log.info("this replica now reconciles %s", region)
         self._held[region] = connection
+        self._metrics.reconcile_lease.add(region)
         return True
 
     async def _drop(self, region: str) -> None:
+        self._metrics.reconcile_lease.discard(region)
         connection = self._held.pop(region, None)
         if connection is not None:
             try:
@@ -73,7 +78,3 @@ class RegionLease:
             except Exception:
                 log.warning("releasing the reconcile lease for %s failed; closing its connection", region)
             await self._drop(region)
-
-    @property
-    def regions(self) -> list[str]:
-        return sorted(self._held)

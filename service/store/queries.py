@@ -12,27 +12,14 @@ import orjson
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.domain import listing
 from service.domain.describe import iso_time
-from service.domain.models import TAG_VERSION, CachedImage, tag_value
+from service.domain.models import CachedImage
 from service.domain.records import decode_parts
-from service.domain.status import build_status
-from service.store.cache import stored_image
+from service.errors import BadToken
+from service.store.cache import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import images, processed_events, revisions, transitions
-
-# pcluster's ListImages filters, by the stack statuses each one selects.
-PENDING_STACK_STATUSES = ("CREATE_IN_PROGRESS",)
-FAILED_STACK_STATUSES = (
-    "CREATE_FAILED",
-    "DELETE_FAILED",
-    "ROLLBACK_FAILED",
-    "ROLLBACK_COMPLETE",
-    "ROLLBACK_IN_PROGRESS",
-)
-IMAGE_STATUS_FILTERS = ("AVAILABLE", "PENDING", "FAILED")
-
-
-class BadToken(ValueError):
-    pass
+from service.support.clock import as_utc, utcnow
 
 
 def encode_token(value: dict[str, Any]) -> str:
@@ -43,9 +30,9 @@ def decode_token(token: str) -> dict[str, Any]:
     try:
         decoded = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (ValueError, orjson.JSONDecodeError) as exc:
-        raise BadToken(token) from exc
+        raise BadToken() from exc
     if not isinstance(decoded, dict):
-        raise BadToken(token)
+        raise BadToken()
     return decoded
 
 
@@ -117,14 +104,23 @@ async def history(
 
 # --- time travel -----------------------------------------------------------------------------------
 
+# A revision row as served, with the keys the change feed needs.
+_REVISION_KEYS = (revisions.c.seq, revisions.c.region, revisions.c.image_id)
+REVISIONS = select(*_REVISION_KEYS, *REVISION_READ_COLUMNS)
+
+
+def _revision_image(row: Any) -> CachedImage:
+    return stored_image(region=row.region, image_id=row.image_id, columns=row[len(_REVISION_KEYS) :])
+
 
 async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datetime) -> CachedImage | None:
     """The record as the cache knew it at `at` (latest revision observed by then); None if unknown then."""
     async with engine.connect() as connection:
         row = (
             await connection.execute(
-                select(revisions)
-                .where(revisions.c.region == region, revisions.c.image_id == image_id, revisions.c.observed_at <= at)
+                REVISIONS.where(
+                    revisions.c.region == region, revisions.c.image_id == image_id, revisions.c.observed_at <= at
+                )
                 .order_by(revisions.c.observed_at.desc(), revisions.c.seq.desc())
                 .limit(1)
             )
@@ -132,14 +128,6 @@ async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datet
     if row is None:
         return None
     return _revision_image(row)
-
-
-def _revision_image(row: Any) -> CachedImage:
-    return stored_image(
-        region=row.region, image_id=row.image_id, version=row.version, exists=row.exists, document=row.document,
-        bucket=row.config_bucket, key=row.config_key, available=row.config_available,
-        changed_at=row.observed_at, confirmed_at=row.observed_at,
-    )
 
 
 # --- list ------------------------------------------------------------------------------------------
@@ -152,32 +140,6 @@ class ListPage:
     etag: str
 
 
-def _summary(row: Any, *, image_status: str, region: str) -> dict[str, Any]:
-    parts = decode_parts(row.parts)
-    if image_status == "AVAILABLE":
-        ami = parts.ami_value
-        assert ami is not None
-        item: dict[str, Any] = {
-            "imageId": row.image_id,
-            "imageBuildStatus": "BUILD_COMPLETE",
-            "ec2AmiInfo": {"amiId": ami.ami_id},
-            "region": region,
-            "version": tag_value(ami.tags, TAG_VERSION),
-        }
-    else:
-        stack = parts.stack_value
-        assert stack is not None
-        item = {
-            "imageId": row.image_id,
-            "imageBuildStatus": build_status(stack.status),
-            "cloudformationStackStatus": stack.status,
-            "cloudformationStackArn": stack.stack_id,
-            "region": region,
-            "version": tag_value(stack.tags, TAG_VERSION),
-        }
-    return {key: value for key, value in item.items() if value is not None}
-
-
 async def list_images(
     engine: AsyncEngine, *, region: str, image_status: str, next_token: str | None, limit: int = 100
 ) -> ListPage:
@@ -186,9 +148,9 @@ async def list_images(
     if image_status == "AVAILABLE":
         condition = and_(images.c.ami_id.is_not(None), images.c.exists.is_(True))
     elif image_status == "PENDING":
-        condition = images.c.stack_status.in_(PENDING_STACK_STATUSES)
+        condition = images.c.stack_status.in_(listing.PENDING_STACK_STATUSES)
     else:
-        condition = images.c.stack_status.in_(FAILED_STACK_STATUSES)
+        condition = images.c.stack_status.in_(listing.FAILED_STACK_STATUSES)
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
@@ -203,7 +165,11 @@ async def list_images(
     digest = hashlib.sha256(
         orjson.dumps([region, image_status, after, token, [(row.image_id, row.version) for row in page]])
     ).hexdigest()[:32]
-    return ListPage([_summary(row, image_status=image_status, region=region) for row in page], token, f'"{digest}"')
+    summaries = [
+        listing.summary(image_id=row.image_id, parts=decode_parts(row.parts), image_status=image_status, region=region)
+        for row in page
+    ]
+    return ListPage(summaries, token, f'"{digest}"')
 
 
 # --- the change feed -------------------------------------------------------------------------------
@@ -228,7 +194,7 @@ async def revisions_after(
         conditions.append(revisions.c.image_id == image_id)
     async with engine.connect() as connection:
         rows = (
-            await connection.execute(select(revisions).where(*conditions).order_by(revisions.c.seq).limit(limit))
+            await connection.execute(REVISIONS.where(*conditions).order_by(revisions.c.seq).limit(limit))
         ).all()
     return [Revision(seq=row.seq, image=_revision_image(row)) for row in rows]
 
@@ -271,5 +237,5 @@ async def prune(engine: AsyncEngine, *, older_than: datetime, batch: int = 1000)
 
 def _event_horizon(older_than: datetime) -> datetime:
     # Duplicates arrive within SQS's retention (at most 14 days): event ids need not be kept longer.
-    return max(older_than, datetime.now(older_than.tzinfo) - timedelta(days=15))
+    return max(as_utc(older_than), utcnow() - timedelta(days=15))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import DateTime, TypeDecorator
 
+from service.support.clock import as_utc
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Stored as naive UTC on every backend, always returned timezone-aware."""
@@ -32,15 +34,13 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored; pass UTC-aware values")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return as_utc(value).replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        moment: datetime = value
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        # SQLite hands back text, PostgreSQL a naive datetime: both are UTC.
+        return as_utc(value)
 
 
 # SQLite only autoincrements INTEGER PRIMARY KEY.
