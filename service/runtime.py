@@ -22,6 +22,7 @@ from service.presign import UrlSigner
 from service.settings import Settings
 from service.store import db, queries
 from service.store.cache import Cache
+from service.store.keys import Keys
 from service.store.lease import RegionLease
 from service.support.clock import utcnow
 from service.support.stopping import sleep_until_stopped
@@ -71,6 +72,8 @@ class Runtime:
     consumer: Consumer
     lease: RegionLease
     metrics: Metrics
+    # Secrets shared by the deployment's replicas (signing keys), from the database.
+    keys: Keys
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     # Set when shutdown begins (SIGTERM): readiness answers 503 and change streams end.
@@ -100,6 +103,7 @@ class Runtime:
             consumer=Consumer(cache=cache, aws=aws, settings=settings, metrics=metrics),
             lease=RegionLease(engine, metrics=metrics),
             metrics=metrics,
+            keys=Keys(engine),
         )
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)

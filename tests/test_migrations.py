@@ -73,3 +73,64 @@ async def test_embedded_sqlite_migrates_itself_on_open(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
     async with Runtime.open(settings, poll=False) as runtime:
         assert await db.schema_is_current(runtime.engine)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_status_since_is_backfilled_from_the_transitions(backend: str, tmp_path: Path) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from service.store.tables import images, transitions
+    from tests.conftest import _pg_admin, _pg_database_url
+
+    name = f"statuscache_backfill_{id(tmp_path)}"
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    else:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        url = _pg_database_url(name)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        await asyncio.to_thread(command.upgrade, db.alembic_config(url), "0002")
+        engine = db.create_engine(Settings(database_url=url))
+        row = {
+            "region": "us-east-1", "version": 1, "exists": True, "document": "{}", "config_available": False,
+            "parts": "{}", "created_at": t0, "changed_at": t0, "confirmed_at": t0, "seq": 1,
+        }
+        history = {
+            # building, then complete: complete since its first transition
+            "done": [
+                ("BUILD_IN_PROGRESS", 0), ("BUILD_IN_PROGRESS", 10), ("BUILD_COMPLETE", 20), ("BUILD_COMPLETE", 30)
+            ],
+            # failed, in progress again, failed again: failed since the latest run began
+            "again": [("BUILD_FAILED", 0), ("BUILD_IN_PROGRESS", 10), ("BUILD_FAILED", 40)],
+            # no transitions at all: since the row was created
+            "bare": [],
+        }
+        current = {"done": "BUILD_COMPLETE", "again": "BUILD_FAILED", "bare": "BUILD_IN_PROGRESS"}
+        async with engine.begin() as connection:
+            for image_id, steps in history.items():
+                await connection.execute(
+                    insert(images).values(**row, image_id=image_id, build_status=current[image_id])
+                )
+                for status, minutes in steps:
+                    moment = t0 + timedelta(minutes=minutes)
+                    await connection.execute(
+                        insert(transitions).values(
+                            region="us-east-1", image_id=image_id, happened_at=moment, observed_at=moment,
+                            source="event", exists=True, build_status=status,
+                        )
+                    )
+        await engine.dispose()
+        await db.migrate(url)
+        engine = db.create_engine(Settings(database_url=url))
+        async with engine.connect() as connection:
+            since = dict((await connection.execute(select(images.c.image_id, images.c.status_since))).all())
+        await engine.dispose()
+        assert since == {"done": t0 + timedelta(minutes=20), "again": t0 + timedelta(minutes=40), "bare": t0}
+    finally:
+        if backend == "postgresql":
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

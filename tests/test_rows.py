@@ -145,3 +145,32 @@ def test_links_and_part_times_follow_the_merged_parts() -> None:
     assert written.image["ami_id"] == "ami-1" and written.image["stack_id"] == stack().stack_id
     assert written.image["stack_as_of"] == written.image["ami_as_of"] == written.image["config_as_of"] == T
     assert written.image["imagebuilder_as_of"] is None and written.image["imagebuilder_arn"] is None
+
+
+@pytest.mark.parametrize(
+    ("steps", "since"),
+    [
+        pytest.param([("CREATE_IN_PROGRESS", 0)], 0, id="new-image"),
+        # Image Builder moving on, or a reason changing, is not a new build status.
+        pytest.param([("CREATE_IN_PROGRESS", 0), ("UPDATE_IN_PROGRESS", 30)], 0, id="same-build-status"),
+        pytest.param([("CREATE_IN_PROGRESS", 0), ("CREATE_COMPLETE", 40)], 40, id="new-build-status"),
+        pytest.param(
+            [("CREATE_IN_PROGRESS", 0), ("ROLLBACK_IN_PROGRESS", 20), ("ROLLBACK_COMPLETE", 50)], 20,
+            id="failed-stays-failed",
+        ),
+        pytest.param([("CREATE_IN_PROGRESS", 0), (None, 60)], 60, id="gone"),
+    ],
+)
+def test_status_since_is_when_the_current_build_status_began(
+    steps: list[tuple[str | None, int]], since: int
+) -> None:
+    # Each change happened (AWS's time) a minute before the service observed it.
+    changes = [
+        change(
+            T + timedelta(seconds=seconds, minutes=1),
+            stack_info=stack(status) if status else None,
+            happened_at=T + timedelta(seconds=seconds),
+        )
+        for status, seconds in steps
+    ]
+    assert stored_after(*changes)["status_since"] == T + timedelta(seconds=since)

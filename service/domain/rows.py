@@ -85,6 +85,16 @@ def _latest(first: datetime | None, second: datetime) -> datetime:
     return second if first is None or second > first else first
 
 
+def _status_since(stored: Mapping[str, Any] | None, fields: StatusFields, happened: datetime) -> datetime:
+    """When the current build status began: kept while it lasts, the change's time when it is new."""
+    if stored is not None and stored.get("status_since") is not None:
+        same = bool(stored["exists"]) == fields.exists and stored["build_status"] == fields.image_build_status
+        if same:
+            since: datetime = stored["status_since"]
+            return since
+    return happened
+
+
 def apply(stored: Mapping[str, Any] | None, change: Change) -> Written:
     """What `change` writes, given the image's stored row (None: not stored). Idempotent: applying the
     same change to the row it produced writes no revision and no transition, and keeps the version."""
@@ -128,6 +138,7 @@ def apply(stored: Mapping[str, Any] | None, change: Change) -> Written:
         "confirmed_at": _latest(stored["confirmed_at"] if stored else None, change.observed_at),
         # The store sets the new revision's sequence number once the revision is inserted.
         "seq": stored["seq"] if stored else 0,
+        "status_since": _status_since(stored, fields, happened),
     }
     revision = (
         {

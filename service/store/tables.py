@@ -84,6 +84,9 @@ images = Table(
     Column("confirmed_at", UtcDateTime, nullable=False),
     # The revision id of the current version: a global, increasing change sequence.
     Column("seq", BigInteger, nullable=False),
+    # When the current imageBuildStatus began (AWS's time for the change that brought it): how long a
+    # build has been in progress, or an image available. NULL only for rows older than the column.
+    Column("status_since", UtcDateTime, nullable=True),
 )
 Index("ix_images_ami_id", images.c.ami_id)
 Index("ix_images_region_build_status", images.c.region, images.c.build_status)
@@ -148,4 +151,13 @@ poison_messages = Table(
     Column("body", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
+)
+
+# Secrets this deployment's replicas share (token and cookie signing keys): created on first use.
+service_keys = Table(
+    "service_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("secret", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
 )
