@@ -1,4 +1,4 @@
-"""CLI: statuscache serve | poll | sync --once | migrate | demo. Thin: parses, builds Settings, calls the runner."""
+"""CLI: statuscache serve | poll | sync --once | migrate | demo | token create. Thin: parses, calls the runner."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 
 from service import runner
+from service.api import tokens
 from service.errors import ConfigurationError, SchemaError
 from service.settings import Settings, from_env
 
@@ -31,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="try it without AWS: serve invented images from a local fake AWS (needs the [demo] extra)"
     )
     _listen_arguments(demo)
+    token = commands.add_parser("token", help="API tokens for STATUSCACHE_API_TOKENS_FILE")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser(
+        "create", help="print a new token (once) and the line to add to the tokens file; needs nothing running"
+    )
+    create.add_argument("name", help="the caller's name, as logged with each of its requests")
     return parser
 
 
@@ -54,8 +61,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def create_token(name: str) -> int:
+    """stdout: the token, then its tokens-file line (so a script can take both); stderr: what to do with them."""
+    token = tokens.mint()
+    try:
+        line = tokens.file_line(name, token)
+    except ConfigurationError as exc:
+        print(f"statuscache: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    print(line)
+    print(
+        f"statuscache: the first line is {name}'s token, shown only this once: hand it over now. Add the second "
+        "line to the file STATUSCACHE_API_TOKENS_FILE names (it holds only the token's SHA-256), then send "
+        "each running service SIGHUP to load it.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        # Needs no settings, database, AWS or running service.
+        return create_token(args.name)
     try:
         settings = _settings(args)
     except ConfigurationError as exc:
