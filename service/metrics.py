@@ -49,6 +49,11 @@ class Metrics:
     reconcile_corrected: Counter[str] = field(default_factory=Counter)
     # Regions whose reconcile lease this process holds now.
     reconcile_lease: set[str] = field(default_factory=set)
+    # Authentication: refusals by reason (no credentials, unknown token, forged session, expired session,
+    # session of a revoked token) and session_issued (POST /v3/session).
+    auth: Counter[str] = field(default_factory=Counter)
+    # Tokens-file reloads (SIGHUP) by outcome: ok, failed (the previous tokens stayed in force).
+    token_reloads: Counter[str] = field(default_factory=Counter)
 
     def live_lookups(self) -> int:
         """Live lookups that went to AWS, whatever their outcome."""

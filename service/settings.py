@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
@@ -18,6 +19,8 @@ from service.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./statuscache.db"
 FALLBACK_REGION = "us-east-1"
+# What a browser sends in `Origin`: a scheme, a host and an optional port, nothing else.
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def knob(default: Any, *, minimum: float | None = None, maximum: float | None = None, env: str | None = None) -> Any:
@@ -75,6 +78,15 @@ class Settings:
     db_max_overflow: int = knob(10, minimum=0)
     db_pool_timeout_seconds: float = knob(10.0, minimum=0.1)
     db_statement_timeout_ms: int = knob(15000, minimum=0)
+    # Who may call the API: a file of `NAME SHA256HEX` lines (the SHA-256 of each caller's token, never the
+    # token), re-read on SIGHUP. Unset: every route is anonymous, which `serve` allows only on loopback.
+    api_tokens_file: str = ""
+    # Serve anonymously on a non-loopback address on purpose (without it, `serve` refuses to start there).
+    allow_anonymous: bool = False
+    # /metrics needs a token too (by default it is open, like /healthz, for scrapers).
+    metrics_auth: bool = False
+    # Browser origins (scheme://host[:port]) allowed to read the API and the change stream cross-origin.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def default_region(self) -> str:
@@ -173,8 +185,21 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
-def _queue_urls(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
-    return tuple(url.strip() for url in env.get(env_name(setting), "").split(",") if url.strip())
+def _comma_list(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(env_name(setting), "").split(",") if part.strip())
+
+
+def _origins(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
+    """Exact origins, as a browser sends them in `Origin`: a wildcard would hand credentials to any site."""
+    # Browsers serialize an origin in lower case.
+    origins = tuple(dict.fromkeys(origin.lower() for origin in _comma_list(env, setting)))
+    for origin in origins:
+        if not ORIGIN_PATTERN.fullmatch(origin):
+            raise ConfigurationError(
+                f"{env_name(setting)}: {origin!r} is not an origin; list each as scheme://host[:port], "
+                "e.g. https://dashboard.example.com (no path, no trailing slash, no wildcard)"
+            )
+    return origins
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -189,7 +214,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         if setting.name in values:
             continue
         if setting.name == "events_queue_urls":
-            values[setting.name] = _queue_urls(env, setting)
+            values[setting.name] = _comma_list(env, setting)
+        elif setting.name == "cors_origins":
+            values[setting.name] = _origins(env, setting)
         elif isinstance(setting.default, bool):
             values[setting.name] = _flag(env, setting)
         elif isinstance(setting.default, int | float):

@@ -2,9 +2,14 @@
 
 The ASGI stack, outermost first:
 
+    Cors                                         with STATUSCACHE_CORS_ORIGINS: answers preflights, adds headers
     middleware given to create_app (in order)   sees every request, cached describes included
+    Authentication                               with STATUSCACHE_API_TOKENS_FILE: 401 before anything else runs
     FastDescribe                                 answers describes already prepared in memory
     Starlette (router, error handlers)           everything else
+
+Authentication and CORS follow from the settings, so an app built from settings that name a tokens
+file is never served unprotected; without them neither is in the stack, and costs nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import changes, describe, history, listing
+from service.api.auth import Authentication
+from service.api.cors import Cors
 from service.api.errors import HANDLERS
 from service.api.health import Health
 from service.api.state import AppState
+from service.api.tokens import TokenFile
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -31,10 +39,14 @@ RuntimeOpener = Callable[[Settings], AbstractAsyncContextManager[Runtime]]
 class StatusCacheApp:
     """The ASGI application: the composed stack, with the shared state and the inner Starlette app at hand."""
 
-    def __init__(self, *, stack: ASGIApp, state: AppState, starlette: Starlette) -> None:
+    def __init__(
+        self, *, stack: ASGIApp, state: AppState, starlette: Starlette, tokens: TokenFile | None = None
+    ) -> None:
         self._stack = stack
         self.state = state
         self.starlette = starlette
+        # The tokens file in force (None: anonymous); the runner reloads it on SIGHUP.
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)
@@ -47,7 +59,10 @@ def create_app(
     open_runtime: RuntimeOpener | None = None,
     middleware: Sequence[Middleware] = (),
 ) -> StatusCacheApp:
-    """The ASGI app. With `runtime` given (tests) it is used as is; otherwise the lifespan opens one."""
+    """The ASGI app. With `runtime` given (tests) it is used as is; otherwise the lifespan opens one.
+
+    Reads the tokens file when the settings name one (ConfigurationError if it cannot be read or parsed).
+    """
     state = AppState(settings=settings, opened=runtime)
 
     @asynccontextmanager
@@ -84,6 +99,11 @@ def create_app(
     )
     starlette.state.statuscache = state
     stack: ASGIApp = describe.FastDescribe(starlette, describe_route)
+    tokens = TokenFile(settings.api_tokens_file) if settings.api_tokens_file else None
+    if tokens is not None:
+        stack = Authentication(stack, tokens=tokens, state=state, protect_metrics=settings.metrics_auth)
     for cls, args, kwargs in reversed(middleware):
         stack = cls(stack, *args, **kwargs)
-    return StatusCacheApp(stack=stack, state=state, starlette=starlette)
+    if settings.cors_origins:
+        stack = Cors(stack, origins=settings.cors_origins)
+    return StatusCacheApp(stack=stack, state=state, starlette=starlette, tokens=tokens)

@@ -1,0 +1,235 @@
+"""Authentication: the check in front of every protected route (the describe fast path included), and /v3/session.
+
+In the stack only when a tokens file is configured (service.api.app), so an anonymous deployment pays
+nothing. A request passes with `Authorization: Bearer <token>` for a token in the file, or with the
+session cookie `POST /v3/session` issued for one (service.api.sessions); anything else is answered
+here, 401 with `WWW-Authenticate: Bearer` and a pcluster-shaped `{"message"}`, before any database
+query or AWS call. /healthz, /readyz, /openapi.json, the status board's page and assets, and /metrics
+(unless STATUSCACHE_METRICS_AUTH=1) stay open: they hold no image data.
+
+The caller's name goes into `scope["statuscache.caller"]` for whatever runs inside (the live-lookup
+budget) and outside (logs), and is logged with each request. Tokens and cookies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.sessions import KEY_NAME, SessionRefused, Sessions, cookie_value
+from service.api.state import AppState
+from service.api.tokens import Caller, TokenFile
+
+log = logging.getLogger(__name__)
+
+CALLER = "statuscache.caller"
+SESSION_PATH = "/v3/session"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/"})
+# The status board's static assets: the page and its scripts hold no data (that comes from the API).
+PUBLIC_PREFIXES = ("/static/",)
+METRICS_PATH = "/metrics"
+
+MISSING = "Authentication required: send 'Authorization: Bearer <token>', or sign in with POST /v3/session."
+INVALID = "The token or session is not valid."
+EXPIRED = "The session has expired; sign in again with POST /v3/session."
+
+
+def is_public(path: str, *, protect_metrics: bool) -> bool:
+    """Whether `path` is answered without credentials."""
+    if path in PUBLIC_PATHS:
+        return True
+    if path == METRICS_PATH:
+        return not protect_metrics
+    return path.startswith(PUBLIC_PREFIXES)
+
+
+def _json(status: int, message: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> tuple[Message, Message]:
+    body = orjson.dumps({"message": message})
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"cache-control", b"no-store"),
+            *headers,
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+def _bad_authorization(authorization: bytes) -> str:
+    """Why an Authorization header identified nobody, for the log (never the header itself)."""
+    scheme, _, token = authorization.partition(b" ")
+    return "unknown token" if scheme.lower() == b"bearer" and token.strip() else "not a bearer token"
+
+
+def _printable(path: str) -> str:
+    # A decoded path can hold a newline: never let a request write a line of its own into the log.
+    return path if path.isprintable() else repr(path)
+
+
+class Authentication:
+    def __init__(self, app: ASGIApp, *, tokens: TokenFile, state: AppState, protect_metrics: bool) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.state = state
+        self.protect_metrics = protect_metrics
+        self._sessions: Sessions | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "lifespan":
+            await self.app(scope, receive, self._after_startup(send))
+            return
+        if scope_type != "http":
+            # No websocket routes: refuse anything else outright rather than think about it.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        path: str = scope["path"]
+        if is_public(path, protect_metrics=self.protect_metrics):
+            await self.app(scope, receive, send)
+            return
+        if path == SESSION_PATH:
+            await self._session_endpoint(scope, send)
+            return
+        authorization = cookie = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value
+            elif key == b"cookie":
+                cookie = value
+        if authorization is not None:
+            caller = self._bearer(authorization)
+            if caller is None:
+                await self._refuse(scope, send, INVALID, reason=_bad_authorization(authorization), invalid=True)
+                return
+        elif cookie is not None and (session := cookie_value(cookie)) is not None:
+            try:
+                sessions = await self._session_keeper()
+                caller = sessions.verify(session, tokens=self.tokens.tokens, now=time.time()).caller
+            except SessionRefused as refused:
+                message = EXPIRED if refused.reason == "expired session" else INVALID
+                await self._refuse(scope, send, message, reason=refused.reason, invalid=True, clear_cookie=True)
+                return
+        else:
+            await self._refuse(scope, send, MISSING, reason="no credentials", invalid=False)
+            return
+        scope[CALLER] = caller.name
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s caller=%s", scope["method"], _printable(path), caller.name)
+        await self.app(scope, self._until_revoked(scope, receive, caller), send)
+
+    def _until_revoked(self, scope: Scope, receive: Receive, caller: Caller) -> Receive:
+        """The request's `receive`, also answering "disconnected" once the caller's token leaves the file.
+
+        A long response admitted before a revocation (the change stream) stops when its client goes away,
+        and so stops at the reload that revokes its token too. Short answers never call `receive`.
+        """
+        tokens = self.tokens
+        pending: asyncio.Future[Message] | None = None
+
+        async def receive_until_revoked() -> Message:
+            nonlocal pending
+            while tokens.tokens.holds(caller):
+                if pending is None:
+                    pending = asyncio.ensure_future(receive())
+                reload = asyncio.ensure_future(tokens.reloaded.wait())
+                try:
+                    await asyncio.wait((pending, reload), return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    pending.cancel()
+                    raise
+                finally:
+                    reload.cancel()
+                if pending.done():
+                    message, pending = pending.result(), None
+                    return message
+            if pending is not None:
+                pending.cancel()
+            method, path = scope["method"], _printable(scope["path"])
+            log.info("%s %s caller=%s: token revoked, response ended", method, path, caller.name)
+            return {"type": "http.disconnect"}
+
+        return receive_until_revoked
+
+    def _bearer(self, authorization: bytes) -> Caller | None:
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        return self.tokens.tokens.identify(token.strip())
+
+    async def _session_keeper(self) -> Sessions:
+        """The session signer, with the deployment's key (read from the database once, at start-up)."""
+        if self._sessions is None:
+            self._sessions = Sessions(await self.state.runtime.keys.get(KEY_NAME))
+        return self._sessions
+
+    def _after_startup(self, send: Send) -> Send:
+        """Load the session key before the server takes requests, so no refusal ever waits on the database."""
+
+        async def forward(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await self._session_keeper()
+                except Exception as exc:
+                    log.exception("cannot load the session key")
+                    message = {"type": "lifespan.startup.failed", "message": f"cannot load the session key: {exc}"}
+            await send(message)
+
+        return forward
+
+    async def _refuse(
+        self, scope: Scope, send: Send, message: str, *, reason: str, invalid: bool, clear_cookie: bool = False
+    ) -> None:
+        log.info("%s %s refused: %s", scope["method"], _printable(scope["path"]), reason)
+        challenge = b'Bearer realm="statuscache", error="invalid_token"' if invalid else b'Bearer realm="statuscache"'
+        headers = [(b"www-authenticate", challenge)]
+        if clear_cookie:
+            headers.append((b"set-cookie", Sessions.clear_cookie(secure=scope.get("scheme") == "https")))
+        metrics = self.state.opened.metrics if self.state.opened is not None else None
+        if metrics is not None:
+            metrics.auth[reason] += 1
+        start, body = _json(401, message, headers)
+        await send(start)
+        await send(body)
+
+    async def _session_endpoint(self, scope: Scope, send: Send) -> None:
+        """POST: trade a bearer token for a session cookie (204). DELETE: clear it (204, no credentials needed)."""
+        method = scope["method"]
+        secure = scope.get("scheme") == "https"
+        if method == "DELETE":
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                (b"set-cookie", Sessions.clear_cookie(secure=secure)), (b"cache-control", b"no-store"),
+            ]})  # fmt: skip
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if method != "POST":
+            start, body = _json(405, "Method Not Allowed", [(b"allow", b"POST, DELETE")])
+            await send(start)
+            await send(body)
+            return
+        authorization = next((value for key, value in scope["headers"] if key == b"authorization"), None)
+        caller = self._bearer(authorization) if authorization is not None else None
+        if caller is None:
+            missing = authorization is None
+            await self._refuse(
+                scope, send, MISSING if missing else INVALID,
+                reason="no credentials" if authorization is None else _bad_authorization(authorization),
+                invalid=not missing,
+            )
+            return
+        sessions = await self._session_keeper()
+        cookie = sessions.set_cookie(sessions.issue(caller, now=time.time()), secure=secure)
+        log.info("%s %s caller=%s: session issued", method, SESSION_PATH, caller.name)
+        if self.state.opened is not None:
+            self.state.opened.metrics.auth["session_issued"] += 1
+        await send({"type": "http.response.start", "status": 204, "headers": [
+            (b"set-cookie", cookie), (b"cache-control", b"no-store"),
+        ]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
