@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import uvicorn
 
 from service.api.app import create_app
 from service.api.state import AppState
+from service.api.tokens import TokenFile
 from service.errors import ConfigurationError
 from service.runtime import Runtime
 from service.settings import Settings
@@ -62,7 +64,34 @@ def require_aws() -> None:
         raise ConfigurationError(NO_AWS)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the service to this machine. A name other than localhost is not
+    resolved: it counts as reachable from elsewhere, the safe side of a guess."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def unprotected(host: str) -> str:
+    return (
+        f"refusing to serve on {host} without authentication: anyone who can reach it could read the cache and get "
+        "S3 URLs pre-signed with this service's AWS credentials; set STATUSCACHE_API_TOKENS_FILE to a tokens file "
+        "(`statuscache token create NAME` makes a token and its line), or set STATUSCACHE_ALLOW_ANONYMOUS=1 to "
+        "serve anonymously on purpose"
+    )
+
+
+def require_protection(settings: Settings) -> None:
+    """Protected mode: beyond loopback, serve only with tokens, or when told to be anonymous in so many words."""
+    if not (settings.api_tokens_file or is_loopback(settings.host) or settings.allow_anonymous):
+        raise ConfigurationError(unprotected(settings.host))
+
+
 def serve(settings: Settings) -> None:
+    require_protection(settings)
     require_aws()
     serve_app(settings)
 
@@ -72,6 +101,12 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
 
     `background` runs beside the loops for the life of the app (the demo's scenario); `serve` has none.
     """
+    require_protection(settings)
+    if not settings.api_tokens_file and not is_loopback(settings.host):
+        log.warning(
+            "serving anonymously on %s (STATUSCACHE_ALLOW_ANONYMOUS=1): anyone who can reach it can read the cache",
+            settings.host,
+        )
     poll = not settings.no_poll
     app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background)))
     config = uvicorn.Config(
@@ -83,7 +118,7 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
         access_log=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_seconds)),
     )
-    DrainingServer(config, app.state).run()
+    DrainingServer(config, app.state, tokens=app.tokens).run()
 
 
 class DrainingServer(uvicorn.Server):
@@ -92,16 +127,34 @@ class DrainingServer(uvicorn.Server):
     uvicorn closes idle connections and waits for busy ones; the runtime meanwhile answers /readyz with
     503, ends change streams (otherwise uvicorn would wait for their clients to leave) and lets the event
     batch in hand finish. A SIGTERM that drained cleanly exits 0: it is how an orchestrator asks to stop.
+
+    With a tokens file, SIGHUP re-reads it in place: connections, streams and sessions of callers still
+    in the file carry on; a file that cannot be read keeps the tokens already loaded.
     """
 
-    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+    def __init__(self, config: uvicorn.Config, state: AppState, *, tokens: TokenFile | None = None) -> None:
         super().__init__(config)
         self._state = state
+        self._tokens = tokens
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        # Only with a tokens file: otherwise SIGHUP keeps its usual meaning (the terminal went away: stop).
+        if self._tokens is not None:
+            self._loop.add_signal_handler(signal.SIGHUP, self.reload_tokens)
+        try:
+            await super().serve(sockets)
+        finally:
+            if self._tokens is not None:
+                self._loop.remove_signal_handler(signal.SIGHUP)
+
+    def reload_tokens(self) -> None:
+        assert self._tokens is not None
+        reloaded = self._tokens.reload()
+        runtime = self._state.opened
+        if runtime is not None:
+            runtime.metrics.token_reloads["ok" if reloaded else "failed"] += 1
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)

@@ -103,3 +103,75 @@ def test_demo_is_a_command_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     # `serve` is always the real service: it has no way to be asked for the demo.
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--demo"])
+
+
+# --- protected mode ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
+        ("LocalHost", True), ("0.0.0.0", False), ("::", False), ("", False), ("10.0.0.5", False),
+        ("192.168.1.20", False), ("cache.internal", False), ("localhost.example.com", False),
+    ],
+)  # fmt: skip
+def test_only_loopback_addresses_count_as_loopback(host: str, loopback: bool) -> None:
+    assert runner.is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "tokens_file", "anonymous", "starts"),
+    [
+        ("127.0.0.1", "", False, True),  # `make run`: a developer's laptop stays anonymous
+        ("::1", "", False, True),
+        ("0.0.0.0", "", False, False),
+        ("10.0.0.5", "", False, False),
+        ("0.0.0.0", "/etc/statuscache/tokens", False, True),
+        ("0.0.0.0", "", True, True),  # anonymous, on purpose
+        ("0.0.0.0", "/etc/statuscache/tokens", True, True),
+    ],
+)
+def test_beyond_loopback_serve_needs_tokens_or_an_explicit_anonymous(
+    host: str, tokens_file: str, anonymous: bool, starts: bool
+) -> None:
+    from service.settings import Settings
+
+    settings = Settings(host=host, api_tokens_file=tokens_file, allow_anonymous=anonymous)
+    if starts:
+        runner.require_protection(settings)
+    else:
+        with pytest.raises(ConfigurationError):
+            runner.require_protection(settings)
+
+
+@pytest.mark.parametrize("aws", [False, True], ids=["without-aws", "with-aws"])
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_serving_beyond_loopback_without_tokens_exits_2_naming_both_ways_out(
+    no_aws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], aws: bool, command: str
+) -> None:
+    if aws:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.delenv("STATUSCACHE_API_TOKENS_FILE", raising=False)
+    monkeypatch.delenv("STATUSCACHE_ALLOW_ANONYMOUS", raising=False)
+
+    assert cli.main([command, "--host", "0.0.0.0"]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"statuscache: {runner.unprotected('0.0.0.0')}\n"
+    assert "STATUSCACHE_API_TOKENS_FILE" in err and "STATUSCACHE_ALLOW_ANONYMOUS=1" in err
+    assert not (no_aws / "cache.db").exists()
+
+
+def test_a_tokens_file_that_cannot_be_read_refuses_to_start(
+    no_aws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("STATUSCACHE_API_TOKENS_FILE", str(no_aws / "no-such-tokens"))
+
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
+
+    _, err = capsys.readouterr()
+    assert err.startswith("statuscache: STATUSCACHE_API_TOKENS_FILE: cannot read") and err.count("\n") == 1
+    assert not (no_aws / "cache.db").exists()

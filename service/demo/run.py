@@ -57,6 +57,7 @@ def start(settings: Settings) -> tuple[Settings, FakeAws, list[Coroutine[Any, An
 
 def serve(settings: Settings) -> None:
     """The demo's whole life: fake AWS, API and poller in this process until uvicorn is told to stop."""
+    runner.require_protection(settings)  # before the fake AWS starts: refused is refused at once
     for noisy in ("werkzeug", "moto"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     settings, fake, background = start(settings)
