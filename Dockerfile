@@ -59,6 +59,12 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('STATUSCACHE_PORT', '8080') + '/healthz', timeout=4)"]
 
+# The default command listens beyond loopback, so the image says how callers authenticate: with tokens, from
+# a file mounted as a secret here (`statuscache token create NAME` prints a token and its line). Without the
+# file `serve` refuses to start; a deployment that means to be anonymous sets STATUSCACHE_API_TOKENS_FILE=""
+# and STATUSCACHE_ALLOW_ANONYMOUS=1 (as the local docker-compose stack does).
+ENV STATUSCACHE_API_TOKENS_FILE=/run/secrets/statuscache-api-tokens
+
 ENTRYPOINT ["statuscache"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
 

@@ -340,14 +340,63 @@ def test_healthchecks_exist_where_something_can_answer() -> None:
         assert healthcheck(name) is None, name
 
 
+def published_port(mapping: object) -> tuple[str | None, int, int]:
+    """A compose short-syntax port mapping: (host address or None for all, host port, container port)."""
+    *address, host_port, container_port = str(mapping).split(":")
+    return (address[0] if address else None), int(host_port), int(container_port)
+
+
 def test_api_replicas_publish_distinct_host_ports_to_their_serve_port() -> None:
     host_ports = []
     for name in API_REPLICAS:
         (mapping,) = SERVICES[name]["ports"]
-        host_port, _, container_port = str(mapping).rpartition(":")
-        assert int(container_port) == parse_cli(name).port, name
-        host_ports.append(int(host_port))
+        _address, host_port, container_port = published_port(mapping)
+        assert container_port == parse_cli(name).port, name
+        host_ports.append(host_port)
     assert len(set(host_ports)) == len(API_REPLICAS)
+
+
+def image_env(target: str | None = None) -> dict[str, str]:
+    """The STATUSCACHE_ variables the image's ENV instructions set (`ENV NAME=value ...`)."""
+    env: dict[str, str] = {}
+    for instruction, arguments in image_instructions(target):
+        if instruction == "ENV":
+            for word in shlex.split(arguments):
+                name, _, value = word.partition("=")
+                if name.startswith("STATUSCACHE_"):
+                    env[name] = value
+    return env
+
+
+def service_settings(name: str) -> settings_module.Settings:
+    """What the service's process would run with: the image's ENV, compose's environment over it, the CLI's flags."""
+    args = parse_cli(name)
+    env = image_env(build_target(name)) | environment(name)
+    return from_env(env).with_overrides(host=args.host, port=args.port)
+
+
+def test_the_image_serves_beyond_loopback_with_tokens_by_default() -> None:
+    args = cli._parser().parse_args(image_cmd())
+    settings = from_env(image_env()).with_overrides(host=args.host)
+    assert not runner.is_loopback(settings.host)
+    # It says which way it is protected: tokens, from a file mounted as a secret; never anonymous by default.
+    assert settings.api_tokens_file.startswith("/run/secrets/")
+    assert not settings.allow_anonymous
+    runner.require_protection(settings)
+
+
+def test_every_api_replica_says_how_it_is_protected() -> None:
+    for name in API_REPLICAS:
+        settings = service_settings(name)
+        assert not runner.is_loopback(settings.host), name
+        runner.require_protection(settings)
+        # One or the other, explicitly: anonymous on purpose here (a local stack) and then published on
+        # this machine's loopback only, so the anonymous replicas are not reachable from the network.
+        assert bool(settings.api_tokens_file) != settings.allow_anonymous, name
+        if settings.allow_anonymous:
+            for mapping in SERVICES[name]["ports"]:
+                address, _, _ = published_port(mapping)
+                assert address is not None and runner.is_loopback(address), (name, mapping)
 
 
 def test_moto_image_is_the_major_version_the_suite_runs() -> None:
@@ -472,7 +521,7 @@ class Stack:
     def env(self, name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The service's compose environment with compose host names mapped to this machine."""
         env = {"PATH": os.environ["PATH"], "HOME": str(self.workdir), "PYTHONUNBUFFERED": "1"}
-        for key, value in environment(name).items():
+        for key, value in (image_env(build_target(name)) | environment(name)).items():
             if key == "STATUSCACHE_DATABASE_URL":
                 value = self.database_url(value)
             env[key] = value.replace("//moto:5000", f"//127.0.0.1:{self.moto_port}")
