@@ -42,6 +42,10 @@ def test_the_demo_is_not_a_setting() -> None:
         ("db_max_overflow", 10),
         ("db_pool_timeout_seconds", 10.0),
         ("db_statement_timeout_ms", 15000),
+        ("api_tokens_file", ""),
+        ("allow_anonymous", False),
+        ("metrics_auth", False),
+        ("cors_origins", ()),
     ],
 )
 def test_default_value(name: str, value: Any) -> None:
@@ -293,6 +297,10 @@ def test_every_statuscache_variable_the_service_names_is_a_setting() -> None:
         ({"STATUSCACHE_READ_CACHE_SECONDS": "0"}, "read_cache_seconds", 0.0),
         ({"STATUSCACHE_SHUTDOWN_SECONDS": "2.5"}, "shutdown_seconds", 2.5),
         ({"STATUSCACHE_SSE_POLL_SECONDS": "0.2"}, "sse_poll_seconds", 0.2),
+        ({"STATUSCACHE_API_TOKENS_FILE": " /etc/statuscache/tokens "}, "api_tokens_file", "/etc/statuscache/tokens"),
+        ({"STATUSCACHE_API_TOKENS_FILE": ""}, "api_tokens_file", ""),
+        ({"STATUSCACHE_ALLOW_ANONYMOUS": "1"}, "allow_anonymous", True),
+        ({"STATUSCACHE_METRICS_AUTH": "yes"}, "metrics_auth", True),
     ],
 )
 def test_listen_address_and_the_other_knobs_come_from_the_environment(
@@ -324,3 +332,10 @@ def test_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     from_flags = _settings(_parser().parse_args(["serve", "--host", "127.0.0.2", "--port", "9001", "--no-poll"]))
     assert (from_variables.host, from_variables.port, from_variables.no_poll) == ("0.0.0.0", 9000, False)
     assert (from_flags.host, from_flags.port, from_flags.no_poll) == ("127.0.0.2", 9001, True)
+
+
+@pytest.mark.parametrize("variable", ["STATUSCACHE_ALLOW_ANONYMOUS", "STATUSCACHE_METRICS_AUTH"])
+def test_a_security_switch_is_refused_unless_it_is_clearly_on_or_off(variable: str) -> None:
+    # "anonymous on purpose" must be said in so many words: a typo must not mean yes, nor silently no.
+    with pytest.raises(ConfigurationError, match=variable):
+        from_env({variable: "sure"})
