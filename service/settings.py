@@ -148,7 +148,7 @@ def _regions(env: Mapping[str, str]) -> tuple[str, ...]:
         default = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _profile_region()
         regions = (default or FALLBACK_REGION,)
     for region in regions:
-        if not REGION_PATTERN.match(region):
+        if not REGION_PATTERN.fullmatch(region):
             raise ConfigurationError(f"{source}: {region!r} is not an AWS region name")
     return tuple(dict.fromkeys(regions))
 

@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import changes, describe, history, listing
+from service.api import changes, describe, history, listing, pages
 from service.api.errors import HANDLERS
 from service.api.health import Health
 from service.api.state import AppState
@@ -69,11 +69,12 @@ def create_app(
 
     describe_route = describe.DescribeImage(state)
     health = Health(state)
+    tokens = pages.PageTokens(lambda name: state.runtime.keys.get(name))
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
-            Route(history.PATH, history.ImageHistory(state).endpoint, methods=["GET"]),
-            Route(listing.PATH, listing.ListImages(state).endpoint, methods=["GET"]),
+            Route(history.PATH, history.ImageHistory(state, tokens).endpoint, methods=["GET"]),
+            Route(listing.PATH, listing.ListImages(state, tokens).endpoint, methods=["GET"]),
             Route(changes.PATH, changes.ChangeStream(state).endpoint, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
