@@ -139,6 +139,8 @@ def test_wheel_carries_its_schema(installed: Installed) -> None:
     versions = sorted(path.name for path in (ROOT / "migrations" / "versions").glob("*.py"))
     for name in ("env.py", "script.py.mako", *(f"versions/{version}" for version in versions)):
         assert f"service/migrations/{name}" in names, name
+    # GET /openapi.json serves the document from the package.
+    assert "service/api/openapi.json" in names
     # Nothing outside the package: no top-level migrations/ or tests/ in site-packages.
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"service"}, tops

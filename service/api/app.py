@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import changes, describe, history, listing, pages
+from service.api import changes, describe, history, listing, openapi, pages
 from service.api.errors import HANDLERS
 from service.api.health import Health
 from service.api.state import AppState
@@ -79,6 +79,7 @@ def create_app(
             Route("/stats", health.stats, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            Route(openapi.PATH, openapi.OpenApi().endpoint, methods=["GET"]),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
