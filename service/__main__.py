@@ -1,4 +1,6 @@
-"""CLI: statuscache serve | poll | sync --once | migrate | demo. Thin: parses, builds Settings, calls the runner."""
+"""CLI: statuscache serve | poll | sync --once | migrate | demo, and the client commands (describe-image,
+list-images, image-history, watch). Thin: parses, then builds Settings and calls the runner, or hands a
+client command to service.client.cli, which only talks HTTP to a running service."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import asyncio
 import os
 import sys
 
-from service import runner
+from service.client import cli
 from service.errors import ConfigurationError, SchemaError
 from service.settings import Settings, from_env
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statuscache", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="statuscache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database-url", help="env STATUSCACHE_DATABASE_URL")
     parser.add_argument("--regions", help="comma list; env STATUSCACHE_REGIONS")
     parser.add_argument("--log-level", help="env STATUSCACHE_LOG_LEVEL")
@@ -31,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="try it without AWS: serve invented images from a local fake AWS (needs the [demo] extra)"
     )
     _listen_arguments(demo)
+    cli.add_commands(commands)
     return parser
 
 
@@ -56,6 +61,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in cli.COMMANDS:
+        # A client of a running service: no settings, no database, no AWS, none of the service's imports.
+        return cli.run(args)
+    # The service's own machinery (uvicorn, SQLAlchemy, botocore) is only loaded for the service's commands.
+    from service import runner
+
     try:
         settings = _settings(args)
     except ConfigurationError as exc:

@@ -270,7 +270,7 @@ async def read_events(response: httpx.Response, count: int) -> list[dict[str, st
     current: dict[str, str] = {}
     async for line in response.aiter_lines():
         if not line:
-            if "id" in current:
+            if "id" in current and "event" in current:
                 events.append(current)
                 if len(events) == count:
                     return events

@@ -6,17 +6,13 @@ AWS, with no server errors, and status codes, content types and bodies as the do
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from openapi_spec_validator import validate
@@ -30,11 +26,10 @@ from schemathesis.checks import (
 from starlette.routing import Route
 
 from service.api import openapi
-from service.api.app import StatusCacheApp, create_app
+from service.api.app import create_app
 from service.demo.fakeaws import FakeAws
-from service.runtime import Runtime
 from service.settings import Settings
-from tests.conftest import OTHER_REGION, REGION, free_port
+from tests.conftest import REGION, LiveService
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "service" / "api" / "openapi.json"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -98,56 +93,6 @@ def test_the_served_document_is_the_file_in_the_package() -> None:
 
 
 # --- schemathesis against a live service --------------------------------------------------------------
-
-
-class LiveService:
-    """The app with its own lifespan (a runtime on SQLite, no poller), in uvicorn, in a thread of its own."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.app: StatusCacheApp = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=False))
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning", lifespan="on"))
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        async def serve() -> None:
-            self.loop = asyncio.get_running_loop()
-            await self.server.serve()
-
-        asyncio.run(serve())
-
-    def __enter__(self) -> LiveService:
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                return self
-            self.thread.join(0.05)
-        raise AssertionError("the service did not start")
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-    def begin_shutdown(self) -> None:
-        runtime = self.app.state.runtime
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(runtime.begin_shutdown)
-
-
-@pytest.fixture
-def live_service(tmp_path: Path, aws_state: FakeAws) -> Iterator[LiveService]:
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'schemathesis.db'}",
-        regions=(REGION, OTHER_REGION),
-        live_lookups_per_second=10_000.0,
-    )
-    with LiveService(settings) as service:
-        yield service
 
 
 def run_operation(
