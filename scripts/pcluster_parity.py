@@ -131,7 +131,8 @@ def cli(argv: list[str], *, env: dict[str, str]) -> tuple[int, str]:
 
 
 def start_server(port: int, serve_env: dict[str, str]) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--no-poll", "--port", str(port)], env=serve_env)
+    argv = [sys.executable, "-m", "service", "serve", "--no-poll", "--port", str(port)]
+    server = subprocess.Popen(argv, env=serve_env)
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -262,15 +263,16 @@ def compare_clis(
     port = 18766
     fresh = {**serve_env, "STATUSCACHE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/parity-cli.db"}
     client_env = {**env, "STATUSCACHE_URL": f"http://127.0.0.1:{port}"}
-    theirs = {image_id: cli([pcluster_cli, "describe-image", "-i", image_id, "-r", REGION], env=env) for image_id in ids}
+    theirs = {
+        image_id: cli([pcluster_cli, "describe-image", "-i", image_id, "-r", REGION], env=env) for image_id in ids
+    }
     server = start_server(port, fresh)
     try:
         ours: dict[str, list[tuple[int, str]]] = {image_id: [] for image_id in ids}
         for _round in ("live", "cached"):
             for image_id in ids:
-                ours[image_id].append(
-                    cli([sys.executable, "-m", "service", "describe-image", "-i", image_id, "-r", REGION], env=client_env)
-                )
+                argv = [sys.executable, "-m", "service", "describe-image", "-i", image_id, "-r", REGION]
+                ours[image_id].append(cli(argv, env=client_env))
         # list-images answers from the cache: fill it as a deployment would, with a reconcile pass.
         subprocess.run([sys.executable, "-m", "service", "sync", "--once"], env=fresh, check=True, capture_output=True)
         lists = {
