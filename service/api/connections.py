@@ -64,13 +64,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.max_header_bytes or len(self.headers) >= MAX_HEADER_COUNT:
+        headers = self.headers
+        if self._header_bytes > self.max_header_bytes or len(headers) >= MAX_HEADER_COUNT:
             self.refuse(
                 431,
                 f"Bad Request: the request's headers are longer than {self.max_header_bytes} bytes "
                 f"or more than {MAX_HEADER_COUNT}",
             )
-        super().on_header(name, value)
+        # uvicorn's own on_header, inline: this runs for every header of every request.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.headers_since = None
