@@ -179,8 +179,14 @@ def test_module_functions_use_statuscache_url(
     assert service.client.describe_image("cl-module")["image_id"] == "cl-module"
     assert service.client.list_images("PENDING")["images"][0]["image_id"] == "cl-module"
     monkeypatch.setenv("STATUSCACHE_URL", f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(ServiceUnreachableException):
-        service.client.describe_image("cl-module")
+    try:
+        with pytest.raises(ServiceUnreachableException):
+            service.client.describe_image("cl-module")
+    finally:
+        # The shared clients hold pooled connections: close them, as a process would at exit.
+        for shared in service.client._shared.values():
+            shared.close()
+        service.client._shared.clear()
 
 
 @pytest.mark.asyncio
