@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from service.client.errors import InternalServiceException
 from service.client.events import Cursor, EventParser, ImageChange, ServerEvent
 
 
@@ -52,3 +55,10 @@ def test_an_image_change_is_in_the_python_shape() -> None:
     assert ImageChange.of(image) == ImageChange(3, "image", "a", "r", {"image_id": "a", "region": "r",
                                                                        "image_build_status": "X"})
     assert ImageChange.of(gone) == ImageChange(4, "gone", "a", "r", None)
+
+
+def test_an_event_that_is_not_json_is_the_services_fault_and_leaves_the_cursor() -> None:
+    cursor = Cursor(3)
+    with pytest.raises(InternalServiceException):
+        cursor.take(ServerEvent(id="4", event="image", data="{not json", retry_ms=None))
+    assert cursor.last == 3

@@ -344,3 +344,19 @@ async def test_concurrent_list_requests_share_one_query(
     assert {response.status_code for response in responses} == {200}
     assert len({response.content for response in responses}) == 1
     assert calls == 1
+
+
+async def test_a_stream_opens_with_the_sequence_it_starts_after(runtime: Runtime, aws_state: FakeAws) -> None:
+    # So a client that loses the connection before the first change resumes from there, missing nothing.
+    aws_state.create_image_stack(region=REGION, image_id="opened")
+    await runtime.reconciler.run_pass(region=REGION)
+    from service.store import queries
+
+    latest = await queries.latest_seq(runtime.engine)
+    async with serving(create_app(runtime.settings, runtime=runtime)) as base, httpx.AsyncClient(base_url=base) as http:
+        for headers, expected in (({}, latest), ({"Last-Event-ID": "0"}, 0)):
+            async with http.stream("GET", "/v3/image-changes", headers=headers) as stream:
+                lines = stream.aiter_lines()
+                opening = [await anext(lines) for _ in range(3)]
+            assert opening == ["retry: 2000", f"id: {expected}", ": connected"]
+    assert latest > 0

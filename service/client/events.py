@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from service.client.errors import InternalServiceException
 from service.client.shapes import pythonic
 
 
@@ -110,6 +111,10 @@ class Cursor:
             if self.last is None:
                 self.last = seq
             return None
+        try:
+            data = json.loads(event.data)
+        except ValueError as exc:
+            message = f"the change stream sent event {seq} with data that is not JSON"
+            raise InternalServiceException(message, status=200) from exc
         self.last = seq
-        data = json.loads(event.data)
         return StreamEvent(seq, event.event, data if isinstance(data, dict) else {"value": data})
