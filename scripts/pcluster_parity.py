@@ -16,7 +16,11 @@ for each image:
    then from the cache): exit codes and stdout, byte for byte;
 3. the library: `pcluster.lib.describe_image` and `service.client.describe_image` (from the cache, then
    live on a third fresh server): values, with pcluster's camelCase strings put in the seed's Python shape
-   (`service.client.shapes.pythonic`), and errors by exception name and message.
+   (`service.client.shapes.pythonic`), and errors by exception name and message;
+4. the OpenAPI documents: the schemas ours reuses are pcluster's unchanged, describe's and list's parameters and
+   responses are pcluster's, and schemathesis run from *pcluster's* document (valid and invalid requests to
+   describe_image and list_images) finds nothing against a fresh `statuscache serve`: what a client generated for
+   the ParallelCluster API relies on.
 
 The pre-signed URL is compared without its query string (signature and expiry differ by design). Known,
 documented differences are listed as such, not counted. Exit status 1 on any other difference.
@@ -168,6 +172,84 @@ def known_lib_difference(image_id: str, theirs: list[Any], ours: list[Any]) -> s
     return None
 
 
+def compare_openapi(pcluster_python: str, *, workdir: str, serve_env: dict[str, str]) -> int:
+    """Our document reuses pcluster's schemas unchanged, and the service passes schemathesis run from *pcluster's*
+    document (describe_image and list_images): what a client generated for the ParallelCluster API relies on."""
+    import schemathesis
+    import yaml
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    where = subprocess.run(
+        [pcluster_python, "-c", "import os, pcluster; print(os.path.dirname(pcluster.__file__))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    theirs = yaml.safe_load((Path(where) / "api" / "openapi" / "openapi.yaml").read_text())
+    ours = json.loads((Path(__file__).resolve().parent.parent / "service" / "api" / "openapi.json").read_text())
+    failures = 0
+    print("\nOpenAPI: our document against pcluster's")
+    for name, schema in ours["components"]["schemas"].items():
+        if name in theirs["components"]["schemas"]:
+            pcluster_schema = {k: v for k, v in theirs["components"]["schemas"][name].items() if k != "example"}
+            same = schema == pcluster_schema
+            failures += not same
+            print(f"  schema {name:<45} {'same as pcluster' if same else 'DIFFERENT'}")
+    for path in ("/v3/images/custom/{imageId}", "/v3/images/custom"):
+        theirs_operation, ours_operation = theirs["paths"][path]["get"], ours["paths"][path]["get"]
+        pcluster_parameters = {parameter["name"]: parameter for parameter in theirs_operation["parameters"]}
+        for parameter in ours_operation["parameters"]:
+            if parameter["name"] in pcluster_parameters:
+                theirs_parameter = pcluster_parameters.pop(parameter["name"])
+                # The one addition: an id is a stack name, so at most 128 characters.
+                extra = {k: v for k, v in parameter["schema"].items() if k not in theirs_parameter["schema"]}
+                same = {**parameter, "schema": theirs_parameter["schema"]} == theirs_parameter and extra in (
+                    {}, {"maxLength": 128},
+                )  # fmt: skip
+                failures += not same
+                print(f"  {ours_operation['operationId']:<14} parameter {parameter['name']:<12} "
+                      f"{'same as pcluster' + (' (plus maxLength 128)' if extra else '') if same else 'DIFFERENT'}")
+        for status, response in theirs_operation["responses"].items():
+            same = ours_operation["responses"].get(status, {}).get("content") == response.get("content")
+            failures += not same
+            verdict = "same as pcluster" if same else "DIFFERENT"
+            print(f"  {ours_operation['operationId']:<14} response {status:<13} {verdict}")
+        failures += bool(pcluster_parameters)
+
+    port = 18768
+    fresh = {**serve_env, "STATUSCACHE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/parity-openapi.db",
+             "STATUSCACHE_LIVE_LOOKUPS_PER_SECOND": "10000"}  # fmt: skip
+    server = start_server(port, fresh)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    schema = schemathesis.openapi.from_dict(theirs)
+    try:
+        for path in ("/v3/images/custom/{imageId}", "/v3/images/custom"):
+            operation = schema[path]["GET"]
+            for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+                @hypothesis_settings(max_examples=100, deadline=None, database=None,
+                                     suppress_health_check=list(HealthCheck))  # fmt: skip
+                @given(case=operation.as_strategy(generation_mode=mode))
+                def check(case: Any) -> None:
+                    case.call_and_validate(base_url=f"http://127.0.0.1:{port}", checks=checks)
+
+                try:
+                    check()
+                    print(f"  schemathesis from pcluster's document, {path} ({mode.value}): no findings")
+                except Exception as exc:
+                    failures += 1
+                    print(f"  schemathesis from pcluster's document, {path} ({mode.value}): FOUND {exc}")
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    return failures
+
+
 def comparable(body: Any) -> Any:
     if isinstance(body, dict) and isinstance(body.get("imageConfiguration"), dict):
         url = body["imageConfiguration"].get("url", "")
@@ -252,6 +334,7 @@ def main() -> int:
         pcluster_cli = str(Path(args.pcluster_python).parent / "pcluster")
         failures += compare_clis(ids, pcluster_cli, workdir=workdir, env=env, serve_env=serve_env)
         failures += compare_libraries(ids, args.pcluster_python, workdir=workdir, env=env, serve_env=serve_env)
+        failures += compare_openapi(args.pcluster_python, workdir=workdir, serve_env=serve_env)
     print("parity: all answers the same" if not failures else f"parity: {failures} answers differ")
     return 1 if failures else 0
 
