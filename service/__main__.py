@@ -1,4 +1,6 @@
-"""CLI: statuscache serve | poll | sync --once | migrate | demo | token create. Thin: parses, calls the runner."""
+"""CLI: statuscache serve | poll | sync --once | migrate | demo | token create, and the client commands
+(describe-image, list-images, image-history, watch). Thin: parses, then builds Settings and calls the runner,
+or hands a client command to service.client.cli, which only talks HTTP to a running service."""
 
 from __future__ import annotations
 
@@ -7,14 +9,15 @@ import asyncio
 import os
 import sys
 
-from service import runner
-from service.api import tokens
+from service.client import cli
 from service.errors import ConfigurationError, SchemaError
 from service.settings import Settings, from_env
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statuscache", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="statuscache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database-url", help="env STATUSCACHE_DATABASE_URL")
     parser.add_argument("--regions", help="comma list; env STATUSCACHE_REGIONS")
     parser.add_argument("--log-level", help="env STATUSCACHE_LOG_LEVEL")
@@ -38,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "create", help="print a new token (once) and the line to add to the tokens file; needs nothing running"
     )
     create.add_argument("name", help="the caller's name, as logged with each of its requests")
+    cli.add_commands(commands)
     return parser
 
 
@@ -63,6 +67,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def create_token(name: str) -> int:
     """stdout: the token, then its tokens-file line (so a script can take both); stderr: what to do with them."""
+    from service.api import tokens
+
     token = tokens.mint()
     try:
         line = tokens.file_line(name, token)
@@ -82,9 +88,15 @@ def create_token(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in cli.COMMANDS:
+        # A client of a running service: no settings, no database, no AWS, none of the service's imports.
+        return cli.run(args)
     if args.command == "token":
         # Needs no settings, database, AWS or running service.
         return create_token(args.name)
+    # The service's own machinery (uvicorn, SQLAlchemy, botocore) is only loaded for the service's commands.
+    from service import runner
+
     try:
         settings = _settings(args)
     except ConfigurationError as exc:

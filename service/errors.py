@@ -49,7 +49,7 @@ class BadRequest(RequestError):
 
 
 class BadToken(BadRequest):
-    def __init__(self, message: str = "nextToken is not one this service issued") -> None:
+    def __init__(self, message: str = "Bad Request: nextToken is not one this service issued") -> None:
         super().__init__(message)
 
 

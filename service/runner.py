@@ -16,7 +16,9 @@ from typing import Any
 import botocore.exceptions
 import botocore.session
 import uvicorn
+from starlette.types import ASGIApp
 
+from service.api import connections
 from service.api.app import create_app
 from service.api.state import AppState
 from service.api.tokens import TokenFile
@@ -109,7 +111,12 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
         )
     poll = not settings.no_poll
     app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background)))
-    config = uvicorn.Config(
+    DrainingServer(uvicorn_config(app, settings), app.state, tokens=app.tokens).run()
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for the service: its listen address, and bounds on what a request may send."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -117,8 +124,13 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_seconds)),
+        # httptools (uvicorn's choice when installed, and ours) has no limits of its own: see service.api.connections.
+        http=connections.bounded_protocol(
+            max_request_line_bytes=settings.max_request_line_bytes, max_header_bytes=settings.max_header_bytes
+        ),
+        # The same bound if uvicorn is ever run with h11 instead (`--http h11`).
+        h11_max_incomplete_event_size=settings.max_request_line_bytes + settings.max_header_bytes,
     )
-    DrainingServer(config, app.state, tokens=app.tokens).run()
 
 
 class DrainingServer(uvicorn.Server):
@@ -143,9 +155,18 @@ class DrainingServer(uvicorn.Server):
         # Only with a tokens file: otherwise SIGHUP keeps its usual meaning (the terminal went away: stop).
         if self._tokens is not None:
             self._loop.add_signal_handler(signal.SIGHUP, self.reload_tokens)
+        # Connections that never finish their headers are closed by this sweeper (uvicorn has no such timeout).
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(
+            connections.sweep_slow_headers(
+                self.server_state.connections, header_seconds=self._state.settings.header_timeout_seconds, stop=stop
+            )
+        )
         try:
             await super().serve(sockets)
         finally:
+            stop.set()
+            await sweeper
             if self._tokens is not None:
                 self._loop.remove_signal_handler(signal.SIGHUP)
 

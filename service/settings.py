@@ -73,6 +73,10 @@ class Settings:
     # After SIGTERM: the bound on draining (readiness 503, streams ended, requests and the event batch in hand
     # finished, loops stopped) before the process exits.
     shutdown_seconds: float = knob(10.0, minimum=0.1)
+    # What one HTTP request may send before it is refused (414 / 431), and how long its headers may take (408).
+    max_request_line_bytes: int = knob(8192, minimum=256)
+    max_header_bytes: int = knob(32768, minimum=1024)
+    header_timeout_seconds: float = knob(10.0, minimum=0.1)
     # SQL pool and timeouts (PostgreSQL).
     db_pool_size: int = knob(10, minimum=1)
     db_max_overflow: int = knob(10, minimum=0)
@@ -160,7 +164,7 @@ def _regions(env: Mapping[str, str]) -> tuple[str, ...]:
         default = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _profile_region()
         regions = (default or FALLBACK_REGION,)
     for region in regions:
-        if not REGION_PATTERN.match(region):
+        if not REGION_PATTERN.fullmatch(region):
             raise ConfigurationError(f"{source}: {region!r} is not an AWS region name")
     return tuple(dict.fromkeys(regions))
 

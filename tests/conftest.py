@@ -6,10 +6,11 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ import uvicorn
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.api.app import create_app
+from service.api.app import StatusCacheApp, create_app
 from service.aws import Aws
 from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
@@ -26,6 +27,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.tables import images
 
+T = TypeVar("T")
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"
 PG_ADMIN_URL = os.environ.get("STATUSCACHE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -201,3 +203,59 @@ async def stored_images(runtime: Runtime) -> int:
     """How many image rows the cache holds."""
     async with runtime.engine.connect() as connection:
         return int((await connection.execute(select(func.count()).select_from(images))).scalar_one())
+
+
+class LiveService:
+    """The app with its own lifespan (a runtime on SQLite, no poller), in uvicorn, in a thread of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app: StatusCacheApp = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=False))
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning", lifespan="on"))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve()
+
+        asyncio.run(serve())
+
+    def __enter__(self) -> LiveService:
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                return self
+            self.thread.join(0.05)
+        raise AssertionError("the service did not start")
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    def begin_shutdown(self) -> None:
+        runtime = self.app.state.runtime
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(runtime.begin_shutdown)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` in the service's event loop (its runtime lives there) and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+
+@pytest.fixture
+def live_service(tmp_path: Path, aws_state: FakeAws) -> Iterator[LiveService]:
+    """The service with its own lifespan on SQLite, live in a thread: for clients that block."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'schemathesis.db'}",
+        regions=(REGION, OTHER_REGION),
+        live_lookups_per_second=10_000.0,
+    )
+    with LiveService(settings) as service:
+        yield service

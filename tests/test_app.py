@@ -198,13 +198,33 @@ async def test_cached_hit_makes_zero_aws_calls(client: httpx.AsyncClient, aws_st
         (URL.format("has_underscore"), {}, "Bad Request: 'has_underscore' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
         (URL.format("x"), {}, "Bad Request: 'x' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
         (URL.format("a" * 129), {}, f"Bad Request: '{'a' * 129}' is too long"),
-        (URL.format("good-id"), {"region": "mars-1"}, "invalid or unsupported region 'mars-1'"),
-        (URL.format("good-id"), {"region": "US-EAST-1"}, "invalid or unsupported region 'US-EAST-1'"),
+        # pcluster's own wording: its BadRequestException puts "Bad Request: " before every message.
+        (URL.format("good-id"), {"region": "mars-1"}, "Bad Request: invalid or unsupported region 'mars-1'"),
+        (URL.format("good-id"), {"region": "US-EAST-1"}, "Bad Request: invalid or unsupported region 'US-EAST-1'"),
         (
             URL.format("good-id"),
             {"region": "ap-south-1"},
-            "region 'ap-south-1' is not served here; configured regions: us-east-1, eu-west-1",
+            "Bad Request: region 'ap-south-1' is not served here; configured regions: us-east-1, eu-west-1",
         ),
+        # `$` matches before a final newline: with re.match this id passed, cost two AWS calls and a 404.
+        (URL.format("abc%0A"), {}, "Bad Request: 'abc\\n' does not match '^[a-zA-Z][a-zA-Z0-9-]+$'"),
+        (URL.format("good-id"), {"region": "us-east-1\n"}, "Bad Request: invalid or unsupported region 'us-east-1\n'"),
+        # Unicode digits are digits to `\d`, not to AWS.
+        (
+            URL.format("good-id"),
+            {"region": "us-east-\u0661"},
+            "Bad Request: invalid or unsupported region 'us-east-\u0661'",
+        ),
+        # The UTC form of these falls outside years 1-9999: it used to be an OverflowError and a 500.
+        *[
+            (
+                URL.format("good-id"),
+                {"at": moment},
+                "Bad Request: at must be an ISO 8601 timestamp between years 1 and 9999 UTC, "
+                f"e.g. 2022-03-30T23:23:33Z; got '{moment}'",
+            )
+            for moment in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00")
+        ],
     ],
 )
 async def test_bad_input_is_400_and_reaches_neither_aws_nor_sql(
@@ -248,6 +268,35 @@ async def test_etag_and_if_none_match_answer_304_without_body(client: httpx.Asyn
     assert again.content == b""
     assert again.headers["etag"] == etag
     assert other.status_code == 200
+
+
+async def test_weak_if_none_match_matches_on_both_paths_and_on_list_pages(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    # A compressing proxy hands its clients W/"..." for our strong tag; If-None-Match compares weakly.
+    aws_state.create_image_stack(region=REGION, image_id="weakly")
+    etag = (await describe(client, "weakly")).headers["etag"]
+    weak = {"If-None-Match": f'"other", W/{etag}'}
+    full = await client.get(URL.format("weakly"), headers=weak)
+    hot = await client.get(URL.format("weakly"), headers=weak)
+    assert (full.status_code, hot.status_code) == (304, 304)
+    await runtime.reconciler.run_pass(region=REGION)
+    listing = await client.get("/v3/images/custom", params={"imageStatus": "PENDING"})
+    weak_page = {"If-None-Match": f"W/{listing.headers['etag']}"}
+    revalidated = await client.get("/v3/images/custom", params={"imageStatus": "PENDING"}, headers=weak_page)
+    assert revalidated.status_code == 304
+
+
+async def test_if_modified_since_is_ignored_because_last_modified_misses_url_changes(
+    client: httpx.AsyncClient, aws_state: FakeAws
+) -> None:
+    # Last-Modified is the record's change time: a re-signed URL changes the body and not that date (and
+    # two changes can share a second), so only the ETag may answer 304 (README, "Conditional requests").
+    aws_state.create_image_stack(region=REGION, image_id="dated")
+    first = await describe(client, "dated")
+    later = await client.get(URL.format("dated"), headers={"If-Modified-Since": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    assert first.status_code == later.status_code == 200
+    assert later.content == first.content
 
 
 async def test_etag_changes_when_the_record_changes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
@@ -126,12 +127,60 @@ async def test_history_of_an_image_never_seen_is_404(client: httpx.AsyncClient) 
         ({"since": "soon"}, "since must be an ISO 8601 timestamp"),
         ({"limit": "0"}, "limit must be a whole number from 1 to 1000"),
         ({"nextToken": "garbage!"}, "nextToken is not one this service issued"),
+        # Found answering 500: isdigit() takes "²", int() refuses it.
+        ({"limit": "\u00b2"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": "1" * 40}, "limit must be a whole number from 1 to 1000"),
+        # Found answering 500: the UTC form falls outside years 1-9999.
+        ({"since": "0001-01-01T00:00:00+05:00"}, "since must be an ISO 8601 timestamp"),
+        ({"until": "9999-12-31T23:59:59-05:00"}, "until must be an ISO 8601 timestamp"),
+        # Found answering 500: tokens that decoded but were never issued.
+        *[
+            ({"nextToken": base64.urlsafe_b64encode(raw).decode().rstrip("=")}, "nextToken is not one this service")
+            for raw in (b'{"after":"x"}', b"[1]", b"1e30", b"100000000000000000000")
+        ],
+        ({"region": "mars-1"}, "Bad Request: invalid or unsupported region 'mars-1'"),
     ],
 )
-async def test_bad_history_parameters_are_400(client: httpx.AsyncClient, params: dict[str, str], message: str) -> None:
+async def test_bad_history_parameters_are_400(
+    client: httpx.AsyncClient, aws_state: FakeAws, params: dict[str, str], message: str
+) -> None:
     response = await client.get("/v3/images/custom/some-image/history", params=params)
     assert response.status_code == 400
     assert message in response.json()["message"]
+    assert response.json()["message"].startswith("Bad Request: ")
+    assert aws_state.total_calls() == 0
+
+
+async def test_history_tokens_page_through_and_only_continue_their_own_query(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+) -> None:
+    await lifecycle(runtime, aws_state, Queue("paged-history"), "paged")
+    url = "/v3/images/custom/paged/history"
+    everything = (await client.get(url)).json()["transitions"]
+    seen: list[dict[str, Any]] = []
+    params = {"limit": "2"}
+    while True:
+        page = (await client.get(url, params=params)).json()
+        seen += page["transitions"]
+        if "nextToken" not in page:
+            break
+        params = {"limit": "2", "nextToken": page["nextToken"]}
+    assert seen == everything and len(everything) > 2
+
+    first = (await client.get(url, params={"limit": "1", "since": "2000-01-01T00:00:00Z"})).json()
+    token = first["nextToken"]
+    # The same query spelled another way continues; another image, region or window does not.
+    same = await client.get(url, params={"since": "2000-01-01T00:00:00+00:00", "nextToken": token})
+    assert same.status_code == 200
+    for other_url, other in (
+        ("/v3/images/custom/other/history", {"since": "2000-01-01T00:00:00Z"}),
+        (url, {"since": "2000-01-01T00:00:01Z"}),
+        (url, {}),
+        (url, {"since": "2000-01-01T00:00:00Z", "region": "eu-west-1"}),
+    ):
+        refused = await client.get(other_url, params={**other, "nextToken": token})
+        assert refused.status_code == 400, other
+        assert refused.json() == {"message": "Bad Request: nextToken is not one this service issued"}
 
 
 async def test_list_filters_like_pcluster_and_pages_stably(
@@ -169,18 +218,16 @@ async def test_list_pages_never_skip_or_repeat_while_images_change(
     for index in range(7):
         aws_state.create_ami(region=REGION, image_id=f"page-{index}")
     await runtime.reconciler.run_pass(region=REGION)
-    first = await queries.list_images(runtime.engine, region=REGION, image_status="AVAILABLE", next_token=None, limit=3)
+    first = await queries.list_images(runtime.engine, region=REGION, image_status="AVAILABLE", after=None, limit=3)
     # Meanwhile an image before the cursor changes and one after it appears.
     aws_state.create_ami(region=REGION, image_id="page-5b")
     await runtime.reconciler.run_pass(region=REGION)
     seen = [item["imageId"] for item in first.images]
-    token = first.next_token
-    while token:
-        page = await queries.list_images(
-            runtime.engine, region=REGION, image_status="AVAILABLE", next_token=token, limit=3
-        )
+    cursor = first.next_after
+    while cursor:
+        page = await queries.list_images(runtime.engine, region=REGION, image_status="AVAILABLE", after=cursor, limit=3)
         seen += [item["imageId"] for item in page.images]
-        token = page.next_token
+        cursor = page.next_after
     assert seen == sorted(seen) and len(seen) == len(set(seen))
     assert set(seen) == {f"page-{index}" for index in range(7)} | {"page-5b"}
 
@@ -193,6 +240,24 @@ async def test_list_etag_and_bad_filters(runtime: Runtime, aws_state: FakeAws, c
         "/v3/images/custom", params={"imageStatus": "AVAILABLE"}, headers={"If-None-Match": first.headers["etag"]}
     )
     assert again.status_code == 304
+    # A list token continues its own filter and region only; forged ones are refused.
+    for _ in range(100):
+        aws_state.create_ami(region=REGION, image_id=f"etag-list-{_:03d}")
+    await runtime.reconciler.run_pass(region=REGION)
+    page = (await client.get("/v3/images/custom", params={"imageStatus": "AVAILABLE"})).json()
+    token = page["nextToken"]
+    assert (
+        await client.get("/v3/images/custom", params={"imageStatus": "AVAILABLE", "nextToken": token})
+    ).status_code == 200
+    for params in (
+        {"imageStatus": "FAILED", "nextToken": token},
+        {"imageStatus": "AVAILABLE", "region": "eu-west-1", "nextToken": token},
+        {"imageStatus": "AVAILABLE", "nextToken": base64.urlsafe_b64encode(b'{"after":"x"}').decode()},
+        {"imageStatus": "AVAILABLE", "nextToken": token[:-1]},
+    ):
+        refused = await client.get("/v3/images/custom", params=params)
+        assert refused.status_code == 400
+        assert refused.json() == {"message": "Bad Request: nextToken is not one this service issued"}
     missing = await client.get("/v3/images/custom")
     wrong = await client.get("/v3/images/custom", params={"imageStatus": "DONE"})
     assert missing.status_code == wrong.status_code == 400
@@ -205,7 +270,7 @@ async def read_events(response: httpx.Response, count: int) -> list[dict[str, st
     current: dict[str, str] = {}
     async for line in response.aiter_lines():
         if not line:
-            if "id" in current:
+            if "id" in current and "event" in current:
                 events.append(current)
                 if len(events) == count:
                     return events
@@ -279,3 +344,19 @@ async def test_concurrent_list_requests_share_one_query(
     assert {response.status_code for response in responses} == {200}
     assert len({response.content for response in responses}) == 1
     assert calls == 1
+
+
+async def test_a_stream_opens_with_the_sequence_it_starts_after(runtime: Runtime, aws_state: FakeAws) -> None:
+    # So a client that loses the connection before the first change resumes from there, missing nothing.
+    aws_state.create_image_stack(region=REGION, image_id="opened")
+    await runtime.reconciler.run_pass(region=REGION)
+    from service.store import queries
+
+    latest = await queries.latest_seq(runtime.engine)
+    async with serving(create_app(runtime.settings, runtime=runtime)) as base, httpx.AsyncClient(base_url=base) as http:
+        for headers, expected in (({}, latest), ({"Last-Event-ID": "0"}, 0)):
+            async with http.stream("GET", "/v3/image-changes", headers=headers) as stream:
+                lines = stream.aiter_lines()
+                opening = [await anext(lines) for _ in range(3)]
+            assert opening == ["retry: 2000", f"id: {expected}", ": connected"]
+    assert latest > 0

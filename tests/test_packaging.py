@@ -139,6 +139,8 @@ def test_wheel_carries_its_schema(installed: Installed) -> None:
     versions = sorted(path.name for path in (ROOT / "migrations" / "versions").glob("*.py"))
     for name in ("env.py", "script.py.mako", *(f"versions/{version}" for version in versions)):
         assert f"service/migrations/{name}" in names, name
+    # GET /openapi.json serves the document from the package.
+    assert "service/api/openapi.json" in names
     # Nothing outside the package: no top-level migrations/ or tests/ in site-packages.
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"service"}, tops
@@ -221,3 +223,28 @@ def test_plain_install_demo_names_the_extra_it_needs(installed: Installed) -> No
     (line,) = demo.stderr.splitlines()
     assert line.startswith("statuscache: the demo needs the [demo] extra (")
     assert line.endswith("pip install 'statuscache[demo]'")
+
+
+@pytest.mark.slow
+def test_plain_install_client_commands_need_no_aws_settings_or_database(installed: Installed) -> None:
+    database = installed.workdir / "client-never.db"
+    nowhere = f"http://127.0.0.1:{_closed_port()}"
+    env = installed.no_aws_env(
+        STATUSCACHE_URL=nowhere, STATUSCACHE_DATABASE_URL=f"sqlite+aiosqlite:///{database}", STATUSCACHE_PORT="bad"
+    )
+
+    asked = installed.run([str(installed.bin / "statuscache"), "describe-image", "-i", "some-image"], env=env)
+
+    # A client of a service that is not there: pcluster's {"message"} and exit 1, not the service's refusal (2).
+    assert asked.returncode == 1, (asked.stdout, asked.stderr)
+    assert json.loads(asked.stdout)["message"].startswith(f"statuscache at {nowhere} could not be reached")
+    assert not database.exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

@@ -279,12 +279,19 @@ def test_every_statuscache_variable_the_service_names_is_a_setting() -> None:
     from service.settings import env_name
 
     known = {env_name(setting) for setting in fields(Settings)} | {"STATUSCACHE_LOG_LEVEL", "STATUSCACHE_REGIONS"}
+    # The client's own environment (where the service is, its token): not the service's settings, and
+    # documented in the README's "Client" section instead of its configuration table.
+    client = {"STATUSCACHE_URL", "STATUSCACHE_TOKEN"}
     named = {
         name
         for path in (REPOSITORY / "service").rglob("*.py")
         for name in re.findall(r"STATUSCACHE_[A-Z_]+[A-Z]", path.read_text())
     }
-    assert named - known == set()
+    assert named - known == client
+    assert not known & client
+    readme = (REPOSITORY / "README.md").read_text()
+    client_section = readme.split("\n## Client", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{name}`" in client_section for name in client)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import changes, describe, history, listing
+from service.api import changes, describe, history, listing, openapi, pages
 from service.api.auth import Authentication
 from service.api.cors import Cors
 from service.api.errors import HANDLERS
@@ -84,15 +84,17 @@ def create_app(
 
     describe_route = describe.DescribeImage(state)
     health = Health(state)
+    page_tokens = pages.PageTokens(lambda name: state.runtime.keys.get(name))
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
-            Route(history.PATH, history.ImageHistory(state).endpoint, methods=["GET"]),
-            Route(listing.PATH, listing.ListImages(state).endpoint, methods=["GET"]),
+            Route(history.PATH, history.ImageHistory(state, page_tokens).endpoint, methods=["GET"]),
+            Route(listing.PATH, listing.ListImages(state, page_tokens).endpoint, methods=["GET"]),
             Route(changes.PATH, changes.ChangeStream(state).endpoint, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            Route(openapi.PATH, openapi.OpenApi().endpoint, methods=["GET"]),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

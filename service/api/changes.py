@@ -53,7 +53,9 @@ async def change_events(
     # Pull-based: each client reads the revisions table at its own pace, so a slow client holds up
     # nobody; the table is shared, so changes made by any replica reach every client.
     settings = runtime.settings
-    yield b"retry: 2000\n: connected\n\n"
+    # The opening block's `id:` is where this stream starts: a client that loses the connection before the
+    # first change resumes from there (EventSource too: a block without data still sets its last event id).
+    yield b"retry: 2000\nid: %d\n: connected\n\n" % after
     last_beat = time.monotonic()
     cursor = after
     while not runtime.draining.is_set():

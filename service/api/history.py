@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api import pages
 from service.api.errors import JSON
 from service.api.requests import optional_timestamp, parse_limit, region_from, validate_image_id
 from service.api.state import AppState
@@ -16,11 +17,13 @@ from service.ingest.lookup import not_found_message
 from service.store import queries
 
 PATH = "/v3/images/custom/{image_id}/history"
+MAX_LIMIT = 1000
 
 
 class ImageHistory:
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
+        self.tokens = tokens
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -28,18 +31,20 @@ class ImageHistory:
         validate_image_id(image_id)
         params = dict(request.query_params)
         region = region_from(params.get("region"), runtime.settings)
+        since = optional_timestamp(params, "since")
+        until = optional_timestamp(params, "until")
+        limit = parse_limit(params.get("limit"), default=100, maximum=MAX_LIMIT)
+        # A page continues one query: this image, region and time window (the page size may change).
+        query = pages.query(
+            PATH, image_id=image_id, region=region, since=since and since.isoformat(), until=until and until.isoformat()
+        )
+        after = await self.tokens.read(params.get("nextToken"), query=query, kind=int)
         page = await queries.history(
-            runtime.engine,
-            region=region,
-            image_id=image_id,
-            since=optional_timestamp(params, "since"),
-            until=optional_timestamp(params, "until"),
-            limit=parse_limit(params.get("limit"), default=100, maximum=1000),
-            next_token=params.get("nextToken"),
+            runtime.engine, region=region, image_id=image_id, since=since, until=until, limit=limit, after=after
         )
         if not page.known:
             raise NotFound(not_found_message(image_id))
         body: dict[str, Any] = {"imageId": image_id, "region": region, "transitions": page.transitions}
-        if page.next_token:
-            body["nextToken"] = page.next_token
+        if page.next_after is not None:
+            body["nextToken"] = await self.tokens.issue(page.next_after, query=query)
         return Response(orjson.dumps(body), media_type=JSON)

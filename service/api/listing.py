@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api import pages
 from service.api.describe import PREPARED_MAX_ENTRIES
 from service.api.errors import JSON
 from service.api.requests import etag_matches, region_from
@@ -28,8 +29,9 @@ PageKey = tuple[str, str, str | None]
 class ListImages:
     """A page is remembered like a record: dropped by any local write, kept at most read_cache_seconds."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
+        self.tokens = tokens
         self._pages: BoundedDict[PageKey, tuple[int, float, bytes, str]] = BoundedDict(PREPARED_MAX_ENTRIES)
         # Clients polling the same page when it expires share one query.
         self._building: SingleFlight[PageKey, tuple[bytes, str]] = SingleFlight()
@@ -42,8 +44,9 @@ class ListImages:
         if image_status not in IMAGE_STATUS_FILTERS:
             raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
         region = region_from(request.query_params.get("region"), runtime.settings)
-        token = request.query_params.get("nextToken")
-        body, etag = await self._page(runtime, (region, image_status, token))
+        query = pages.query(PATH, region=region, imageStatus=image_status)
+        after = await self.tokens.read(request.query_params.get("nextToken"), query=query, kind=str)
+        body, etag = await self._page(runtime, (region, image_status, after))
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
@@ -58,15 +61,15 @@ class ListImages:
             and time.monotonic() - remembered[1] < runtime.settings.read_cache_seconds
         ):
             return remembered[2], remembered[3]
-        body, etag = await self._building.run(key, lambda: _build_page(runtime, key))
+        body, etag = await self._building.run(key, lambda: self._build_page(runtime, key))
         self._pages[key] = (generation, time.monotonic(), body, etag)
         return body, etag
 
-
-async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
-    region, image_status, token = key
-    page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
-    document: dict[str, Any] = {"images": page.images}
-    if page.next_token:
-        document["nextToken"] = page.next_token
-    return orjson.dumps(document), page.etag
+    async def _build_page(self, runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
+        region, image_status, after = key
+        page = await queries.list_images(runtime.engine, region=region, image_status=image_status, after=after)
+        document: dict[str, Any] = {"images": page.images}
+        if page.next_after is not None:
+            query = pages.query(PATH, region=region, imageStatus=image_status)
+            document["nextToken"] = await self.tokens.issue(page.next_after, query=query)
+        return orjson.dumps(document), page.etag

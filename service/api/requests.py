@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from urllib.parse import parse_qsl
 
@@ -38,14 +39,14 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def is_valid_image_id(image_id: str) -> bool:
-    return len(image_id) <= IMAGE_ID_MAX_LENGTH and IMAGE_ID_PATTERN.match(image_id) is not None
+    return len(image_id) <= IMAGE_ID_MAX_LENGTH and IMAGE_ID_PATTERN.fullmatch(image_id) is not None
 
 
 def validate_image_id(image_id: str) -> None:
     # Messages as pcluster's API (connexion) words them.
     if len(image_id) > IMAGE_ID_MAX_LENGTH:
         raise BadRequest(f"Bad Request: {image_id!r} is too long")
-    if not IMAGE_ID_PATTERN.match(image_id):
+    if not IMAGE_ID_PATTERN.fullmatch(image_id):
         raise BadRequest(f"Bad Request: {image_id!r} does not match '{IMAGE_ID_PATTERN.pattern}'")
 
 
@@ -55,16 +56,23 @@ def region_from(region: str | None, settings: Settings) -> str:
         return settings.default_region
     if region in settings.regions:
         return region
-    if not REGION_PATTERN.match(region):
-        raise BadRequest(f"invalid or unsupported region '{region}'")
-    raise BadRequest(f"region '{region}' is not served here; configured regions: {', '.join(settings.regions)}")
+    # pcluster's BadRequestException puts "Bad Request: " before every message; so do we.
+    if not REGION_PATTERN.fullmatch(region):
+        raise BadRequest(f"Bad Request: invalid or unsupported region '{region}'")
+    raise BadRequest(
+        f"Bad Request: region '{region}' is not served here; configured regions: {', '.join(settings.regions)}"
+    )
 
 
 def parse_timestamp(value: str, *, name: str) -> datetime:
     try:
         return as_utc(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an ISO 8601 timestamp, e.g. 2022-03-30T23:23:33Z; got {value!r}") from exc
+    except (ValueError, OverflowError) as exc:
+        # OverflowError: a moment whose UTC form falls outside years 1-9999 (0001-01-01T00:00:00+05:00).
+        raise BadRequest(
+            f"Bad Request: {name} must be an ISO 8601 timestamp between years 1 and 9999 UTC, "
+            f"e.g. 2022-03-30T23:23:33Z; got {value!r}"
+        ) from exc
 
 
 def optional_timestamp(params: dict[str, str], name: str) -> datetime | None:
@@ -72,17 +80,33 @@ def optional_timestamp(params: dict[str, str], name: str) -> datetime | None:
     return parse_timestamp(value, name=name) if value else None
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise BadRequest(f"limit must be a whole number from 1 to {maximum}; got {raw!r}")
+    # ASCII digits, matched in full: str.isdigit() also takes "²", which int() then refuses.
+    if not _WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise BadRequest(f"Bad Request: limit must be a whole number from 1 to {maximum}; got {raw!r}")
     return int(raw)
 
 
+def _opaque_tag(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
 def etag_matches(header_value: str | None, etag: str) -> bool:
-    """If-None-Match against one entity tag."""
+    """If-None-Match against one entity tag, by weak comparison (RFC 9110 §13.1.2), as that header requires.
+
+    A proxy that compresses a response marks its tag weak (`W/"..."`); its clients send that back, and
+    must still get their 304.
+    """
     if not header_value:
         return False
-    candidates = {part.strip() for part in header_value.split(",")}
-    return etag in candidates or "*" in candidates
+    wanted = _opaque_tag(etag)
+    for part in header_value.split(","):
+        candidate = part.strip()
+        if candidate == "*" or _opaque_tag(candidate) == wanted:
+            return True
+    return False

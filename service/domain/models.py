@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
+# pcluster's pattern, as its OpenAPI document writes it (and as error messages quote it). Use it with
+# fullmatch: with match, `$` also matches before a final newline, so "abc\n" would pass.
 IMAGE_ID_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")
 # CloudFormation stack names are at most 128 characters and the image id is the stack name.
 IMAGE_ID_MAX_LENGTH = 128
-REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+# ASCII digits only (`\d` would take any Unicode digit); used with fullmatch like IMAGE_ID_PATTERN.
+REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
 
 TAG_IMAGE_ID = "parallelcluster:image_id"
 TAG_VERSION = "parallelcluster:version"

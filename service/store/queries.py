@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,25 +15,9 @@ from service.domain import listing
 from service.domain.describe import iso_time
 from service.domain.models import CachedImage
 from service.domain.records import decode_parts
-from service.errors import BadToken
 from service.store.cache import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import images, processed_events, revisions, transitions
 from service.support.clock import as_utc, utcnow
-
-
-def encode_token(value: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
-
-
-def decode_token(token: str) -> dict[str, Any]:
-    try:
-        decoded = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, orjson.JSONDecodeError) as exc:
-        raise BadToken() from exc
-    if not isinstance(decoded, dict):
-        raise BadToken()
-    return decoded
-
 
 # --- history ---------------------------------------------------------------------------------------
 
@@ -63,7 +46,8 @@ def transition_json(row: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class HistoryPage:
     transitions: list[dict[str, Any]]
-    next_token: str | None
+    # Where the next page starts (the last transition's id), or None on the last page.
+    next_after: int | None
     known: bool
 
 
@@ -75,10 +59,13 @@ async def history(
     since: datetime | None,
     until: datetime | None,
     limit: int,
-    next_token: str | None,
+    after: int | None,
 ) -> HistoryPage:
-    """Transitions oldest first (in the order the cache learned them), `time` within [since, until]."""
-    after_id = int(decode_token(next_token).get("after", 0)) if next_token else 0
+    """Transitions oldest first (in the order the cache learned them), `time` within [since, until].
+
+    `after` is the cursor a previous page gave as `next_after` (the API carries it in a signed nextToken).
+    """
+    after_id = after or 0
     conditions = [transitions.c.region == region, transitions.c.image_id == image_id, transitions.c.id > after_id]
     if since is not None:
         conditions.append(transitions.c.happened_at >= since)
@@ -98,8 +85,8 @@ async def history(
             )
         ).scalar_one() > 0
     page = rows[:limit]
-    token = encode_token({"after": page[-1].id}) if len(rows) > limit else None
-    return HistoryPage([transition_json(row) for row in page], token, known)
+    next_after = int(page[-1].id) if len(rows) > limit else None
+    return HistoryPage([transition_json(row) for row in page], next_after, known)
 
 
 # --- time travel -----------------------------------------------------------------------------------
@@ -136,15 +123,19 @@ async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datet
 @dataclass(frozen=True)
 class ListPage:
     images: list[dict[str, Any]]
-    next_token: str | None
+    # The last image id of this page, where the next one starts; None on the last page.
+    next_after: str | None
     etag: str
 
 
 async def list_images(
-    engine: AsyncEngine, *, region: str, image_status: str, next_token: str | None, limit: int = 100
+    engine: AsyncEngine, *, region: str, image_status: str, after: str | None, limit: int = 100
 ) -> ListPage:
-    """A page of images in pcluster's ListImages shape, keyed by image id so pages never skip or repeat."""
-    after = str(decode_token(next_token).get("after", "")) if next_token else ""
+    """A page of images in pcluster's ListImages shape, keyed by image id so pages never skip or repeat.
+
+    `after` is the cursor a previous page gave as `next_after` (the API carries it in a signed nextToken).
+    """
+    after = after or ""
     if image_status == "AVAILABLE":
         condition = and_(images.c.ami_id.is_not(None), images.c.exists.is_(True))
     elif image_status == "PENDING":
@@ -161,15 +152,15 @@ async def list_images(
             )
         ).all()
     page = rows[:limit]
-    token = encode_token({"after": page[-1].image_id}) if len(rows) > limit else None
+    next_after = str(page[-1].image_id) if len(rows) > limit else None
     digest = hashlib.sha256(
-        orjson.dumps([region, image_status, after, token, [(row.image_id, row.version) for row in page]])
+        orjson.dumps([region, image_status, after, next_after, [(row.image_id, row.version) for row in page]])
     ).hexdigest()[:32]
     summaries = [
         listing.summary(image_id=row.image_id, parts=decode_parts(row.parts), image_status=image_status, region=region)
         for row in page
     ]
-    return ListPage(summaries, token, f'"{digest}"')
+    return ListPage(summaries, next_after, f'"{digest}"')
 
 
 # --- the change feed -------------------------------------------------------------------------------

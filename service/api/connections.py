@@ -1,0 +1,138 @@
+"""HTTP/1.1 connections with the bounds uvicorn's httptools protocol lacks: request-line size, header size,
+and the time a client may take to send its headers.
+
+uvicorn reads a request line and headers of any size, for as long as a client cares to take: connections
+trickling one header byte at a time stay open for ever and hold their memory. `bounded_protocol(...)`
+answers 414 past the request-line limit and 431 past the header limit (all header lines together, or more
+than MAX_HEADER_COUNT of them), as `{"message": ...}`, and closes; `sweep_slow_headers` (run by the
+server) closes, with 408, every connection whose request has not finished its headers within the
+timeout of its first byte, or of connecting. A request costs one clock read for this, no timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_COUNT = 100
+STATUS_TEXT = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+def refusal(status: int, message: str) -> bytes:
+    body = orjson.dumps({"message": message})
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (status, STATUS_TEXT[status], len(body), body)
+    )
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing oversized request lines and headers; see the module docstring."""
+
+    max_request_line_bytes = 8192
+    max_header_bytes = 32768
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # When the request now being read began (loop time), until its headers are complete; None otherwise.
+        self.headers_since: float | None = None
+        self._url_bytes = 0
+        self._header_bytes = 0
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.headers_since = self.loop.time()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.headers_since = self.loop.time()
+        self._url_bytes = self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes > self.max_request_line_bytes:
+            self.refuse(414, f"Bad Request: the request line is longer than {self.max_request_line_bytes} bytes")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        headers = self.headers
+        if self._header_bytes > self.max_header_bytes or len(headers) >= MAX_HEADER_COUNT:
+            self.refuse(
+                431,
+                f"Bad Request: the request's headers are longer than {self.max_header_bytes} bytes "
+                f"or more than {MAX_HEADER_COUNT}",
+            )
+        # uvicorn's own on_header, inline: this runs for every header of every request.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_since = None
+        super().on_headers_complete()
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer `status` and close; raising stops the parser (uvicorn then answers nothing more: see below)."""
+        self._refused = True
+        self.headers_since = None
+        if not self.transport.is_closing():
+            self.transport.write(refusal(status, message))
+            self.transport.close()
+        raise ValueError(message)
+
+    def send_400_response(self, msg: str) -> None:
+        # The parser stopped because we refused the request: that answer is already on its way.
+        if not self._refused:
+            super().send_400_response(msg)
+
+    def timed_out(self) -> None:
+        self.headers_since = None
+        if not self.transport.is_closing():
+            self.transport.write(refusal(408, "Bad Request: the request's headers did not arrive in time"))
+            self.transport.close()
+
+
+def bounded_protocol(*, max_request_line_bytes: int, max_header_bytes: int) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with these limits."""
+    return type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"max_request_line_bytes": max_request_line_bytes, "max_header_bytes": max_header_bytes},
+    )
+
+
+def close_slow_headers(connections: Iterable[object], *, now: float, timeout: float) -> int:
+    """Close the connections whose headers are overdue; how many."""
+    closed = 0
+    for connection in list(connections):
+        if isinstance(connection, BoundedHttpToolsProtocol):
+            since = connection.headers_since
+            if since is not None and now - since > timeout:
+                connection.timed_out()
+                closed += 1
+    return closed
+
+
+async def sweep_slow_headers(connections: set[Any], *, header_seconds: float, stop: asyncio.Event) -> None:
+    """Every so often (a quarter of the timeout, at most a second), close what close_slow_headers finds."""
+    loop = asyncio.get_running_loop()
+    interval = min(1.0, header_seconds / 4)
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(interval):
+                await stop.wait()
+        except TimeoutError:
+            pass
+        closed = close_slow_headers(connections, now=loop.time(), timeout=header_seconds)
+        if closed:
+            log.info("closed %d connections that had not sent their headers within %gs", closed, header_seconds)

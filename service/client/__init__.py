@@ -1,0 +1,95 @@
+"""The Python client of statuscache: ParallelCluster's describe-image as the seed documents it, and more.
+
+    from service.client import describe_image
+    describe_image("custom-image-id")     # {'image_id': ..., 'creation_time': datetime(...), ...}
+
+The module-level calls use a shared Client for the service at STATUSCACHE_URL (default
+http://127.0.0.1:8080), with STATUSCACHE_TOKEN as its bearer token if set; both are read when a call is
+made. For explicit configuration, use Client(base_url, token=..., timeout=...) or its twin AsyncClient.
+Errors raise ApiException subclasses named as the ParallelCluster API names them (service.client.errors).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from service.client.api import DEFAULT_URL, AsyncClient, Client
+from service.client.errors import (
+    ApiException,
+    BadRequestException,
+    InternalServiceException,
+    LimitExceededException,
+    NotFoundException,
+    ServiceUnreachableException,
+    UnauthorizedClientError,
+)
+from service.client.events import ImageChange
+
+__all__ = [
+    "ApiException",
+    "AsyncClient",
+    "BadRequestException",
+    "Client",
+    "ImageChange",
+    "InternalServiceException",
+    "LimitExceededException",
+    "NotFoundException",
+    "ServiceUnreachableException",
+    "UnauthorizedClientError",
+    "describe_image",
+    "image_history",
+    "iter_images",
+    "list_images",
+    "watch",
+]
+
+# The client's own environment (not the service's settings): where the service is, and how to prove who we are.
+URL_VARIABLE = "STATUSCACHE_URL"
+TOKEN_VARIABLE = "STATUSCACHE_TOKEN"
+
+_lock = threading.Lock()
+_shared: dict[tuple[str, str | None], Client] = {}
+
+
+def from_environment(env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(base URL, token) as STATUSCACHE_URL and STATUSCACHE_TOKEN say."""
+    env = os.environ if env is None else env
+    return (env.get(URL_VARIABLE) or DEFAULT_URL), (env.get(TOKEN_VARIABLE) or None)
+
+
+def default_client() -> Client:
+    """The shared Client for the environment's service (one per URL and token, so connections are reused)."""
+    key = from_environment()
+    with _lock:
+        client = _shared.get(key)
+        if client is None:
+            client = _shared[key] = Client(key[0], token=key[1])
+        return client
+
+
+def describe_image(image_id: str, region: str | None = None, *, at: datetime | str | None = None) -> Any:
+    return default_client().describe_image(image_id, region, at=at)
+
+
+def list_images(image_status: str, region: str | None = None, next_token: str | None = None) -> Any:
+    return default_client().list_images(image_status, region, next_token)
+
+
+def iter_images(image_status: str, region: str | None = None) -> Iterator[dict[str, Any]]:
+    return default_client().iter_images(image_status, region)
+
+
+def image_history(
+    image_id: str, region: str | None = None, since: datetime | str | None = None, until: datetime | str | None = None
+) -> Any:
+    return default_client().image_history(image_id, region, since, until)
+
+
+def watch(
+    region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
+) -> Iterator[ImageChange]:
+    return default_client().watch(region, image_id, last_event_id)

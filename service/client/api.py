@@ -1,0 +1,300 @@
+"""`Client` and `AsyncClient`: the service's HTTP API as Python calls, over httpx (one API, sync and async).
+
+Every call answers in the seed's Python shape (service.client.shapes.pythonic) or raises an
+ApiException (service.client.errors); `api()` gives the API's own JSON for callers that print it.
+`watch()` follows the change stream across disconnects and restarts, resuming with Last-Event-ID,
+and hands on every change once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from service.client import errors
+from service.client.events import Cursor, EventParser, ImageChange, StreamEvent
+from service.client.shapes import pythonic
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT = 30.0
+# The stream sends a heartbeat every 15 s: silence for this long means the connection is dead.
+STREAM_READ_TIMEOUT = 60.0
+# Reconnecting: the server's `retry:` (2 s) at first, doubling while it keeps failing, up to this.
+MAX_RECONNECT_SECONDS = 30.0
+
+Params = dict[str, str]
+IMAGE_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")
+
+
+def _moment(value: datetime | str) -> str:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _params(**values: datetime | str | int | None) -> Params:
+    return {
+        name: _moment(value) if isinstance(value, datetime | str) else str(value)
+        for name, value in values.items()
+        if value is not None
+    }
+
+
+def image_path(image_id: str, suffix: str = "") -> str:
+    """The path of an image's resource; an id pcluster would refuse is refused here, in the service's words.
+
+    Servers decode %2F before routing, so "x/history" would otherwise describe nothing and ask another route.
+    """
+    if not IMAGE_ID.fullmatch(image_id):
+        raise errors.BadRequestException(
+            f"Bad Request: {image_id!r} does not match '{IMAGE_ID.pattern}'", status=400
+        )
+    return f"/v3/images/custom/{quote(image_id, safe='')}{suffix}"
+
+
+class _Base:
+    def __init__(self, base_url: str, *, token: str | None, timeout: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Accept": "application/json", "User-Agent": "statuscache-client"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = httpx.Timeout(timeout)
+        self._stream_timeout = httpx.Timeout(timeout, read=max(timeout, STREAM_READ_TIMEOUT))
+
+    def _result(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise errors.from_response(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise errors.InternalServiceException(
+                f"statuscache answered {response.status_code} with a body that is not JSON", status=response.status_code
+            ) from exc
+
+    @staticmethod
+    def _stream_params(region: str | None, image_id: str | None) -> Params:
+        return _params(region=region, imageId=image_id)
+
+    @staticmethod
+    def _resume_headers(cursor: Cursor) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if cursor.last is not None:
+            headers["Last-Event-ID"] = str(cursor.last)
+        return headers
+
+    @staticmethod
+    def _stream_failure(response: httpx.Response) -> errors.ApiException | None:
+        """The error to raise for a stream refused outright (4xx); None when reconnecting may help (5xx)."""
+        if response.status_code == 200:
+            return None
+        error = errors.from_response(response)
+        return None if response.status_code >= 500 or response.status_code == 429 else error
+
+
+class Client(_Base):
+    """The service at `base_url`, with a bearer `token` if it needs one. Use as a context manager, or close()."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        super().__init__(base_url, token=token, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def api(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET `path`: the API's JSON as it is (camelCase, timestamps as text)."""
+        try:
+            response = self._http.get(path, params=dict(params or {}))
+        except httpx.TransportError as exc:
+            raise errors.unreachable(exc, base_url=self.base_url) from exc
+        return self._result(response)
+
+    def describe_image(self, image_id: str, region: str | None = None, *, at: datetime | str | None = None) -> Any:
+        """pcluster's describe-image; with `at`, the image as the cache knew it then."""
+        return pythonic(self.api(image_path(image_id), _params(region=region, at=at)))
+
+    def list_images(self, image_status: str, region: str | None = None, next_token: str | None = None) -> Any:
+        """One page of pcluster's list-images: {"images": [...], "next_token"?}."""
+        return pythonic(
+            self.api("/v3/images/custom", _params(imageStatus=image_status, region=region, nextToken=next_token))
+        )
+
+    def iter_images(self, image_status: str, region: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every image of every page."""
+        token: str | None = None
+        while True:
+            page = self.list_images(image_status, region, token)
+            yield from page["images"]
+            token = page.get("next_token")
+            if not token:
+                return
+
+    def image_history(
+        self,
+        image_id: str,
+        region: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> Any:
+        """Every status transition of the image (all pages), oldest first: {"image_id", "region", "transitions"}."""
+        path = image_path(image_id, "/history")
+        query = _params(region=region, since=since, until=until, limit=1000)
+        document = self.api(path, query)
+        transitions = list(document["transitions"])
+        while document.get("nextToken"):
+            document = self.api(path, {**query, "nextToken": document["nextToken"]})
+            transitions += document["transitions"]
+        return pythonic({"imageId": document["imageId"], "region": document["region"], "transitions": transitions})
+
+    def watch(
+        self, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
+    ) -> Iterator[ImageChange]:
+        """Every change from now (or after `last_event_id`), forever: reconnects and resumes on its own."""
+        for event in self.events(region=region, image_id=image_id, last_event_id=last_event_id):
+            yield ImageChange.of(event)
+
+    def events(
+        self, *, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
+    ) -> Iterator[StreamEvent]:
+        """The change stream as the API sends it (camelCase data), resumed across disconnects."""
+        cursor = Cursor(last_event_id)
+        delay, failures = 2.0, 0
+        params = self._stream_params(region, image_id)
+        while True:
+            try:
+                with self._http.stream(
+                    "GET", "/v3/image-changes", params=params, headers=self._resume_headers(cursor),
+                    timeout=self._stream_timeout,
+                ) as response:  # fmt: skip
+                    if response.status_code != 200:
+                        response.read()
+                        refused = self._stream_failure(response)
+                        if refused is not None:
+                            raise refused
+                    else:
+                        parser = EventParser()
+                        for line in response.iter_lines():
+                            block = parser.feed(line)
+                            if block is None:
+                                continue
+                            if block.retry_ms is not None:
+                                delay = block.retry_ms / 1000
+                            event = cursor.take(block)
+                            if event is not None:
+                                failures = 0
+                                yield event
+            except httpx.TransportError:
+                pass  # dropped, reset, timed out: resume from the cursor
+            failures += 1
+            time.sleep(min(MAX_RECONNECT_SECONDS, delay * 2 ** max(0, failures - 1)))
+
+
+class AsyncClient(_Base):
+    """The async twin of Client: the same calls, awaited; watch() is an async iterator."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        super().__init__(base_url, token=token, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def api(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        try:
+            response = await self._http.get(path, params=dict(params or {}))
+        except httpx.TransportError as exc:
+            raise errors.unreachable(exc, base_url=self.base_url) from exc
+        return self._result(response)
+
+    async def describe_image(
+        self, image_id: str, region: str | None = None, *, at: datetime | str | None = None
+    ) -> Any:
+        return pythonic(await self.api(image_path(image_id), _params(region=region, at=at)))
+
+    async def list_images(self, image_status: str, region: str | None = None, next_token: str | None = None) -> Any:
+        return pythonic(
+            await self.api("/v3/images/custom", _params(imageStatus=image_status, region=region, nextToken=next_token))
+        )
+
+    async def iter_images(self, image_status: str, region: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            page = await self.list_images(image_status, region, token)
+            for image in page["images"]:
+                yield image
+            token = page.get("next_token")
+            if not token:
+                return
+
+    async def image_history(
+        self,
+        image_id: str,
+        region: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> Any:
+        path = image_path(image_id, "/history")
+        query = _params(region=region, since=since, until=until, limit=1000)
+        document = await self.api(path, query)
+        transitions = list(document["transitions"])
+        while document.get("nextToken"):
+            document = await self.api(path, {**query, "nextToken": document["nextToken"]})
+            transitions += document["transitions"]
+        return pythonic({"imageId": document["imageId"], "region": document["region"], "transitions": transitions})
+
+    async def watch(
+        self, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
+    ) -> AsyncIterator[ImageChange]:
+        async for event in self.events(region=region, image_id=image_id, last_event_id=last_event_id):
+            yield ImageChange.of(event)
+
+    async def events(
+        self, *, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        cursor = Cursor(last_event_id)
+        delay, failures = 2.0, 0
+        params = self._stream_params(region, image_id)
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET", "/v3/image-changes", params=params, headers=self._resume_headers(cursor),
+                    timeout=self._stream_timeout,
+                ) as response:  # fmt: skip
+                    if response.status_code != 200:
+                        await response.aread()
+                        refused = self._stream_failure(response)
+                        if refused is not None:
+                            raise refused
+                    else:
+                        parser = EventParser()
+                        async for line in response.aiter_lines():
+                            block = parser.feed(line)
+                            if block is None:
+                                continue
+                            if block.retry_ms is not None:
+                                delay = block.retry_ms / 1000
+                            event = cursor.take(block)
+                            if event is not None:
+                                failures = 0
+                                yield event
+            except httpx.TransportError:
+                pass
+            failures += 1
+            await asyncio.sleep(min(MAX_RECONNECT_SECONDS, delay * 2 ** max(0, failures - 1)))
