@@ -8,6 +8,7 @@ for /stats and by a metrics exposition at scrape time. A counter only ever grows
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,64 @@ CALL_OK = "ok"
 CALL_THROTTLED = "throttled"
 CALL_NOT_FOUND = "not_found"  # the resource does not exist: often a normal answer
 CALL_ERROR = "error"
+
+
+# Outcomes of an HTTP request for the cache (the `cache` label of statuscache_http_requests_total).
+CACHE_HIT = "hit"  # a describe answered from the cache
+CACHE_MISS = "miss"  # a describe answered by a live lookup
+CACHE_NOT_MODIFIED = "304"  # any answer that was 304 Not Modified
+CACHE_NONE = "none"  # everything else
+
+# Seconds: from a cached describe (well under a millisecond) to a slow live lookup.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds from EventBridge's event time to the change being committed here: SQS delivery is typically
+# well under a second, a backlog or a retried batch takes longer.
+EVENT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+RECONCILE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Histogram:
+    """A Prometheus-style histogram in plain ints: per-bucket counts (not cumulative), the sum and the count.
+
+    `observe` is a bisect and two additions, cheap enough for every request.
+    """
+
+    __slots__ = ("buckets", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        # counts[i] counts observations <= buckets[i] and > buckets[i - 1]; the last one those above them all.
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= it), ending with (+Inf, count): the exposition's buckets."""
+        total = 0
+        out: list[tuple[float, int]] = []
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+class Histograms(dict[str, Histogram]):
+    """Histograms by one label value, made on first use with the same buckets."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        super().__init__()
+        self.buckets = buckets
+
+    def __missing__(self, key: str) -> Histogram:
+        histogram = self[key] = Histogram(self.buckets)
+        return histogram
 
 
 @dataclass(slots=True, eq=False)
@@ -49,6 +108,18 @@ class Metrics:
     reconcile_corrected: Counter[str] = field(default_factory=Counter)
     # Regions whose reconcile lease this process holds now.
     reconcile_lease: set[str] = field(default_factory=set)
+    # Reconcile passes by (region, "ok" | "error"), their AWS calls by region, and their duration by region.
+    reconcile_region_passes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reconcile_aws_calls: Counter[str] = field(default_factory=Counter)
+    reconcile_seconds: Histograms = field(default_factory=lambda: Histograms(RECONCILE_BUCKETS))
+    # Seconds from an event's time (EventBridge's) to its change being committed here.
+    event_lag: Histogram = field(default_factory=lambda: Histogram(EVENT_LAG_BUCKETS))
+    # HTTP requests by (route, status code, cache outcome CACHE_*), and their latency by route: counted by
+    # the API's outermost middleware, so the describe fast path's answers are in them.
+    http_requests: Counter[tuple[str, int, str]] = field(default_factory=Counter)
+    http_latency: Histograms = field(default_factory=lambda: Histograms(LATENCY_BUCKETS))
+    # Change-stream clients connected now (a gauge).
+    stream_clients: int = 0
 
     def live_lookups(self) -> int:
         """Live lookups that went to AWS, whatever their outcome."""

@@ -39,6 +39,10 @@ class Settings:
     # API only, no poller (a replica behind a load balancer); the CLI's --no-poll sets it too.
     no_poll: bool = False
     log_level: str = "INFO"
+    # "text" (a terminal) or "json" (one object per line, for a log pipeline).
+    log_format: str = "text"
+    # One log line per HTTP request (method, path, status, duration, route, cache outcome, request id, caller).
+    access_log: bool = False
     # Seconds between reconciliation passes per region (one also runs at start).
     resync_seconds: float = knob(300.0, minimum=1.0)
     # Seconds a "no such image" answer is remembered, so unknown ids cannot flood AWS.
@@ -173,6 +177,13 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    kind = (env.get("STATUSCACHE_LOG_FORMAT") or Settings.log_format).strip().lower()
+    if kind not in {"text", "json"}:
+        raise ConfigurationError(f"STATUSCACHE_LOG_FORMAT must be text or json, got {kind!r}")
+    return kind
+
+
 def _queue_urls(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
     return tuple(url.strip() for url in env.get(env_name(setting), "").split(",") if url.strip())
 
@@ -184,6 +195,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         "database_url": normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL),
         "regions": _regions(env),
         "log_level": _log_level(env),
+        "log_format": _log_format(env),
     }
     for setting in fields(Settings):
         if setting.name in values:

@@ -2,6 +2,7 @@
 
 The ASGI stack, outermost first:
 
+    Instrument                                   request ids, counters, latency, log context: every request
     middleware given to create_app (in order)   sees every request, cached describes included
     FastDescribe                                 answers describes already prepared in memory
     Starlette (router, error handlers)           everything else
@@ -18,9 +19,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import changes, describe, history, listing
+from service.api import changes, describe, exposition, history, listing
 from service.api.errors import HANDLERS
 from service.api.health import Health
+from service.api.instrument import Instrument
 from service.api.state import AppState
 from service.runtime import Runtime
 from service.settings import Settings
@@ -76,6 +78,7 @@ def create_app(
             Route(listing.PATH, listing.ListImages(state).endpoint, methods=["GET"]),
             Route(changes.PATH, changes.ChangeStream(state).endpoint, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
+            Route(exposition.PATH, exposition.MetricsEndpoint(state).endpoint, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
         ],
@@ -86,4 +89,5 @@ def create_app(
     stack: ASGIApp = describe.FastDescribe(starlette, describe_route)
     for cls, args, kwargs in reversed(middleware):
         stack = cls(stack, *args, **kwargs)
+    stack = Instrument(stack, state=state)
     return StatusCacheApp(stack=stack, state=state, starlette=starlette)

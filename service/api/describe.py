@@ -15,6 +15,7 @@ from email.utils import format_datetime
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.instrument import CACHE_KEY, ROUTE_KEY
 from service.api.requests import (
     etag_matches,
     header,
@@ -29,6 +30,7 @@ from service.domain import describe
 from service.domain.models import CachedImage
 from service.errors import NotFound
 from service.ingest.lookup import Answer, not_found_message
+from service.metrics import CACHE_HIT, CACHE_MISS
 from service.runtime import Runtime
 from service.store import queries
 from service.support.bounded import BoundedDict
@@ -150,6 +152,7 @@ class DescribeImage:
                 else await runtime.lookup.get(region=region, image_id=image_id)
             )
         prepared = await self.answers.prepare(runtime, answer.image)
+        scope[CACHE_KEY] = CACHE_HIT if answer.hit else CACHE_MISS
         await send_prepared(
             send, prepared, image=answer.image, hit=answer.hit, if_none_match=header(scope, b"if-none-match")
         )
@@ -184,6 +187,9 @@ class FastDescribe:
                     if image is not None:
                         prepared = self.answers.get(memo_key(runtime, image))
                         if prepared is not None:
+                            # For the instrumentation outside: which route answered, and from the cache.
+                            scope[ROUTE_KEY] = PATH
+                            scope[CACHE_KEY] = CACHE_HIT
                             await send_prepared(
                                 send, prepared, image=image, hit=True, if_none_match=header(scope, b"if-none-match")
                             )
