@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--no-list", action="store_true", help="skip the list page's gzip figures")
     args = parser.parse_args(argv)
     revision = args.baseline or merge_base()
     threads = 2
@@ -144,17 +145,24 @@ def main(argv: list[str] | None = None) -> int:
                     absolute.setdefault(f"{name}.p99", []).append(result.p99_ms)
                     return result
 
+                def pair(name: str, scripts: tuple[Path, Path], *, current_first: bool) -> tuple[wrk.WrkResult, ...]:
+                    # The order flips every round, so a drift of the machine within a round favours neither.
+                    if current_first:
+                        s = run(f"current.{name}", current.base, scripts[1])
+                        return run(f"baseline.{name}", baseline.base, scripts[0]), s
+                    b = run(f"baseline.{name}", baseline.base, scripts[0])
+                    return b, run(f"current.{name}", current.base, scripts[1])
+
                 for round_index in range(args.rounds):
+                    flip = round_index % 2 == 1
                     c = run("ceiling", ceiling.base, rotate)
-                    b = run("baseline.describe", baseline.base, rotate)
-                    s = run("current.describe", current.base, rotate)
+                    b, s = pair("describe", (rotate, rotate), current_first=flip)
                     figures["describe.cached.rps"].append((s.rps, b.rps))
                     figures["describe.cached.p99"].append((s.p99_ms, b.p99_ms))
-                    b304 = run("baseline.304", baseline.base, etag_scripts["baseline"])
-                    s304 = run("current.304", current.base, etag_scripts["current"])
+                    b304, s304 = pair("304", (etag_scripts["baseline"], etag_scripts["current"]), current_first=flip)
                     figures["describe.304.rps"].append((s304.rps, b304.rps))
                     figures["describe.304.p99"].append((s304.p99_ms, b304.p99_ms))
-                    if pages:
+                    if pages and not args.no_list:
                         plain = run("current.list", current.base, list_plain)
                         zipped = run("current.list_gzip", current.base, list_gzip)
                         figures["list.gzip_vs_plain.rps"].append((zipped.rps, plain.rps))

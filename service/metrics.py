@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 # Outcomes of a live lookup (a describe the cache could not answer).
 LOOKUP_OK = "ok"
@@ -66,6 +67,12 @@ class Histogram:
     def count(self) -> int:
         return sum(self.counts)
 
+    def add(self, other: Histogram) -> None:
+        """Fold `other` (same buckets) into this one."""
+        for index, count in enumerate(other.counts):
+            self.counts[index] += count
+        self.sum += other.sum
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, observations <= it), ending with (+Inf, count): the exposition's buckets."""
         total = 0
@@ -76,16 +83,22 @@ class Histogram:
         return out
 
 
-class Histograms(dict[str, Histogram]):
-    """Histograms by one label value, made on first use with the same buckets."""
+K = TypeVar("K", bound=Hashable)
+
+
+class KeyedHistograms(dict[K, Histogram]):
+    """Histograms by label values, made on first use with the same buckets."""
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         super().__init__()
         self.buckets = buckets
 
-    def __missing__(self, key: str) -> Histogram:
+    def __missing__(self, key: K) -> Histogram:
         histogram = self[key] = Histogram(self.buckets)
         return histogram
+
+
+Histograms = KeyedHistograms[str]
 
 
 @dataclass(slots=True, eq=False)
@@ -114,10 +127,12 @@ class Metrics:
     reconcile_seconds: Histograms = field(default_factory=lambda: Histograms(RECONCILE_BUCKETS))
     # Seconds from an event's time (EventBridge's) to its change being committed here.
     event_lag: Histogram = field(default_factory=lambda: Histogram(EVENT_LAG_BUCKETS))
-    # HTTP requests by (route, status code, cache outcome CACHE_*), and their latency by route: counted by
-    # the API's outermost middleware, so the describe fast path's answers are in them.
-    http_requests: Counter[tuple[str, int, str]] = field(default_factory=Counter)
-    http_latency: Histograms = field(default_factory=lambda: Histograms(LATENCY_BUCKETS))
+    # HTTP requests by (route, status code, cache outcome CACHE_*): their latency, and so their count. Kept by
+    # the API's outermost middleware, so the describe fast path's answers are in them; one histogram per key
+    # makes counting a request one dict lookup.
+    http_requests: KeyedHistograms[tuple[str, int, str]] = field(
+        default_factory=lambda: KeyedHistograms(LATENCY_BUCKETS)
+    )
     # Change-stream clients connected now (a gauge).
     stream_clients: int = 0
 

@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import changes, describe, exposition, history, listing
+from service.api import board, changes, describe, exposition, history, image_states, listing
 from service.api.errors import HANDLERS
 from service.api.health import Health
 from service.api.instrument import Instrument
@@ -71,16 +71,20 @@ def create_app(
 
     describe_route = describe.DescribeImage(state)
     health = Health(state)
+    status_board = board.Board()
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
             Route(history.PATH, history.ImageHistory(state).endpoint, methods=["GET"]),
             Route(listing.PATH, listing.ListImages(state).endpoint, methods=["GET"]),
             Route(changes.PATH, changes.ChangeStream(state).endpoint, methods=["GET"]),
+            Route(image_states.PATH, image_states.ImageStates(state).endpoint, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route(exposition.PATH, exposition.MetricsEndpoint(state).endpoint, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            Route(board.PAGE_PATH, status_board.page, methods=["GET"]),
+            Route(board.ASSET_PATH, status_board.asset, methods=["GET"]),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

@@ -234,15 +234,20 @@ def service_families(
             summary.add_metric([region, status], counts.get((region, status), 0))
     yield summary
 
+    requests = sorted(metrics.http_requests.items())
     yield _counter(
-        "statuscache_http_requests", "HTTP requests by route (path template), status code and cache outcome.",
+        "statuscache_http_requests",
+        "HTTP requests by route (path template), status code and cache outcome (hit, miss, 304, none).",
         ("route", "code", "cache"),
-        [((route, str(code), cache), n) for (route, code, cache), n in sorted(metrics.http_requests.items())],
+        [((route, str(code), cache), histogram.count) for (route, code, cache), histogram in requests],
     )
+    by_route: dict[str, Histogram] = {}
+    for (route, _, _), histogram in requests:
+        by_route.setdefault(route, Histogram(histogram.buckets)).add(histogram)
     latency = HistogramMetricFamily(
         "statuscache_http_request_duration_seconds", "Time to answer an HTTP request, by route.", labels=["route"]
     )
-    for route, histogram in sorted(metrics.http_latency.items()):
+    for route, histogram in by_route.items():
         _histogram(latency, [route], histogram)
     yield latency
 

@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.api.errors import JSON
+from service.api.compression import Compressor
 from service.api.requests import optional_timestamp, parse_limit, region_from, validate_image_id
 from service.api.state import AppState
 from service.errors import NotFound
@@ -21,6 +21,7 @@ PATH = "/v3/images/custom/{image_id}/history"
 class ImageHistory:
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._compressor = Compressor()
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -42,4 +43,4 @@ class ImageHistory:
         body: dict[str, Any] = {"imageId": image_id, "region": region, "transitions": page.transitions}
         if page.next_token:
             body["nextToken"] = page.next_token
-        return Response(orjson.dumps(body), media_type=JSON)
+        return self._compressor.answer(request, orjson.dumps(body))

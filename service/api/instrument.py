@@ -1,9 +1,10 @@
-"""The outermost middleware: a request id for every request, its counters and latency, and its log context.
+"""The outermost middleware: a request id for every request, its count and latency, and its log context.
 
-Pure ASGI and cheap on purpose: it wraps the describe fast path too (~30,000 answers a second), so it
-counts in plain ints (service.metrics) and allocates little. Inner layers say what they did by writing
-into the scope: the route template (Starlette's router sets `scope["route"]`; the fast path sets
-`ROUTE_KEY`), the cache outcome (`CACHE_KEY`) and, once authenticated, the caller (`CALLER_KEY`).
+Pure ASGI and frugal on purpose: it wraps the describe fast path too (~30,000 answers a second on two
+cores), so everything here is a handful of dict and list operations, counted in plain ints
+(service.metrics), with no prometheus-client object and no lock. Inner layers say what they did by
+writing into the scope: the route template (Starlette's router sets `scope["route"]`; the fast path sets
+ROUTE_KEY), the cache outcome (CACHE_KEY) and, once authenticated, the caller (CALLER_KEY).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,33 +27,17 @@ ROUTE_KEY = "statuscache.route"
 CACHE_KEY = "statuscache.cache"
 CALLER_KEY = "statuscache.caller"
 REQUEST_ID_KEY = "statuscache.request_id"
+STATUS_KEY = "statuscache.status"
 REQUEST_ID_HEADER = b"x-request-id"
+# The request's fields in every log line it causes: (field, scope key), read when a line is written.
+LOG_FIELDS = (("request_id", REQUEST_ID_KEY), ("caller", CALLER_KEY))
 # The label of a request no route matched (404s of unknown paths): one series, whatever was asked.
 UNMATCHED = "unmatched"
-# A client's own id is kept when it is a plausible id; anything else (too long, spaces, control characters:
-# log injection) is replaced by ours.
-ACCEPTED_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# A client's own id is kept when it looks like an id; anything else (too long, spaces, control characters that
+# would forge log lines) is replaced by ours.
+ACCEPTED_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 access = logging.getLogger("service.access")
-
-
-class RequestIds:
-    """Unique ids without a random call per request: this process's random prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter):x}"
-
-
-def client_request_id(scope: Scope) -> str | None:
-    for key, value in scope["headers"]:
-        if key == REQUEST_ID_HEADER:
-            text: str = value.decode("latin-1")
-            return text if ACCEPTED_REQUEST_ID.match(text) else None
-    return None
 
 
 def route_of(scope: Scope) -> str:
@@ -60,88 +45,80 @@ def route_of(scope: Scope) -> str:
     named: str | None = scope.get(ROUTE_KEY)
     if named is not None:
         return named
-    route = scope.get("route")
-    path: str | None = getattr(route, "path", None)
+    path: str | None = getattr(scope.get("route"), "path", None)
     return path if path is not None else UNMATCHED
 
 
-class RequestFields(Mapping[str, Any]):
-    """A request's fields for its log lines, read from the scope when a line is written (the caller is known
-    only once the authentication layer, further in, has run)."""
-
-    __slots__ = ("_scope",)
-
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-
-    def _items(self) -> dict[str, Any]:
-        return {"request_id": self._scope.get(REQUEST_ID_KEY), "caller": self._scope.get(CALLER_KEY)}
-
-    def __getitem__(self, key: str) -> Any:
-        return self._items()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return 2
+def cache_of(scope: Scope, status: int) -> str:
+    if status == 304:
+        return CACHE_NOT_MODIFIED
+    outcome: str = scope.get(CACHE_KEY, CACHE_NONE)
+    return outcome
 
 
 class Instrument:
     def __init__(self, app: ASGIApp, *, state: AppState) -> None:
         self.app = app
         self.state = state
-        self.ids = RequestIds()
         self.access_log = state.settings.access_log
+        # Unique ids without a random call per request: this process's random prefix and a counter.
+        self._prefix = os.urandom(6).hex().encode() + b"-"
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope) or self.ids.next()
+        request_id: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == REQUEST_ID_HEADER:
+                if ACCEPTED_REQUEST_ID.match(value):
+                    request_id = value
+                break
+        if request_id is None:
+            request_id = self._prefix + b"%x" % next(self._counter)
         scope[REQUEST_ID_KEY] = request_id
-        header = (REQUEST_ID_HEADER, request_id.encode())
-        status = 500  # an exception before any answer is a 500 (Starlette's outer error handler sends it)
+        header = (REQUEST_ID_HEADER, request_id)
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        # Not a coroutine: it hands back the awaitable of the `send` it wraps, one frame fewer per message.
+        def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
-                status = message["status"]
+                scope[STATUS_KEY] = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
+            return send(message)
 
-        token = CONTEXT.set(RequestFields(scope))
+        token = CONTEXT.set((scope, LOG_FIELDS))
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            self._count(scope, status, elapsed)
+            CONTEXT.reset(token)
+            # No answer sent means an exception escaped: Starlette's outermost handler answered 500.
+            status: int = scope.get(STATUS_KEY, 500)
+            runtime = self.state.opened
+            if runtime is not None:
+                histogram = runtime.metrics.http_requests[(route_of(scope), status, cache_of(scope, status))]
+                histogram.counts[bisect_left(histogram.buckets, elapsed)] += 1
+                histogram.sum += elapsed
             if self.access_log:
                 self._log(scope, status, elapsed)
-            CONTEXT.reset(token)
-
-    def _count(self, scope: Scope, status: int, elapsed: float) -> None:
-        runtime = self.state.opened
-        if runtime is None:
-            return
-        metrics = runtime.metrics
-        route = route_of(scope)
-        cache = CACHE_NOT_MODIFIED if status == 304 else scope.get(CACHE_KEY, CACHE_NONE)
-        metrics.http_requests[(route, status, cache)] += 1
-        metrics.http_latency[route].observe(elapsed)
 
     def _log(self, scope: Scope, status: int, elapsed: float) -> None:
         query = scope.get("query_string", b"").decode("latin-1")
-        access.info(
-            "%s %s%s %d %.1fms",
-            scope["method"], scope["path"], f"?{query}" if query else "", status, elapsed * 1000,
-            extra={
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 3),
-                "route": route_of(scope),
-                "cache": CACHE_NOT_MODIFIED if status == 304 else scope.get(CACHE_KEY, CACHE_NONE),
-            },
-        )
+        token = CONTEXT.set((scope, LOG_FIELDS))
+        try:
+            access.info(
+                "%s %s%s %d %.1fms",
+                scope["method"], scope["path"], f"?{query}" if query else "", status, elapsed * 1000,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "route": route_of(scope),
+                    "cache": cache_of(scope, status),
+                },
+            )
+        finally:
+            CONTEXT.reset(token)

@@ -80,9 +80,14 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     return int(raw)
 
 
+def _opaque(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
 def etag_matches(header_value: str | None, etag: str) -> bool:
-    """If-None-Match against one entity tag."""
+    """If-None-Match against one entity tag, compared weakly as RFC 9110 asks: `W/"x"` matches `"x"` (a
+    compressed answer, or a proxy, weakens a tag)."""
     if not header_value:
         return False
-    candidates = {part.strip() for part in header_value.split(",")}
-    return etag in candidates or "*" in candidates
+    candidates = {_opaque(part.strip()) for part in header_value.split(",")}
+    return _opaque(etag) in candidates or "*" in candidates

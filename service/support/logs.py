@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -18,12 +18,16 @@ from typing import Any
 
 import orjson
 
-# What the code that started the work in hand bound for every line it causes (a Mapping, read when a line is
-# written, so fields set later, such as the caller once authenticated, are still seen).
-CONTEXT: ContextVar[Mapping[str, Any] | None] = ContextVar("statuscache_log_context", default=None)
+# What the code that started the work in hand bound for every line it causes: a mapping and which of its keys
+# are which fields ((field, key) pairs). The mapping is read when a line is written, so a value set later (the
+# caller, once authenticated) is still seen, and binding costs no copy (a request binds its ASGI scope).
+Fields = tuple[Mapping[str, Any], Sequence[tuple[str, str]]]
+CONTEXT: ContextVar[Fields | None] = ContextVar("statuscache_log_context", default=None)
 
 # Attributes every LogRecord has: anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# uvicorn adds a copy of its message with terminal colours.
+_IGNORED = _STANDARD | {"color_message"}
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -31,21 +35,29 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 @contextmanager
 def bound(fields: Mapping[str, Any]) -> Iterator[None]:
     """`fields` in every line logged until the block ends (and in the tasks started inside it)."""
-    token = CONTEXT.set(fields)
+    token = CONTEXT.set((fields, [(key, key) for key in fields]))
     try:
         yield
     finally:
         CONTEXT.reset(token)
 
 
+def _text(value: Any) -> Any:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    """The line's own fields (`extra=`), after the bound context's; None values left out."""
+    """The bound context's fields, then the line's own (`extra=`); None values left out."""
     fields: dict[str, Any] = {}
     context = CONTEXT.get()
     if context is not None:
-        fields.update((key, value) for key, value in context.items() if value is not None)
+        mapping, names = context
+        for name, key in names:
+            value = mapping.get(key)
+            if value is not None:
+                fields[name] = _text(value)
     for key, value in vars(record).items():
-        if key not in _STANDARD and not key.startswith("_") and value is not None:
+        if key not in _IGNORED and not key.startswith("_") and value is not None:
             fields[key] = value
     return fields
 
