@@ -322,7 +322,7 @@ def service_families(
             "statuscache_db_pool_size", "The database pool's size (connections kept open).", value=size()
         )
     yield GaugeMetricFamily(
-        "statuscache_image_states_scrape_seconds",
+        "statuscache_scrape_image_states_seconds",
         "How long this scrape took to read (and where the cache changed, render) the image states.",
         value=scrape_seconds,
     )
