@@ -105,6 +105,8 @@ Histograms = KeyedHistograms[str]
 class Metrics:
     # Live lookups by outcome (LOOKUP_*).
     lookups: Counter[str] = field(default_factory=Counter)
+    # AWS calls made by live lookups (pcluster's calls for one describe): what each cached answer saves.
+    lookup_aws_calls: int = 0
     # AWS API calls by ("service.Operation", outcome) (CALL_*).
     aws_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Queue messages and events by what became of them: received, poison, ignored (not an event we

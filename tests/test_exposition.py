@@ -165,6 +165,11 @@ async def test_image_series_and_counters_follow_a_known_sequence_of_events(
     assert value(after, "statuscache_image_status_since_timestamp_seconds", image_id="seq-build") == (
         failed_at.timestamp()
     )
+    assert value(after, "statuscache_image_failure_info", region=REGION, image_id="seq-build",
+                 image_build_status="BUILD_FAILED", cloudformation_stack_status_reason="cancelled",
+                 imagebuilder_image_status_reason="") == 1
+    assert not [s for s in samples(after) if s.name == "statuscache_image_failure_info" and s.labels["image_id"] != (
+        "seq-build")]
     assert value(after, "statuscache_images", region=REGION, image_build_status="BUILD_IN_PROGRESS") == 0
     assert value(after, "statuscache_images", region=REGION, image_build_status="BUILD_FAILED") == 1
     assert value(after, "statuscache_events_total", outcome="received") == 3
@@ -186,6 +191,7 @@ async def test_the_fast_paths_answers_are_counted(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
     aws_state.create_ami(region=REGION, image_id="fast-counted")
+    aws_state.reset_calls()
     for _ in range(5):
         answer = await client.get("/v3/images/custom/fast-counted")
     await client.get("/v3/images/custom/fast-counted", headers={"If-None-Match": answer.headers["etag"]})
@@ -198,6 +204,8 @@ async def test_the_fast_paths_answers_are_counted(
     assert value(text, "statuscache_http_requests_total", route=route, code="304", cache="304") == 1
     assert value(text, "statuscache_http_request_duration_seconds_count", route=route) == 6
     assert value(text, "statuscache_live_lookups_total", outcome="ok") == 1
+    # What the one live lookup cost at the fake is what each of the cached answers saved.
+    assert value(text, "statuscache_live_lookup_aws_calls_total") == aws_state.total_calls() > 0
 
 
 async def test_gone_images_have_no_series(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:

@@ -71,13 +71,22 @@ IMAGE_FAMILIES = (
         "When the image's current build status began, in Unix seconds.",
         ("region", "image_id"),
     ),
+    (
+        "statuscache_image_failure_info",
+        "Why a failed image failed (its CloudFormation and Image Builder reasons), always 1; failed images only.",
+        ("region", "image_id", "image_build_status", "cloudformation_stack_status_reason",
+         "imagebuilder_image_status_reason"),
+    ),
 )
+FAILED_STATUSES = ("BUILD_FAILED", "DELETE_FAILED")
+# Reasons are free text: long ones are cut (a label value is stored with every sample).
+REASON_MAX_CHARS = 300
 
 
 def image_families(images: Iterable[states.ImageState]) -> list[GaugeMetricFamily]:
-    """The four per-image families for `images` (existing ones): what the memo renders, image by image."""
+    """The per-image families for `images` (existing ones): what the memo renders, image by image."""
     families = [GaugeMetricFamily(name, documentation, labels=labels) for name, documentation, labels in IMAGE_FAMILIES]
-    build, info, created, since = families
+    build, info, created, since, failure = families
     for image in images:
         key = [image.region, image.image_id]
         for status in BUILD_STATUSES:
@@ -92,6 +101,15 @@ def image_families(images: Iterable[states.ImageState]) -> list[GaugeMetricFamil
                 pass  # not a time: the series is left out rather than the scrape failing
         if image.status_since is not None:
             since.add_metric(key, image.status_since.timestamp())
+        if image.build_status in FAILED_STATUSES:
+            failure.add_metric(
+                [
+                    *key, image.build_status,
+                    (image.stack_status_reason or "")[:REASON_MAX_CHARS],
+                    (image.imagebuilder_status_reason or "")[:REASON_MAX_CHARS],
+                ],
+                1.0,
+            )
     return families
 
 
@@ -261,6 +279,11 @@ def service_families(
         "Describes the cache could not answer, by outcome: ok, not_found (404), throttled, error, budget (refused "
         "by this process's live-lookup budget, no AWS call), coalesced (joined a lookup in flight).",
         ("outcome",), [((outcome,), n) for outcome, n in sorted(metrics.lookups.items())],
+    )
+    yield _counter(
+        "statuscache_live_lookup_aws_calls",
+        "AWS calls made by live lookups: per lookup, what a cached answer saves.", (),
+        [((), metrics.lookup_aws_calls)],
     )
     yield _counter(
         "statuscache_events",

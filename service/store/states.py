@@ -33,6 +33,8 @@ class ImageState:
     build_status: str | None
     stack_status: str | None
     imagebuilder_status: str | None
+    stack_status_reason: str | None
+    imagebuilder_status_reason: str | None
     # ParallelCluster's version (the describe document's `version`).
     pcluster_version: str | None
     # The image's creation time as describe shows it (the AMI's, else the stack's), ISO 8601.
@@ -69,6 +71,8 @@ def _statement(dialect: str, regions: Sequence[str]) -> Any:
             images.c.build_status,
             images.c.stack_status,
             images.c.imagebuilder_status,
+            images.c.stack_status_reason,
+            images.c.imagebuilder_status_reason,
             _document_field(dialect, "version").label("pcluster_version"),
             func.coalesce(
                 _document_field(dialect, "creationTime"), _document_field(dialect, "cloudformationStackCreationTime")
@@ -107,6 +111,8 @@ async def read(engine: AsyncEngine, *, regions: Sequence[str]) -> States:
             build_status=row.build_status,
             stack_status=row.stack_status,
             imagebuilder_status=row.imagebuilder_status,
+            stack_status_reason=row.stack_status_reason,
+            imagebuilder_status_reason=row.imagebuilder_status_reason,
             pcluster_version=row.pcluster_version,
             created=row.created,
             status_since=row.status_since,
