@@ -34,13 +34,25 @@ from starlette.responses import Response
 
 from service.api.state import AppState
 from service.domain.status import BUILD_STATUS_BY_STACK_STATUS
-from service.metrics import Histogram, Metrics
+from service.metrics import (
+    LOOKUP_BUDGET,
+    LOOKUP_COALESCED,
+    LOOKUP_ERROR,
+    LOOKUP_NOT_FOUND,
+    LOOKUP_OK,
+    LOOKUP_THROTTLED,
+    Histogram,
+    Metrics,
+)
 from service.runtime import Runtime
 from service.store import states
 from service.support.clock import as_utc
 from service.support.singleflight import SingleFlight
 
 PATH = "/metrics"
+# Outcomes exposed as 0 before the first one happens, so a rate() over them has data from the start.
+LOOKUP_OUTCOMES = (LOOKUP_OK, LOOKUP_NOT_FOUND, LOOKUP_THROTTLED, LOOKUP_ERROR, LOOKUP_BUDGET, LOOKUP_COALESCED)
+EVENT_OUTCOMES = ("received", "applied", "duplicates", "stale", "poison", "refreshed")
 # The six imageBuildStatus values, in pcluster's order of a build's life.
 BUILD_STATUSES = tuple(dict.fromkeys(BUILD_STATUS_BY_STACK_STATUS.values()))
 # Rendering yields to the event loop after this many images, so a first scrape of a large cache does not
@@ -278,7 +290,8 @@ def service_families(
         "statuscache_live_lookups",
         "Describes the cache could not answer, by outcome: ok, not_found (404), throttled, error, budget (refused "
         "by this process's live-lookup budget, no AWS call), coalesced (joined a lookup in flight).",
-        ("outcome",), [((outcome,), n) for outcome, n in sorted(metrics.lookups.items())],
+        ("outcome",),
+        [((outcome,), metrics.lookups[outcome]) for outcome in sorted({*LOOKUP_OUTCOMES, *metrics.lookups})],
     )
     yield _counter(
         "statuscache_live_lookup_aws_calls",
@@ -289,7 +302,8 @@ def service_families(
         "statuscache_events",
         "Queue messages and events by what became of them: received, applied, duplicates, stale (news the cache "
         "already had), poison, ignored, refreshed, deleted, ...",
-        ("outcome",), [((outcome,), n) for outcome, n in sorted(metrics.events.items())],
+        ("outcome",),
+        [((outcome,), metrics.events[outcome]) for outcome in sorted({*EVENT_OUTCOMES, *metrics.events})],
     )
     lag = HistogramMetricFamily(
         "statuscache_event_lag_seconds", "From an event's time (EventBridge's) to its change being committed here."
