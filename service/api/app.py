@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from service.api import board, changes, describe, exposition, history, image_states, listing
 from service.api.errors import HANDLERS
@@ -30,16 +30,15 @@ from service.settings import Settings
 RuntimeOpener = Callable[[Settings], AbstractAsyncContextManager[Runtime]]
 
 
-class StatusCacheApp:
-    """The ASGI application: the composed stack, with the shared state and the inner Starlette app at hand."""
+class StatusCacheApp(Instrument):
+    """The ASGI application: the composed stack, with the shared state and the inner Starlette app at hand.
+
+    It is the outermost layer, Instrument, itself: one coroutine frame fewer on every request.
+    """
 
     def __init__(self, *, stack: ASGIApp, state: AppState, starlette: Starlette) -> None:
-        self._stack = stack
-        self.state = state
+        super().__init__(stack, state=state)
         self.starlette = starlette
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._stack(scope, receive, send)
 
 
 def create_app(
@@ -93,5 +92,4 @@ def create_app(
     stack: ASGIApp = describe.FastDescribe(starlette, describe_route)
     for cls, args, kwargs in reversed(middleware):
         stack = cls(stack, *args, **kwargs)
-    stack = Instrument(stack, state=state)
     return StatusCacheApp(stack=stack, state=state, starlette=starlette)

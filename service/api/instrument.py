@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.state import AppState
-from service.metrics import CACHE_NONE, CACHE_NOT_MODIFIED
+from service.metrics import CACHE_NONE, CACHE_NOT_MODIFIED, KeyedHistograms
 from service.support.logs import CONTEXT
 
 ROUTE_KEY = "statuscache.route"
@@ -56,6 +56,9 @@ def cache_of(scope: Scope, status: int) -> str:
     return outcome
 
 
+_clock = time.perf_counter
+
+
 class Instrument:
     def __init__(self, app: ASGIApp, *, state: AppState) -> None:
         self.app = app
@@ -64,6 +67,9 @@ class Instrument:
         # Unique ids without a random call per request: this process's random prefix and a counter.
         self._prefix = os.urandom(6).hex().encode() + b"-"
         self._counter = itertools.count(1)
+        # The runtime counted in last, and its table: looked up again only when the runtime changes.
+        self._counted_in: object = None
+        self._requests: KeyedHistograms[tuple[str, int, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,17 +94,24 @@ class Instrument:
             return send(message)
 
         token = CONTEXT.set((scope, LOG_FIELDS))
-        started = time.perf_counter()
+        started = _clock()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = _clock() - started
             CONTEXT.reset(token)
             # No answer sent means an exception escaped: Starlette's outermost handler answered 500.
             status: int = scope.get(STATUS_KEY, 500)
             runtime = self.state.opened
-            if runtime is not None:
-                histogram = runtime.metrics.http_requests[(route_of(scope), status, cache_of(scope, status))]
+            if runtime is not self._counted_in:
+                self._counted_in = runtime
+                self._requests = runtime.metrics.http_requests if runtime is not None else None
+            requests = self._requests
+            if requests is not None:
+                # route_of and cache_of, inlined: this runs for every request.
+                route: str = scope[ROUTE_KEY] if ROUTE_KEY in scope else getattr(scope.get("route"), "path", UNMATCHED)
+                cache: str = CACHE_NOT_MODIFIED if status == 304 else scope.get(CACHE_KEY, CACHE_NONE)
+                histogram = requests[(route, status, cache)]
                 histogram.counts[bisect_left(histogram.buckets, elapsed)] += 1
                 histogram.sum += elapsed
             if self.access_log:
