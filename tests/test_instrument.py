@@ -194,3 +194,33 @@ async def exploding(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 async def test_an_answer_that_never_came_counts_as_a_500(exploding: httpx.AsyncClient, runtime: Runtime) -> None:
     await exploding.get("/explode")
     assert counts(runtime) == {(UNMATCHED, 500, CACHE_NONE): 1}
+
+
+class PassesThrough:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("between", [False, True], ids=["shortcut", "through-middleware"])
+async def test_cached_describes_are_counted_and_identified_with_or_without_middleware_between(
+    runtime: Runtime, aws_state: FakeAws, between: bool
+) -> None:
+    # Without middleware the outermost layer asks the fast path itself; with some, the fast path answers inside it.
+    app = create_app(runtime.settings, runtime=runtime, middleware=[Middleware(PassesThrough)] if between else [])
+    assert (app.shortcut is None) is between
+    aws_state.create_image_stack(region=REGION, image_id="either-way")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
+        answers = [await http.get("/v3/images/custom/either-way") for _ in range(4)]
+        revalidated = await http.get(
+            "/v3/images/custom/either-way", headers={"If-None-Match": answers[-1].headers["etag"], "X-Request-ID": "r1"}
+        )
+
+    assert [answer.headers["x-cache"] for answer in answers] == ["MISS", "HIT", "HIT", "HIT"]
+    assert len({answer.headers["x-request-id"] for answer in answers}) == 4
+    assert (revalidated.status_code, revalidated.headers["x-request-id"]) == (304, "r1")
+    assert counts(runtime) == {
+        (DESCRIBE, 200, CACHE_MISS): 1, (DESCRIBE, 200, CACHE_HIT): 3, (DESCRIBE, 304, CACHE_NOT_MODIFIED): 1
+    }

@@ -4,7 +4,8 @@ The ASGI stack, outermost first:
 
     Instrument                                   request ids, counters, latency, log context: every request
     middleware given to create_app (in order)   sees every request, cached describes included
-    FastDescribe                                 answers describes already prepared in memory
+    FastDescribe                                 answers describes already prepared in memory (called by
+                                                 Instrument directly when no middleware is given)
     Starlette (router, error handlers)           everything else
 """
 
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp
 from service.api import board, changes, describe, exposition, history, image_states, listing
 from service.api.errors import HANDLERS
 from service.api.health import Health
-from service.api.instrument import Instrument
+from service.api.instrument import Instrument, Shortcut
 from service.api.state import AppState
 from service.runtime import Runtime
 from service.settings import Settings
@@ -36,8 +37,10 @@ class StatusCacheApp(Instrument):
     It is the outermost layer, Instrument, itself: one coroutine frame fewer on every request.
     """
 
-    def __init__(self, *, stack: ASGIApp, state: AppState, starlette: Starlette) -> None:
-        super().__init__(stack, state=state)
+    def __init__(
+        self, *, stack: ASGIApp, state: AppState, starlette: Starlette, shortcut: Shortcut | None = None
+    ) -> None:
+        super().__init__(stack, state=state, shortcut=shortcut)
         self.starlette = starlette
 
 
@@ -89,7 +92,12 @@ def create_app(
         lifespan=lifespan,
     )
     starlette.state.statuscache = state
-    stack: ASGIApp = describe.FastDescribe(starlette, describe_route)
+    fast = describe.FastDescribe(starlette, describe_route)
+    stack: ASGIApp = fast
     for cls, args, kwargs in reversed(middleware):
         stack = cls(stack, *args, **kwargs)
-    return StatusCacheApp(stack=stack, state=state, starlette=starlette)
+    # With no middleware between them, the outermost layer asks the fast path itself (no wrapped send): the
+    # hot path pays for its request id and counters and nothing more.
+    return StatusCacheApp(
+        stack=stack, state=state, starlette=starlette, shortcut=None if middleware else fast.answer
+    )

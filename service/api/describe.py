@@ -163,10 +163,16 @@ class DescribeImage:
         )
 
 
+FastAnswer = tuple[int, RawHeaders, bytes]
+
+
 class FastDescribe:
     """In front of the router: a describe whose record and prepared answer are both in memory is sent
     straight away. Anything else (a miss, `at=`, bad input, other routes) goes on to the router, which
     answers it in full, so no behaviour lives only here.
+
+    `answer` is the decision and the bytes, synchronous (nothing awaited, nothing logged): when no middleware
+    stands between them, the instrumented app outside calls it itself and sends the answer (service.api.app).
     """
 
     def __init__(self, app: ASGIApp, route: DescribeImage) -> None:
@@ -175,54 +181,55 @@ class FastDescribe:
         self.answers = route.answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = self.answer(scope)
+        if answer is None:
+            await self.app(scope, receive, send)
+            return
+        status, headers, body = answer
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def answer(self, scope: Scope) -> FastAnswer | None:
+        """(status, headers, body) of a cached describe held in memory, or None when the router must answer."""
         runtime = self.state.opened
         if (
-            runtime is not None
-            and scope["type"] == "http"
-            and scope["method"] == "GET"
-            and not scope.get("root_path")
-            and scope["path"].startswith(PREFIX)
+            runtime is None
+            or scope["type"] != "http"
+            or scope["method"] != "GET"
+            or scope.get("root_path")
+            or not scope["path"].startswith(PREFIX)
         ):
-            image_id: str = scope["path"][PREFIX_LENGTH:]
-            # is_valid_image_id, written out.
-            if len(image_id) <= IMAGE_ID_MAX_LENGTH and IMAGE_ID_PATTERN.match(image_id) is not None:
-                raw: bytes = scope["query_string"]
-                if raw.startswith(b"region=") and b"&" not in raw and b"%" not in raw and b"+" not in raw:
-                    # The usual query, read as query_params would read it, without building a dict.
-                    region, at = raw[7:].decode("latin-1"), False
-                else:
-                    params = query_params(raw)
-                    region, at = params.get("region", ""), "at" in params
-                region = region or runtime.settings.default_region
-                if not at and region in runtime.settings.regions:
-                    image = runtime.lookup.recent(region=region, image_id=image_id)
-                    if image is not None:
-                        # What memo_key and send_prepared do, written out: this runs for every cached answer,
-                        # and each call saved is a few percent of its cost (test_app checks that both paths
-                        # answer alike).
-                        window = runtime.signer.window() if image.config.signable else None
-                        prepared = self.answers.get((region, image_id, image.version, window))
-                        if prepared is not None:
-                            # For the instrumentation outside: which route answered, and from the cache.
-                            scope[ROUTE_KEY] = PATH
-                            scope[CACHE_KEY] = CACHE_HIT
-                            age = (b"age", b"%d" % max(0, int(time.time() - image.confirmed_epoch)))
-                            if_none_match = None
-                            for key, value in scope["headers"]:
-                                if key == b"if-none-match":
-                                    if_none_match = value.decode("latin-1")
-                                    break
-                            if if_none_match is not None and etag_matches(if_none_match, prepared.etag):
-                                start = {"type": "http.response.start", "status": 304, "headers": [
-                                    *prepared.headers_304, age
-                                ]}
-                                await send(start)
-                                await send({"type": "http.response.body", "body": b""})
-                            else:
-                                start = {"type": "http.response.start", "status": 200, "headers": [
-                                    *prepared.headers_200, age
-                                ]}
-                                await send(start)
-                                await send({"type": "http.response.body", "body": prepared.body})
-                            return
-        await self.app(scope, receive, send)
+            return None
+        image_id: str = scope["path"][PREFIX_LENGTH:]
+        # is_valid_image_id, written out.
+        if len(image_id) > IMAGE_ID_MAX_LENGTH or IMAGE_ID_PATTERN.match(image_id) is None:
+            return None
+        raw: bytes = scope["query_string"]
+        if raw.startswith(b"region=") and b"&" not in raw and b"%" not in raw and b"+" not in raw:
+            # The usual query, read as query_params would read it, without building a dict.
+            region, at = raw[7:].decode("latin-1"), False
+        else:
+            params = query_params(raw)
+            region, at = params.get("region", ""), "at" in params
+        region = region or runtime.settings.default_region
+        if at or region not in runtime.settings.regions:
+            return None
+        image = runtime.lookup.recent(region=region, image_id=image_id)
+        if image is None:
+            return None
+        # What memo_key and send_prepared do, written out: this runs for every cached answer, and each call
+        # saved is a few percent of its cost (test_app checks that both paths answer alike).
+        window = runtime.signer.window() if image.config.signable else None
+        prepared = self.answers.get((region, image_id, image.version, window))
+        if prepared is None:
+            return None
+        # For the instrumentation outside: which route answered, and from the cache.
+        scope[ROUTE_KEY] = PATH
+        scope[CACHE_KEY] = CACHE_HIT
+        age = (b"age", b"%d" % max(0, int(time.time() - image.confirmed_epoch)))
+        for key, value in scope["headers"]:
+            if key == b"if-none-match":
+                if etag_matches(value.decode("latin-1"), prepared.etag):
+                    return 304, [*prepared.headers_304, age], b""
+                break
+        return 200, [*prepared.headers_200, age], prepared.body
