@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit postgres bench clean
+.PHONY: install run test lint typecheck unit postgres prometheus chromium bench clean
+
+# Playwright's package drives Debian's chromium (scripts/ensure-chromium): it never downloads a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 install: $(VENV)/.installed
 
@@ -24,7 +27,7 @@ run: install
 		exec $(BIN)/statuscache demo; \
 	fi
 
-test: install postgres lint typecheck unit
+test: install postgres prometheus chromium lint typecheck unit
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,11 +36,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict service
 
-unit: install postgres
+unit: install postgres prometheus chromium
 	$(BIN)/python -m pytest
 
 postgres:
 	@scripts/ensure-postgres
+
+# promtool and the Prometheus server (the exposition, the alert rules and a real scrape are tested with them).
+prometheus:
+	@scripts/ensure-prometheus
+
+# Headless Chromium for the status board's browser test.
+chromium:
+	@scripts/ensure-chromium
 
 bench: install postgres
 	@scripts/ensure-wrk

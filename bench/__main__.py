@@ -84,6 +84,32 @@ def aws_environment(endpoint: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@dataclass(frozen=True)
+class Scrapes:
+    first_ms: float
+    steady_ms: float
+    text_bytes: int
+    gzip_bytes: int
+    samples: int
+
+
+def metrics_scrapes(base: str) -> Scrapes:
+    """GET /metrics as Prometheus does (gzip): the first scrape, then the steady state."""
+    def scrape(client: httpx.Client) -> tuple[float, int]:
+        # Timed to the last byte on the wire, not decompressed here: the client's own work is not the service's.
+        started = time.perf_counter()
+        with client.stream("GET", "/metrics", headers={"Accept-Encoding": "gzip"}) as response:
+            size = sum(len(chunk) for chunk in response.iter_raw())
+        return (time.perf_counter() - started) * 1000, size
+
+    with httpx.Client(base_url=base, timeout=60.0) as client:
+        first_ms, gzip_bytes = scrape(client)
+        steady = [scrape(client)[0] for _ in range(5)]
+        plain = client.get("/metrics", headers={"Accept-Encoding": "identity"}).content
+    samples = sum(1 for line in plain.splitlines() if line and not line.startswith(b"#"))
+    return Scrapes(first_ms, statistics.median(steady), len(plain), gzip_bytes, samples)
+
+
 class Bench:
     def __init__(self, config: Config, *, workdir: Path, fake: TimedFakeAws) -> None:
         self.config = config
@@ -380,11 +406,24 @@ class Bench:
                     f"memory run: expected {count} answers 200, got {dict(answers.statuses)} ({answers.first_error})"
                 )
             rss = service.rss_mb()
+            scrapes = metrics_scrapes(service.base)
+            scraped_rss = service.rss_mb()
         name = "memory.rss_10k" if count == 10_000 else f"memory.rss_{count}"
+        suffix = "10k" if count == 10_000 else str(count)
         self.rows += [
             Row("memory.rss_idle", idle, "MB"),
             Row(name, rss, "MB", target="<= 200", ok=rss <= 200),
+            Row(f"metrics.scrape_{suffix}.first", scrapes.first_ms, "ms"),
+            Row(f"metrics.scrape_{suffix}.steady", scrapes.steady_ms, "ms"),
+            Row(f"metrics.scrape_{suffix}.text", scrapes.text_bytes / 1e6, "MB"),
+            Row(f"metrics.scrape_{suffix}.gzip", scrapes.gzip_bytes / 1e6, "MB"),
+            Row(f"memory.rss_{suffix}_scraped", scraped_rss, "MB"),
         ]
+        self.notes.append(
+            f"Metrics: GET /metrics over {count} cached images ({scrapes.samples} samples); the first scrape renders "
+            "every image's series, later ones only the images that changed (none here: one aggregate query). "
+            "`steady` is the median of 5 scrapes as Prometheus makes them (gzip); the sizes are of one scrape."
+        )
 
     # -- events: SQS -> describe ------------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"statuscache: {exc}", file=sys.stderr)
         return 2
-    runner.configure_logging(settings.log_level)
+    runner.configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
             runner.serve(settings)

@@ -7,8 +7,9 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -142,6 +143,22 @@ def client_config(*, read_timeout: float = 30.0) -> AioConfig:
     )
 
 
+# The AWS calls the work in hand has made, while something counts them (`calls_made`): a live lookup counts its own,
+# whatever else runs at the same time.
+_CALLS_MADE: ContextVar[list[int] | None] = ContextVar("statuscache_aws_calls_made", default=None)
+
+
+@contextmanager
+def calls_made() -> Iterator[list[int]]:
+    """Counts the AWS calls made inside the block (and in tasks it starts): `tally[0]` after it."""
+    tally = [0]
+    token = _CALLS_MADE.set(tally)
+    try:
+        yield tally
+    finally:
+        _CALLS_MADE.reset(token)
+
+
 class Aws:
     """One aiobotocore session and its clients per (service, region), created once and closed on `close`.
 
@@ -182,6 +199,9 @@ class Aws:
         client = await self.client(service, region)
         name = f"{service}.{operation}"
         self.calls[name] += 1
+        tally = _CALLS_MADE.get()
+        if tally is not None:
+            tally[0] += 1
         method: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, _snake(operation))
         try:
             response = await method(**params)

@@ -8,9 +8,11 @@ for /stats and by a metrics exposition at scrape time. A counter only ever grows
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 # Outcomes of a live lookup (a describe the cache could not answer).
 LOOKUP_OK = "ok"
@@ -29,10 +31,82 @@ CALL_NOT_FOUND = "not_found"  # the resource does not exist: often a normal answ
 CALL_ERROR = "error"
 
 
+# Outcomes of an HTTP request for the cache (the `cache` label of statuscache_http_requests_total).
+CACHE_HIT = "hit"  # a describe answered from the cache
+CACHE_MISS = "miss"  # a describe answered by a live lookup
+CACHE_NOT_MODIFIED = "304"  # any answer that was 304 Not Modified
+CACHE_NONE = "none"  # everything else
+
+# Seconds: from a cached describe (well under a millisecond) to a slow live lookup.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds from EventBridge's event time to the change being committed here: SQS delivery is typically
+# well under a second, a backlog or a retried batch takes longer.
+EVENT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+RECONCILE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Histogram:
+    """A Prometheus-style histogram in plain ints: per-bucket counts (not cumulative), the sum and the count.
+
+    `observe` is a bisect and two additions, cheap enough for every request.
+    """
+
+    __slots__ = ("buckets", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        # counts[i] counts observations <= buckets[i] and > buckets[i - 1]; the last one those above them all.
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def add(self, other: Histogram) -> None:
+        """Fold `other` (same buckets) into this one."""
+        for index, count in enumerate(other.counts):
+            self.counts[index] += count
+        self.sum += other.sum
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= it), ending with (+Inf, count): the exposition's buckets."""
+        total = 0
+        out: list[tuple[float, int]] = []
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class KeyedHistograms(dict[K, Histogram]):
+    """Histograms by label values, made on first use with the same buckets."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        super().__init__()
+        self.buckets = buckets
+
+    def __missing__(self, key: K) -> Histogram:
+        histogram = self[key] = Histogram(self.buckets)
+        return histogram
+
+
+Histograms = KeyedHistograms[str]
+
+
 @dataclass(slots=True, eq=False)
 class Metrics:
     # Live lookups by outcome (LOOKUP_*).
     lookups: Counter[str] = field(default_factory=Counter)
+    # AWS calls made by live lookups (pcluster's calls for one describe): what each cached answer saves.
+    lookup_aws_calls: int = 0
     # AWS API calls by ("service.Operation", outcome) (CALL_*).
     aws_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Queue messages and events by what became of them: received, poison, ignored (not an event we
@@ -54,6 +128,20 @@ class Metrics:
     auth: Counter[str] = field(default_factory=Counter)
     # Tokens-file reloads (SIGHUP) by outcome: ok, failed (the previous tokens stayed in force).
     token_reloads: Counter[str] = field(default_factory=Counter)
+    # Reconcile passes by (region, "ok" | "error"), their AWS calls by region, and their duration by region.
+    reconcile_region_passes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reconcile_aws_calls: Counter[str] = field(default_factory=Counter)
+    reconcile_seconds: Histograms = field(default_factory=lambda: Histograms(RECONCILE_BUCKETS))
+    # Seconds from an event's time (EventBridge's) to its change being committed here.
+    event_lag: Histogram = field(default_factory=lambda: Histogram(EVENT_LAG_BUCKETS))
+    # HTTP requests by (route, status code, cache outcome CACHE_*): their latency, and so their count. Kept by
+    # the API's outermost middleware, so the describe fast path's answers are in them; one histogram per key
+    # makes counting a request one dict lookup.
+    http_requests: KeyedHistograms[tuple[str, int, str]] = field(
+        default_factory=lambda: KeyedHistograms(LATENCY_BUCKETS)
+    )
+    # Change-stream clients connected now (a gauge).
+    stream_clients: int = 0
 
     def live_lookups(self) -> int:
         """Live lookups that went to AWS, whatever their outcome."""

@@ -26,12 +26,16 @@ from service.errors import ConfigurationError
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
+from service.support import logs
 
 log = logging.getLogger(__name__)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, kind: str = "text") -> None:
+    """One handler on the root logger, text or JSON (STATUSCACHE_LOG_FORMAT); uvicorn's lines go through it too."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logs.formatter(kind))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # botocore and aiobotocore are chatty below WARNING.
     for noisy in ("botocore", "aiobotocore", "urllib3", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
@@ -123,6 +127,8 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level.lower(),
         lifespan="on",
         access_log=False,
+        # uvicorn's own lines go to the root logger's handler (configure_logging): JSON when asked for.
+        log_config=None,
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_seconds)),
         # httptools (uvicorn's choice when installed, and ours) has no limits of its own: see service.api.connections.
         http=connections.bounded_protocol(

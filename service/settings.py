@@ -42,6 +42,10 @@ class Settings:
     # API only, no poller (a replica behind a load balancer); the CLI's --no-poll sets it too.
     no_poll: bool = False
     log_level: str = "INFO"
+    # "text" (a terminal) or "json" (one object per line, for a log pipeline).
+    log_format: str = "text"
+    # One log line per HTTP request (method, path, status, duration, route, cache outcome, request id, caller).
+    access_log: bool = False
     # Seconds between reconciliation passes per region (one also runs at start).
     resync_seconds: float = knob(300.0, minimum=1.0)
     # Seconds a "no such image" answer is remembered, so unknown ids cannot flood AWS.
@@ -204,6 +208,11 @@ def _origins(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
                 "e.g. https://dashboard.example.com (no path, no trailing slash, no wildcard)"
             )
     return origins
+def _log_format(env: Mapping[str, str]) -> str:
+    kind = (env.get("STATUSCACHE_LOG_FORMAT") or Settings.log_format).strip().lower()
+    if kind not in {"text", "json"}:
+        raise ConfigurationError(f"STATUSCACHE_LOG_FORMAT must be text or json, got {kind!r}")
+    return kind
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -213,6 +222,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         "database_url": normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL),
         "regions": _regions(env),
         "log_level": _log_level(env),
+        "log_format": _log_format(env),
     }
     for setting in fields(Settings):
         if setting.name in values:

@@ -219,7 +219,7 @@ async def test_the_open_routes_answer_without_credentials(runtime: Runtime, toke
         assert (await protected.http.get("/healthz")).status_code == 200
         assert (await protected.http.get("/readyz")).status_code in (200, 503)
         # Not served yet by this build, but never behind a token: the router answers, not authentication.
-        for path in ("/metrics", "/openapi.json", "/", "/static/board.js"):
+        for path in ("/metrics", "/openapi.json", "/", "/board/board.js"):
             assert (await protected.http.get(path)).status_code != 401, path
     async with protected_app(runtime, tokens_path, metrics_auth=True) as protected:
         assert_refused(await protected.http.get("/metrics"), invalid=False)
@@ -230,7 +230,7 @@ async def test_the_open_routes_answer_without_credentials(runtime: Runtime, toke
 @pytest.mark.parametrize(
     ("path", "public"),
     [
-        ("/healthz", True), ("/readyz", True), ("/openapi.json", True), ("/", True), ("/static/app.js", True),
+        ("/healthz", True), ("/readyz", True), ("/openapi.json", True), ("/", True), ("/board/board.js", True),
         ("/metrics", True), ("/healthz/", False), ("/v3/images/custom/healthz", False), ("/stats", False),
         ("/v3/session", False), ("/staticx", False), ("//healthz", False),
     ],
@@ -243,7 +243,7 @@ def test_which_paths_are_open(path: str, public: bool) -> None:
 @pytest.mark.asyncio
 async def test_without_a_tokens_file_authentication_is_not_in_the_stack(runtime: Runtime, tokens_path: Path) -> None:
     def layers(app: StatusCacheApp) -> list[type]:
-        found, layer = [], app._stack
+        found, layer = [], app.app
         while layer is not None:
             found.append(type(layer))
             layer = getattr(layer, "app", None)

@@ -248,3 +248,18 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@pytest.mark.slow
+def test_plain_install_carries_the_status_boards_files(installed: Installed) -> None:
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    assert {f"service/api/board/{name}" for name in ("index.html", "board.js", "board.css")} <= names
+    loaded = installed.run(
+        [
+            str(installed.bin / "python"), "-c",
+            "from service.api.board import load_assets; print(sorted(load_assets()))",
+        ],
+        env=installed.no_aws_env(),
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "['board.css', 'board.js', 'index.html']"

@@ -217,6 +217,25 @@ def test_bad_log_level_is_refused_naming_the_variable(raw: str) -> None:
         from_env({"STATUSCACHE_LOG_LEVEL": raw})
 
 
+@pytest.mark.parametrize(
+    ("raw", "kind"), [(None, "text"), ("", "text"), ("json", "json"), ("JSON", "json"), ("text", "text")]
+)
+def test_log_format_is_text_unless_json_is_asked_for(raw: str | None, kind: str) -> None:
+    env = {} if raw is None else {"STATUSCACHE_LOG_FORMAT": raw}
+    assert from_env(env).log_format == kind
+
+
+@pytest.mark.parametrize("raw", ["yaml", "logfmt", "1"])
+def test_bad_log_format_is_refused_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="STATUSCACHE_LOG_FORMAT"):
+        from_env({"STATUSCACHE_LOG_FORMAT": raw})
+
+
+def test_the_access_log_is_off_unless_asked_for() -> None:
+    assert from_env({}).access_log is False
+    assert from_env({"STATUSCACHE_ACCESS_LOG": "1"}).access_log is True
+
+
 # --- database URL -----------------------------------------------------------------------------
 
 

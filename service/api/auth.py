@@ -31,7 +31,7 @@ CALLER = "statuscache.caller"
 SESSION_PATH = "/v3/session"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/"})
 # The status board's static assets: the page and its scripts hold no data (that comes from the API).
-PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PREFIXES = ("/board/",)
 METRICS_PATH = "/metrics"
 
 MISSING = "Authentication required: send 'Authorization: Bearer <token>', or sign in with POST /v3/session."

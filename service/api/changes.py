@@ -53,25 +53,29 @@ async def change_events(
     # Pull-based: each client reads the revisions table at its own pace, so a slow client holds up
     # nobody; the table is shared, so changes made by any replica reach every client.
     settings = runtime.settings
-    # The opening block's `id:` is where this stream starts: a client that loses the connection before the
-    # first change resumes from there (EventSource too: a block without data still sets its last event id).
-    yield b"retry: 2000\nid: %d\n: connected\n\n" % after
-    last_beat = time.monotonic()
-    cursor = after
-    while not runtime.draining.is_set():
-        batch = await queries.revisions_after(runtime.engine, after=cursor, region=region, image_id=image_id)
-        for revision in batch:
-            cursor = revision.seq
-            yield await change_event(runtime, revision)
-            last_beat = time.monotonic()
-        if len(batch) == queries.FEED_PAGE:
-            continue
-        await runtime.changes.wait(seconds=settings.sse_poll_seconds)
-        if time.monotonic() - last_beat >= settings.sse_heartbeat_seconds:
-            yield b": keepalive\n\n"
-            last_beat = time.monotonic()
-    # The process is shutting down: end the stream; the client resumes elsewhere from its Last-Event-ID.
-    yield b": shutting down\n\n"
+    runtime.metrics.stream_clients += 1
+    try:
+        # The opening block's `id:` is where this stream starts: a client that loses the connection before the
+        # first change resumes from there (EventSource too: a block without data still sets its last event id).
+        yield b"retry: 2000\nid: %d\n: connected\n\n" % after
+        last_beat = time.monotonic()
+        cursor = after
+        while not runtime.draining.is_set():
+            batch = await queries.revisions_after(runtime.engine, after=cursor, region=region, image_id=image_id)
+            for revision in batch:
+                cursor = revision.seq
+                yield await change_event(runtime, revision)
+                last_beat = time.monotonic()
+            if len(batch) == queries.FEED_PAGE:
+                continue
+            await runtime.changes.wait(seconds=settings.sse_poll_seconds)
+            if time.monotonic() - last_beat >= settings.sse_heartbeat_seconds:
+                yield b": keepalive\n\n"
+                last_beat = time.monotonic()
+        # The process is shutting down: end the stream; the client resumes elsewhere from its Last-Event-ID.
+        yield b": shutting down\n\n"
+    finally:
+        runtime.metrics.stream_clients -= 1
 
 
 async def change_event(runtime: Runtime, revision: queries.Revision) -> bytes:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api import pages
-from service.api.errors import JSON
+from service.api.compression import Compressor
 from service.api.requests import optional_timestamp, parse_limit, region_from, validate_image_id
 from service.api.state import AppState
 from service.errors import NotFound
@@ -24,6 +24,7 @@ class ImageHistory:
     def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
         self.tokens = tokens
+        self._compressor = Compressor()
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -47,4 +48,4 @@ class ImageHistory:
         body: dict[str, Any] = {"imageId": image_id, "region": region, "transitions": page.transitions}
         if page.next_after is not None:
             body["nextToken"] = await self.tokens.issue(page.next_after, query=query)
-        return Response(orjson.dumps(body), media_type=JSON)
+        return self._compressor.answer(request, orjson.dumps(body))

@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api import pages
+from service.api.compression import Compressor
 from service.api.describe import PREPARED_MAX_ENTRIES
-from service.api.errors import JSON
-from service.api.requests import etag_matches, region_from
+from service.api.requests import region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
 from service.errors import BadRequest
@@ -35,6 +35,8 @@ class ListImages:
         self._pages: BoundedDict[PageKey, tuple[int, float, bytes, str]] = BoundedDict(PREPARED_MAX_ENTRIES)
         # Clients polling the same page when it expires share one query.
         self._building: SingleFlight[PageKey, tuple[bytes, str]] = SingleFlight()
+        # Pages are compressed once per ETag (a page's content), not once per request.
+        self._compressor = Compressor()
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -47,10 +49,7 @@ class ListImages:
         query = pages.query(PATH, region=region, imageStatus=image_status)
         after = await self.tokens.read(request.query_params.get("nextToken"), query=query, kind=str)
         body, etag = await self._page(runtime, (region, image_status, after))
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        return Response(body, media_type=JSON, headers=headers)
+        return self._compressor.answer(request, body, etag=etag, headers={"Cache-Control": "no-cache"})
 
     async def _page(self, runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
         remembered = self._pages.get(key)

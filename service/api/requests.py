@@ -92,21 +92,16 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     return int(raw)
 
 
-def _opaque_tag(tag: str) -> str:
+def _opaque(tag: str) -> str:
     return tag[2:] if tag.startswith("W/") else tag
 
 
 def etag_matches(header_value: str | None, etag: str) -> bool:
-    """If-None-Match against one entity tag, by weak comparison (RFC 9110 §13.1.2), as that header requires.
-
-    A proxy that compresses a response marks its tag weak (`W/"..."`); its clients send that back, and
-    must still get their 304.
-    """
+    """If-None-Match against one entity tag, compared weakly as RFC 9110 asks: `W/"x"` matches `"x"` (a
+    compressed answer, or a proxy, weakens a tag)."""
     if not header_value:
         return False
-    wanted = _opaque_tag(etag)
-    for part in header_value.split(","):
-        candidate = part.strip()
-        if candidate == "*" or _opaque_tag(candidate) == wanted:
-            return True
-    return False
+    if header_value == etag:
+        return True  # what a client sends back most of the time: the tag it was given, alone
+    candidates = {_opaque(part.strip()) for part in header_value.split(",")}
+    return _opaque(etag) in candidates or "*" in candidates

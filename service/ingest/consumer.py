@@ -31,6 +31,11 @@ WAIT_SECONDS = 20
 DELETE_ATTEMPTS = 3
 
 
+def lag_seconds(event_time: datetime) -> float:
+    """Seconds from an event's time to now; never negative (EventBridge's clock and ours differ a little)."""
+    return max(0.0, (utcnow() - event_time).total_seconds())
+
+
 class Refresher:
     """Targeted refreshes of one image, coalesced per image and bounded in concurrency."""
 
@@ -79,7 +84,10 @@ class Consumer:
             except MalformedEvent as exc:
                 poison.append(Poison(queue_url, message.message_id, message.body, str(exc)))
                 self._metrics.events["poison"] += 1
-                log.warning("unreadable message %s kept as poison: %s", message.message_id, exc)
+                log.warning(
+                    "unreadable message %s kept as poison: %s", message.message_id, exc,
+                    extra={"message_id": message.message_id},
+                )
                 continue
             if isinstance(event, events.NotOurs):
                 self._metrics.events["ignored"] += 1
@@ -105,22 +113,36 @@ class Consumer:
                 self._metrics.events[plan.ignored] += 1
             if plan.change is not None:
                 pending.append(plan.change)
+            elif plan.refresh is None and plan.ignored is None:
+                # News the cache already reflects (repeated, or older than what is stored).
+                self._metrics.events["stale"] += 1
             if plan.refresh is not None and plan.refresh not in refreshed:
                 refreshed.add(plan.refresh)
                 await self._cache.apply_many(pending)
-                self._metrics.events["applied"] += len(pending)
+                self._applied(pending)
                 pending = []
                 region, image_id = plan.refresh
                 try:
                     await self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
+                    self._metrics.event_lag.observe(lag_seconds(event.envelope.time))
                 except AwsError as exc:
                     # Reconciliation heals what this look-up could not see.
-                    log.warning("targeted refresh of %s/%s failed: %s", region, image_id, exc.message)
+                    log.warning(
+                        "targeted refresh of %s/%s failed: %s", region, image_id, exc.message,
+                        extra={"region": region, "image_id": image_id, "event_id": event.envelope.event_id},
+                    )
                 self._metrics.events["refreshed"] += 1
         # The ids are recorded with the last changes: a crash before this point redelivers the batch.
         await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison)
-        self._metrics.events["applied"] += len(pending)
+        self._applied(pending)
         await self._delete(queue_url=queue_url, messages=messages)
+
+    def _applied(self, changes: list[Change]) -> None:
+        """Count committed event changes, and how long each took from EventBridge's event time to here."""
+        self._metrics.events["applied"] += len(changes)
+        for change in changes:
+            if change.happened_at is not None:
+                self._metrics.event_lag.observe(lag_seconds(change.happened_at))
 
     async def gather(self, event: events.Event) -> Facts:
         """What `decide` needs to know about the event's image, read from the cache (and EC2 for an unplaced AMI)."""

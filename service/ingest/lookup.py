@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.aws import Aws
+from service.aws import Aws, calls_made
 from service.domain.models import CachedImage
 from service.domain.rows import ApplyResult
 from service.errors import AwsError, AwsThrottled, NotFound, TooManyRequests
@@ -178,7 +178,12 @@ class Lookup:
                 "Too many live lookups for images not in the cache; retry later.", retry_after=wait
             )
         try:
-            cached = await self._look_up(region=region, image_id=image_id)
+            with calls_made() as tally:
+                try:
+                    cached = await self._look_up(region=region, image_id=image_id)
+                finally:
+                    # What a cached answer saves: the calls pcluster's describe makes, these.
+                    self._metrics.lookup_aws_calls += tally[0]
         except NotFound:
             self._metrics.lookups[LOOKUP_NOT_FOUND] += 1
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class Reconciler:
         report = PassReport(region=region)
         calls_before = self._aws.total_calls()
         started = utcnow()
+        clock_started = time.monotonic()
 
         stacks: dict[str, StackInfo] = {}
         async for page in self._aws.list_image_stacks(region=region):
@@ -127,9 +129,13 @@ class Reconciler:
         report.aws_calls = self._aws.total_calls() - calls_before
         self._metrics.reconcile_reports[region] = dataclasses.asdict(report)
         self._metrics.reconcile_corrected[region] += report.corrected
+        self._metrics.reconcile_aws_calls[region] += report.aws_calls
+        self._metrics.reconcile_region_passes[(region, "ok")] += 1
+        self._metrics.reconcile_seconds[region].observe(time.monotonic() - clock_started)
         log.info(
             "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d AWS calls",
             region, report.images_seen, report.changed, report.transitions, report.gone, report.aws_calls,
+            extra={"region": region, "corrected": report.corrected},
         )
         return report
 
@@ -163,7 +169,8 @@ class Reconciler:
                             await self.run_pass(region=region)
                     except Exception:
                         failed = True
-                        log.exception("reconcile pass for %s failed", region)
+                        self._metrics.reconcile_region_passes[(region, "error")] += 1
+                        log.exception("reconcile pass for %s failed", region, extra={"region": region})
                 self._metrics.reconcile_passes += 1
                 done += 1
                 if not failed:

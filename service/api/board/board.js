@@ -1,0 +1,543 @@
+// The status board: the public API only (image states, describe, history, the change stream), no build step.
+"use strict";
+
+(() => {
+  const STATUSES = [
+    "BUILD_IN_PROGRESS", "BUILD_FAILED", "BUILD_COMPLETE", "DELETE_IN_PROGRESS", "DELETE_FAILED", "DELETE_COMPLETE",
+  ];
+  const LABELS = {
+    BUILD_IN_PROGRESS: "Building",
+    BUILD_FAILED: "Failed",
+    BUILD_COMPLETE: "Complete",
+    DELETE_IN_PROGRESS: "Deleting",
+    DELETE_FAILED: "Delete failed",
+    DELETE_COMPLETE: "Deleted",
+  };
+  // Active and failed builds first: what a person opens the board for.
+  const ORDER = ["BUILD_IN_PROGRESS", "BUILD_FAILED", "DELETE_FAILED", "DELETE_IN_PROGRESS", "BUILD_COMPLETE",
+    "DELETE_COMPLETE"];
+  // Rows drawn at once; a larger fleet is narrowed with the search and the filters.
+  const MAX_ROWS = 500;
+  const HISTORY_PAGES = 5;
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    images: new Map(), // "region/imageId" -> item
+    regions: [],
+    seq: 0,
+    status: "",
+    search: "",
+    region: "",
+    stream: null,
+    open: null, // the item whose details are shown
+  };
+
+  // --- the API, with the browser's session when the service asks for one ---------------------------
+
+  class Unauthorized extends Error {}
+  let signingIn = null;
+
+  async function api(path, options = {}) {
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      const response = await fetch(path, { credentials: "same-origin", ...options });
+      if (response.status !== 401) return response;
+      await signIn();
+    }
+    throw new Unauthorized("not signed in");
+  }
+
+  async function json(path) {
+    const response = await api(path, { headers: { Accept: "application/json" } });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.message || `${path}: HTTP ${response.status}`);
+    return body;
+  }
+
+  // 401 -> the token form -> POST /v3/session (the service sets an HttpOnly cookie) -> the caller retries.
+  function signIn() {
+    if (signingIn) return signingIn;
+    signingIn = new Promise((resolve) => {
+      const dialog = $("login");
+      const form = $("login-form");
+      const error = $("login-error");
+      error.hidden = true;
+      const submit = async (event) => {
+        event.preventDefault();
+        const token = $("token").value.trim();
+        if (!token) return;
+        const response = await fetch("/v3/session", {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { Authorization: `Bearer ${token}` },
+        });
+        if (response.ok) {
+          form.removeEventListener("submit", submit);
+          $("token").value = "";
+          dialog.close();
+          resolve();
+          return;
+        }
+        const body = await response.json().catch(() => ({}));
+        error.textContent = body.message || `Sign-in refused (HTTP ${response.status}).`;
+        error.hidden = false;
+      };
+      form.addEventListener("submit", submit);
+      dialog.addEventListener("cancel", (event) => event.preventDefault()); // nothing to show without a session
+      if (!dialog.open) dialog.showModal();
+      $("token").focus();
+    }).finally(() => {
+      signingIn = null;
+    });
+    return signingIn;
+  }
+
+  // --- the model --------------------------------------------------------------------------------------
+
+  const keyOf = (region, imageId) => `${region}/${imageId}`;
+
+  function fromDocument(doc, seq, previous) {
+    const status = doc.imageBuildStatus;
+    return {
+      imageId: doc.imageId,
+      region: doc.region,
+      imageBuildStatus: status,
+      cloudformationStackStatus: doc.cloudformationStackStatus,
+      imagebuilderImageStatus: doc.imagebuilderImageStatus,
+      version: doc.version,
+      creationTime: doc.creationTime || doc.cloudformationStackCreationTime || (previous && previous.creationTime),
+      // The stream carries the document, not when its status began: a new status began about now.
+      statusSince: previous && previous.imageBuildStatus === status ? previous.statusSince : new Date().toISOString(),
+      changeSeq: seq,
+    };
+  }
+
+  async function loadStates() {
+    const body = await json("/v3/image-states");
+    state.regions = body.regions;
+    state.seq = body.changeSeq;
+    state.images = new Map(body.images.map((item) => [keyOf(item.region, item.imageId), item]));
+    fillRegions();
+    render();
+  }
+
+  // --- the change stream: live, no polling --------------------------------------------------------------
+
+  function setLive(kind, text) {
+    $("live").dataset.state = kind;
+    $("live-text").textContent = text;
+  }
+
+  function follow() {
+    if (state.stream) state.stream.close();
+    const stream = new EventSource(`/v3/image-changes?lastEventId=${encodeURIComponent(state.seq)}`);
+    state.stream = stream;
+    stream.addEventListener("open", () => setLive("live", "Live"));
+    stream.addEventListener("image", (event) => {
+      const doc = JSON.parse(event.data);
+      const seq = Number(event.lastEventId);
+      const key = keyOf(doc.region, doc.imageId);
+      const previous = state.images.get(key);
+      if (previous && previous.changeSeq >= seq) return; // already in the list we started from
+      if (!state.regions.includes(doc.region)) return;
+      state.images.set(key, fromDocument(doc, seq, previous));
+      state.seq = Math.max(state.seq, seq);
+      changed.add(key);
+      scheduleRender();
+      if (state.open && state.open.key === key) showDetails(key, { refresh: true });
+    });
+    stream.addEventListener("gone", (event) => {
+      const doc = JSON.parse(event.data);
+      const seq = Number(event.lastEventId);
+      const key = keyOf(doc.region, doc.imageId);
+      const previous = state.images.get(key);
+      if (previous && previous.changeSeq >= seq) return;
+      state.images.delete(key);
+      state.seq = Math.max(state.seq, seq);
+      scheduleRender();
+    });
+    stream.addEventListener("error", async () => {
+      if (stream.readyState === EventSource.CONNECTING) {
+        setLive("reconnecting", "Reconnecting…");
+        return;
+      }
+      // Closed for good (an answer that was not a stream: a 401 when the session ended, a 5xx). Ask why with an
+      // ordinary request, sign in if that is it, then start again from where the list left off.
+      setLive("offline", "Offline");
+      try {
+        await api("/v3/images/custom?imageStatus=PENDING");
+        setTimeout(follow, 2000);
+      } catch (error) {
+        showProblem(`The change stream stopped: ${error.message}`);
+      }
+    });
+  }
+
+  // --- rendering ----------------------------------------------------------------------------------------
+
+  const changed = new Set();
+  let renderPending = false;
+
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    requestAnimationFrame(() => {
+      renderPending = false;
+      render();
+    });
+  }
+
+  function inRegion(item) {
+    return !state.region || item.region === state.region;
+  }
+
+  function visible() {
+    const needle = state.search.toLowerCase();
+    const rank = (item) => {
+      const index = ORDER.indexOf(item.imageBuildStatus);
+      return index === -1 ? ORDER.length : index;
+    };
+    return [...state.images.values()]
+      .filter((item) => inRegion(item))
+      .filter((item) => !state.status || item.imageBuildStatus === state.status)
+      .filter((item) => !needle || item.imageId.toLowerCase().includes(needle))
+      .sort((a, b) => rank(a) - rank(b) || a.imageId.localeCompare(b.imageId) || a.region.localeCompare(b.region));
+  }
+
+  function renderCounts() {
+    const counts = Object.fromEntries(STATUSES.map((status) => [status, 0]));
+    let total = 0;
+    for (const item of state.images.values()) {
+      if (!inRegion(item)) continue;
+      total += 1;
+      if (item.imageBuildStatus in counts) counts[item.imageBuildStatus] += 1;
+    }
+    const nav = $("counts");
+    const buttons = [["", "All images", total], ...STATUSES.map((status) => [status, LABELS[status], counts[status]])];
+    if (nav.children.length !== buttons.length) {
+      nav.replaceChildren(...buttons.map(([status]) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "count";
+        button.dataset.status = status;
+        button.innerHTML = '<span class="n"></span><span class="label"></span>';
+        button.addEventListener("click", () => setStatus(state.status === status ? "" : status));
+        return button;
+      }));
+    }
+    buttons.forEach(([status, label, count], index) => {
+      const button = nav.children[index];
+      button.querySelector(".n").textContent = String(count);
+      button.querySelector(".label").textContent = label;
+      button.setAttribute("aria-pressed", String(state.status === status));
+      button.setAttribute("aria-label", `${label}: ${count}`);
+    });
+  }
+
+  function badge(status) {
+    const span = document.createElement("span");
+    span.className = `badge ${status || ""}`;
+    span.textContent = LABELS[status] || status || "unknown";
+    return span;
+  }
+
+  function cell(row, className, text) {
+    const td = row.insertCell();
+    if (className) td.className = className;
+    if (text !== undefined) td.textContent = text;
+    return td;
+  }
+
+  function renderRow(item, key) {
+    const row = document.createElement("tr");
+    row.dataset.key = key;
+    row.dataset.status = item.imageBuildStatus || "";
+    const name = cell(row, "");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "image-link";
+    button.textContent = item.imageId;
+    button.addEventListener("click", () => showDetails(key));
+    name.append(button);
+    const status = cell(row, "build-status");
+    status.append(badge(item.imageBuildStatus));
+    if (item.statusSince) {
+      const since = document.createElement("span");
+      since.className = "since";
+      since.dataset.since = item.statusSince;
+      since.textContent = `for ${age(item.statusSince)}`;
+      status.append(since);
+    }
+    cell(row, "col-stack mono", item.cloudformationStackStatus || "—");
+    cell(row, "col-ib mono", item.imagebuilderImageStatus || "—");
+    cell(row, "col-version", item.version || "—");
+    const created = cell(row, "col-age");
+    created.dataset.since = item.creationTime || "";
+    created.textContent = item.creationTime ? age(item.creationTime) : "—";
+    if (item.creationTime) created.title = item.creationTime;
+    cell(row, "col-region", item.region);
+    if (changed.has(key)) row.classList.add("changed");
+    return row;
+  }
+
+  function render() {
+    renderCounts();
+    const items = visible();
+    const shown = items.slice(0, MAX_ROWS);
+    $("rows").replaceChildren(...shown.map((item) => renderRow(item, keyOf(item.region, item.imageId))));
+    changed.clear();
+    $("empty").hidden = items.length > 0;
+    const total = [...state.images.values()].filter(inRegion).length;
+    $("summary").textContent = items.length > shown.length
+      ? `Showing ${shown.length} of ${items.length} matching images (${total} in all): search to narrow.`
+      : `${items.length} of ${total} images.`;
+  }
+
+  function fillRegions() {
+    const select = $("region");
+    select.replaceChildren(new Option("All regions", ""), ...state.regions.map((region) => new Option(region, region)));
+    $("region-label").hidden = state.regions.length < 2;
+    document.body.classList.toggle("one-region", state.regions.length < 2);
+  }
+
+  function setStatus(status) {
+    state.status = status;
+    $("status").value = status;
+    render();
+  }
+
+  // --- time -----------------------------------------------------------------------------------------------
+
+  function age(iso) {
+    const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    if (seconds < 60) return `${Math.floor(seconds)}s`;
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return `${minutes}m`;
+    const hours = Math.floor(minutes / 60);
+    if (hours < 48) return `${hours}h ${minutes % 60}m`;
+    return `${Math.floor(hours / 24)}d ${hours % 24}h`;
+  }
+
+  function refreshAges() {
+    for (const element of document.querySelectorAll("[data-since]")) {
+      if (!element.dataset.since) continue;
+      const text = age(element.dataset.since);
+      element.textContent = element.classList.contains("since") ? `for ${text}` : text;
+    }
+  }
+
+  // --- details: the describe document and the history as a timeline ---------------------------------------
+
+  async function history(item) {
+    const transitions = [];
+    let token = null;
+    for (let page = 0; page < HISTORY_PAGES; page += 1) {
+      const query = new URLSearchParams({ region: item.region, limit: "1000" });
+      if (token) query.set("nextToken", token);
+      const body = await json(`/v3/images/custom/${encodeURIComponent(item.imageId)}/history?${query}`);
+      transitions.push(...body.transitions);
+      token = body.nextToken;
+      if (!token) break;
+    }
+    return transitions;
+  }
+
+  async function showDetails(key, { refresh = false } = {}) {
+    const item = state.images.get(key);
+    if (!item) return;
+    const dialog = $("details");
+    state.open = { key };
+    $("details-title").textContent = item.imageId;
+    const badges = $("details-badges");
+    const plain = (text) => {
+      const span = document.createElement("span");
+      span.className = "plain";
+      span.textContent = text;
+      return span;
+    };
+    badges.replaceChildren(
+      badge(item.imageBuildStatus),
+      plain(item.region),
+      ...(item.version ? [plain(`ParallelCluster ${item.version}`)] : []),
+      ...(item.creationTime ? [plain(`created ${item.creationTime}`)] : []),
+    );
+    if (!refresh) {
+      $("document").textContent = "Loading…";
+      $("timeline").replaceChildren();
+      if (!dialog.open) dialog.showModal();
+      $("details-close").focus();
+    }
+    try {
+      const path = `/v3/images/custom/${encodeURIComponent(item.imageId)}?region=${encodeURIComponent(item.region)}`;
+      const [doc, transitions] = await Promise.all([json(path), history(item)]);
+      if (!state.open || state.open.key !== key) return;
+      $("document").textContent = JSON.stringify(doc, null, 2);
+      $("timeline").replaceChildren(timeline(transitions, item));
+      $("transitions").replaceChildren(transitionTable(transitions));
+    } catch (error) {
+      $("document").textContent = error.message;
+    }
+  }
+
+  const LANES = [
+    ["Build", "imageBuildStatus"],
+    ["Stack", "cloudformationStackStatus"],
+    ["Image Builder", "imagebuilderImageStatus"],
+    ["AMI", "ec2AmiState"],
+  ];
+
+  function tone(value) {
+    if (!value) return "other";
+    if (value === "BUILD_COMPLETE" || value === "AVAILABLE") return "complete";
+    if (value === "DELETE_COMPLETE" || value === "DELETED" || value === "DEREGISTERED") return "deleted";
+    if (/FAILED|ROLLBACK|CANCELLED/.test(value)) return "failed";
+    if (/^DELETE/.test(value)) return "deleting";
+    if (/COMPLETE$/.test(value)) return "complete";
+    if (/IN_PROGRESS|BUILDING|TESTING|DISTRIBUTING|INTEGRATING|PENDING|CREATING/.test(value)) return "progress";
+    return "other";
+  }
+
+  function svg(name, attributes = {}, text) {
+    const element = document.createElementNS("http://www.w3.org/2000/svg", name);
+    for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+    if (text !== undefined) element.textContent = text;
+    return element;
+  }
+
+  function clock(ms, withDate) {
+    const iso = new Date(ms).toISOString();
+    return withDate ? `${iso.slice(5, 10)} ${iso.slice(11, 16)}` : iso.slice(11, 19);
+  }
+
+  // One lane per status kind, one bar per phase: a phase lasts from its transition to the lane's next one.
+  function timeline(transitions, item) {
+    if (!transitions.length) {
+      const empty = document.createElement("p");
+      empty.textContent = "No transitions recorded.";
+      return empty;
+    }
+    const times = transitions.map((t) => Date.parse(t.time));
+    const start = Math.min(...times);
+    const last = Math.max(...times);
+    const building = item.imageBuildStatus && item.imageBuildStatus.endsWith("IN_PROGRESS");
+    // A phase still going on runs to now; a finished build's last phase gets a short open end.
+    const end = building ? Math.max(Date.now(), last + 1000) : last + Math.max((last - start) * 0.15, 60000);
+    const lanes = LANES.filter(([, field]) => transitions.some((t) => t[field]));
+    const width = 900;
+    const left = 110;
+    const laneHeight = 30;
+    const top = 8;
+    const height = top + lanes.length * laneHeight + 30;
+    const x = (ms) => left + ((ms - start) / Math.max(end - start, 1)) * (width - left - 10);
+    const root = svg("svg", {
+      viewBox: `0 0 ${width} ${height}`,
+      role: "img",
+      "aria-label": `Timeline of ${item.imageId}: ${transitions.length} transitions from ${new Date(start).toISOString()}`,
+    });
+    const withDate = end - start > 86400000;
+    for (let index = 0; index <= 4; index += 1) {
+      const ms = start + ((end - start) * index) / 4;
+      root.append(svg("line", { class: "tick", x1: x(ms), x2: x(ms), y1: top, y2: height - 22 }));
+      root.append(svg("text", {
+        class: "axis", x: x(ms), y: height - 8, "text-anchor": index === 0 ? "start" : index === 4 ? "end" : "middle",
+      }, clock(ms, withDate)));
+    }
+    lanes.forEach(([label, field], laneIndex) => {
+      const y = top + laneIndex * laneHeight;
+      root.append(svg("text", { class: "lane-label", x: 0, y: y + laneHeight / 2 + 4 }, label));
+      const phases = [];
+      transitions.forEach((transition, index) => {
+        const value = transition.gone ? undefined : transition[field];
+        const current = phases[phases.length - 1];
+        if (current && current.value === value) return;
+        if (current) current.to = times[index];
+        phases.push({ value, from: times[index], to: null });
+      });
+      for (const phase of phases) {
+        if (!phase.value) continue;
+        const openEnd = phase.to === null;
+        const to = openEnd ? end : phase.to;
+        const barX = x(phase.from);
+        const barWidth = Math.max(x(to) - barX, 2);
+        const group = svg("g");
+        group.append(svg("title", {}, `${label}: ${phase.value}\n${new Date(phase.from).toISOString()} → ${
+          openEnd ? (building ? "now" : "…") : new Date(to).toISOString()}`));
+        group.append(svg("rect", {
+          class: `${tone(phase.value)}${openEnd ? " open-end" : ""}`, x: barX, y: y + 4, width: barWidth,
+          height: laneHeight - 8, rx: 3,
+        }));
+        if (barWidth > phase.value.length * 6.2 + 8) {
+          group.append(svg("text", { class: "bar-label", x: barX + 5, y: y + laneHeight / 2 + 4 }, phase.value));
+        }
+        root.append(group);
+      }
+    });
+    return root;
+  }
+
+  function transitionTable(transitions) {
+    const table = document.createElement("table");
+    const head = table.createTHead().insertRow();
+    for (const title of ["Time", "Source", ...LANES.map(([label]) => label)]) {
+      const th = document.createElement("th");
+      th.scope = "col";
+      th.textContent = title;
+      head.append(th);
+    }
+    const body = table.createTBody();
+    for (const transition of transitions) {
+      const row = body.insertRow();
+      for (const value of [transition.time, transition.source, ...LANES.map(([, field]) => transition[field])]) {
+        row.insertCell().textContent = transition.gone && value === undefined ? "gone" : value || "—";
+      }
+    }
+    return table;
+  }
+
+  function showProblem(text) {
+    const problem = $("problem");
+    problem.textContent = text;
+    problem.hidden = !text;
+  }
+
+  // --- start ------------------------------------------------------------------------------------------------
+
+  function wire() {
+    const select = $("status");
+    for (const status of STATUSES) select.append(new Option(LABELS[status], status));
+    select.addEventListener("change", () => setStatus(select.value));
+    $("search").addEventListener("input", (event) => {
+      state.search = event.target.value.trim();
+      render();
+    });
+    $("region").addEventListener("change", (event) => {
+      state.region = event.target.value;
+      render();
+    });
+    $("filters").addEventListener("submit", (event) => event.preventDefault());
+    $("details-close").addEventListener("click", () => $("details").close());
+    $("details").addEventListener("close", () => {
+      state.open = null;
+    });
+    document.addEventListener("keydown", (event) => {
+      const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
+      if (event.key === "/" && !typing && !$("details").open) {
+        event.preventDefault();
+        $("search").focus();
+      }
+    });
+    setInterval(refreshAges, 30000);
+  }
+
+  async function start() {
+    wire();
+    try {
+      await loadStates();
+      follow();
+    } catch (error) {
+      setLive("offline", "Offline");
+      showProblem(`Could not load the images: ${error.message}`);
+    }
+  }
+
+  start();
+})();
