@@ -185,9 +185,18 @@ FEED_PAGE = 100
 
 
 async def revisions_after(
-    engine: AsyncEngine, *, after: int, region: str | None, image_id: str | None, limit: int = FEED_PAGE
+    engine: AsyncEngine,
+    *,
+    after: int,
+    region: str | None,
+    image_id: str | None,
+    upto: int | None = None,
+    limit: int = FEED_PAGE,
 ) -> list[Revision]:
+    """Revisions numbered above `after` (and at most `upto`), in order: at most `limit`, matching the filters."""
     conditions = [revisions.c.seq > after]
+    if upto is not None:
+        conditions.append(revisions.c.seq <= upto)
     if region is not None:
         conditions.append(revisions.c.region == region)
     if image_id is not None:
