@@ -138,13 +138,16 @@ def start_serve(
     return process
 
 
-def start_ceiling(*, body_path: Path, log_dir: Path) -> Process:
-    """The bare Starlette app on the same uvicorn: one worker, default loop and HTTP implementation, no access log."""
+def start_ceiling(*, body_path: Path, log_dir: Path, name: str = "ceiling") -> Process:
+    """The bare Starlette app on the same uvicorn: one worker, default loop and HTTP implementation, no access log.
+
+    It answers every route with the bytes of `body_path` (a describe answer, or a list page).
+    """
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("STATUSCACHE_", "AWS_"))}
     env["BENCH_CEILING_BODY"] = str(body_path)
     process = Process(
-        name="ceiling",
+        name=name,
         command=[
             sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", "--no-access-log", "--lifespan", "on",

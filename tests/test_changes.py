@@ -370,7 +370,7 @@ async def test_a_slow_client_is_dropped_with_its_position_intact_and_holds_up_no
 
 
 def stream_route(app: Any) -> ChangeStream:
-    # The stack is FastDescribe -> StreamFront -> Starlette.
+    # The stack is FastDescribe -> StreamFront -> FastList -> Starlette.
     front = app._stack.app
     assert isinstance(front, StreamFront)
     return front.route

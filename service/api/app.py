@@ -5,6 +5,7 @@ The ASGI stack, outermost first:
     middleware given to create_app (in order)   sees every request, cached describes included
     FastDescribe                                 answers describes already prepared in memory
     StreamFront                                  opens change streams (they stay open: no router frames held)
+    FastList                                     answers list pages already prepared in memory
     Starlette (router, error handlers)           everything else
 """
 
@@ -69,13 +70,14 @@ def create_app(
                 state.opened = None
 
     describe_route = describe.DescribeImage(state)
+    list_route = listing.ListImages(state)
     stream_route = changes.ChangeStream(state)
     health = Health(state)
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
             Route(history.PATH, history.ImageHistory(state).endpoint, methods=["GET"]),
-            Route(listing.PATH, listing.ListImages(state).endpoint, methods=["GET"]),
+            Route(listing.PATH, list_route, methods=["GET"]),
             Route(changes.PATH, stream_route, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
@@ -85,7 +87,9 @@ def create_app(
         lifespan=lifespan,
     )
     starlette.state.statuscache = state
-    stack: ASGIApp = describe.FastDescribe(changes.StreamFront(starlette, stream_route), describe_route)
+    stack: ASGIApp = describe.FastDescribe(
+        changes.StreamFront(listing.FastList(starlette, list_route), stream_route), describe_route
+    )
     for cls, args, kwargs in reversed(middleware):
         stack = cls(stack, *args, **kwargs)
     return StatusCacheApp(stack=stack, state=state, starlette=starlette)

@@ -1,17 +1,21 @@
-"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages remembered like records."""
+"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages prepared and remembered.
+
+A dashboard that does not stream polls these pages, so a page is served like a prepared describe answer:
+its bytes, ETag and headers are built once and sent as they are. A page is remembered until a local write
+(at once) or for at most STATUSCACHE_READ_CACHE_SECONDS (other replicas' writes); one request past half
+of that rebuilds it in the background while the others are still answered from memory, so polling clients
+do not wait for the rebuild.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from dataclasses import dataclass
 
-import orjson
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.describe import PREPARED_MAX_ENTRIES
-from service.api.errors import JSON
-from service.api.requests import etag_matches, region_from
+from service.api.requests import etag_matches, header, query_params, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
 from service.errors import BadRequest
@@ -21,52 +25,128 @@ from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 
 PATH = "/v3/images/custom"
+# Pages are ~15 KB: a thousand (any region, filter and token) is 15 MB at most.
+PAGE_MAX_ENTRIES = 1000
 
 PageKey = tuple[str, str, str | None]
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    body: bytes
+    etag: str
+    headers_200: RawHeaders
+    headers_304: RawHeaders
+    # The local write generation it was built in, and when (monotonic).
+    generation: int
+    built_at: float
+
+
+def prepare(page: queries.ListPage, *, generation: int, built_at: float) -> Page:
+    validators = [(b"etag", page.etag.encode()), (b"cache-control", b"no-cache")]
+    return Page(
+        body=page.body,
+        etag=page.etag,
+        headers_200=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(page.body)), *validators],
+        headers_304=validators,
+        generation=generation,
+        built_at=built_at,
+    )
+
+
+async def send_page(send: Send, page: Page, *, if_none_match: str | None) -> None:
+    if etag_matches(if_none_match, page.etag):
+        await send({"type": "http.response.start", "status": 304, "headers": page.headers_304})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": page.headers_200})
+        await send({"type": "http.response.body", "body": page.body})
 
 
 class ListImages:
-    """A page is remembered like a record: dropped by any local write, kept at most read_cache_seconds."""
+    """The route: a plain ASGI endpoint, like describe's, answering from prepared pages."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._pages: BoundedDict[PageKey, tuple[int, float, bytes, str]] = BoundedDict(PREPARED_MAX_ENTRIES)
+        self._pages: BoundedDict[PageKey, Page] = BoundedDict(PAGE_MAX_ENTRIES)
+        self._entries = queries.ListEntries()
         # Clients polling the same page when it expires share one query.
-        self._building: SingleFlight[PageKey, tuple[bytes, str]] = SingleFlight()
+        self._building: SingleFlight[PageKey, Page] = SingleFlight()
+        self._refreshing: set[asyncio.Task[Page]] = set()
 
-    async def endpoint(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.state.runtime
-        image_status = request.query_params.get("imageStatus")
+        params = query_params(scope["query_string"])
+        image_status = params.get("imageStatus")
         if image_status is None:
             raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
         if image_status not in IMAGE_STATUS_FILTERS:
             raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
-        region = region_from(request.query_params.get("region"), runtime.settings)
-        token = request.query_params.get("nextToken")
-        body, etag = await self._page(runtime, (region, image_status, token))
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        return Response(body, media_type=JSON, headers=headers)
+        region = region_from(params.get("region"), runtime.settings)
+        key = (region, image_status, params.get("nextToken"))
+        page = self.remembered(runtime, key) or await self._building.run(key, lambda: self._build(runtime, key))
+        await send_page(send, page, if_none_match=header(scope, b"if-none-match"))
 
-    async def _page(self, runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
-        remembered = self._pages.get(key)
-        generation = runtime.lookup.generation
+    def remembered(self, runtime: Runtime, key: PageKey) -> Page | None:
+        """The remembered page while it may still be served; past half its life, a rebuild starts behind it."""
+        page = self._pages.get(key)
+        if page is None or page.generation != runtime.lookup.generation:
+            return None
+        age = time.monotonic() - page.built_at
+        bound = runtime.settings.read_cache_seconds
+        if age >= bound:
+            return None
+        if age >= bound / 2 and key not in self._building:
+            task = asyncio.create_task(self._building.run(key, lambda: self._build(runtime, key)))
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshed)
+        return page
+
+    def _refreshed(self, task: asyncio.Task[Page]) -> None:
+        self._refreshing.discard(task)
+        # A failed rebuild in the background is not an error of any request: the next one that needs the
+        # page builds it and answers the error itself.
+        if not task.cancelled():
+            task.exception()
+
+    async def _build(self, runtime: Runtime, key: PageKey) -> Page:
+        region, image_status, token = key
+        # Taken before the query: a write that lands meanwhile makes the page stale at once.
+        generation, started = runtime.lookup.generation, time.monotonic()
+        listed = await queries.list_images(
+            runtime.engine, region=region, image_status=image_status, next_token=token, entries=self._entries
+        )
+        page = prepare(listed, generation=generation, built_at=started)
+        self._pages[key] = page
+        return page
+
+
+class FastList:
+    """In front of the router: a list request whose page is remembered is answered straight away. Anything
+    else (a page to build, bad input, other routes) goes on to the router, which answers it in full, so no
+    behaviour lives only here.
+    """
+
+    def __init__(self, app: ASGIApp, route: ListImages) -> None:
+        self.app = app
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.route.state.opened
         if (
-            remembered is not None
-            and remembered[0] == generation
-            and time.monotonic() - remembered[1] < runtime.settings.read_cache_seconds
+            runtime is not None
+            and scope["type"] == "http"
+            and scope["path"] == PATH
+            and scope["method"] == "GET"
+            and not scope.get("root_path")
         ):
-            return remembered[2], remembered[3]
-        body, etag = await self._building.run(key, lambda: _build_page(runtime, key))
-        self._pages[key] = (generation, time.monotonic(), body, etag)
-        return body, etag
-
-
-async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
-    region, image_status, token = key
-    page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
-    document: dict[str, Any] = {"images": page.images}
-    if page.next_token:
-        document["nextToken"] = page.next_token
-    return orjson.dumps(document), page.etag
+            params = query_params(scope["query_string"])
+            image_status = params.get("imageStatus")
+            region = params.get("region") or runtime.settings.default_region
+            if image_status in IMAGE_STATUS_FILTERS and region in runtime.settings.regions:
+                page = self.route.remembered(runtime, (region, image_status, params.get("nextToken")))
+                if page is not None:
+                    await send_page(send, page, if_none_match=header(scope, b"if-none-match"))
+                    return
+        await self.app(scope, receive, send)

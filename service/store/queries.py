@@ -19,6 +19,7 @@ from service.domain.records import decode_parts
 from service.errors import BadToken
 from service.store.cache import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import images, processed_events, revisions, transitions
+from service.support.bounded import BoundedDict
 from service.support.clock import as_utc, utcnow
 
 
@@ -135,13 +136,48 @@ async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datet
 
 @dataclass(frozen=True)
 class ListPage:
-    images: list[dict[str, Any]]
+    """A page as served: its bytes (pcluster's `{"images": [...], "nextToken": ...}`) and an ETag of them."""
+
+    body: bytes
     next_token: str | None
     etag: str
 
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        images: list[dict[str, Any]] = orjson.loads(self.body)["images"]
+        return images
+
+
+class ListEntries:
+    """Each image's list entry as JSON, kept with the stored `parts` it was made from.
+
+    Building a page then decodes only the images whose parts changed since the page was last built, not
+    all hundred of them.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._memo: BoundedDict[tuple[str, str, str], tuple[str, bytes]] = BoundedDict(max_entries)
+
+    def entry(self, *, region: str, image_status: str, image_id: str, parts: str) -> bytes:
+        key = (region, image_status, image_id)
+        known = self._memo.get(key)
+        if known is not None and known[0] == parts:
+            return known[1]
+        entry = orjson.dumps(
+            listing.summary(image_id=image_id, parts=decode_parts(parts), image_status=image_status, region=region)
+        )
+        self._memo[key] = (parts, entry)
+        return entry
+
 
 async def list_images(
-    engine: AsyncEngine, *, region: str, image_status: str, next_token: str | None, limit: int = 100
+    engine: AsyncEngine,
+    *,
+    region: str,
+    image_status: str,
+    next_token: str | None,
+    limit: int = 100,
+    entries: ListEntries | None = None,
 ) -> ListPage:
     """A page of images in pcluster's ListImages shape, keyed by image id so pages never skip or repeat."""
     after = str(decode_token(next_token).get("after", "")) if next_token else ""
@@ -154,7 +190,7 @@ async def list_images(
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
-                select(images.c.image_id, images.c.version, images.c.parts)
+                select(images.c.image_id, images.c.parts)
                 .where(images.c.region == region, condition, images.c.image_id > after)
                 .order_by(images.c.image_id)
                 .limit(limit + 1)
@@ -162,14 +198,15 @@ async def list_images(
         ).all()
     page = rows[:limit]
     token = encode_token({"after": page[-1].image_id}) if len(rows) > limit else None
-    digest = hashlib.sha256(
-        orjson.dumps([region, image_status, after, token, [(row.image_id, row.version) for row in page]])
-    ).hexdigest()[:32]
-    summaries = [
-        listing.summary(image_id=row.image_id, parts=decode_parts(row.parts), image_status=image_status, region=region)
-        for row in page
-    ]
-    return ListPage(summaries, token, f'"{digest}"')
+    memo = entries or ListEntries(limit)
+    # orjson.dumps of {"images": [...], "nextToken": ...}, assembled from the entries' own bytes.
+    body = b'{"images":[' + b",".join(
+        memo.entry(region=region, image_status=image_status, image_id=row.image_id, parts=row.parts) for row in page
+    ) + b"]"
+    if token is not None:
+        body += b',"nextToken":' + orjson.dumps(token)
+    body += b"}"
+    return ListPage(body, token, f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"')
 
 
 # --- the change feed -------------------------------------------------------------------------------
