@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.api.watchers import CHUNK_BYTES, KEEPALIVE, End, Watcher, Watchers
+from service.api.watchers import CHUNK_BYTES, KEEPALIVE, WAKE_BATCH, End, Watcher, Watchers
 
 # (region filter, image filter) of a client -> whether a change to us-east-1/img-a reaches it.
 FILTERS = [
@@ -82,10 +82,11 @@ async def test_a_change_wakes_a_waiting_client_and_ending_wakes_it_too() -> None
     watcher = watchers.watch(region=None, image_id=None, after=0)
     watcher.waiter = asyncio.get_running_loop().create_future()
     change(watchers, 1)
-    assert watcher.waiter.done()
+    await asyncio.wait_for(watcher.waiter, timeout=1)
     watcher.waiter = asyncio.get_running_loop().create_future()
     watchers.end(watcher, End.SHUTDOWN)
-    assert watcher.waiter.done() and watcher.ended is End.SHUTDOWN
+    await asyncio.wait_for(watcher.waiter, timeout=1)
+    assert watcher.ended is End.SHUTDOWN
     # Shutting down keeps what is held: it is written before the closing comment.
     assert watcher.take() == b"event1"
 
@@ -163,3 +164,23 @@ def test_the_smallest_backlog_setting_holds_a_page_of_the_feed() -> None:
     # keep up perfectly well.
     backlog = next(setting for setting in fields(Settings) if setting.name == "sse_client_backlog")
     assert backlog.metadata["minimum"] >= FEED_PAGE
+
+
+
+@pytest.mark.asyncio
+async def test_clients_are_woken_a_batch_per_turn_of_the_loop() -> None:
+    loop = asyncio.get_running_loop()
+    watchers = Watchers(backlog=10)
+    clients = [watchers.watch(region=None, image_id=None, after=0) for _ in range(3 * WAKE_BATCH)]
+    for client in clients:
+        client.waiter = loop.create_future()
+    assert change(watchers, 1) == len(clients)
+    # More changes before anyone was woken: each client is still woken once.
+    assert change(watchers, 2) == len(clients)
+    woken = []
+    for _ in range(3):
+        await asyncio.sleep(0)
+        woken.append(sum(client.waiter.done() for client in clients if client.waiter is not None))
+    # Something else on the loop (a describe) runs between two batches.
+    assert woken == [WAKE_BATCH, 2 * WAKE_BATCH, 3 * WAKE_BATCH]
+    assert all(client.take() == b"event1event2" for client in clients)

@@ -5,16 +5,22 @@ filter matches, and each client's own task writes its buffer to its socket, so n
 A client with more than `backlog` events unsent reads slower than changes arrive: it is dropped, its buffer
 emptied, and its stream ends after the last whole event it was written, which is where it resumes from with
 Last-Event-ID.
+
+Clients are woken WAKE_BATCH at a time, one batch per turn of the event loop: a change (or a round of
+heartbeats) for ten thousand clients would otherwise queue ten thousand task steps at once, and a describe
+arriving meanwhile would wait behind all of them instead of one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from enum import Enum
 
 KEEPALIVE = b": keepalive\n\n"
+WAKE_BATCH = 128
 # A client's buffer is written in pieces of about this size, so a slow socket holds little more than this.
 CHUNK_BYTES = 64 * 1024
 
@@ -33,7 +39,7 @@ class Watcher:
     """One connected client: its filter (region, image id; None matches any), and the events it has not been sent."""
 
     # Ten thousand of these live at once: no per-instance dict.
-    __slots__ = ("after", "ended", "key", "last_sent", "pending", "waiter")
+    __slots__ = ("after", "ended", "key", "last_sent", "pending", "queued", "waiter")
 
     def __init__(self, key: FilterKey, *, after: int, now: float) -> None:
         self.key = key
@@ -44,6 +50,8 @@ class Watcher:
         self.waiter: asyncio.Future[None] | None = None
         self.ended: End | None = None
         self.last_sent = now
+        # In line to be woken (once is enough, however many changes come meanwhile).
+        self.queued = False
 
     def take(self) -> bytes | None:
         """The next piece of the buffer to write (about CHUNK_BYTES at most), or None when it is empty."""
@@ -78,6 +86,9 @@ class Watchers:
         # Streams admitted: watching, or still being sent what they missed.
         self.admitted = 0
         self.dropped_slow = 0
+        # Clients with something new for them, waiting for their turn to be woken.
+        self._to_wake: deque[Watcher] = deque()
+        self._waking = False
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._groups.values())
@@ -118,7 +129,28 @@ class Watchers:
         if why is End.SLOW:
             watcher.pending.clear()
             self.dropped_slow += 1
-        watcher.wake()
+        self._wake_soon(watcher)
+
+    def _wake_soon(self, watcher: Watcher) -> None:
+        # A client whose task is busy writing (no waiter) finds the new data when it looks again.
+        if watcher.waiter is None or watcher.queued:
+            return
+        watcher.queued = True
+        self._to_wake.append(watcher)
+        if not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake_batch)
+
+    def _wake_batch(self) -> None:
+        to_wake = self._to_wake
+        for _ in range(min(WAKE_BATCH, len(to_wake))):
+            watcher = to_wake.popleft()
+            watcher.queued = False
+            watcher.wake()
+        if to_wake:
+            asyncio.get_running_loop().call_soon(self._wake_batch)
+        else:
+            self._waking = False
 
     def end_all(self, why: End) -> None:
         for watcher in self:
@@ -142,7 +174,7 @@ class Watchers:
                     too_slow.append(watcher)
                     continue
                 watcher.last_sent = now
-                watcher.wake()
+                self._wake_soon(watcher)
                 delivered += 1
         for watcher in too_slow:
             self.end(watcher, End.SLOW)
@@ -158,6 +190,6 @@ class Watchers:
                 if watcher.last_sent <= due and not watcher.pending:
                     watcher.pending.append(KEEPALIVE)
                     watcher.last_sent = now
-                    watcher.wake()
+                    self._wake_soon(watcher)
                     beaten += 1
         return beaten
