@@ -369,7 +369,10 @@ class StreamBench:
             "request whose live lookup stores the image; for `replica`, from the other writer's commit) to the "
             f"arrival at each client; the worst of {config.probes} probes is shown. Reads: wrk on 1,000 cached "
             f"describes for {span:g}s (a heartbeat period) each, without / with / with / without the clients: "
-            f"{', '.join(f'{run.rps:.0f}' for run in (without[0], *with_clients, without[1]))} req/s."
+            + ", ".join(
+                f"{run.rps:.0f} req/s p99 {run.p99_ms:.1f} ms" for run in (without[0], *with_clients, without[1])
+            )
+            + "."
         )
 
     def compared(self, service: servers.Process, database_url: str) -> tuple[float, Delivery]:

@@ -125,6 +125,15 @@ def test_only_clients_sent_nothing_for_a_heartbeat_get_a_keepalive() -> None:
     assert watchers.beat(every=15) == 1 and quiet.take() == KEEPALIVE
 
 
+def test_keepalives_due_at_once_are_spread_over_several_beats() -> None:
+    clock = Clock()
+    watchers = Watchers(backlog=10, clock=clock)
+    clients = [watchers.watch(region=None, image_id=None, after=0) for _ in range(10)]
+    clock.now += 15
+    assert [watchers.beat(every=15, limit=4) for _ in range(4)] == [4, 4, 2, 0]
+    assert all(client.take() == KEEPALIVE for client in clients)
+
+
 def test_no_keepalive_is_queued_behind_unsent_events() -> None:
     clock = Clock()
     watchers = Watchers(backlog=10, clock=clock)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 
 import orjson
 
 from service.api.describe import document_body
-from service.api.watchers import End, Watchers
+from service.api.watchers import WAKE_BATCH, End, Watchers
 from service.domain.models import CachedImage
 from service.ingest.lookup import not_found_message
 from service.runtime import Runtime
@@ -137,7 +138,10 @@ class Tailer:
     async def _beat(self) -> None:
         runtime = self.runtime
         every = runtime.settings.sse_heartbeat_seconds
-        while not await sleep_until_stopped(runtime.draining, min(BEAT_SECONDS, every)):
-            self.watchers.beat(every=every)
+        tick = min(BEAT_SECONDS, every)
+        while not await sleep_until_stopped(runtime.draining, tick):
+            # Clients that were all sent a change at once are all due at once: spread their keepalives over
+            # about half a heartbeat instead of waking ten thousand tasks in one go.
+            self.watchers.beat(every=every, limit=max(WAKE_BATCH, math.ceil(2 * len(self.watchers) * tick / every)))
         # The process is shutting down: every stream ends; clients resume elsewhere from their Last-Event-ID.
         self.watchers.end_all(End.SHUTDOWN)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from enum import Enum
 
 KEEPALIVE = b": keepalive\n\n"
-WAKE_BATCH = 128
+WAKE_BATCH = 64
 # A client's buffer is written in pieces of about this size, so a slow socket holds little more than this.
 CHUNK_BYTES = 64 * 1024
 
@@ -180,14 +180,17 @@ class Watchers:
             self.end(watcher, End.SLOW)
         return delivered
 
-    def beat(self, *, every: float) -> int:
-        """A keepalive comment to each client that has been sent nothing for `every` seconds; returns how many."""
+    def beat(self, *, every: float, limit: int | None = None) -> int:
+        """A keepalive comment to each client that has been sent nothing for `every` seconds, `limit` at most;
+        returns how many. Clients left over are due at the next beat, a little late."""
         now = self._clock()
         due = now - every
         beaten = 0
         for group in self._groups.values():
             for watcher in group:
                 if watcher.last_sent <= due and not watcher.pending:
+                    if limit is not None and beaten >= limit:
+                        return beaten
                     watcher.pending.append(KEEPALIVE)
                     watcher.last_sent = now
                     self._wake_soon(watcher)
