@@ -321,6 +321,53 @@ async def test_a_client_moving_to_another_replica_misses_nothing_and_sees_nothin
         await second.close()
 
 
+async def test_a_failing_read_of_the_feed_is_retried_and_loses_nothing(
+    runtime: Runtime, aws_state: FakeAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.settings = dataclasses.replace(runtime.settings, backoff_initial_seconds=0.05)
+    original = queries.revisions_after
+    failures = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> list[queries.Revision]:
+        nonlocal failures
+        if failing and kwargs.get("upto") is None:
+            failures += 1
+            raise ConnectionResetError("the database went away")
+        return await original(*args, **kwargs)
+
+    failing = False
+    monkeypatch.setattr(queries, "revisions_after", flaky)
+    async with served(runtime, sse_heartbeat_seconds=1.0) as http, following(http) as follower:
+        failing = True
+        seqs = await write(runtime, ["during-0", "during-1"])
+        await asyncio.sleep(2.2)
+        # The database is away: nothing arrives, but the stream stays up (heartbeats go on).
+        assert follower.ids == [] and not follower.ended and ": keepalive" in follower.comments
+        failing = False
+        seqs += await write(runtime, ["after-0"])
+        assert await follower.until(3) == seqs
+    assert failures >= 2
+
+
+async def test_a_change_replayed_after_the_signing_window_turned_is_signed_again(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    from service.api.tailer import current, render
+    from service.presign import UrlSigner
+
+    now = [6000.0]
+    runtime.signer = UrlSigner(runtime.aws, expires_seconds=3600, reuse_seconds=600, clock=lambda: now[0])
+    [seq] = await write(runtime, ["signed"])
+    image = await runtime.cache.read(region=REGION, image_id="signed")
+    assert image is not None
+    event = await render(runtime, seq=seq, image=image)
+    assert event.window == 10 and b"Signature=" in event.data
+    assert await current(runtime, event) is event.data
+    now[0] += 600
+    replayed = await current(runtime, event)
+    assert event.window == 11 and replayed == event.data and b"Signature=" in replayed
+
+
 def raw_stream(port: int, *, path: str = URL) -> socket.socket:
     """A client that asks for the stream and then reads nothing: its receive window stays small and full."""
     sock = socket.socket()
