@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from enum import Enum
 
 KEEPALIVE = b": keepalive\n\n"
-WAKE_BATCH = 64
+WAKE_BATCH = 32
 # A client's buffer is written in pieces of about this size, so a slow socket holds little more than this.
 CHUNK_BYTES = 64 * 1024
 
