@@ -252,6 +252,12 @@ async def test_bad_filters_are_400s_before_anything_streams(client: httpx.AsyncC
     assert bad_region.json() == {"message": "invalid or unsupported region 'mars-1'"}
 
 
+async def test_other_methods_are_answered_by_the_router(client: httpx.AsyncClient) -> None:
+    response = await client.post(URL)
+    assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert response.json() == {"message": "Method Not Allowed"}
+
+
 async def test_beyond_the_client_limit_a_stream_is_refused_with_503_and_retry_after(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:
