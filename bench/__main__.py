@@ -19,7 +19,7 @@ from types import FrameType
 
 import httpx
 
-from bench import events, ingest, live, load, profile, report, seed, servers, storms, wrk
+from bench import events, ingest, lists, live, load, profile, report, seed, servers, storms, streams, wrk
 from bench.fake import TimedFakeAws
 from bench.report import Row
 
@@ -45,6 +45,8 @@ class Config:
     live_per_path: int = 25
     event_images: int = 5  # each walked through five Image Builder states: 25 events
     memory_images: int = 10_000
+    stream_clients: int = 10_000
+    stream_compared: int = 500  # clients in the side-by-side with today's change stream
     postgres: bool = True
     profile: str = "auto"  # auto: when a throughput or latency target is missed; always; never
 
@@ -57,7 +59,7 @@ class Config:
 
 QUICK = Config(
     rounds=1, duration=2.0, cached_images=1000, ingest_images=200, reconcile_amis=90, reconcile_settled=9,
-    reconcile_building=1, live_per_path=5, memory_images=2000,
+    reconcile_building=1, live_per_path=5, memory_images=2000, stream_clients=2000, stream_compared=200,
 )
 
 
@@ -128,7 +130,7 @@ class Bench:
             log_dir=self.workdir, extra_env=extra_env,
         )
 
-    # -- cached describe, 304, list: alternated with the ceiling --------------------------------------------
+    # -- cached describe, 304, list pages: alternated with their ceilings --------------------------------------------
 
     def http(self) -> None:
         config = self.config
@@ -168,12 +170,6 @@ class Bench:
                 load.Workload("describe", rotate),
                 load.Workload("describe-304", self.workdir / "etag.lua", valid=same_window, refresh=refresh_etags),
             ]
-            pages = load.list_pages(service.base)
-            if pages is not None:
-                sizes = load.page_sizes(service.base, pages)
-                self.notes.append(f"List: {len(pages)} pages of AVAILABLE images, of {sizes}; wrk rotates over them.")
-                script = wrk.rotation_script(pages, threads=config.threads)
-                workloads.append(load.Workload("list", wrk.write_script(self.workdir, "list.lua", script)))
             with servers.start_ceiling(body_path=self.workdir / "ceiling-body.json", log_dir=self.workdir) as ceiling:
                 progress("warming up both servers")
                 for target in (ceiling, service):
@@ -186,7 +182,14 @@ class Bench:
                     progress=progress,
                 )
             cached_calls = self.fake.total_calls() - calls_before
-            self._http_rows(pairs, cached_calls=cached_calls, list_missing=pages is None)
+            self._http_rows(pairs, cached_calls=cached_calls)
+            # List pages, against their own ceiling (the same route serving a real page, ~16 KB).
+            rows, notes = lists.measure(
+                service, workdir=self.workdir, rounds=config.rounds, duration=config.duration,
+                connections=config.connections, threads=config.threads, progress=progress,
+            )
+            self.rows += rows
+            self.notes += notes
             if self._should_profile():
                 progress("profiling the service under wrk (py-spy)")
                 sampled = profile.profile_during_load(
@@ -196,7 +199,7 @@ class Bench:
                 self.profile_text = profile.render(sampled)
             self.one_id_storm(service)
 
-    def _http_rows(self, pairs: dict[str, list[load.Pair]], *, cached_calls: int, list_missing: bool) -> None:
+    def _http_rows(self, pairs: dict[str, list[load.Pair]], *, cached_calls: int) -> None:
         every_ceiling = [pair.ceiling for runs in pairs.values() for pair in runs]
         self.rows += [
             Row("ceiling.rps", statistics.median(r.rps for r in every_ceiling), "req/s"),
@@ -204,7 +207,7 @@ class Bench:
             Row("ceiling.p99", statistics.median(r.p99_ms for r in every_ceiling), "ms"),
         ]
         targets = {"describe": 0.8, "describe-304": 0.9}
-        names = {"describe": "describe.cached", "describe-304": "describe.304", "list": "list.page100"}
+        names = {"describe": "describe.cached", "describe-304": "describe.304"}
         for workload, runs in pairs.items():
             summary = load.summarize(runs)
             name = names[workload]
@@ -224,8 +227,6 @@ class Bench:
                     "<= 1.50x ceiling" if p99_target else "", summary.p99_ratio <= 1.5 if p99_target else None,
                 )
             )
-        if list_missing:
-            self.rows.append(Row("list.page100.rps", "n/a (endpoint missing)"))
         self.rows.append(Row("describe.cached.aws_calls", cached_calls, "calls", target="== 0", ok=cached_calls == 0))
 
     def _should_profile(self) -> bool:
@@ -459,6 +460,21 @@ class Bench:
             "AWS call; an image the cache has never seen costs one targeted refresh."
         )
 
+    # -- the change stream at dashboard scale (bench/streams.py) ----------------------------------------
+
+    def streams(self) -> None:
+        config = self.config
+        stream_bench = streams.StreamBench(
+            streams.Config(
+                clients=config.stream_clients, compared=config.stream_compared,
+                connections=config.connections, threads=config.threads,
+            ),
+            workdir=self.workdir, fake=self.fake,
+        )
+        stream_bench.run()
+        self.rows += stream_bench.rows
+        self.notes += stream_bench.notes
+
     def run(self) -> None:
         self.http()
         self.events()
@@ -467,6 +483,7 @@ class Bench:
         self.ingest()
         self.reconcile()
         self.memory()
+        self.streams()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -61,11 +61,6 @@ def list_pages(base: str, *, limit: int = 50) -> list[str] | None:
     return paths
 
 
-def page_sizes(base: str, paths: list[str]) -> list[int]:
-    with httpx.Client(base_url=base, timeout=30.0) as client:
-        return [len(client.get(path).json().get("images") or []) for path in paths]
-
-
 @dataclass(frozen=True)
 class Pair:
     ceiling: wrk.WrkResult

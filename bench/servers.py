@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -29,13 +30,25 @@ class ServerError(RuntimeError):
 class Process:
     """One server process; its output goes to a log file, shown when it fails to start."""
 
-    def __init__(self, *, name: str, command: list[str], env: dict[str, str], log_dir: Path, port: int) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        port: int,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, env=env, cwd=cwd or REPO, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+        )
 
     @property
     def pid(self) -> int:
@@ -121,7 +134,10 @@ def start_serve(
     log_dir: Path,
     extra_env: dict[str, str] | None = None,
     poll: bool = False,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Process:
+    """`serve` on a free port, ready; `cwd` and a PYTHONPATH in `extra_env` run another source tree."""
     port = free_port()
     process = Process(
         name=name,
@@ -129,6 +145,8 @@ def start_serve(
         env=serve_env(database_url=database_url, aws_endpoint=aws_endpoint, extra=extra_env),
         log_dir=log_dir,
         port=port,
+        cwd=cwd,
+        preexec_fn=preexec_fn,
     )
     try:
         process.wait_ready()
@@ -138,13 +156,16 @@ def start_serve(
     return process
 
 
-def start_ceiling(*, body_path: Path, log_dir: Path) -> Process:
-    """The bare Starlette app on the same uvicorn: one worker, default loop and HTTP implementation, no access log."""
+def start_ceiling(*, body_path: Path, log_dir: Path, name: str = "ceiling") -> Process:
+    """The bare Starlette app on the same uvicorn: one worker, default loop and HTTP implementation, no access log.
+
+    It answers every route with the bytes of `body_path` (a describe answer, or a list page).
+    """
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("STATUSCACHE_", "AWS_"))}
     env["BENCH_CEILING_BODY"] = str(body_path)
     process = Process(
-        name="ceiling",
+        name=name,
         command=[
             sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", "--no-access-log", "--lifespan", "on",

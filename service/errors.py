@@ -8,7 +8,8 @@ StatusCacheError
  │    ├── BadRequest           400
  │    │    └── BadToken        a nextToken this service did not issue
  │    ├── NotFound             404
- │    └── TooManyRequests      429 (our own live-lookup budget)
+ │    ├── TooManyRequests      429 (our own live-lookup budget)
+ │    └── AtCapacity           503 (a bound this server keeps, e.g. change-stream clients; retry, or elsewhere)
  └── AwsError                  AWS could not answer
       ├── AwsThrottled         throttling / rate exceeded (429 when nothing cached)
       ├── AwsNotFound          the resource does not exist (a normal answer on lookups)
@@ -59,6 +60,10 @@ class NotFound(RequestError):
 
 class TooManyRequests(RequestError):
     status_code = 429
+
+
+class AtCapacity(RequestError):
+    status_code = 503
 
 
 class AwsError(StatusCacheError):

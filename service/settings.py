@@ -74,6 +74,14 @@ class Settings:
     # The change stream: how often it looks for other replicas' changes, and its heartbeat.
     sse_poll_seconds: float = knob(1.0, minimum=0.05)
     sse_heartbeat_seconds: float = knob(15.0, minimum=1.0)
+    # Change-stream clients one process serves at once; one more is answered 503 (it retries, or another replica).
+    sse_max_clients: int = knob(20_000, minimum=1)
+    # Recent changes kept in memory: a client resuming within them is served without a query.
+    sse_ring_size: int = knob(1000, minimum=1)
+    # Events a client may have waiting to be written before it counts as too slow and is dropped (it resumes
+    # with Last-Event-ID, from memory when still within the ring). At least a page of the change feed (100
+    # revisions), which reaches every client at once.
+    sse_client_backlog: int = knob(1000, minimum=100)
     # After SIGTERM: the bound on draining (readiness 503, streams ended, requests and the event batch in hand
     # finished, loops stopped) before the process exits.
     shutdown_seconds: float = knob(10.0, minimum=0.1)

@@ -19,7 +19,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.api.changes import change_events
 from service.api.exposition import BUILD_STATUSES, ImageStateSeries, MetricsEndpoint
 from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from service.runtime import Runtime
@@ -267,11 +266,21 @@ async def test_a_gzipped_scrape_is_one_gzip_stream_of_the_same_series(
 
 
 async def test_a_connected_change_stream_client_is_counted_until_it_leaves(runtime: Runtime) -> None:
-    stream = change_events(runtime, after=0, region=None, image_id=None)
+    import asyncio
+
+    from service.api.app import create_app
+    from tests.conftest import serving
+
     assert runtime.metrics.stream_clients == 0
-    await anext(stream)
-    assert runtime.metrics.stream_clients == 1
-    await stream.aclose()
+    async with serving(create_app(runtime.settings, runtime=runtime)) as base, httpx.AsyncClient(base_url=base) as http:
+        async with http.stream("GET", "/v3/image-changes") as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "retry: 2000"
+            assert runtime.metrics.stream_clients == 1
+        for _ in range(100):
+            if runtime.metrics.stream_clients == 0:
+                break
+            await asyncio.sleep(0.02)
     assert runtime.metrics.stream_clients == 0
 
 

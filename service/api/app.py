@@ -8,6 +8,8 @@ The ASGI stack, outermost first:
     Authentication                               with STATUSCACHE_API_TOKENS_FILE: 401 before anything else runs
     FastDescribe                                 answers describes already prepared in memory (called by
                                                  Instrument directly when nothing stands between them)
+    StreamFront                                  opens change streams (they stay open: no router frames held)
+    FastList                                     answers list pages already prepared in memory
     Starlette (router, error handlers)           everything else
 
 Authentication and CORS follow from the settings, so an app built from settings that name a tokens
@@ -91,15 +93,17 @@ def create_app(
                 state.opened = None
 
     describe_route = describe.DescribeImage(state)
-    health = Health(state)
     page_tokens = pages.PageTokens(lambda name: state.runtime.keys.get(name))
+    list_route = listing.ListImages(state, page_tokens)
+    stream_route = changes.ChangeStream(state)
+    health = Health(state)
     status_board = board.Board()
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
             Route(history.PATH, history.ImageHistory(state, page_tokens).endpoint, methods=["GET"]),
-            Route(listing.PATH, listing.ListImages(state, page_tokens).endpoint, methods=["GET"]),
-            Route(changes.PATH, changes.ChangeStream(state).endpoint, methods=["GET"]),
+            Route(listing.PATH, list_route, methods=["GET"]),
+            Route(changes.PATH, stream_route, methods=["GET"]),
             Route(image_states.PATH, image_states.ImageStates(state).endpoint, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route(exposition.PATH, exposition.MetricsEndpoint(state).endpoint, methods=["GET"]),
@@ -113,7 +117,9 @@ def create_app(
         lifespan=lifespan,
     )
     starlette.state.statuscache = state
-    fast = describe.FastDescribe(starlette, describe_route)
+    fast = describe.FastDescribe(
+        changes.StreamFront(listing.FastList(starlette, list_route), stream_route), describe_route
+    )
     stack: ASGIApp = fast
     tokens = TokenFile(settings.api_tokens_file) if settings.api_tokens_file else None
     if tokens is not None:

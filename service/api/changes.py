@@ -1,91 +1,204 @@
 """GET /v3/image-changes: the change stream, as Server-Sent Events, resumable with Last-Event-ID.
 
 `id:` is the change sequence, `event: image` carries the new describe document and `event: gone`
-says the image no longer exists. A stream ends cleanly when the process begins to shut down; the
-client reconnects (to another replica) with its Last-Event-ID and misses nothing.
+says the image no longer exists. Every change reaches a client once, in sequence order. A client
+resuming within the tailer's ring is served from memory; from further back, from the database until
+the ring takes over. A stream ends cleanly when the process begins to shut down, or when its client
+falls too far behind; the client reconnects (to any replica) with its Last-Event-ID and misses nothing.
+
+Ten thousand streams stay open at once, so an open one is kept small: one coroutine and one task (the
+one that notices the client leaving), a Watcher, and no Starlette frames (StreamFront sends GETs past
+the router, whose frames held for the life of a stream cost more than everything here).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
+import asyncio
+from dataclasses import dataclass
+from functools import partial
 
-import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.describe import document_body
-from service.api.requests import region_from, validate_image_id
+from service.api.errors import request_error
+from service.api.requests import header, parse_event_id, query_params, region_from, validate_image_id
 from service.api.state import AppState
-from service.errors import BadRequest
-from service.ingest.lookup import not_found_message
+from service.api.tailer import StreamEvent, Tailer, TailerStopped, current, render
+from service.api.watchers import End, Watcher, Watchers
+from service.errors import AtCapacity, RequestError
 from service.runtime import Runtime
 from service.store import queries
 
 PATH = "/v3/image-changes"
+RETRY_AFTER_SECONDS = 5
+
+START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ],
+}
+# The opening block's `id:` is where this stream starts: a client that loses the connection before the first
+# change resumes from there (EventSource too: a block without data still sets its last event id).
+OPENING = b"retry: 2000\nid: %d\n: connected\n\n"
+OPENING_NO_ID = b"retry: 2000\n: connected\n\n"
+
+
+def body(data: bytes, *, more: bool = True) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """A stream request that passed every check and was admitted: what it asked for."""
+
+    runtime: Runtime
+    region: str | None
+    image_id: str | None
+    # The Last-Event-ID: the client has every change up to it. None: start from now.
+    after: int | None
 
 
 class ChangeStream:
+    """The route. Its clients share one tailer and one set of watchers per process (runtime)."""
+
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self.watchers = Watchers(backlog=state.settings.sse_client_backlog)
+        self._tailer: Tailer | None = None
 
-    async def endpoint(self, request: Request) -> Response:
+    def tailer(self, runtime: Runtime) -> Tailer:
+        if self._tailer is None or self._tailer.runtime is not runtime:
+            self._tailer = Tailer(runtime, self.watchers)
+        return self._tailer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.run(self.open(scope), receive, send)
+
+    def open(self, scope: Scope) -> Opening:
+        """Check the request and admit it; raises RequestError (nothing has been sent yet). `run` must follow."""
         runtime = self.state.runtime
-        region_param = request.query_params.get("region")
-        region = region_from(region_param, runtime.settings) if region_param else None
-        image_id = request.query_params.get("imageId")
+        settings = runtime.settings
+        params = query_params(scope["query_string"])
+        region_param = params.get("region")
+        region = region_from(region_param, settings) if region_param else None
+        image_id = params.get("imageId")
         if image_id is not None:
             validate_image_id(image_id)
-        last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
-        if last_event_id is not None and not last_event_id.isdigit():
-            raise BadRequest(f"Last-Event-ID must be a change sequence number; got {last_event_id!r}")
-        start = int(last_event_id) if last_event_id is not None else await queries.latest_seq(runtime.engine)
-        return StreamingResponse(
-            change_events(runtime, after=start, region=region, image_id=image_id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        last_event_id = header(scope, b"last-event-id") or params.get("lastEventId")
+        after = parse_event_id(last_event_id) if last_event_id is not None else None
+        if not self.watchers.admit(settings.sse_max_clients):
+            raise AtCapacity(
+                f"This server is serving its limit of {settings.sse_max_clients} change streams; "
+                "retry later or connect to another replica.",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        return Opening(runtime, region, image_id, after)
+
+    async def run(self, opening: Opening, receive: Receive, send: Send) -> None:
+        """The stream of an admitted request: what it missed, then every change as it comes, until it ends."""
+        runtime, region, image_id = opening.runtime, opening.region, opening.image_id
+        watchers = self.watchers
+        watcher: Watcher | None = None
+        disconnected: asyncio.Task[None] | None = None
+        runtime.metrics.stream_clients += 1
+        try:
+            tailer = self.tailer(runtime)
+            try:
+                await tailer.started()
+            except TailerStopped:
+                # Shutdown began before the tailer knew where the feed stands: end at once, resuming where asked.
+                await send(START)
+                await send(body(OPENING % opening.after if opening.after is not None else OPENING_NO_ID))
+                await send(body(End.SHUTDOWN.value, more=False))
+                return
+            position = tailer.cursor if opening.after is None else opening.after
+            await send(START)
+            await send(body(OPENING % position))
+            while not tailer.ring.covers(position) and not runtime.draining.is_set():
+                position = await replay_from_database(
+                    runtime, send, after=position, upto=tailer.cursor, region=region, image_id=image_id
+                )
+            if runtime.draining.is_set():
+                await send(body(End.SHUTDOWN.value, more=False))
+                return
+            # From here to `watch`, nothing awaits: the ring holds every change up to the cursor, and the
+            # watcher receives every change after it.
+            backlog = [event for event in tailer.ring.since(position) if event.matches(region, image_id)]
+            watcher = watchers.watch(region=region, image_id=image_id, after=max(position, tailer.cursor))
+            disconnected = asyncio.ensure_future(until_disconnected(receive))
+            disconnected.add_done_callback(partial(client_left, watchers, watcher))
+            await send_events(runtime, send, backlog)
+            while True:
+                chunk = watcher.take()
+                if chunk is not None:
+                    await send(body(chunk))
+                elif watcher.ended is not None:
+                    break
+                else:
+                    watcher.waiter = asyncio.get_running_loop().create_future()
+                    await watcher.waiter
+                    watcher.waiter = None
+            if watcher.ended is not End.DISCONNECTED:
+                await send(body(watcher.ended.value, more=False))
+        finally:
+            runtime.metrics.stream_clients -= 1
+            if disconnected is not None:
+                disconnected.cancel()
+            if watcher is not None:
+                watchers.unwatch(watcher)
+            watchers.leave()
 
 
-async def change_events(
-    runtime: Runtime, *, after: int, region: str | None, image_id: str | None
-) -> AsyncIterator[bytes]:
-    # Pull-based: each client reads the revisions table at its own pace, so a slow client holds up
-    # nobody; the table is shared, so changes made by any replica reach every client.
-    settings = runtime.settings
-    runtime.metrics.stream_clients += 1
-    try:
-        # The opening block's `id:` is where this stream starts: a client that loses the connection before the
-        # first change resumes from there (EventSource too: a block without data still sets its last event id).
-        yield b"retry: 2000\nid: %d\n: connected\n\n" % after
-        last_beat = time.monotonic()
-        cursor = after
-        while not runtime.draining.is_set():
-            batch = await queries.revisions_after(runtime.engine, after=cursor, region=region, image_id=image_id)
-            for revision in batch:
-                cursor = revision.seq
-                yield await change_event(runtime, revision)
-                last_beat = time.monotonic()
-            if len(batch) == queries.FEED_PAGE:
-                continue
-            await runtime.changes.wait(seconds=settings.sse_poll_seconds)
-            if time.monotonic() - last_beat >= settings.sse_heartbeat_seconds:
-                yield b": keepalive\n\n"
-                last_beat = time.monotonic()
-        # The process is shutting down: end the stream; the client resumes elsewhere from its Last-Event-ID.
-        yield b": shutting down\n\n"
-    finally:
-        runtime.metrics.stream_clients -= 1
+class StreamFront:
+    """In front of the router: a GET of the stream goes straight to ChangeStream.run; anything else (other
+    methods, other routes) goes on to the router. Errors are answered by the router's own handler."""
+
+    def __init__(self, app: ASGIApp, route: ChangeStream) -> None:
+        self.app = app
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET" or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            opening = self.route.open(scope)
+        except RequestError as exc:
+            response = await request_error(Request(scope, receive), exc)
+            await response(scope, receive, send)
+            return
+        await self.route.run(opening, receive, send)
 
 
-async def change_event(runtime: Runtime, revision: queries.Revision) -> bytes:
-    image = revision.image
-    if image.exists and image.document is not None:
-        data = await document_body(runtime, image)
-        kind = b"image"
-    else:
-        data = orjson.dumps(
-            {"imageId": image.image_id, "region": image.region, "message": not_found_message(image.image_id)}
-        )
-        kind = b"gone"
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (revision.seq, kind, data)
+def client_left(watchers: Watchers, watcher: Watcher, task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        watchers.end(watcher, End.DISCONNECTED)
+
+
+async def until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def send_events(runtime: Runtime, send: Send, events: list[StreamEvent]) -> None:
+    for start in range(0, len(events), queries.FEED_PAGE):
+        page = [await current(runtime, event) for event in events[start : start + queries.FEED_PAGE]]
+        await send(body(b"".join(page)))
+
+
+async def replay_from_database(
+    runtime: Runtime, send: Send, *, after: int, upto: int, region: str | None, image_id: str | None
+) -> int:
+    """Send one page of what the ring no longer holds; returns the position reached."""
+    batch = await queries.revisions_after(
+        runtime.engine, after=after, upto=upto, region=region, image_id=image_id
+    )
+    if batch:
+        events = [await render(runtime, seq=revision.seq, image=revision.image) for revision in batch]
+        await send(body(b"".join(event.data for event in events)))
+    # A short page is the last: every revision up to `upto` that matches has been sent.
+    return batch[-1].seq if len(batch) == queries.FEED_PAGE else upto

@@ -1,18 +1,30 @@
-"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages remembered like records."""
+"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages prepared and remembered.
+
+A dashboard that does not stream polls these pages, so a page is served like a prepared describe answer:
+its bytes, ETag and headers are built once and sent as they are. A page is remembered until a local write
+(at once) or for at most STATUSCACHE_READ_CACHE_SECONDS (other replicas' writes); one request past half
+of that rebuilds it in the background while the others are still answered from memory, so polling clients
+do not wait for the rebuild. Each page is kept plain and gzipped (for clients that accept it; the gzipped
+one carries the entity tag made weak, see service.api.compression).
+
+A page is remembered by its request's raw nextToken: only a token that verified (service.api.pages) ever
+built a page, so a forged one never finds a remembered page and is refused when its page is built.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import hashlib
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import pages
-from service.api.compression import Compressor
-from service.api.describe import PREPARED_MAX_ENTRIES
-from service.api.requests import region_from
+from service.api.compression import LEVEL, MIN_SIZE, accepts_gzip, weak
+from service.api.requests import etag_matches, header, query_params, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
 from service.errors import BadRequest
@@ -22,53 +34,165 @@ from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 
 PATH = "/v3/images/custom"
+# Pages are ~15 KB: a thousand (any region, filter and token) is 15 MB at most.
+PAGE_MAX_ENTRIES = 1000
 
 PageKey = tuple[str, str, str | None]
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    body: bytes
+    etag: str
+    headers_200: RawHeaders
+    headers_304: RawHeaders
+    # The same page gzipped, for clients that accept it (None: too small to be worth it).
+    gzipped_headers_200: RawHeaders | None
+    gzipped_headers_304: RawHeaders | None
+    gzipped: bytes | None
+    # The local write generation it was built in, and when (monotonic).
+    generation: int
+    built_at: float
+
+
+def page_body(listed: queries.ListPage, token: str | None) -> bytes:
+    """pcluster's `{"images": [...], "nextToken": ...}`, as orjson would write it."""
+    body = b'{"images":' + listed.images_json
+    if token is not None:
+        body += b',"nextToken":' + orjson.dumps(token)
+    return body + b"}"
+
+
+def prepare(body: bytes, *, generation: int, built_at: float) -> Page:
+    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    validators = [(b"etag", etag.encode()), (b"cache-control", b"no-cache")]
+    gzipped = gzipped_200 = gzipped_304 = None
+    if len(body) >= MIN_SIZE:
+        # The coding depends on the request's Accept-Encoding: caches must keep the two apart.
+        validators.append((b"vary", b"Accept-Encoding"))
+        gzipped = gzip.compress(body, LEVEL)
+        gzipped_304 = [(b"etag", weak(etag).encode()), (b"cache-control", b"no-cache"), (b"vary", b"Accept-Encoding")]
+        gzipped_200 = [
+            (b"content-type", b"application/json"),
+            (b"content-encoding", b"gzip"),
+            (b"content-length", b"%d" % len(gzipped)),
+            *gzipped_304,
+        ]
+    return Page(
+        body=body,
+        etag=etag,
+        headers_200=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *validators],
+        headers_304=validators,
+        gzipped_headers_200=gzipped_200,
+        gzipped_headers_304=gzipped_304,
+        gzipped=gzipped,
+        generation=generation,
+        built_at=built_at,
+    )
+
+
+async def send_page(send: Send, page: Page, scope: Scope) -> None:
+    compressed = page.gzipped is not None and accepts_gzip(header(scope, b"accept-encoding"))
+    if etag_matches(header(scope, b"if-none-match"), page.etag):
+        headers = page.gzipped_headers_304 if compressed else page.headers_304
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+    elif compressed:
+        await send({"type": "http.response.start", "status": 200, "headers": page.gzipped_headers_200})
+        await send({"type": "http.response.body", "body": page.gzipped})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": page.headers_200})
+        await send({"type": "http.response.body", "body": page.body})
 
 
 class ListImages:
-    """A page is remembered like a record: dropped by any local write, kept at most read_cache_seconds."""
+    """The route: a plain ASGI endpoint, like describe's, answering from prepared pages."""
 
     def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
         self.tokens = tokens
-        self._pages: BoundedDict[PageKey, tuple[int, float, bytes, str]] = BoundedDict(PREPARED_MAX_ENTRIES)
+        self._pages: BoundedDict[PageKey, Page] = BoundedDict(PAGE_MAX_ENTRIES)
+        self._entries = queries.ListEntries()
         # Clients polling the same page when it expires share one query.
-        self._building: SingleFlight[PageKey, tuple[bytes, str]] = SingleFlight()
-        # Pages are compressed once per ETag (a page's content), not once per request.
-        self._compressor = Compressor()
+        self._building: SingleFlight[PageKey, Page] = SingleFlight()
+        self._refreshing: set[asyncio.Task[Page]] = set()
 
-    async def endpoint(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.state.runtime
-        image_status = request.query_params.get("imageStatus")
+        params = query_params(scope["query_string"])
+        image_status = params.get("imageStatus")
         if image_status is None:
             raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
         if image_status not in IMAGE_STATUS_FILTERS:
             raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
-        region = region_from(request.query_params.get("region"), runtime.settings)
+        region = region_from(params.get("region"), runtime.settings)
+        key = (region, image_status, params.get("nextToken") or None)
+        page = self.remembered(runtime, key) or await self._building.run(key, lambda: self._build(runtime, key))
+        await send_page(send, page, scope)
+
+    def remembered(self, runtime: Runtime, key: PageKey) -> Page | None:
+        """The remembered page while it may still be served; past half its life, a rebuild starts behind it."""
+        page = self._pages.get(key)
+        if page is None or page.generation != runtime.lookup.generation:
+            return None
+        age = time.monotonic() - page.built_at
+        bound = runtime.settings.read_cache_seconds
+        if age >= bound:
+            return None
+        if age >= bound / 2 and key not in self._building:
+            task = asyncio.create_task(self._building.run(key, lambda: self._build(runtime, key)))
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshed)
+        return page
+
+    def _refreshed(self, task: asyncio.Task[Page]) -> None:
+        self._refreshing.discard(task)
+        # A failed rebuild in the background is not an error of any request: the next one that needs the
+        # page builds it and answers the error itself.
+        if not task.cancelled():
+            task.exception()
+
+    async def _build(self, runtime: Runtime, key: PageKey) -> Page:
+        region, image_status, token = key
         query = pages.query(PATH, region=region, imageStatus=image_status)
-        after = await self.tokens.read(request.query_params.get("nextToken"), query=query, kind=str)
-        body, etag = await self._page(runtime, (region, image_status, after))
-        return self._compressor.answer(request, body, etag=etag, headers={"Cache-Control": "no-cache"})
+        after = await self.tokens.read(token, query=query, kind=str)
+        # Taken before the query: a write that lands meanwhile makes the page stale at once.
+        generation, started = runtime.lookup.generation, time.monotonic()
+        listed = await queries.list_images(
+            runtime.engine, region=region, image_status=image_status, after=after, entries=self._entries
+        )
+        next_token = await self.tokens.issue(listed.next_after, query=query) if listed.next_after is not None else None
+        page = prepare(page_body(listed, next_token), generation=generation, built_at=started)
+        self._pages[key] = page
+        return page
 
-    async def _page(self, runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
-        remembered = self._pages.get(key)
-        generation = runtime.lookup.generation
+
+class FastList:
+    """In front of the router: a list request whose page is remembered is answered straight away. Anything
+    else (a page to build, bad input, other routes) goes on to the router, which answers it in full, so no
+    behaviour lives only here.
+    """
+
+    def __init__(self, app: ASGIApp, route: ListImages) -> None:
+        self.app = app
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.route.state.opened
         if (
-            remembered is not None
-            and remembered[0] == generation
-            and time.monotonic() - remembered[1] < runtime.settings.read_cache_seconds
+            runtime is not None
+            and scope["type"] == "http"
+            and scope["path"] == PATH
+            and scope["method"] == "GET"
+            and not scope.get("root_path")
         ):
-            return remembered[2], remembered[3]
-        body, etag = await self._building.run(key, lambda: self._build_page(runtime, key))
-        self._pages[key] = (generation, time.monotonic(), body, etag)
-        return body, etag
-
-    async def _build_page(self, runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
-        region, image_status, after = key
-        page = await queries.list_images(runtime.engine, region=region, image_status=image_status, after=after)
-        document: dict[str, Any] = {"images": page.images}
-        if page.next_after is not None:
-            query = pages.query(PATH, region=region, imageStatus=image_status)
-            document["nextToken"] = await self.tokens.issue(page.next_after, query=query)
-        return orjson.dumps(document), page.etag
+            params = query_params(scope["query_string"])
+            image_status = params.get("imageStatus")
+            region = params.get("region") or runtime.settings.default_region
+            if image_status in IMAGE_STATUS_FILTERS and region in runtime.settings.regions:
+                page = self.route.remembered(runtime, (region, image_status, params.get("nextToken") or None))
+                if page is not None:
+                    await send_page(send, page, scope)
+                    return
+        await self.app(scope, receive, send)

@@ -92,6 +92,20 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     return int(raw)
 
 
+# A change sequence number is a PostgreSQL bigint: at most 19 digits, and no more than 2**63 - 1.
+EVENT_ID = re.compile(r"[0-9]{1,19}")
+MAX_EVENT_ID = 2**63 - 1
+
+
+def parse_event_id(raw: str) -> int:
+    """A Last-Event-ID (header or `lastEventId`): a change sequence number, 0 to 2**63 - 1, ASCII digits only."""
+    if EVENT_ID.fullmatch(raw) is None or int(raw) > MAX_EVENT_ID:
+        raise BadRequest(
+            f"Bad Request: Last-Event-ID must be a change sequence number from 0 to {MAX_EVENT_ID}; got {raw!r}"
+        )
+    return int(raw)
+
+
 def _opaque(tag: str) -> str:
     return tag[2:] if tag.startswith("W/") else tag
 

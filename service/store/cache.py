@@ -305,6 +305,10 @@ def _write_batch(
     return results
 
 
+# The advisory lock key of the revision order (see _Writes.write): a bigint outside int4, so it can never be
+# one of the per-image keys (hashtext gives an int4).
+REVISION_ORDER_LOCK = 0x5354_4154_5553_0001
+
 # PostgreSQL conditions a retry of the whole transaction can get past: serialization_failure,
 # deadlock_detected, unique_violation (two replicas inserting the same new row) and lock_not_available.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505", "55P03"})
@@ -351,6 +355,13 @@ class _Writes:
     def write(self, connection: Connection) -> list[ApplyResult]:
         seqs: dict[tuple[str, str, int], int] = {}
         if self.revision_rows:
+            if connection.dialect.name == "postgresql":
+                # Sequence numbers are the change stream's order, so they must become visible in order. A
+                # serial column alone does not do that: a transaction that drew a lower number can commit
+                # after one that drew a higher one, and a reader already past the higher one would never
+                # send the lower. Held from the first number drawn until commit, this lock makes commit
+                # order the sequence order. (SQLite has one writer at a time already.)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REVISION_ORDER_LOCK})
             inserted = connection.execute(
                 revisions.insert().returning(
                     revisions.c.seq, revisions.c.region, revisions.c.image_id, revisions.c.version,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +16,7 @@ from service.domain.models import CachedImage
 from service.domain.records import decode_parts
 from service.store.cache import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import images, processed_events, revisions, transitions
+from service.support.bounded import BoundedDict
 from service.support.clock import as_utc, utcnow
 
 # --- history ---------------------------------------------------------------------------------------
@@ -122,14 +122,51 @@ async def image_at(engine: AsyncEngine, *, region: str, image_id: str, at: datet
 
 @dataclass(frozen=True)
 class ListPage:
-    images: list[dict[str, Any]]
+    """A page's entries as pcluster's JSON array (the entries' own bytes) and where the next page starts.
+
+    The API wraps them as `{"images": [...], "nextToken": ...}`, with the cursor signed into a token.
+    """
+
+    images_json: bytes
     # The last image id of this page, where the next one starts; None on the last page.
     next_after: str | None
-    etag: str
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        images: list[dict[str, Any]] = orjson.loads(self.images_json)
+        return images
+
+
+class ListEntries:
+    """Each image's list entry as JSON, kept with the stored `parts` it was made from.
+
+    Building a page then decodes only the images whose parts changed since the page was last built, not
+    all hundred of them.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._memo: BoundedDict[tuple[str, str, str], tuple[str, bytes]] = BoundedDict(max_entries)
+
+    def entry(self, *, region: str, image_status: str, image_id: str, parts: str) -> bytes:
+        key = (region, image_status, image_id)
+        known = self._memo.get(key)
+        if known is not None and known[0] == parts:
+            return known[1]
+        entry = orjson.dumps(
+            listing.summary(image_id=image_id, parts=decode_parts(parts), image_status=image_status, region=region)
+        )
+        self._memo[key] = (parts, entry)
+        return entry
 
 
 async def list_images(
-    engine: AsyncEngine, *, region: str, image_status: str, after: str | None, limit: int = 100
+    engine: AsyncEngine,
+    *,
+    region: str,
+    image_status: str,
+    after: str | None,
+    limit: int = 100,
+    entries: ListEntries | None = None,
 ) -> ListPage:
     """A page of images in pcluster's ListImages shape, keyed by image id so pages never skip or repeat.
 
@@ -145,7 +182,7 @@ async def list_images(
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
-                select(images.c.image_id, images.c.version, images.c.parts)
+                select(images.c.image_id, images.c.parts)
                 .where(images.c.region == region, condition, images.c.image_id > after)
                 .order_by(images.c.image_id)
                 .limit(limit + 1)
@@ -153,14 +190,12 @@ async def list_images(
         ).all()
     page = rows[:limit]
     next_after = str(page[-1].image_id) if len(rows) > limit else None
-    digest = hashlib.sha256(
-        orjson.dumps([region, image_status, after, next_after, [(row.image_id, row.version) for row in page]])
-    ).hexdigest()[:32]
-    summaries = [
-        listing.summary(image_id=row.image_id, parts=decode_parts(row.parts), image_status=image_status, region=region)
-        for row in page
-    ]
-    return ListPage(summaries, next_after, f'"{digest}"')
+    memo = entries or ListEntries(limit)
+    # orjson.dumps of the list of entries, assembled from the entries' own bytes.
+    images_json = b"[" + b",".join(
+        memo.entry(region=region, image_status=image_status, image_id=row.image_id, parts=row.parts) for row in page
+    ) + b"]"
+    return ListPage(images_json, next_after)
 
 
 # --- the change feed -------------------------------------------------------------------------------
@@ -176,9 +211,18 @@ FEED_PAGE = 100
 
 
 async def revisions_after(
-    engine: AsyncEngine, *, after: int, region: str | None, image_id: str | None, limit: int = FEED_PAGE
+    engine: AsyncEngine,
+    *,
+    after: int,
+    region: str | None,
+    image_id: str | None,
+    upto: int | None = None,
+    limit: int = FEED_PAGE,
 ) -> list[Revision]:
+    """Revisions numbered above `after` (and at most `upto`), in order: at most `limit`, matching the filters."""
     conditions = [revisions.c.seq > after]
+    if upto is not None:
+        conditions.append(revisions.c.seq <= upto)
     if region is not None:
         conditions.append(revisions.c.region == region)
     if image_id is not None:
