@@ -4,7 +4,8 @@ The ASGI stack, outermost first:
 
     middleware given to create_app (in order)   sees every request, cached describes included
     FastDescribe                                 answers describes already prepared in memory
-    Starlette (router, error handlers)           everything else
+    Starlette (router, error handlers)           everything else; inside its 500 handler, DatabaseErrors
+                                                 turns "the database cannot answer" into a 503
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import changes, describe, history, listing
-from service.api.errors import HANDLERS
+from service.api.errors import HANDLERS, DatabaseErrors
 from service.api.health import Health
 from service.api.state import AppState
 from service.runtime import Runtime
@@ -80,6 +81,7 @@ def create_app(
             Route("/readyz", health.readyz, methods=["GET"]),
         ],
         exception_handlers=HANDLERS,
+        middleware=[Middleware(DatabaseErrors, state=state)],
         lifespan=lifespan,
     )
     starlette.state.statuscache = state

@@ -4,6 +4,20 @@ A served answer (body, ETag, validators) is the same for every request of one re
 signing window, so it is prepared once and kept. The fast path answers a describe whose record and
 prepared answer are both in memory without entering Starlette; it sits inside the app's middleware
 stack (see service.api.app), so every middleware still sees every request.
+
+Every answer says where it came from (`X-Cache`) and, when it is not the confirmed truth of now, why
+(`X-Cache-Stale`), in addition to `Age` (seconds since AWS last confirmed the record):
+
+    X-Cache: HIT                                   from the cache
+    X-Cache: MISS                                  looked up live just now
+    X-Cache: STALE   X-Cache-Stale: aws-error      from the cache, but a part could not be confirmed at the
+                                                   last look (AWS throttled or failed); another look is owed
+    X-Cache: STALE   X-Cache-Stale: database-unavailable
+                                                   the database is down: the record as this process last read it
+    X-Cache: HIT     X-Cache-Stale: unconfirmed    from the cache, not confirmed against AWS for longer than
+                                                   STATUSCACHE_STALE_AFTER_SECONDS, or since this process may
+                                                   be behind AWS (it has not yet reconciled the region or read
+                                                   its events since it started, or that is failing)
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from service.domain import describe
 from service.domain.models import CachedImage
 from service.errors import NotFound
 from service.ingest.lookup import Answer, not_found_message
+from service.metrics import ANSWER_HIT, ANSWER_MISS, ANSWER_STALE, STALE_AWS_ERROR, STALE_UNCONFIRMED
 from service.runtime import Runtime
 from service.store import queries
 from service.support.bounded import BoundedDict
@@ -102,13 +117,36 @@ class PreparedAnswers:
         return prepared
 
 
-async def send_prepared(
-    send: Send, prepared: Prepared, *, image: CachedImage, hit: bool, if_none_match: str | None
-) -> None:
-    extra = [
-        (b"age", b"%d" % max(0, int(time.time() - image.confirmed_at.timestamp()))),
-        (b"x-cache", b"HIT" if hit else b"MISS"),
-    ]
+def cache_headers(
+    runtime: Runtime, image: CachedImage, *, hit: bool, stale: str | None = None, historical: bool = False
+) -> RawHeaders:
+    """Age, X-Cache and (when the answer is not the confirmed truth of now) X-Cache-Stale; counted."""
+    now = time.time()
+    confirmed = image.confirmed_at.timestamp()
+    headers = [(b"age", b"%d" % max(0, int(now - confirmed)))]
+    if not hit:
+        outcome = ANSWER_MISS
+    elif historical:
+        outcome = ANSWER_HIT
+    elif stale is not None or image.pending:
+        outcome = ANSWER_STALE
+        stale = stale or STALE_AWS_ERROR
+    else:
+        outcome = ANSWER_HIT
+        behind_since = runtime.metrics.behind_since(image.region)
+        if now - confirmed > runtime.settings.stale_bound_seconds or (
+            behind_since is not None and confirmed < behind_since
+        ):
+            stale = STALE_UNCONFIRMED
+    headers.append((b"x-cache", outcome.encode()))
+    runtime.metrics.answers[outcome] += 1
+    if stale is not None and outcome != ANSWER_MISS:
+        headers.append((b"x-cache-stale", stale.encode()))
+        runtime.metrics.stale_answers[stale] += 1
+    return headers
+
+
+async def send_prepared(send: Send, prepared: Prepared, *, extra: RawHeaders, if_none_match: str | None) -> None:
     if etag_matches(if_none_match, prepared.etag):
         await send({"type": "http.response.start", "status": 304, "headers": prepared.headers_304 + extra})
         await send({"type": "http.response.body", "body": b""})
@@ -147,12 +185,22 @@ class DescribeImage:
             answer = (
                 Answer(recent, hit=True)
                 if recent is not None
-                else await runtime.lookup.get(region=region, image_id=image_id)
+                else await runtime.lookup.get(region=region, image_id=image_id, caller=caller_of(scope))
             )
         prepared = await self.answers.prepare(runtime, answer.image)
-        await send_prepared(
-            send, prepared, image=answer.image, hit=answer.hit, if_none_match=header(scope, b"if-none-match")
-        )
+        extra = cache_headers(runtime, answer.image, hit=answer.hit, stale=answer.stale, historical=at is not None)
+        await send_prepared(send, prepared, extra=extra, if_none_match=header(scope, b"if-none-match"))
+
+
+def caller_of(scope: Scope) -> str:
+    """Whom a live lookup is charged to: the authenticated caller (set by the authentication middleware in
+    `scope["statuscache.caller"]`), else the client's address (behind a proxy, uvicorn's --proxy-headers and
+    --forwarded-allow-ips make that the real client's)."""
+    caller = scope.get("statuscache.caller")
+    if caller:
+        return str(caller)
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 class FastDescribe:
@@ -185,7 +233,8 @@ class FastDescribe:
                         prepared = self.answers.get(memo_key(runtime, image))
                         if prepared is not None:
                             await send_prepared(
-                                send, prepared, image=image, hit=True, if_none_match=header(scope, b"if-none-match")
+                                send, prepared, extra=cache_headers(runtime, image, hit=True),
+                                if_none_match=header(scope, b"if-none-match"),
                             )
                             return
         await self.app(scope, receive, send)
