@@ -55,6 +55,7 @@ from service.ingest.observe import observe_live
 
 REGION = "us-east-1"
 READERS = 4
+AWS_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 PG_BIN = Path(os.environ.get("STATUSCACHE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -707,6 +708,8 @@ async def run(*, short: bool = False, workdir: Path | None = None) -> dict[str, 
     """The whole run; its figures as a dict (phases, then the end)."""
     directory = workdir or Path(tempfile.mkdtemp(prefix="statuscache-faultrun-"))
     the_run = Run(workdir=directory, short=short)
+    # The oracle's AWS clients read botocore's environment: point it at the fake for the run, then put it back.
+    saved = {name: os.environ.get(name) for name in AWS_ENVIRONMENT}
     try:
         await the_run.start()
         phases = []
@@ -716,6 +719,11 @@ async def run(*, short: bool = False, workdir: Path | None = None) -> dict[str, 
         return {"phases": phases, "end": await the_run.finish(), "workdir": str(directory)}
     finally:
         await the_run.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def report(results: dict[str, Any]) -> str:

@@ -79,8 +79,7 @@ class Metrics:
     aws_last_answer: dict[str, float] = field(default_factory=dict)
     aws_last_failure: dict[str, float] = field(default_factory=dict)
     aws_last_error: dict[str, str] = field(default_factory=dict)
-    # Describe answers by X-Cache (ANSWER_*), and stale ones by reason (STALE_*).
-    answers: Counter[str] = field(default_factory=Counter)
+    # Describe answers that carried X-Cache-Stale, by reason (STALE_*).
     stale_answers: Counter[str] = field(default_factory=Counter)
     # Background looks at AWS still owed (HEAL_*), and how many are owed now (a gauge).
     heals: Counter[str] = field(default_factory=Counter)

@@ -82,6 +82,11 @@ async def test_database_down_answers_503_with_retry_after_keeps_connections_and_
             refused = await asyncio.to_thread(keep_alive_gets, base, "/v3/images/custom/never-read-here", 3)
             stale = await http.get("/v3/images/custom/held-in-memory")
             load = [await http.get("/v3/images/custom/never-read-here") for _ in range(20)]
+            # Every route that reads the database answers the same way.
+            others = [
+                await http.get("/v3/images/custom", params={"imageStatus": "AVAILABLE"}),
+                await http.get("/v3/images/custom/held-in-memory/history"),
+            ]
             ready = await http.get("/readyz")
         during = list(caplog.records)
 
@@ -100,6 +105,9 @@ async def test_database_down_answers_503_with_retry_after_keeps_connections_and_
         assert raw.endswith(b'{"message":"The cache\'s database is unavailable; retry later."}')
         assert b"connection: close" not in raw.lower()
     assert {response.status_code for response in load} == {503}
+    for response in others:
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert response.json() == {"message": "The cache's database is unavailable; retry later."}
     # What this process read moments ago is served rather than a 503, and says what it is.
     assert stale.status_code == 200 and stale.json() == held.json()
     assert stale.headers["x-cache"] == "STALE" and stale.headers["x-cache-stale"] == "database-unavailable"
@@ -115,7 +123,7 @@ async def test_database_down_answers_503_with_retry_after_keeps_connections_and_
     assert not runtime.outage.down
     assert back.status_code == 200
     assert runtime.metrics.database_outages == 1
-    assert runtime.metrics.database_unavailable_answers == 23
+    assert runtime.metrics.database_unavailable_answers == 25
     assert runtime.metrics.database_stale_answers == 1
 
 

@@ -117,13 +117,20 @@ class PreparedAnswers:
         return prepared
 
 
+X_CACHE = {outcome: (b"x-cache", outcome.encode()) for outcome in (ANSWER_HIT, ANSWER_MISS, ANSWER_STALE)}
+
+
 def cache_headers(
     runtime: Runtime, image: CachedImage, *, hit: bool, stale: str | None = None, historical: bool = False
 ) -> RawHeaders:
-    """Age, X-Cache and (when the answer is not the confirmed truth of now) X-Cache-Stale; counted."""
+    """Age, X-Cache and (when the answer is not the confirmed truth of now) X-Cache-Stale, counted by reason.
+
+    On the fast path a plain hit costs two clock reads and two comparisons more than before: no counter
+    (answers are counted by whoever counts requests; stale ones here, by reason).
+    """
     now = time.time()
     confirmed = image.confirmed_at.timestamp()
-    headers = [(b"age", b"%d" % max(0, int(now - confirmed)))]
+    metrics = runtime.metrics
     if not hit:
         outcome = ANSWER_MISS
     elif historical:
@@ -133,16 +140,16 @@ def cache_headers(
         stale = stale or STALE_AWS_ERROR
     else:
         outcome = ANSWER_HIT
-        behind_since = runtime.metrics.behind_since(image.region)
-        if now - confirmed > runtime.settings.stale_bound_seconds or (
-            behind_since is not None and confirmed < behind_since
-        ):
+        if now - confirmed > runtime.settings.stale_bound_seconds:
             stale = STALE_UNCONFIRMED
-    headers.append((b"x-cache", outcome.encode()))
-    runtime.metrics.answers[outcome] += 1
-    if stale is not None and outcome != ANSWER_MISS:
+        elif metrics.reconcile_behind_since or metrics.events_behind_since:
+            behind_since = metrics.behind_since(image.region)
+            if behind_since is not None and confirmed < behind_since:
+                stale = STALE_UNCONFIRMED
+    headers = [(b"age", b"%d" % max(0, int(now - confirmed))), X_CACHE[outcome]]
+    if stale is not None:
         headers.append((b"x-cache-stale", stale.encode()))
-        runtime.metrics.stale_answers[stale] += 1
+        metrics.stale_answers[stale] += 1
     return headers
 
 
