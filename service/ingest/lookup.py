@@ -107,7 +107,7 @@ class Lookup:
         self._budgets = {
             region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
         }
-        # Each caller's share, by (region, caller); a caller not seen for a while starts again with a full bucket.
+        # Each caller's share, by (region, caller); past its bound the memory starts over (every share full again).
         self._caller_budgets: BoundedDict[tuple[str, str], TokenBucket] = BoundedDict(CALLER_BUDGETS_MAX_ENTRIES)
         # A small read-through memory of recent records: dropped on every local write (so this
         # process never serves older than what it committed), and kept at most `read_cache_seconds`
