@@ -94,6 +94,7 @@ class FaultProxy:
         self.faulted = 0
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -111,7 +112,18 @@ class FaultProxy:
         for writer in list(self._clients):
             _reset(writer)
 
+    async def close(self) -> None:
+        """Down, and every connection's handler finished (none left pending when the loop ends)."""
+        await self.down()
+        for handler in list(self._handlers):
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         self._clients.add(writer)
         try:
             while True:
@@ -693,8 +705,7 @@ class Run:
     async def close(self) -> None:
         await asyncio.to_thread(self.stop_serving)
         if self.proxy is not None:
-            await self.proxy.down()
-            await asyncio.sleep(0.1)  # let the cut connections' handlers finish before the loop ends
+            await self.proxy.close()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.postgres.stop)
         self.fake.stop()
