@@ -47,7 +47,7 @@ class Settings:
     live_lookups_per_second: float = knob(20.0, minimum=0.1)
     # Each caller's share of them (per token when authentication is on, else per client address), so one
     # caller's flood of unknown ids cannot use up everyone's first lookups.
-    live_lookups_per_caller_per_second: float = knob(5.0, minimum=0.1)
+    live_lookups_per_caller_per_second: float = knob(10.0, minimum=0.1)
     # Seconds a record read from SQL may be served again from memory; bounds how late a change made by
     # another replica is seen (changes made by this process are seen at once). 0 turns it off.
     read_cache_seconds: float = knob(1.0, minimum=0.0)
