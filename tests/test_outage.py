@@ -1,29 +1,120 @@
-"""The database stopped under a real server: 503 with Retry-After on kept connections, memory served stale, few logs.
+"""Database outages: what a driver error means, how an outage is logged, and the database stopped under a
+real server (503 with Retry-After on kept connections, memory served stale, few logs).
 
-Runs against a private PostgreSQL (tests.conftest.PrivatePostgres), stopped and started by the test.
+The server tests run against a private PostgreSQL (tests.conftest.PrivatePostgres), stopped and started by them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import exc as sa_exc
 
 from service.api.app import create_app
 from service.aws import Aws
 from service.demo.fakeaws import FakeAws
 from service.errors import DatabaseUnavailable
+from service.metrics import Metrics
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
+from service.store.outage import DatabaseOutage
 from tests.conftest import REGION, PrivatePostgres, serving
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+def sqlite_error(code: int) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("sqlite says no")
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return error
+
+
+class PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        pytest.param(ConnectionRefusedError(111, "Connection refused"), True, id="refused"),
+        pytest.param(TimeoutError(), True, id="connect-timeout"),
+        pytest.param(socket.gaierror(-2, "Name or service not known"), True, id="dns"),
+        pytest.param(sa_exc.TimeoutError("QueuePool limit reached"), True, id="pool-exhausted"),
+        pytest.param(PgError("08006"), True, id="connection-failure"),
+        pytest.param(PgError("57P01"), True, id="admin-shutdown"),
+        pytest.param(PgError("57P03"), True, id="starting-up"),
+        pytest.param(PgError("53300"), True, id="too-many-connections"),
+        pytest.param(PgError("57014"), True, id="statement-timeout"),
+        pytest.param(sa_exc.DBAPIError("SELECT 1", {}, PgError("08003")), True, id="wrapped-sqlstate"),
+        pytest.param(sqlite_error(sqlite3.SQLITE_BUSY), True, id="sqlite-busy"),
+        pytest.param(sqlite_error(sqlite3.SQLITE_IOERR | (3 << 8)), True, id="sqlite-ioerr-extended"),
+        pytest.param(sqlite_error(sqlite3.SQLITE_CANTOPEN), True, id="sqlite-cantopen"),
+        pytest.param(PgError("23505"), False, id="unique-violation"),
+        pytest.param(PgError("42P01"), False, id="undefined-table"),
+        pytest.param(sqlite_error(sqlite3.SQLITE_CONSTRAINT), False, id="sqlite-constraint"),
+        pytest.param(sa_exc.DBAPIError("SELECT 1", {}, PgError("42601")), False, id="wrapped-syntax-error"),
+        pytest.param(ValueError("a bug"), False, id="a-bug"),
+        pytest.param(OSError(2, "No such file"), False, id="other-os-error"),
+    ],
+)
+def test_what_a_driver_error_means(error: BaseException, unavailable: bool) -> None:
+    assert isinstance(db.unavailable(error), DatabaseUnavailable) is unavailable
+
+
+class FlakyEngine:
+    """An engine whose first `failures` connections are refused."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[FlakyEngine]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        yield self
+
+    async def execute(self, statement: object) -> None:
+        return None
+
+
+@pytest.mark.asyncio
+async def test_an_outage_is_one_line_a_summary_while_it_lasts_and_one_line_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics()
+    outage = DatabaseOutage(
+        FlakyEngine(failures=8), metrics=metrics, probe_seconds=0.02, summary_seconds=0.06  # type: ignore[arg-type]
+    )
+    with caplog.at_level(logging.INFO, logger="service.store.outage"):
+        for _ in range(50):
+            outage.failed(DatabaseUnavailable("the database cannot be reached: refused"))
+        outage.failed(DatabaseUnavailable("refused"), served_stale=True)
+        assert outage.down and metrics.database_down
+        for _ in range(200):
+            if not outage.down:
+                break
+            await asyncio.sleep(0.01)
+    await outage.close()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0].startswith("database unavailable: the database cannot be reached")
+    assert 1 <= sum(message.startswith("database still unavailable") for message in messages) <= 3
+    assert messages[-1].startswith("database available again") and "50 requests were answered 503" in messages[-1]
+    assert len(messages) <= 5
+    assert (metrics.database_outages, metrics.database_unavailable_answers, metrics.database_stale_answers) == (
+        1, 50, 1
+    )
+    assert not metrics.database_down
 
 
 @pytest_asyncio.fixture
@@ -63,6 +154,8 @@ def keep_alive_gets(base: str, path: str, count: int) -> list[bytes]:
     return answers
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_database_down_answers_503_with_retry_after_keeps_connections_and_logs_little(
     outage_runtime: Runtime, private_postgres: PrivatePostgres, aws_state: FakeAws, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -127,6 +220,8 @@ async def test_database_down_answers_503_with_retry_after_keeps_connections_and_
     assert runtime.metrics.database_stale_answers == 1
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "statement",
     [
@@ -151,6 +246,8 @@ async def test_driver_errors_that_mean_unavailable_are_translated(
     assert isinstance(db.unavailable(raised.value), DatabaseUnavailable)
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_a_stopped_server_and_an_exhausted_pool_are_unavailable(private_postgres: PrivatePostgres) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
