@@ -92,7 +92,7 @@ class Healer:
                 now=now, limit=batch, hold_seconds=self._settings.live_lookup_timeout_seconds + 10,
                 skip_regions=paused,
             )
-            outcomes = await asyncio.gather(*(self._attempt(item, now=now) for item in claimed))
+            outcomes = await asyncio.gather(*(self._attempt(item) for item in claimed))
             for item, outcome in zip(claimed, outcomes, strict=True):
                 report.attempted += 1
                 setattr(report, outcome, getattr(report, outcome) + 1)
@@ -110,7 +110,7 @@ class Healer:
         await self.backlog()
         return report
 
-    async def _attempt(self, item: Claimed, *, now: datetime) -> str:
+    async def _attempt(self, item: Claimed) -> str:
         need = item.need
         async with self._limit:
             try:
