@@ -55,14 +55,18 @@ class Process:
         return self.process.pid
 
     def wait_ready(self, *, path: str = "/readyz", timeout: float = 60.0) -> None:
+        """Until `path` answers 200 and, for a service that polls, its start-up reconcile is done (ready alone
+        only means "can serve what it has")."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.base + path, timeout=1.0).status_code == 200:
+                response = httpx.get(self.base + path, timeout=1.0)
+                reconcile = response.json().get("reconcile", {}) if path == "/readyz" else {}
+                if response.status_code == 200 and (not reconcile.get("polling") or reconcile.get("firstPassDone")):
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.1)
         raise ServerError(f"{self.name} not ready within {timeout:g}s:\n{self.log_tail()}")

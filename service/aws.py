@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
@@ -58,6 +59,7 @@ ACCESS_CODES = frozenset(
 NOT_FOUND_CODES = frozenset({"404", "NoSuchBucket", "NotFound", "ResourceNotFoundException", "NoSuchKey"})
 
 # Image Builder throttles with an error botocore will not retry: we retry it ourselves, boundedly.
+IMAGEBUILDER_THROTTLE = "CallRateLimitExceededException"
 IMAGEBUILDER_RETRIES = 4
 IMAGEBUILDER_BACKOFF_SECONDS = 0.2
 
@@ -81,6 +83,12 @@ def translate(exc: BaseException, *, operation: str) -> AwsError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AwsAccessDenied(str(exc), code="NoCredentials", operation=operation)
     return AwsUnavailable(str(exc) or type(exc).__name__, operation=operation)
+
+
+def is_unknown(error: AwsError) -> bool:
+    """Whether an error means AWS gave no answer (throttled, 5xx, timeout, connection trouble), so whatever
+    was asked is not known, as opposed to an answer: "not found", "access denied", a rejected request."""
+    return isinstance(error, AwsThrottled | AwsUnavailable) or error.code == "Timeout"
 
 
 def _tags(raw: list[dict[str, str]] | None) -> Tags:
@@ -206,22 +214,29 @@ class Aws:
         try:
             response = await method(**params)
         except (TimeoutError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise self._failed(name, translate(exc, operation=name)) from exc
+            raise self._failed(name, region, translate(exc, operation=name)) from exc
         except Exception as exc:  # aiohttp's errors are not botocore's; they are still "AWS unreachable"
             if type(exc).__module__.startswith("aiohttp"):
-                raise self._failed(name, translate(exc, operation=name)) from exc
+                raise self._failed(name, region, translate(exc, operation=name)) from exc
             self.metrics.aws_calls[(name, CALL_ERROR)] += 1
             raise
         self.metrics.aws_calls[(name, CALL_OK)] += 1
+        self.metrics.aws_last_answer[region] = time.time()
         return response
 
-    def _failed(self, name: str, error: AwsError) -> AwsError:
+    def _failed(self, name: str, region: str, error: AwsError) -> AwsError:
         outcome = (
             CALL_THROTTLED if isinstance(error, AwsThrottled)
             else CALL_NOT_FOUND if isinstance(error, AwsNotFound)
             else CALL_ERROR
         )
         self.metrics.aws_calls[(name, outcome)] += 1
+        if is_unknown(error):
+            self.metrics.aws_last_failure[region] = time.time()
+            self.metrics.aws_last_error[region] = f"{name}: {error.code or type(error).__name__}"
+        else:
+            # "Not found", "access denied", a rejected parameter: AWS answered.
+            self.metrics.aws_last_answer[region] = time.time()
         return error
 
     def total_calls(self) -> int:
@@ -278,8 +293,9 @@ class Aws:
         for attempt in range(IMAGEBUILDER_RETRIES):
             try:
                 response = await self._call("imagebuilder", region, "GetImage", imageBuildVersionArn=arn)
-            except AwsThrottled:
-                if attempt == IMAGEBUILDER_RETRIES - 1:
+            except AwsThrottled as exc:
+                # botocore already retried the throttles it knows: only Image Builder's own is retried here.
+                if exc.code != IMAGEBUILDER_THROTTLE or attempt == IMAGEBUILDER_RETRIES - 1:
                     raise
                 await asyncio.sleep(IMAGEBUILDER_BACKOFF_SECONDS * 2**attempt)
                 continue

@@ -4,6 +4,7 @@ StatusCacheError
  ├── ConfigurationError        bad settings; the process refuses to start
  ├── SchemaError               the database is not at the migrations' head
  ├── MalformedEvent            a queue message is not an event we can read (kept as poison, counted, deleted)
+ ├── DatabaseUnavailable       the database cannot be reached or did not answer in time (503 with Retry-After)
  ├── RequestError              a client's request is wrong (HTTP 4xx; never reaches AWS or SQL)
  │    ├── BadRequest           400
  │    │    └── BadToken        a nextToken this service did not issue
@@ -34,6 +35,14 @@ class SchemaError(StatusCacheError):
 
 class MalformedEvent(StatusCacheError):
     pass
+
+
+class DatabaseUnavailable(StatusCacheError):
+    """Translated from the drivers' errors in one place (service.store.db.unavailable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class RequestError(StatusCacheError):

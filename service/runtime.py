@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.aws import Aws
 from service.ingest.consumer import Consumer
+from service.ingest.healer import Healer
 from service.ingest.lookup import Lookup
 from service.ingest.reconciler import Reconciler
 from service.metrics import Metrics
@@ -24,6 +25,8 @@ from service.store import db, queries
 from service.store.cache import Cache
 from service.store.keys import Keys
 from service.store.lease import RegionLease
+from service.store.outage import DatabaseOutage
+from service.store.refresh_queue import RefreshQueue
 from service.support.clock import utcnow
 from service.support.stopping import sleep_until_stopped
 
@@ -74,6 +77,10 @@ class Runtime:
     metrics: Metrics
     # Secrets shared by the deployment's replicas (signing keys), from the database.
     keys: Keys
+    # Looks at AWS still owed, taken in the background.
+    healer: Healer
+    # Database outages as requests meet them: logged once, summarised, ended by a probe.
+    outage: DatabaseOutage
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     # Set when shutdown begins (SIGTERM): readiness answers 503 and change streams end.
@@ -88,14 +95,15 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, engine: AsyncEngine, aws: Aws) -> Runtime:
         """The components, all counting in one Metrics: the one the AWS clients count their calls in."""
-        cache = Cache(engine)
+        cache = Cache(engine, retry_seconds=settings.heal_backoff_initial_seconds)
         metrics = aws.metrics
+        outage = DatabaseOutage(engine, metrics=metrics)
         runtime = cls(
             settings=settings,
             engine=engine,
             aws=aws,
             cache=cache,
-            lookup=Lookup(cache=cache, aws=aws, settings=settings, metrics=metrics),
+            lookup=Lookup(cache=cache, aws=aws, settings=settings, metrics=metrics, outage=outage),
             signer=UrlSigner(
                 aws, expires_seconds=settings.presign_expires_seconds, reuse_seconds=settings.presign_reuse_seconds
             ),
@@ -104,7 +112,10 @@ class Runtime:
             lease=RegionLease(engine, metrics=metrics),
             metrics=metrics,
             keys=Keys(engine),
+            healer=Healer(cache=cache, queue=RefreshQueue(engine), aws=aws, settings=settings, metrics=metrics),
+            outage=outage,
         )
+        cache.on_owed = runtime.healer.wake
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
         return runtime
@@ -116,9 +127,14 @@ class Runtime:
         settings: Settings,
         *,
         poll: bool,
+        heal: bool = True,
         background: list[Coroutine[Any, Any, None]] | None = None,
     ) -> AsyncIterator[Runtime]:
-        """Prepare the schema, open clients, start the loops; close everything on exit."""
+        """Prepare the schema, open clients, start the loops; close everything on exit.
+
+        `poll`: the reconciler and the event consumer. `heal`: the looks at AWS still owed, which every
+        serving process takes (an API replica's own live lookups can leave one owed).
+        """
         if settings.is_sqlite:
             # The embedded default migrates itself; a shared database is migrated by an operator.
             await db.migrate(settings.database_url)
@@ -134,6 +150,8 @@ class Runtime:
                 if settings.events_queue_urls:
                     runtime.start(runtime.consumer.run(stop=runtime.stop), name="consumer", drains=True)
                 runtime.start(runtime.prune_forever(), name="pruner")
+            if heal:
+                runtime.start(runtime.healer.run(stop=runtime.stop), name="healer")
             for coroutine in background or ():
                 runtime.start(coroutine, name="background")
             runtime.polling = poll
@@ -176,6 +194,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.lease.release_all()
+        await self.outage.close()
         await self.aws.close()
         self.cache.close()
         await self.engine.dispose()
@@ -206,6 +225,8 @@ class Runtime:
         }
 
     async def readiness(self) -> dict[str, bool]:
+        """What "ready" means: this process can serve what it has — the database answers and its schema is
+        current. AWS is not a condition (a cache is most needed when AWS is down): see `upstream`."""
         if self.draining.is_set():
             return {"accepting_requests": False}
         checks = {"database": False, "schema": False}
@@ -215,10 +236,46 @@ class Runtime:
             checks["database"] = True
             checks["schema"] = await db.schema_is_current(self.engine)
         except Exception as exc:  # readiness reports, it does not raise
-            log.warning("readiness check failed: %s", exc)
-        if self.polling:
-            checks["first_reconcile"] = self.reconciler.first_pass_done.is_set()
+            unavailable = db.unavailable(exc)
+            if unavailable is not None:
+                # Logged once per outage by the tracker, not once per load balancer probe.
+                self.outage.noticed(unavailable)
+            else:
+                log.warning("readiness check failed: %s", exc)
         return checks
+
+    def upstream(self) -> dict[str, Any]:
+        """AWS and reconciliation as this process sees them, for /readyz's body (never a readiness condition)."""
+        metrics = self.metrics
+
+        def times(by_region: dict[str, float]) -> dict[str, str | None]:
+            return {region: _iso(since) for region, since in sorted(by_region.items())}
+
+        return {
+            "aws": {
+                region: {
+                    "reachable": metrics.aws_reachable(region),
+                    "lastAnswer": _iso(metrics.aws_last_answer.get(region)),
+                    "lastFailure": _iso(metrics.aws_last_failure.get(region)),
+                    **({"lastError": metrics.aws_last_error[region]} if not metrics.aws_reachable(region) else {}),
+                }
+                for region in self.settings.regions
+            },
+            "reconcile": {
+                "polling": self.polling,
+                "firstPassDone": self.reconciler.first_pass_done.is_set(),
+                "behindSince": times(metrics.reconcile_behind_since),
+            },
+            "events": {"behindSince": times(metrics.events_behind_since)},
+            "owedLooks": metrics.heal_backlog,
+            "databaseOutage": metrics.database_down,
+        }
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:

@@ -52,14 +52,25 @@ class Settings:
     negative_ttl_seconds: float = knob(30.0, minimum=0.0)
     # Live lookups (cache misses) allowed per second per region; past it the answer is 429.
     live_lookups_per_second: float = knob(20.0, minimum=0.1)
+    # Each caller's share of them (per token when authentication is on, else per client address), so one
+    # caller's flood of unknown ids cannot use up everyone's first lookups.
+    live_lookups_per_caller_per_second: float = knob(10.0, minimum=0.1)
     # Seconds a record read from SQL may be served again from memory; bounds how late a change made by
     # another replica is seen (changes made by this process are seen at once). 0 turns it off.
     read_cache_seconds: float = knob(1.0, minimum=0.0)
-    # Seconds a live lookup may take before the request answers 503.
+    # Seconds a live lookup may take: EC2 or CloudFormation slower than this answers 503; an Image Builder or S3
+    # part slower than this is left out of the answer (as pcluster would without it) and looked at again later.
     live_lookup_timeout_seconds: float = knob(20.0, minimum=1.0)
     # Bounded backoff for the poller loops after a failed pass.
     backoff_initial_seconds: float = knob(1.0, minimum=0.01)
     backoff_max_seconds: float = knob(60.0, minimum=0.01)
+    # A look at AWS that got no answer (a part of a lookup, an event's refresh) is retried in the background
+    # after this, doubling per failure up to the maximum: how soon after AWS recovers the cache is whole again.
+    heal_backoff_initial_seconds: float = knob(1.0, minimum=0.01)
+    heal_backoff_max_seconds: float = knob(15.0, minimum=0.01)
+    # A cached answer not confirmed against AWS for longer than this carries `X-Cache-Stale: unconfirmed`;
+    # 0 means two reconciliation intervals.
+    stale_after_seconds: float = knob(0.0, minimum=0.0)
     # Pre-signed configuration URLs: their lifetime, and how long one signature is reused.
     presign_expires_seconds: int = knob(3600, minimum=60)
     presign_reuse_seconds: int = knob(600, minimum=1)
@@ -107,6 +118,11 @@ class Settings:
     @property
     def default_region(self) -> str:
         return self.regions[0]
+
+    @property
+    def stale_bound_seconds(self) -> float:
+        """How long a cached answer may go unconfirmed before it is flagged (STATUSCACHE_STALE_AFTER_SECONDS)."""
+        return self.stale_after_seconds or 2 * self.resync_seconds
 
     @property
     def is_sqlite(self) -> bool:

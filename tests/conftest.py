@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -161,7 +164,8 @@ def empty_postgres_url(postgres_url: str) -> str:
             async with engine.begin() as connection:
                 await connection.execute(
                     text(
-                        "TRUNCATE images, revisions, transitions, processed_events, poison_messages RESTART IDENTITY"
+                        "TRUNCATE images, revisions, transitions, processed_events, poison_messages, refreshes "
+                        "RESTART IDENTITY"
                     )
                 )
         finally:
@@ -259,3 +263,77 @@ def live_service(tmp_path: Path, aws_state: FakeAws) -> Iterator[LiveService]:
     )
     with LiveService(settings) as service:
         yield service
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own (initdb into a temporary directory, a free port), for tests that stop it.
+
+    Never the shared server at 127.0.0.1:5432, which every engineer's tests use.
+    """
+
+    BIN = Path(os.environ.get("STATUSCACHE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = directory / "data"
+        self.port = free_port()
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/statuscache"
+
+    def _run(self, *command: str) -> None:
+        # initdb and the server refuse to run as root: as the postgres user when we are root.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
+
+    def create(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        self._run(str(self.BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self.start()
+        asyncio.run(self._create_database())
+        asyncio.run(db.migrate(self.url))
+
+    async def _create_database(self) -> None:
+        engine = create_async_engine(self.url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("CREATE DATABASE statuscache"))
+        finally:
+            await engine.dispose()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"),
+                  "-w", "start")
+
+    def stop(self) -> None:
+        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        try:
+            self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "status")
+        except subprocess.CalledProcessError:
+            return False
+        return True
+
+    def start_if_stopped(self) -> None:
+        if not self.running():
+            self.start()
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    directory = Path(tempfile.mkdtemp(prefix="statuscache-pg-"))
+    server = PrivatePostgres(directory)
+    server.create()
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -490,3 +490,79 @@ async def test_readiness_fails_and_streams_end_once_shutdown_begins(runtime: Run
     assert ": shutting down" in rest
     assert ready.status_code == 503
     assert orjson.loads(ready.content) == {"ready": False, "checks": {"accepting_requests": False}}
+
+
+async def test_aws_unreachable_503_asks_to_retry_later(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
+    aws_state.fail_all(status=503)
+    try:
+        response = await describe(client, "unreachable-retry")
+    finally:
+        aws_state.heal()
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json() == {"message": "The image is not cached and AWS could not be reached; retry later."}
+
+
+async def test_answer_not_confirmed_for_longer_than_the_bound_says_so(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.store.tables import images
+    from service.support.clock import utcnow
+
+    aws_state.create_image_stack(region=REGION, image_id="long-unconfirmed")
+    await describe(client, "long-unconfirmed")
+    fresh = await describe(client, "long-unconfirmed")
+    # Nothing confirmed it for longer than two reconcile intervals (the default bound).
+    async with runtime.engine.begin() as connection:
+        await connection.execute(
+            update(images).values(confirmed_at=utcnow() - timedelta(seconds=2 * runtime.settings.resync_seconds + 5))
+        )
+    runtime.lookup = Lookup(cache=runtime.cache, aws=runtime.aws, settings=runtime.settings, metrics=runtime.metrics)
+    old = await describe(client, "long-unconfirmed")
+
+    assert fresh.headers["x-cache"] == "HIT" and "x-cache-stale" not in fresh.headers
+    assert old.status_code == 200 and old.headers["x-cache"] == "HIT"
+    assert old.headers["x-cache-stale"] == "unconfirmed"
+    assert int(old.headers["age"]) > 2 * runtime.settings.resync_seconds
+    assert old.content == fresh.content
+
+
+async def test_answers_are_unconfirmed_from_the_moment_reconciling_fails(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    aws_state.create_ami(region=REGION, image_id="outage-survivor")
+    await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+    before = await describe(client, "outage-survivor")
+
+    aws_state.fail_all(status=503)
+    try:
+        await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+        during = await describe(client, "outage-survivor")
+    finally:
+        aws_state.heal()
+    await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+    after = await describe(client, "outage-survivor")
+
+    assert [response.status_code for response in (before, during, after)] == [200, 200, 200]
+    assert "x-cache-stale" not in before.headers
+    assert during.headers["x-cache"] == "HIT" and during.headers["x-cache-stale"] == "unconfirmed"
+    assert "x-cache-stale" not in after.headers
+    assert runtime.metrics.stale_answers == {"unconfirmed": 1}
+
+
+async def test_a_past_answer_carries_no_staleness(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    from service.support.clock import utcnow
+
+    aws_state.create_image_stack(region=REGION, image_id="in-the-past")
+    await describe(client, "in-the-past")
+    runtime.metrics.reconcile_behind_since[REGION] = utcnow().timestamp() + 60
+
+    past = await describe(client, "in-the-past", at=utcnow().isoformat())
+
+    assert past.status_code == 200 and past.headers["x-cache"] == "HIT" and "x-cache-stale" not in past.headers

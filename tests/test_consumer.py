@@ -361,3 +361,102 @@ async def test_event_in_the_same_second_as_a_reconcile_is_settled_by_a_refresh(
 
     assert (await describe(client, "evt-race"))["imagebuilderImageStatus"] == "TESTING"
     assert aws_state.calls["imagebuilder.GetImage"] == 1
+
+
+LATER = timedelta(minutes=10)
+
+
+async def test_event_whose_refresh_aws_refuses_is_kept_and_applied_once_aws_answers(
+    runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
+) -> None:
+    stack_id = aws_state.create_image_stack(region=REGION, image_id="evt-kept", imagebuilder_status="PENDING")
+    aws_state.fail_always("ec2.DescribeImages", code="RequestLimitExceeded", status=400)
+    queue.send(stack_event(stack_id, "CREATE_IN_PROGRESS", at=5, reason="User Initiated"))
+
+    await drain(runtime.consumer, queue)
+
+    # The message is done with (deleted), but what it told us is kept until AWS can be asked.
+    assert queue.depth() == 0
+    assert await stored_images(runtime) == 0
+    assert await runtime.healer.backlog() == 1
+    aws_state.heal()
+    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    body = await describe(client, "evt-kept")
+    assert body["imageBuildStatus"] == "BUILD_IN_PROGRESS" and body["imagebuilderImageStatus"] == "PENDING"
+    items = await history(client, "evt-kept")
+    assert [item["source"] for item in items] == ["event"]
+    assert items[0]["time"] == stamp(5).replace("Z", ".000Z")
+    assert await runtime.healer.backlog() == 0
+
+
+async def test_new_image_builder_image_of_a_cached_image_is_stale_until_it_can_be_read(
+    runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
+) -> None:
+    stack_id = await known_building_image(runtime, aws_state, "evt-rebuilt")
+    new_arn = aws_state.imagebuilder_arn(region=REGION, image_id="evt-rebuilt", version="3.10.0")
+    aws_state.put_imagebuilder_image(new_arn, status="BUILDING")
+    aws_state.fail_always("cloudformation.DescribeStacks", code="Throttling", status=400)
+    queue.send(resource_event(stack_id, new_arn, at=30))
+
+    await drain(runtime.consumer, queue)
+    during = await client.get("/v3/images/custom/evt-rebuilt")
+
+    assert queue.depth() == 0
+    assert during.headers["x-cache"] == "STALE" and during.headers["x-cache-stale"] == "aws-error"
+    aws_state.heal()
+    report = await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    assert report.healed == 1
+    assert (await client.get("/v3/images/custom/evt-rebuilt")).headers["x-cache"] == "HIT"
+
+
+async def test_ami_event_that_ec2_cannot_place_is_kept_until_it_can(
+    runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
+) -> None:
+    ami_id = aws_state.create_ami(region=REGION, image_id="evt-unplaced")
+    aws_state.fail_always("ec2.DescribeImages", code="InternalError", status=500)
+    queue.send(ami_event(ami_id, "available", at=40))
+
+    await drain(runtime.consumer, queue)
+
+    assert queue.depth() == 0
+    assert await runtime.healer.backlog() == 1
+    aws_state.heal()
+    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    assert (await describe(client, "evt-unplaced"))["imageBuildStatus"] == "BUILD_COMPLETE"
+    assert await runtime.healer.backlog() == 0
+
+
+async def test_refresh_need_of_a_stack_that_is_not_an_image_is_dropped_once_aws_answers(
+    runtime: Runtime, aws_state: FakeAws, queue: Queue
+) -> None:
+    stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/some-cluster/0000"
+    aws_state.fail_always("ec2.DescribeImages", code="InternalError", status=500)
+    queue.send(stack_event(stack_id, "CREATE_COMPLETE", at=1))
+    await drain(runtime.consumer, queue)
+    assert await runtime.healer.backlog() == 1
+
+    aws_state.heal()
+    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+
+    assert await stored_images(runtime) == 0
+    assert await runtime.healer.backlog() == 0
+
+
+async def test_answers_are_unconfirmed_while_the_event_queue_cannot_be_read(
+    runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    await known_building_image(runtime, aws_state, "evt-deaf")
+    aws_state.fail_always("sqs.ReceiveMessage", code="InternalError", status=500)
+    await runtime.consumer._receiver(queue_url=queue.url, stop=asyncio.Event(), iterations=1)
+    during = await client.get("/v3/images/custom/evt-deaf")
+    aws_state.heal()
+    other = ami_event("ami-1", "available", at=1)
+    other["detail-type"] = "EC2 Instance State-change Notification"
+    queue.send(other)  # something to receive, so the long poll answers at once
+    await runtime.consumer._receiver(queue_url=queue.url, stop=asyncio.Event(), iterations=1)
+    after = await client.get("/v3/images/custom/evt-deaf")
+
+    assert during.headers["x-cache"] == "HIT" and during.headers["x-cache-stale"] == "unconfirmed"
+    assert after.headers["x-cache"] == "HIT" and "x-cache-stale" not in after.headers

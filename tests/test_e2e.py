@@ -19,12 +19,19 @@ pytestmark = pytest.mark.slow
 
 
 def wait_until_ready(base: str, *, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until /readyz answers 200 and, for a process that polls, its first reconcile pass is done.
+
+    Ready alone means "can serve what it has" (a process can be ready before it has reconciled, as during an
+    AWS outage); these tests want the start-up reconcile behind them too.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"serve exited with {process.returncode}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+            ready = httpx.get(f"{base}/readyz", timeout=1)
+            reconcile = ready.json().get("reconcile", {})
+            if ready.status_code == 200 and (not reconcile.get("polling") or reconcile.get("firstPassDone")):
                 return
         except httpx.HTTPError:
             pass
@@ -136,3 +143,41 @@ def test_migrate_command_prepares_a_database(serve_env: dict[str, str], tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "migrated.db").exists()
+
+
+def test_serve_started_during_an_aws_outage_is_ready_and_serves_its_cache(
+    aws_state: FakeAws, serve_env: dict[str, str]
+) -> None:
+    aws_state.create_ami(region=REGION, image_id="e2e-outage")
+    first = Server(env=serve_env, args=[])
+    try:
+        wait_until_ready(first.base, process=first.process)
+        assert httpx.get(f"{first.base}/v3/images/custom/e2e-outage").headers["x-cache"] == "HIT"
+    finally:
+        first.stop()
+
+    aws_state.fail_all(status=503)
+    restarted = Server(env=serve_env, args=[])  # with its poller: its first reconcile cannot succeed
+    try:
+        started = time.monotonic()
+        while True:
+            assert time.monotonic() - started < 15, "not ready while AWS is down"
+            assert restarted.process.poll() is None
+            try:
+                ready = httpx.get(f"{restarted.base}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        body = ready.json()
+        response = httpx.get(f"{restarted.base}/v3/images/custom/e2e-outage")
+    finally:
+        output = restarted.stop()
+        aws_state.heal()
+
+    assert body["checks"] == {"database": True, "schema": True}
+    assert body["reconcile"]["firstPassDone"] is False
+    assert response.status_code == 200 and response.json()["imageBuildStatus"] == "BUILD_COMPLETE"
+    assert response.headers["x-cache"] == "HIT" and response.headers["x-cache-stale"] == "unconfirmed"
+    assert "Traceback" not in output

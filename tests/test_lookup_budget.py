@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from typing import Any
+
+import httpx
 import pytest
 
-from service.ingest.lookup import TokenBucket
+from service.api.app import create_app
+from service.demo.fakeaws import FakeAws
+from service.ingest.lookup import Lookup, TokenBucket
+from service.metrics import LOOKUP_BUDGET, LOOKUP_CALLER_BUDGET
+from service.runtime import Runtime
+from tests.conftest import REGION
 
 
 class Clock:
@@ -106,3 +116,60 @@ def test_a_steady_rate_is_served_indefinitely() -> None:
         granted += bucket.take() == 0.0
 
     assert granted == 1000
+
+
+# --- fairness across callers ---------------------------------------------------------------------
+
+
+def client_from(app: Any, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://statuscache")
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_unknown_ids_from_one_caller_leaves_others_their_first_lookups(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    settings = dataclasses.replace(
+        runtime.settings, live_lookups_per_second=20.0, live_lookups_per_caller_per_second=5.0
+    )
+    # Time stands still: no token comes back during the test, however slow the lookups are.
+    runtime.lookup = Lookup(
+        cache=runtime.cache, aws=runtime.aws, settings=settings, metrics=runtime.metrics, clock=Clock()
+    )
+    for index in range(5):
+        aws_state.create_image_stack(region=REGION, image_id=f"real-new-{index}")
+    app = create_app(runtime.settings, runtime=runtime)
+
+    async with client_from(app, "203.0.113.7") as flooder, client_from(app, "198.51.100.2") as user:
+        flood = await asyncio.gather(*(flooder.get(f"/v3/images/custom/no-such-{index}") for index in range(60)))
+        firsts = [await user.get(f"/v3/images/custom/real-new-{index}") for index in range(5)]
+
+    assert [response.status_code for response in firsts] == [200] * 5
+    refused = [response for response in flood if response.status_code == 429]
+    assert len(refused) == 55  # the flooder got its share (5), not the region's 20
+    assert all(int(response.headers["retry-after"]) >= 1 and "message" in response.json() for response in refused)
+    assert runtime.metrics.lookups[LOOKUP_CALLER_BUDGET] == 55
+
+
+@pytest.mark.asyncio
+async def test_many_callers_together_are_still_held_to_the_regions_budget(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    settings = dataclasses.replace(
+        runtime.settings, live_lookups_per_second=8.0, live_lookups_per_caller_per_second=5.0
+    )
+    runtime.lookup = Lookup(
+        cache=runtime.cache, aws=runtime.aws, settings=settings, metrics=runtime.metrics, clock=Clock()
+    )
+    app = create_app(runtime.settings, runtime=runtime)
+    answers: list[int] = []
+    for number, address in enumerate(("192.0.2.1", "192.0.2.2", "192.0.2.3")):
+        async with client_from(app, address) as caller:
+            for index in range(5):
+                answers.append((await caller.get(f"/v3/images/custom/caller{number}-x{index}")).status_code)
+
+    # Each caller stays within its share, yet together they get no more than the region's budget (8).
+    assert answers == [404] * 8 + [429] * 7
+    assert runtime.metrics.lookups[LOOKUP_BUDGET] == 7
+    assert runtime.metrics.lookups[LOOKUP_CALLER_BUDGET] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from service.demo.fakeaws import FakeAws
 from service.errors import AwsError
 from service.runtime import Runtime
 from service.store.tables import transitions
+from service.support.clock import utcnow
 from tests.conftest import REGION
 
 pytestmark = pytest.mark.asyncio
@@ -145,3 +147,58 @@ async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_s
     await asyncio.wait_for(task, timeout=30)
     assert runtime.reconciler.first_pass_done.is_set()
     assert await runtime.cache.read(region=REGION, image_id="eventually") is not None
+
+
+async def test_throttled_image_builder_keeps_the_last_known_status_and_is_healed(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="kept-ib", imagebuilder_status="BUILDING")
+    await runtime.reconciler.run_pass(region=REGION)
+    aws_state.put_imagebuilder_image(aws_state.imagebuilder_arn(region=REGION, image_id="kept-ib"), status="TESTING")
+    aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
+
+    await runtime.reconciler.run_pass(region=REGION)
+    during = await client.get("/v3/images/custom/kept-ib")
+
+    # Not knowing is not "absent": the last known status stays, flagged as not confirmed.
+    assert during.json()["imagebuilderImageStatus"] == "BUILDING"
+    assert during.headers["x-cache"] == "STALE"
+    aws_state.heal()
+    await runtime.healer.run_once(now=utcnow() + timedelta(minutes=10))
+    after = await client.get("/v3/images/custom/kept-ib")
+    assert after.json()["imagebuilderImageStatus"] == "TESTING"
+    assert after.headers["x-cache"] == "HIT"
+
+
+async def test_new_image_whose_image_builder_is_throttled_is_not_stored_as_complete(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+) -> None:
+    aws_state.create_image_stack(region=REGION, image_id="new-ib", imagebuilder_status="BUILDING")
+    aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
+
+    await runtime.reconciler.run_pass(region=REGION)
+    during = await client.get("/v3/images/custom/new-ib")
+    aws_state.heal()
+    # The next pass looks again although the stack did not change: the last look failed.
+    await runtime.reconciler.run_pass(region=REGION)
+    after = await client.get("/v3/images/custom/new-ib")
+
+    assert "imagebuilderImageStatus" not in during.json() and during.headers["x-cache"] == "STALE"
+    assert after.json()["imagebuilderImageStatus"] == "BUILDING" and after.headers["x-cache"] == "HIT"
+
+
+async def test_bucket_outage_during_a_pass_is_not_stored_as_not_available(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+) -> None:
+    aws_state.create_ami(region=REGION, image_id="bucket-pass")
+    aws_state.fail_always("s3.HeadBucket", code="InternalError", status=500)
+
+    report = await runtime.reconciler.run_pass(region=REGION)
+    during = await client.get("/v3/images/custom/bucket-pass")
+    aws_state.heal()
+    await runtime.healer.run_once(now=utcnow() + timedelta(minutes=10))
+    after = await client.get("/v3/images/custom/bucket-pass")
+
+    assert report.unconfirmed == 1
+    assert during.json()["imageConfiguration"] == {"url": "NOT_AVAILABLE"} and during.headers["x-cache"] == "STALE"
+    assert after.json()["imageConfiguration"]["url"] != "NOT_AVAILABLE" and after.headers["x-cache"] == "HIT"

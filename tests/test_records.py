@@ -10,6 +10,8 @@ import pytest
 
 from service.domain import describe
 from service.domain.models import (
+    PART_CONFIG,
+    PART_IMAGEBUILDER,
     AmiInfo,
     Change,
     ConfigLocation,
@@ -323,4 +325,100 @@ def test_render_gives_none_when_nothing_exists(parts: Parts) -> None:
 
     assert rendered.document is None
     assert rendered.fields == StatusFields(exists=False)
+    assert rendered.config == ConfigLocation()
+
+
+# --- parts AWS did not answer for -------------------------------------------------------------
+
+REBUILT = StackInfo(
+    name=IMAGE_ID,
+    stack_id=f"arn:aws:cloudformation:{REGION}:123456789012:stack/{IMAGE_ID}/1111",
+    status="CREATE_IN_PROGRESS",
+    creation_time=datetime(2024, 5, 2, 9, 0, tzinfo=UTC),
+    tags=STACK.tags,
+)
+STACK_WITH_CONFIG = StackInfo(
+    name=IMAGE_ID,
+    stack_id=STACK.stack_id,
+    status="CREATE_IN_PROGRESS",
+    creation_time=STACK.creation_time,
+    tags=(*STACK.tags, ("parallelcluster:s3_bucket", "bucket"), ("parallelcluster:s3_image_dir", "dir")),
+)
+STACK_ELSEWHERE = StackInfo(
+    name=IMAGE_ID,
+    stack_id=STACK.stack_id,
+    status="CREATE_IN_PROGRESS",
+    creation_time=STACK.creation_time,
+    tags=(*STACK.tags, ("parallelcluster:s3_bucket", "bucket"), ("parallelcluster:s3_image_dir", "other-dir")),
+)
+UNTAGGED_BUCKET_STACK = StackInfo(
+    name=IMAGE_ID,
+    stack_id=STACK.stack_id,
+    status="CREATE_IN_PROGRESS",
+    creation_time=STACK.creation_time,
+    tags=(*STACK.tags, ("parallelcluster:s3_image_dir", "dir")),
+)
+
+
+@pytest.mark.parametrize(
+    ("before", "incoming_stack", "unknown", "kept"),
+    [
+        pytest.param(
+            IMAGEBUILDER, STACK_FAILED, frozenset({PART_IMAGEBUILDER}), IMAGEBUILDER, id="same-stack-keeps-it"
+        ),
+        pytest.param(IMAGEBUILDER, REBUILT, frozenset({PART_IMAGEBUILDER}), None, id="rebuilt-stack-drops-it"),
+        pytest.param(IMAGEBUILDER, REBUILT, frozenset(), IMAGEBUILDER, id="known-silence-is-not-unknown"),
+    ],
+)
+def test_an_unknown_image_builder_state_is_kept_only_for_the_stack_it_was_read_for(
+    before: ImagebuilderState, incoming_stack: StackInfo, unknown: frozenset[str], kept: ImagebuilderState | None
+) -> None:
+    current = Parts(stack=Observed(EARLIER, STACK), imagebuilder=Observed(EARLIER, before))
+    incoming = Change(
+        region=REGION, image_id=IMAGE_ID, source=Source.LIVE, observed_at=T0,
+        stack=Observed(T0, incoming_stack), unknown=unknown, whole=True,
+    )
+
+    merged = merge(current, incoming)
+
+    assert merged.stack_value == incoming_stack
+    assert merged.imagebuilder_value == kept
+
+
+@pytest.mark.parametrize(
+    ("stack", "kept"),
+    [
+        pytest.param(STACK_WITH_CONFIG, True, id="same-object"),
+        pytest.param(STACK_ELSEWHERE, False, id="tags-point-elsewhere"),
+        pytest.param(UNTAGGED_BUCKET_STACK, True, id="default-bucket-same-key"),
+        pytest.param(STACK, False, id="no-image-dir-any-more"),
+    ],
+)
+def test_an_unknown_config_location_is_kept_only_while_the_tags_still_point_at_it(
+    stack: StackInfo, kept: bool
+) -> None:
+    stored_config = ConfigLocation(bucket="bucket", key="dir/configs/image-config.yaml", available=True)
+    current = Parts(stack=Observed(EARLIER, STACK_WITH_CONFIG), config=Observed(EARLIER, stored_config))
+    incoming = Change(
+        region=REGION, image_id=IMAGE_ID, source=Source.RECONCILE, observed_at=T0,
+        stack=Observed(T0, stack), unknown=frozenset({PART_CONFIG}), whole=True,
+    )
+
+    merged = merge(current, incoming)
+
+    assert merged.config_value == (stored_config if kept else ConfigLocation())
+    assert (render(region=REGION, image_id=IMAGE_ID, parts=merged).config == stored_config) is kept
+
+
+def test_an_unknown_part_of_a_new_image_is_absent_not_invented() -> None:
+    incoming = Change(
+        region=REGION, image_id=IMAGE_ID, source=Source.LIVE, observed_at=T0, stack=Observed(T0, STACK),
+        ami=Observed(T0, None), unknown=frozenset({PART_IMAGEBUILDER, PART_CONFIG}), whole=True,
+    )
+
+    rendered = render(region=REGION, image_id=IMAGE_ID, parts=merge(Parts(), incoming))
+
+    assert rendered.document is not None
+    document = orjson.loads(rendered.document)
+    assert "imagebuilderImageStatus" not in document
     assert rendered.config == ConfigLocation()

@@ -10,7 +10,8 @@ The ASGI stack, outermost first:
                                                  Instrument directly when nothing stands between them)
     StreamFront                                  opens change streams (they stay open: no router frames held)
     FastList                                     answers list pages already prepared in memory
-    Starlette (router, error handlers)           everything else
+    Starlette (router, error handlers)           everything else; inside its 500 handler, DatabaseErrors
+                                                 turns "the database cannot answer" into a 503
 
 Authentication and CORS follow from the settings, so an app built from settings that name a tokens
 file is never served unprotected; without them neither is in the stack, and costs nothing.
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp
 from service.api import board, changes, describe, exposition, history, image_states, listing, openapi, pages
 from service.api.auth import Authentication
 from service.api.cors import Cors
-from service.api.errors import HANDLERS
+from service.api.errors import HANDLERS, DatabaseErrors
 from service.api.health import Health
 from service.api.instrument import Instrument, Shortcut
 from service.api.state import AppState
@@ -114,6 +115,7 @@ def create_app(
             Route(board.ASSET_PATH, status_board.asset, methods=["GET"]),
         ],
         exception_handlers=HANDLERS,
+        middleware=[Middleware(DatabaseErrors, state=state)],
         lifespan=lifespan,
     )
     starlette.state.statuscache = state

@@ -4,6 +4,20 @@ A served answer (body, ETag, validators) is the same for every request of one re
 signing window, so it is prepared once and kept. The fast path answers a describe whose record and
 prepared answer are both in memory without entering Starlette; it sits inside the app's middleware
 stack (see service.api.app), so every middleware still sees every request.
+
+Every answer says where it came from (`X-Cache`) and, when it is not the confirmed truth of now, why
+(`X-Cache-Stale`), in addition to `Age` (seconds since AWS last confirmed the record):
+
+    X-Cache: HIT                                   from the cache
+    X-Cache: MISS                                  looked up live just now
+    X-Cache: STALE   X-Cache-Stale: aws-error      from the cache, but a part could not be confirmed at the
+                                                   last look (AWS throttled or failed); another look is owed
+    X-Cache: STALE   X-Cache-Stale: database-unavailable
+                                                   the database is down: the record as this process last read it
+    X-Cache: HIT     X-Cache-Stale: unconfirmed    from the cache, not confirmed against AWS for longer than
+                                                   STATUSCACHE_STALE_AFTER_SECONDS, or since this process may
+                                                   be behind AWS (it has not yet reconciled the region or read
+                                                   its events since it started, or that is failing)
 """
 
 from __future__ import annotations
@@ -30,14 +44,24 @@ from service.domain import describe
 from service.domain.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, CachedImage
 from service.errors import NotFound
 from service.ingest.lookup import Answer, not_found_message
-from service.metrics import CACHE_HIT, CACHE_MISS
+from service.metrics import (
+    ANSWER_HIT,
+    ANSWER_MISS,
+    ANSWER_STALE,
+    CACHE_HIT,
+    CACHE_MISS,
+    CACHE_STALE,
+    STALE_AWS_ERROR,
+    STALE_UNCONFIRMED,
+)
 from service.runtime import Runtime
 from service.store import queries
 from service.support.bounded import BoundedDict
 
 PATH = "/v3/images/custom/{image_id}"
-HIT = (b"x-cache", b"HIT")
-MISS = (b"x-cache", b"MISS")
+X_CACHE = {outcome: (b"x-cache", outcome.encode()) for outcome in (ANSWER_HIT, ANSWER_MISS, ANSWER_STALE)}
+CACHE_LABEL = {ANSWER_HIT: CACHE_HIT, ANSWER_MISS: CACHE_MISS, ANSWER_STALE: CACHE_STALE}
+UNCONFIRMED = (b"x-cache-stale", STALE_UNCONFIRMED.encode())
 PREFIX = "/v3/images/custom/"
 PREFIX_LENGTH = len(PREFIX)
 PREPARED_MAX_ENTRIES = 20_000
@@ -52,12 +76,13 @@ class Prepared:
 
     body: bytes
     etag: str
-    # Encoded once, by status and X-Cache (hit or miss): Starlette would rebuild and re-encode them on every
-    # request. Only Age is added per answer.
+    # Encoded once: Starlette would rebuild and re-encode them on every request. With `X-Cache: HIT` for the
+    # fast path (only Age, and now and then X-Cache-Stale, is added per answer), and without any X-Cache
+    # for the route's other outcomes.
     headers_200: RawHeaders
     headers_304: RawHeaders
-    headers_200_miss: RawHeaders
-    headers_304_miss: RawHeaders
+    headers_200_bare: RawHeaders
+    headers_304_bare: RawHeaders
 
 
 def etag_for(image: CachedImage, window: int | None) -> str:
@@ -101,26 +126,58 @@ class PreparedAnswers:
             prepared = Prepared(
                 body=body,
                 etag=etag,
-                headers_200=[*headers_200, HIT],
-                headers_304=[*validators, HIT],
-                headers_200_miss=[*headers_200, MISS],
-                headers_304_miss=[*validators, MISS],
+                headers_200=[*headers_200, X_CACHE[ANSWER_HIT]],
+                headers_304=[*validators, X_CACHE[ANSWER_HIT]],
+                headers_200_bare=headers_200,
+                headers_304_bare=validators,
             )
             self._memo[key] = prepared
         return prepared
 
 
-async def send_prepared(
-    send: Send, prepared: Prepared, *, image: CachedImage, hit: bool, if_none_match: str | None
-) -> None:
-    age = (b"age", b"%d" % max(0, int(time.time() - image.confirmed_epoch)))
+def unconfirmed(runtime: Runtime, image: CachedImage, now: float) -> bool:
+    """Whether a cached answer must say it is unconfirmed: not confirmed against AWS for longer than the
+    bound, or not since this process may have fallen behind AWS in the image's region."""
+    confirmed = image.confirmed_epoch
+    if now - confirmed > runtime.settings.stale_bound_seconds:
+        return True
+    metrics = runtime.metrics
+    if metrics.reconcile_behind_since or metrics.events_behind_since:
+        behind_since = metrics.behind_since(image.region)
+        return behind_since is not None and confirmed < behind_since
+    return False
+
+
+def answer_headers(
+    runtime: Runtime, image: CachedImage, *, hit: bool, stale: str | None = None, historical: bool = False
+) -> tuple[str, RawHeaders]:
+    """The answer's outcome (ANSWER_*) and its Age, X-Cache and (when it is not the confirmed truth of now)
+    X-Cache-Stale headers; stale answers are counted by reason."""
+    now = time.time()
+    if not hit:
+        outcome = ANSWER_MISS
+    elif historical:
+        outcome = ANSWER_HIT
+    elif stale is not None or image.pending:
+        outcome = ANSWER_STALE
+        stale = stale or STALE_AWS_ERROR
+    else:
+        outcome = ANSWER_HIT
+        if unconfirmed(runtime, image, now):
+            stale = STALE_UNCONFIRMED
+    headers = [(b"age", b"%d" % max(0, int(now - image.confirmed_epoch))), X_CACHE[outcome]]
+    if stale is not None:
+        headers.append((b"x-cache-stale", stale.encode()))
+        runtime.metrics.stale_answers[stale] += 1
+    return outcome, headers
+
+
+async def send_prepared(send: Send, prepared: Prepared, *, extra: RawHeaders, if_none_match: str | None) -> None:
     if etag_matches(if_none_match, prepared.etag):
-        headers = prepared.headers_304 if hit else prepared.headers_304_miss
-        await send({"type": "http.response.start", "status": 304, "headers": [*headers, age]})
+        await send({"type": "http.response.start", "status": 304, "headers": [*prepared.headers_304_bare, *extra]})
         await send({"type": "http.response.body", "body": b""})
     else:
-        headers = prepared.headers_200 if hit else prepared.headers_200_miss
-        await send({"type": "http.response.start", "status": 200, "headers": [*headers, age]})
+        await send({"type": "http.response.start", "status": 200, "headers": [*prepared.headers_200_bare, *extra]})
         await send({"type": "http.response.body", "body": prepared.body})
 
 
@@ -154,13 +211,25 @@ class DescribeImage:
             answer = (
                 Answer(recent, hit=True)
                 if recent is not None
-                else await runtime.lookup.get(region=region, image_id=image_id)
+                else await runtime.lookup.get(region=region, image_id=image_id, caller=caller_of(scope))
             )
         prepared = await self.answers.prepare(runtime, answer.image)
-        scope[CACHE_KEY] = CACHE_HIT if answer.hit else CACHE_MISS
-        await send_prepared(
-            send, prepared, image=answer.image, hit=answer.hit, if_none_match=header(scope, b"if-none-match")
+        outcome, extra = answer_headers(
+            runtime, answer.image, hit=answer.hit, stale=answer.stale, historical=at is not None
         )
+        scope[CACHE_KEY] = CACHE_LABEL[outcome]
+        await send_prepared(send, prepared, extra=extra, if_none_match=header(scope, b"if-none-match"))
+
+
+def caller_of(scope: Scope) -> str:
+    """Whom a live lookup is charged to: the authenticated caller (set by the authentication middleware in
+    `scope["statuscache.caller"]`), else the client's address (behind a proxy, uvicorn's --proxy-headers and
+    --forwarded-allow-ips make that the real client's)."""
+    caller = scope.get("statuscache.caller")
+    if caller:
+        return str(caller)
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 FastAnswer = tuple[int, RawHeaders, bytes]
@@ -202,7 +271,7 @@ class FastDescribe:
             return None
         image_id: str = scope["path"][PREFIX_LENGTH:]
         # is_valid_image_id, written out.
-        if len(image_id) > IMAGE_ID_MAX_LENGTH or IMAGE_ID_PATTERN.match(image_id) is None:
+        if len(image_id) > IMAGE_ID_MAX_LENGTH or IMAGE_ID_PATTERN.fullmatch(image_id) is None:
             return None
         raw: bytes = scope["query_string"]
         if raw.startswith(b"region=") and b"&" not in raw and b"%" not in raw and b"+" not in raw:
@@ -215,7 +284,8 @@ class FastDescribe:
         if at or region not in runtime.settings.regions:
             return None
         image = runtime.lookup.recent(region=region, image_id=image_id)
-        if image is None:
+        if image is None or image.pending:
+            # A record owing a look at AWS is answered STALE by the route.
             return None
         # What memo_key and send_prepared do, written out: this runs for every cached answer, and each call
         # saved is a few percent of its cost (test_app checks that both paths answer alike).
@@ -226,10 +296,14 @@ class FastDescribe:
         # For the instrumentation outside: which route answered, and from the cache.
         scope[ROUTE_KEY] = PATH
         scope[CACHE_KEY] = CACHE_HIT
-        age = (b"age", b"%d" % max(0, int(time.time() - image.confirmed_epoch)))
+        now = time.time()
+        extra = [(b"age", b"%d" % max(0, int(now - image.confirmed_epoch)))]
+        if unconfirmed(runtime, image, now):
+            extra.append(UNCONFIRMED)
+            runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
         for key, value in scope["headers"]:
             if key == b"if-none-match":
                 if etag_matches(value.decode("latin-1"), prepared.etag):
-                    return 304, [*prepared.headers_304, age], b""
+                    return 304, [*prepared.headers_304, *extra], b""
                 break
-        return 200, [*prepared.headers_200, age], prepared.body
+        return 200, [*prepared.headers_200, *extra], prepared.body

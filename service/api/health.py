@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,11 +20,17 @@ class Health:
         return Response(b'{"status":"ok"}', media_type=JSON)
 
     async def readyz(self, request: Request) -> Response:
-        checks = await self.state.runtime.readiness()
+        """200 when this process can serve what it has (database reachable, schema current), else 503.
+
+        The body also says how AWS and reconciliation look from here, which never make it not ready.
+        """
+        runtime = self.state.runtime
+        checks = await runtime.readiness()
         ready = all(checks.values())
-        return Response(
-            orjson.dumps({"ready": ready, "checks": checks}), status_code=200 if ready else 503, media_type=JSON
-        )
+        body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if not runtime.draining.is_set():
+            body.update(runtime.upstream())
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
 
     async def stats(self, request: Request) -> Response:
         return Response(orjson.dumps(self.state.runtime.stats()), media_type=JSON)

@@ -88,6 +88,8 @@ class FakeAws:
         self._calls: collections.Counter[str] = collections.Counter()
         self._failures: dict[str, collections.deque[tuple[str, int]]] = {}
         self._down_status: int | None = None
+        # Operations failing on every call until heal(): a throttle or outage of one API, not of AWS.
+        self._failing: dict[str, tuple[str, int]] = {}
         self._images: dict[str, dict[str, Any]] = {}
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -132,6 +134,7 @@ class FakeAws:
             self._images.clear()
             self._calls.clear()
             self._failures.clear()
+            self._failing.clear()
             self._down_status = None
 
     # -- call counting and failure injection ------------------------------
@@ -158,9 +161,16 @@ class FakeAws:
         with self._lock:
             self._down_status = status
 
+    def fail_always(self, operation: str, *, code: str = "Throttling", status: int = 400) -> None:
+        """Fail every call of `operation` ("service.Operation") until heal()."""
+        with self._lock:
+            self._failing[operation] = (code, status)
+
     def heal(self) -> None:
+        """End fail_all and fail_always (failures queued by fail_next stay queued)."""
         with self._lock:
             self._down_status = None
+            self._failing.clear()
 
     def _record(self, key: str) -> tuple[str, int] | None:
         """Count one call; return the (code, status) it must fail with, if any."""
@@ -169,6 +179,8 @@ class FakeAws:
             if self._down_status is not None:
                 status = self._down_status
                 return _ERROR_CODE_BY_STATUS.get(status, "ServiceUnavailable"), status
+            if key in self._failing:
+                return self._failing[key]
             queued = self._failures.get(key)
             return queued.popleft() if queued else None
 

@@ -121,13 +121,18 @@ def ami_tags(stack_tags: Mapping[str, str]) -> dict[str, str]:
     return {key: stack_tags[key] for key in keys} | {TAG_BUILD_STATUS: "available"}
 
 
+# The stack's one resource: moto cannot create AWS::ImageBuilder::Image, and the moto server compose runs has no
+# Image Builder to answer GetImage (it answers 500, which the service rightly takes for "not known yet" and keeps
+# asking). So the seeded builds have no ParallelClusterImage, as a build before that resource exists: describe
+# leaves the Image Builder fields out, as a fact.
+SEED_RESOURCE_LOGICAL_ID = "BuildLogGroup"
+
+
 def image_template(image_id: str) -> str:
-    # moto cannot create AWS::ImageBuilder::Image (it has no Image Builder): a log group holds
-    # ParallelClusterImage's place.
     template = {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": f"AWS ParallelCluster image build stack for {image_id}",
-        "Resources": {IMAGE_RESOURCE_LOGICAL_ID: {"Type": "AWS::Logs::LogGroup", "Properties": {}}},
+        "Resources": {SEED_RESOURCE_LOGICAL_ID: {"Type": "AWS::Logs::LogGroup", "Properties": {}}},
     }
     return json.dumps(template)
 

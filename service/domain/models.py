@@ -26,6 +26,12 @@ TAG_S3_IMAGE_DIR = "parallelcluster:s3_image_dir"
 IMAGE_RESOURCE_LOGICAL_ID = "ParallelClusterImage"
 CONFIG_NAME = "image-config.yaml"
 
+# The parts of an image an observation reads, as Change.unknown names them.
+PART_STACK = "stack"
+PART_AMI = "ami"
+PART_IMAGEBUILDER = "imagebuilder"
+PART_CONFIG = "config"
+
 
 class Source(enum.StrEnum):
     """Where an observation came from."""
@@ -139,6 +145,13 @@ class Change:
     ami_state: Observed[AmiStatePatch] | None = None
     # When the change happened (an event's time); defaults to observed_at.
     happened_at: datetime | None = None
+    # Parts (PART_*) this observation asked AWS about and got no answer for (throttled, 5xx, timeout,
+    # reset): not knowing, which unlike an observed absence is never stored as a fact. The stored part
+    # stays, and the image is marked for another look (service.domain.refreshes).
+    unknown: frozenset[str] = frozenset()
+    # A whole observation: every part pcluster would read for this image now, not an event's patch. One
+    # with nothing unknown settles a pending look at the image.
+    whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,9 @@ class CachedImage:
     config: ConfigLocation
     changed_at: datetime
     confirmed_at: datetime
+    # A look at the image is pending: a part could not be confirmed at the last look, or a look-up an
+    # event asked for failed. The record is the last known truth, not a confirmed one.
+    pending: bool = False
 
     @functools.cached_property
     def confirmed_epoch(self) -> float:

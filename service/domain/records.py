@@ -5,6 +5,10 @@ the stack, the AMI, the Image Builder image and the configuration's location. A 
 replaces a part only when it is at least as new as what is stored; that is the only
 definition of "newer" in the service (`is_newer`): merging, event patches and the consumer's
 decisions all ask it.
+
+A part AWS could not answer for (`Change.unknown`) is not spoken about: the stored value stays, as
+the last known truth, unless it describes something the rest of the change says is no longer there
+(`kept_unknown`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import orjson
 
 from service.domain import describe
 from service.domain.models import (
+    PART_CONFIG,
+    PART_IMAGEBUILDER,
     AmiInfo,
     AmiStatePatch,
     Change,
@@ -110,6 +116,27 @@ def merge(current: Parts, change: Change) -> Parts:
         merged = replace(merged, imagebuilder=change.imagebuilder)
     if is_newer(current.config, change.config):
         merged = replace(merged, config=change.config)
+    return kept_unknown(current, merged, change.unknown)
+
+
+def kept_unknown(current: Parts, merged: Parts, unknown: frozenset[str]) -> Parts:
+    """`merged` without the last known values of unknown parts that no longer apply.
+
+    - An Image Builder state belongs to the stack it was read for: when the stack was replaced (another
+      stack id), the old state says nothing about the new build, so it goes (describe omits the fields).
+    - A configuration location belongs to the tags it was derived from: when the tags now point at
+      another object, the old location (and its signed URL) would be wrong, so it goes (NOT_AVAILABLE).
+    """
+    if PART_IMAGEBUILDER in unknown and merged.imagebuilder is not None:
+        before = current.stack_value.stack_id if current.stack_value else None
+        after = merged.stack_value.stack_id if merged.stack_value else None
+        if before != after:
+            merged = replace(merged, imagebuilder=None)
+    if PART_CONFIG in unknown and merged.config is not None and merged.config.value is not None:
+        tagged_bucket, key = describe.config_source(stack=merged.stack_value, ami=merged.ami_value)
+        kept = merged.config.value
+        if kept.key != key or (tagged_bucket is not None and kept.bucket != tagged_bucket):
+            merged = replace(merged, config=None)
     return merged
 
 

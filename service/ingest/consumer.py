@@ -1,12 +1,21 @@
 """The SQS event loop: receive -> parse -> gather -> decide -> apply (or refresh one image) -> delete, per queue.
 
 What an event means is decided in service.domain.plans; this module does the reading and writing around it.
+
+An event whose look at AWS gets no answer (a refresh, or EC2 naming an unplaced AMI's image) is not lost
+to it: the look is recorded as owed (service.domain.refreshes) in the same transaction that records the
+event as processed, and the healer takes it from there. That, rather than leaving the message on the
+queue, because a queue gives up after maxReceiveCount deliveries (to the dead-letter queue, where the
+service no longer sees it) while an AWS outage can last longer; and because one event in a batch of ten
+should not hold back the other nine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import datetime
@@ -16,7 +25,8 @@ from service.aws import Aws, QueueMessage, queue_region
 from service.domain import events
 from service.domain.models import Change, Source
 from service.domain.plans import Facts, decide, is_image_resource, worth_storing
-from service.errors import AwsError, MalformedEvent
+from service.domain.refreshes import KIND_AMI, KIND_IMAGE, Need
+from service.errors import AwsError, DatabaseUnavailable, MalformedEvent
 from service.ingest.observe import observe_live
 from service.metrics import Metrics
 from service.settings import Settings
@@ -28,6 +38,7 @@ from service.support.stopping import sleep_until_stopped
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 20
+MAX_MESSAGES = 10
 DELETE_ATTEMPTS = 3
 
 
@@ -39,9 +50,12 @@ def lag_seconds(event_time: datetime) -> float:
 class Refresher:
     """Targeted refreshes of one image, coalesced per image and bounded in concurrency."""
 
-    def __init__(self, *, cache: Cache, aws: Aws, concurrency: int, metrics: Metrics) -> None:
+    def __init__(
+        self, *, cache: Cache, aws: Aws, concurrency: int, metrics: Metrics, timeout_seconds: float | None = None
+    ) -> None:
         self._cache = cache
         self._aws = aws
+        self._timeout_seconds = timeout_seconds
         self._limit = asyncio.Semaphore(concurrency)
         self._flights: SingleFlight[tuple[str, str], None] = SingleFlight()
         self._metrics = metrics
@@ -54,7 +68,10 @@ class Refresher:
     async def _refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         async with self._limit:
             self._metrics.targeted_refreshes += 1
-            change = await observe_live(self._aws, region=region, image_id=image_id)
+            deadline = (
+                asyncio.get_running_loop().time() + self._timeout_seconds if self._timeout_seconds is not None else None
+            )
+            change = await observe_live(self._aws, region=region, image_id=image_id, deadline=deadline)
             stored = await self._cache.read_parts(region=region, image_id=image_id)
             if not worth_storing(change, stored):
                 return
@@ -68,8 +85,11 @@ class Consumer:
         self._settings = settings
         self._metrics = metrics
         self.refresher = Refresher(
-            cache=cache, aws=aws, concurrency=settings.refresh_concurrency, metrics=metrics
+            cache=cache, aws=aws, concurrency=settings.refresh_concurrency, metrics=metrics,
+            timeout_seconds=settings.live_lookup_timeout_seconds,
         )
+        # Batches being applied now, by region: the queue is not caught up while one is.
+        self._handling: Counter[str] = Counter()
 
     # --- one batch -------------------------------------------------------------------------------
 
@@ -106,9 +126,18 @@ class Consumer:
         # In message order: changes accumulate, and an event that needs a look-up first commits what came
         # before it, so history keeps the order things happened in. One look-up per image per batch.
         pending: list[Change] = []
+        owed: list[Need] = []
         refreshed: set[tuple[str, str]] = set()
         for event in fresh.values():
-            plan = decide(event, await self.gather(event))
+            try:
+                facts = await self.gather(event)
+            except AwsError as exc:
+                # Only an AMI event asks AWS here: which image, if any, is this AMI's. Owe that question.
+                if not isinstance(event, events.AmiStateEvent):
+                    raise
+                owed.append(self._owed(event, kind=KIND_AMI, subject=event.ami_id, error=exc))
+                continue
+            plan = decide(event, facts)
             if plan.ignored is not None:
                 self._metrics.events[plan.ignored] += 1
             if plan.change is not None:
@@ -126,14 +155,12 @@ class Consumer:
                     await self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
                     self._metrics.event_lag.observe(lag_seconds(event.envelope.time))
                 except AwsError as exc:
-                    # Reconciliation heals what this look-up could not see.
-                    log.warning(
-                        "targeted refresh of %s/%s failed: %s", region, image_id, exc.message,
-                        extra={"region": region, "image_id": image_id, "event_id": event.envelope.event_id},
-                    )
+                    owed.append(self._owed(event, kind=KIND_IMAGE, subject=image_id, error=exc))
                 self._metrics.events["refreshed"] += 1
-        # The ids are recorded with the last changes: a crash before this point redelivers the batch.
-        await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison)
+        # The ids are recorded with the last changes and the looks owed: a crash before this point redelivers
+        # the batch, and after it nothing the events said depends on the messages any more.
+        await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison, needs=owed)
+        self._metrics.events["owed"] += len(owed)
         self._applied(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
@@ -143,6 +170,23 @@ class Consumer:
         for change in changes:
             if change.happened_at is not None:
                 self._metrics.event_lag.observe(lag_seconds(change.happened_at))
+
+    def _owed(self, event: events.Event, *, kind: str, subject: str, error: AwsError) -> Need:
+        region = event.envelope.region
+        log.warning(
+            "event %s: AWS did not answer (%s); the look at %s %s/%s is kept and retried",
+            event.envelope.event_id, error.message, kind, region, subject,
+            extra={"region": region, "image_id": subject, "event_id": event.envelope.event_id},
+        )
+        return Need(
+            region=region,
+            kind=kind,
+            subject=subject,
+            requested_at=utcnow(),
+            source=Source.EVENT,
+            reason=f"event {event.envelope.event_id}: {error.code or type(error).__name__}",
+            happened_at=event.envelope.time,
+        )
 
     async def gather(self, event: events.Event) -> Facts:
         """What `decide` needs to know about the event's image, read from the cache (and EC2 for an unplaced AMI)."""
@@ -193,12 +237,22 @@ class Consumer:
         receive = self._aws.receive_messages(region=region, queue_url=queue_url, wait_seconds=wait_seconds)
         messages = await receive if stop is None else await _unless_stopped(receive, stop)
         if messages:
-            await self.handle(queue_url=queue_url, messages=messages)
+            self._handling[region] += 1
+            try:
+                await self.handle(queue_url=queue_url, messages=messages)
+            finally:
+                self._handling[region] -= 1
         return len(messages or ())
 
     async def run(self, *, stop: asyncio.Event, iterations: int | None = None) -> None:
         """Receivers for every queue until `stop`; `iterations` bounds each receiver's polls (tests)."""
         urls = self._settings.events_queue_urls
+        started = time.time()
+        for url in urls:
+            # Until the queue has been read, what changed while this process was not running is unknown.
+            self._metrics.events_behind_since.setdefault(
+                queue_region(url, default=self._settings.default_region), started
+            )
         log.info("event consumer started: %d receivers on each of %s", self._settings.events_receivers, ", ".join(urls))
         try:
             await asyncio.gather(
@@ -213,14 +267,25 @@ class Consumer:
 
     async def _receiver(self, *, queue_url: str, stop: asyncio.Event, iterations: int | None) -> None:
         backoff = self._settings.backoff_initial_seconds
+        region = queue_region(queue_url, default=self._settings.default_region)
         done = 0
         while not stop.is_set() and (iterations is None or done < iterations):
             done += 1
             try:
-                await self.receive_once(queue_url=queue_url, stop=stop)
+                received = await self.receive_once(queue_url=queue_url, stop=stop)
                 backoff = self._settings.backoff_initial_seconds
-            except Exception:
-                log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
+                if received < MAX_MESSAGES and not self._handling[region]:
+                    # Caught up: what the queue held when it came back has been applied (no receiver of the
+                    # region is still applying a batch it got).
+                    self._metrics.events_behind_since.pop(region, None)
+            except Exception as exc:
+                # Until the queue is read again, changes can happen that the cache does not hear of.
+                self._metrics.events_behind_since.setdefault(region, time.time())
+                if isinstance(exc, AwsError | DatabaseUnavailable):
+                    # Expected in an outage: one line, not a traceback every backoff.
+                    log.warning("receiving from %s failed (%s); retrying in %gs", queue_url, exc, backoff)
+                else:
+                    log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
                 if await sleep_until_stopped(stop, backoff):
                     return
                 backoff = min(backoff * 2, self._settings.backoff_max_seconds)

@@ -1,4 +1,10 @@
-"""Describe one image: the cache, else one live lookup (coalesced, budgeted), written through, then served."""
+"""Describe one image: the cache, else one live lookup (coalesced, budgeted), written through, then served.
+
+The live-lookup budget is two token buckets: the region's, which protects AWS, and each caller's share of
+it, so one caller's flood of unknown ids cannot use up everyone's first lookups. When the database
+cannot answer, a record this process read within the staleness bound is served, marked stale, rather
+than a 503: it is what the cache said moments ago, and the client is told so.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +17,22 @@ from dataclasses import dataclass
 from service.aws import Aws, calls_made
 from service.domain.models import CachedImage
 from service.domain.rows import ApplyResult
-from service.errors import AwsError, AwsThrottled, NotFound, TooManyRequests
+from service.errors import AwsThrottled, DatabaseUnavailable, NotFound, TooManyRequests
 from service.ingest.observe import observe_live
 from service.metrics import (
     LOOKUP_BUDGET,
+    LOOKUP_CALLER_BUDGET,
     LOOKUP_COALESCED,
     LOOKUP_ERROR,
     LOOKUP_NOT_FOUND,
     LOOKUP_OK,
     LOOKUP_THROTTLED,
+    STALE_DATABASE,
     Metrics,
 )
 from service.settings import Settings
 from service.store.cache import Cache
+from service.store.outage import DatabaseOutage
 from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 
 READ_CACHE_MAX_ENTRIES = 50_000
 NEGATIVE_MAX_ENTRIES = 100_000
+CALLER_BUDGETS_MAX_ENTRIES = 10_000
+BUDGET_MESSAGE = "Too many live lookups for images not in the cache; retry later."
 
 
 def not_found_message(image_id: str) -> str:
@@ -41,6 +52,9 @@ def not_found_message(image_id: str) -> str:
 class Answer:
     image: CachedImage
     hit: bool
+    # Set when the answer is known not to be the cache's answer of now (STALE_DATABASE: the database is down
+    # and this is the record as this process last read it).
+    stale: str | None = None
 
 
 class TokenBucket:
@@ -63,6 +77,10 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self._rate
 
+    def give_back(self) -> None:
+        """Return a token taken for work that was then refused elsewhere."""
+        self._tokens = min(self._capacity, self._tokens + 1.0)
+
 
 class Lookup:
     """Cache first; on a miss one live lookup per key at a time, remembered negatively for a while."""
@@ -75,8 +93,10 @@ class Lookup:
         settings: Settings,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        outage: DatabaseOutage | None = None,
     ) -> None:
         self._cache = cache
+        self._outage = outage
         self._aws = aws
         self._settings = settings
         self._metrics = metrics
@@ -87,6 +107,8 @@ class Lookup:
         self._budgets = {
             region: TokenBucket(rate=settings.live_lookups_per_second, clock=clock) for region in settings.regions
         }
+        # Each caller's share, by (region, caller); past its bound the memory starts over (every share full again).
+        self._caller_budgets: BoundedDict[tuple[str, str], TokenBucket] = BoundedDict(CALLER_BUDGETS_MAX_ENTRIES)
         # A small read-through memory of recent records: dropped on every local write (so this
         # process never serves older than what it committed), and kept at most `read_cache_seconds`
         # (the extra staleness a write by another replica can see).
@@ -148,12 +170,30 @@ class Lookup:
             self._remember(key, started, cached)
         return cached
 
-    async def get(self, *, region: str, image_id: str) -> Answer:
-        """The cached record (hit) or a fresh live one (miss). Raises NotFound, TooManyRequests, AwsError."""
-        cached = await self._read(region=region, image_id=image_id)
+    def _held(self, key: tuple[str, str]) -> CachedImage | None:
+        """The record this process last read for `key`, if read within the staleness bound."""
+        entry = self._recent.get(key)
+        if entry is not None and self._clock() - entry[0] < self._settings.stale_bound_seconds:
+            return entry[1]
+        return None
+
+    async def get(self, *, region: str, image_id: str, caller: str = "") -> Answer:
+        """The cached record (hit) or a fresh live one (miss), charged to `caller`'s share of the budget.
+
+        Raises NotFound, TooManyRequests, AwsError, DatabaseUnavailable.
+        """
+        key = (region, image_id)
+        try:
+            cached = await self._read(region=region, image_id=image_id)
+        except DatabaseUnavailable as exc:
+            held = self._held(key)
+            if held is None:
+                raise
+            if self._outage is not None:
+                self._outage.failed(exc, served_stale=True)
+            return Answer(held, hit=True, stale=STALE_DATABASE)
         if cached is not None and cached.exists:
             return Answer(cached, hit=True)
-        key = (region, image_id)
         if cached is not None and self._recently_confirmed_gone(cached):
             raise NotFound(not_found_message(image_id))
         expiry = self._negative.get(key)
@@ -161,22 +201,35 @@ class Lookup:
             if expiry > self._clock():
                 raise NotFound(not_found_message(image_id))
             del self._negative[key]
-        # Concurrent misses for one image share one lookup; a client that gives up does not cancel it.
+        # Concurrent misses for one image share one lookup, charged to the caller that started it; a client
+        # that gives up does not cancel it.
         if key in self._flights:
             self._metrics.lookups[LOOKUP_COALESCED] += 1
+        else:
+            self._charge(region=region, caller=caller)
         return Answer(await self._flights.run(key, lambda: self._live(region=region, image_id=image_id)), hit=False)
+
+    def _charge(self, *, region: str, caller: str) -> None:
+        """Take one live lookup from the caller's share and the region's budget, or raise TooManyRequests."""
+        share = self._caller_budgets.get((region, caller))
+        if share is None:
+            share = TokenBucket(rate=self._settings.live_lookups_per_caller_per_second, clock=self._clock)
+            self._caller_budgets[(region, caller)] = share
+        wait = share.take()
+        if wait > 0:
+            self._metrics.lookups[LOOKUP_CALLER_BUDGET] += 1
+            raise TooManyRequests(BUDGET_MESSAGE, retry_after=wait)
+        wait = self._budgets[region].take()
+        if wait > 0:
+            share.give_back()
+            self._metrics.lookups[LOOKUP_BUDGET] += 1
+            raise TooManyRequests(BUDGET_MESSAGE, retry_after=wait)
 
     def _recently_confirmed_gone(self, cached: CachedImage) -> bool:
         age = (time.time() - cached.confirmed_at.timestamp())
         return age < self._settings.negative_ttl_seconds
 
     async def _live(self, *, region: str, image_id: str) -> CachedImage:
-        wait = self._budgets[region].take()
-        if wait > 0:
-            self._metrics.lookups[LOOKUP_BUDGET] += 1
-            raise TooManyRequests(
-                "Too many live lookups for images not in the cache; retry later.", retry_after=wait
-            )
         try:
             with calls_made() as tally:
                 try:
@@ -198,13 +251,10 @@ class Lookup:
 
     async def _look_up(self, *, region: str, image_id: str) -> CachedImage:
         """pcluster's calls, written through the cache, then the stored record. Raises NotFound, AwsError."""
-        try:
-            change = await asyncio.wait_for(
-                observe_live(self._aws, region=region, image_id=image_id),
-                timeout=self._settings.live_lookup_timeout_seconds,
-            )
-        except TimeoutError as exc:
-            raise AwsError("AWS did not answer in time", code="Timeout") from exc
+        # A part slower than the bound is left unknown (answered as pcluster would without it); EC2 or
+        # CloudFormation slower than it is an AwsError (503).
+        deadline = asyncio.get_running_loop().time() + self._settings.live_lookup_timeout_seconds
+        change = await observe_live(self._aws, region=region, image_id=image_id, deadline=deadline)
         result = await self._cache.apply(change)
         if not result.exists:
             self._remember_missing(region=region, image_id=image_id)

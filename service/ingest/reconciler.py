@@ -11,7 +11,18 @@ from dataclasses import dataclass
 
 from service.aws import Aws
 from service.domain import status
-from service.domain.models import AmiInfo, Change, ConfigLocation, ImagebuilderState, Observed, Source, StackInfo
+from service.domain.models import (
+    PART_CONFIG,
+    PART_IMAGEBUILDER,
+    AmiInfo,
+    Change,
+    ConfigLocation,
+    ImagebuilderState,
+    Observed,
+    Source,
+    StackInfo,
+)
+from service.errors import AwsError, DatabaseUnavailable
 from service.ingest.observe import config_location, imagebuilder_for_stack
 from service.metrics import Metrics
 from service.settings import Settings
@@ -35,11 +46,13 @@ class PassReport:
     imagebuilder_lookups: int = 0
     # Changes that no event had already brought: how an operator sees whether events are healthy.
     corrected: int = 0
+    # Images with a part AWS did not answer for: stored as last known, flagged, and owed another look.
+    unconfirmed: int = 0
 
 
 def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
-    """Look the Image Builder image up only where it can still change or was never fetched."""
-    if known is None or not known.imagebuilder_fetched or known.stack_id != stack.stack_id:
+    """Look the Image Builder image up only where it can still change, was never fetched, or a look is owed."""
+    if known is None or not known.imagebuilder_fetched or known.stack_id != stack.stack_id or known.pending:
         return True
     if not status.stack_is_settled(stack.status):
         return True
@@ -83,7 +96,7 @@ class Reconciler:
 
         fetched = dict(await asyncio.gather(*(fetch(stack) for stack in to_fetch)))
 
-        reachable: dict[str, bool] = {}
+        reachable: dict[str, bool | None] = {}
         changes: list[Change] = []
         for image_id in sorted(set(stacks) | set(amis)):
             stack_or_none = stacks.get(image_id)
@@ -92,6 +105,11 @@ class Reconciler:
                 self._aws, region=region, stack=stack_or_none, ami=ami_or_none, reachable=reachable
             )
             imagebuilder = fetched.get(image_id)
+            unknown = frozenset(
+                ({PART_IMAGEBUILDER} if image_id in fetched and imagebuilder is None else set())
+                | ({PART_CONFIG} if config is None else set())
+            )
+            report.unconfirmed += bool(unknown)
             changes.append(
                 Change(
                     region=region,
@@ -102,6 +120,8 @@ class Reconciler:
                     ami=Observed(started, ami_or_none),
                     imagebuilder=Observed(started, imagebuilder) if imagebuilder is not None else None,
                     config=Observed(started, config) if config is not None else None,
+                    unknown=unknown,
+                    whole=True,
                 )
             )
         for image_id, entry in known.items():
@@ -115,6 +135,7 @@ class Reconciler:
                         observed_at=started,
                         stack=Observed(started, None),
                         ami=Observed(started, None),
+                        whole=True,
                     )
                 )
                 report.gone += 1
@@ -133,8 +154,9 @@ class Reconciler:
         self._metrics.reconcile_region_passes[(region, "ok")] += 1
         self._metrics.reconcile_seconds[region].observe(time.monotonic() - clock_started)
         log.info(
-            "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d AWS calls",
-            region, report.images_seen, report.changed, report.transitions, report.gone, report.aws_calls,
+            "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d unconfirmed, %d AWS calls",
+            region, report.images_seen, report.changed, report.transitions, report.gone, report.unconfirmed,
+            report.aws_calls,
             extra={"region": region, "corrected": report.corrected},
         )
         return report
@@ -159,6 +181,10 @@ class Reconciler:
         log.info("reconciler started for %s every %gs", ",".join(self._settings.regions), self._settings.resync_seconds)
         backoff = self._settings.backoff_initial_seconds
         done = 0
+        started = time.time()
+        for region in self._settings.regions:
+            # Until a first pass, what changed while this process was not running is unknown.
+            self._metrics.reconcile_behind_since.setdefault(region, started)
         try:
             while not stop.is_set() and (iterations is None or done < iterations):
                 failed = False
@@ -167,10 +193,15 @@ class Reconciler:
                         # Another replica holding the region's lease reconciles it: that counts as done here.
                         if region_gate is None or await region_gate(region):
                             await self.run_pass(region=region)
-                    except Exception:
+                        self._metrics.reconcile_behind_since.pop(region, None)
+                    except Exception as exc:
                         failed = True
                         self._metrics.reconcile_region_passes[(region, "error")] += 1
-                        log.exception("reconcile pass for %s failed", region, extra={"region": region})
+                        self._metrics.reconcile_behind_since.setdefault(region, time.time())
+                        if isinstance(exc, AwsError | DatabaseUnavailable):
+                            log.warning("reconcile pass for %s failed: %s", region, exc, extra={"region": region})
+                        else:
+                            log.exception("reconcile pass for %s failed", region, extra={"region": region})
                 self._metrics.reconcile_passes += 1
                 done += 1
                 if not failed:

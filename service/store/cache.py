@@ -8,19 +8,23 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, tuple_
+from sqlalchemy import and_, bindparam, func, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.domain import records, rows
+from service.domain import records, refreshes, rows
 from service.domain.models import CachedImage, Change, ConfigLocation
+from service.domain.refreshes import KIND_IMAGE, Need
 from service.domain.rows import ApplyResult
+from service.store import db
 from service.store.db import sqlite_direct_for
 from service.store.tables import images, poison_messages, processed_events, revisions, transitions
+from service.store.tables import refreshes as refresh_table
 from service.support.clock import as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,18 @@ REVISION_READ_COLUMNS = tuple(
     else revisions.c[column.name]
     for column in READ_COLUMNS
 )
-READ = select(*READ_COLUMNS).where(images.c.region == bindparam("region"), images.c.image_id == bindparam("image_id"))
+# The image's owed look, if any (the kind is inlined, so the direct reader's parameters stay region, image_id).
+IMAGE_NEED = and_(
+    refresh_table.c.region == images.c.region,
+    refresh_table.c.kind == literal_column(f"'{KIND_IMAGE}'"),
+    refresh_table.c.subject == images.c.image_id,
+)
+# A served record, and whether a look at it is owed (the owed look's subject, NULL when none).
+READ = (
+    select(*READ_COLUMNS, refresh_table.c.subject)
+    .select_from(images.outerjoin(refresh_table, IMAGE_NEED))
+    .where(images.c.region == bindparam("region"), images.c.image_id == bindparam("image_id"))
+)
 # The same statement as text, for the direct SQLite reader (parameters: region, image_id).
 SQLITE_READ = str(READ.compile(dialect=sqlite.dialect()))
 
@@ -72,17 +87,20 @@ class Known:
     stack_id: str | None
     stack_status: str | None
     imagebuilder_fetched: bool
+    # A look at the image is owed (a part AWS did not answer for, an event's failed refresh).
+    pending: bool = False
 
 
 Listener = Callable[[Sequence[ApplyResult]], None]
 
 
 def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
-    """A record (or a revision) as served, from the values of READ_COLUMNS (or REVISION_READ_COLUMNS), in order.
+    """A record (or a revision) as served, from the values of READ_COLUMNS (or REVISION_READ_COLUMNS), in order,
+    then (READ only) the owed look's subject.
 
     Times may be SQLite's text (the direct reader) or datetimes (the engine): both are UTC.
     """
-    version, exists, document, bucket, key, available, changed_at, confirmed_at = columns
+    version, exists, document, bucket, key, available, changed_at, confirmed_at = columns[:8]
     return CachedImage(
         region=region,
         image_id=image_id,
@@ -92,15 +110,23 @@ def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> Cache
         config=ConfigLocation(bucket=bucket, key=key, available=bool(available)),
         changed_at=as_utc(changed_at),
         confirmed_at=as_utc(confirmed_at),
+        pending=len(columns) > 8 and columns[8] is not None,
     )
 
 
 class Cache:
-    """Reads and writes image records. Listeners hear about every committed batch of results."""
+    """Reads and writes image records. Listeners hear about every committed batch of results.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    A database that cannot answer surfaces from its methods as DatabaseUnavailable (service.store.db.unavailable).
+    `retry_seconds` is how long after a look fails (or is owed) it is first tried again.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, retry_seconds: float = 1.0) -> None:
         self.engine = engine
+        self.retry_seconds = retry_seconds
         self._listeners: list[Listener] = []
+        # Called (on the event loop) after a commit that left a look owed: the healer's wake-up.
+        self.on_owed: Callable[[], None] | None = None
         self._sqlite = sqlite_direct_for(engine)
 
     def close(self) -> None:
@@ -124,15 +150,16 @@ class Cache:
         return True, stored_image(region=region, image_id=image_id, columns=direct)
 
     async def read(self, *, region: str, image_id: str) -> CachedImage | None:
+        """The record as served; raises DatabaseUnavailable when the database cannot answer."""
         answered, record = self.read_now(region=region, image_id=image_id)
         if answered:
             return record
-        async with self.engine.connect() as connection:
+        async with db.translated(), self.engine.connect() as connection:
             row = (await connection.execute(READ, {"region": region, "image_id": image_id})).first()
         return stored_image(region=region, image_id=image_id, columns=row) if row is not None else None
 
     async def known(self, *, region: str) -> dict[str, Known]:
-        async with self.engine.connect() as connection:
+        async with db.translated(), self.engine.connect() as connection:
             rows = await connection.execute(
                 select(
                     images.c.image_id,
@@ -140,7 +167,10 @@ class Cache:
                     images.c.stack_id,
                     images.c.stack_status,
                     images.c.imagebuilder_as_of,
-                ).where(images.c.region == region)
+                    refresh_table.c.subject,
+                )
+                .select_from(images.outerjoin(refresh_table, IMAGE_NEED))
+                .where(images.c.region == region)
             )
             return {
                 row.image_id: Known(
@@ -148,6 +178,7 @@ class Cache:
                     stack_id=row.stack_id,
                     stack_status=row.stack_status,
                     imagebuilder_fetched=row.imagebuilder_as_of is not None,
+                    pending=row.subject is not None,
                 )
                 for row in rows
             }
@@ -161,11 +192,16 @@ class Cache:
         *,
         event_ids: Sequence[str] = (),
         poison: Sequence[Poison] = (),
+        needs: Sequence[Need] = (),
+        settled: Sequence[tuple[Need, datetime]] = (),
     ) -> list[ApplyResult]:
         """Apply changes in order, in batches, each batch one transaction; retried on lock conflicts.
 
-        `event_ids` are recorded as processed, and `poison` messages stored, in the last batch's
-        transaction: if anything before fails, a redelivered event is not mistaken for a duplicate.
+        `event_ids` are recorded as processed, `poison` messages stored, `needs` (looks owed that no change
+        carries: an event's failed refresh) recorded and `settled` needs (a look begun at the time given that
+        found nothing to store) removed in the last batch's transaction: if anything before fails, a
+        redelivered event is not mistaken for a duplicate. The looks the changes themselves leave owed, or
+        settle, are written with them (service.domain.refreshes).
         """
         results: list[ApplyResult] = []
         size = BATCH_SIZE if self._sqlite is not None else LOOP_BATCH_SIZE
@@ -173,48 +209,50 @@ class Cache:
         for start in starts:
             batch = changes[start : start + size]
             last = start == starts[-1]
+            extra = _Extra(event_ids, poison, needs, settled) if last else _Extra()
             for attempt in range(WRITE_ATTEMPTS):
                 try:
-                    batch_results = await self._apply_batch(
-                        batch, event_ids=event_ids if last else (), poison=poison if last else ()
-                    )
+                    batch_results = await self._apply_batch(batch, extra)
                     break
                 except DBAPIError as exc:
                     if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
+                        _raise_unavailable(exc)
                         raise
                     log.warning("apply: retrying after %s", type(exc.orig).__name__ if exc.orig else exc)
                     await asyncio.sleep(0.05 * 2**attempt)
+                except Exception as exc:
+                    _raise_unavailable(exc)
+                    raise
             results.extend(batch_results)
             for listener in self._listeners:
                 listener(batch_results)
+            if self.on_owed is not None and (extra.needs or any(change.unknown for change in batch)):
+                self.on_owed()
         return results
 
-    async def _apply_batch(
-        self, batch: Sequence[Change], *, event_ids: Sequence[str], poison: Sequence[Poison]
-    ) -> list[ApplyResult]:
+    async def _apply_batch(self, batch: Sequence[Change], extra: _Extra) -> list[ApplyResult]:
+        retry_seconds = self.retry_seconds
         if self._sqlite is not None:
             # One hop to the writer thread for the whole transaction, instead of one per statement.
             return await asyncio.get_running_loop().run_in_executor(
                 self._sqlite.writer, self._sqlite.write, lambda connection: _write_batch(
-                    connection, batch, event_ids=event_ids, poison=poison
+                    connection, batch, extra, retry_seconds=retry_seconds
                 )
             )
         async with self.engine.connect() as connection:
-            return await connection.run_sync(
-                _write_in_transaction, batch=batch, event_ids=event_ids, poison=poison
-            )
+            return await connection.run_sync(_write_in_transaction, batch, extra, retry_seconds)
 
     async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
             return set()
-        async with self.engine.connect() as connection:
+        async with db.translated(), self.engine.connect() as connection:
             found = await connection.execute(
                 select(processed_events.c.event_id).where(processed_events.c.event_id.in_(list(event_ids)))
             )
             return {row.event_id for row in found}
 
     async def read_parts(self, *, region: str, image_id: str) -> records.Parts | None:
-        async with self.engine.connect() as connection:
+        async with db.translated(), self.engine.connect() as connection:
             text_value = (
                 await connection.execute(
                     select(images.c.parts).where(images.c.region == region, images.c.image_id == image_id)
@@ -230,7 +268,7 @@ class Cache:
             images.c.imagebuilder_arn == imagebuilder_arn if imagebuilder_arn is not None
             else images.c.ami_id == ami_id
         )
-        async with self.engine.connect() as connection:
+        async with db.translated(), self.engine.connect() as connection:
             return (
                 await connection.execute(
                     select(images.c.image_id).where(images.c.region == region, condition).limit(1)
@@ -238,7 +276,7 @@ class Cache:
             ).scalar_one_or_none()
 
     async def image_by_lower_id(self, *, region: str, lower_id: str) -> str | None:
-        async with self.engine.connect() as connection:
+        async with db.translated(), self.engine.connect() as connection:
             return (
                 await connection.execute(
                     select(images.c.image_id)
@@ -248,18 +286,36 @@ class Cache:
             ).scalar_one_or_none()
 
 
+def _raise_unavailable(exc: BaseException) -> None:
+    """Raise DatabaseUnavailable from `exc` when that is what it means; else return (the caller re-raises)."""
+    translated = db.unavailable(exc)
+    if translated is not None and translated is not exc:
+        raise translated from exc
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What the last transaction of an apply writes besides the changes."""
+
+    event_ids: Sequence[str] = ()
+    poison: Sequence[Poison] = ()
+    needs: Sequence[Need] = ()
+    settled: Sequence[tuple[Need, datetime]] = ()
+
+
 def _write_in_transaction(
-    connection: Connection, *, batch: Sequence[Change], event_ids: Sequence[str], poison: Sequence[Poison]
+    connection: Connection, batch: Sequence[Change], extra: _Extra, retry_seconds: float
 ) -> list[ApplyResult]:
     with connection.begin():
-        return _write_batch(connection, batch, event_ids=event_ids, poison=poison)
+        return _write_batch(connection, batch, extra, retry_seconds=retry_seconds)
 
 
 def _write_batch(
-    connection: Connection, batch: Sequence[Change], *, event_ids: Sequence[str], poison: Sequence[Poison]
+    connection: Connection, batch: Sequence[Change], extra: _Extra, *, retry_seconds: float
 ) -> list[ApplyResult]:
     """One batch, inside the caller's transaction: lock, read, merge in memory, write."""
     dialect = connection.dialect.name
+    event_ids, poison = extra.event_ids, extra.poison
     keys = sorted({(change.region, change.image_id) for change in batch})
     stored = {}
     if keys:
@@ -282,6 +338,7 @@ def _write_batch(
         planned.add(change)
     results = planned.write(connection)
     now = utcnow()
+    _write_needs(connection, batch, extra, now=now, retry_seconds=retry_seconds)
     if event_ids:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         connection.execute(
@@ -328,6 +385,53 @@ def is_retryable(exc: BaseException) -> bool:
         return code is not None and code & 0xFF in RETRYABLE_SQLITE_CODES
     # asyncpg's errors, and SQLAlchemy's adaptation of them, carry the SQLSTATE.
     return getattr(error, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def _write_needs(
+    connection: Connection, batch: Sequence[Change], extra: _Extra, *, now: datetime, retry_seconds: float
+) -> None:
+    """The looks owed after this batch: each change's (service.domain.refreshes), then the explicit ones.
+
+    Runs after the images are locked (PostgreSQL advisory locks above), so two replicas settling and
+    renewing the same image's need serialize like their image writes do.
+    """
+    keys = {(change.region, KIND_IMAGE, change.image_id) for change in batch}
+    keys |= {need.key for need in extra.needs} | {need.key for need, _ in extra.settled}
+    if not keys:
+        return
+    table = refresh_table
+    state: dict[tuple[str, str, str], dict[str, Any] | None] = dict.fromkeys(keys)
+    for row in connection.execute(
+        select(table).where(tuple_(table.c.region, table.c.kind, table.c.subject).in_(sorted(keys)))
+    ):
+        state[(row.region, row.kind, row.subject)] = dict(row._mapping)
+    before = {key: row for key, row in state.items() if row is not None}
+    first_try_at = now + timedelta(seconds=retry_seconds)
+
+    def owe(need: Need) -> None:
+        state[need.key] = refreshes.row_after(state[need.key], need, first_try_at=first_try_at)
+
+    for change in batch:
+        key = (change.region, KIND_IMAGE, change.image_id)
+        need = refreshes.need_for(change)
+        if need is not None:
+            owe(need)
+        elif refreshes.settles(state[key], change):
+            state[key] = None
+    for need in extra.needs:
+        owe(need)
+    for need, looked_at in extra.settled:
+        if refreshes.settled_by_time(state[need.key], looked_at):
+            state[need.key] = None
+
+    gone = [key for key in before if state[key] is None]
+    if gone:
+        connection.execute(
+            table.delete().where(tuple_(table.c.region, table.c.kind, table.c.subject).in_(gone))
+        )
+    kept = [row for key, row in state.items() if row is not None and row != before.get(key)]
+    if kept:
+        connection.execute(_upsert_need(connection.dialect.name), kept)
 
 
 class _Writes:
@@ -386,6 +490,18 @@ class _Writes:
             )
             for result in self.results
         ]
+
+
+@functools.cache
+def _upsert_need(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(refresh_table)
+    updated = {
+        column.name: statement.excluded[column.name]
+        for column in refresh_table.columns
+        if column.name not in {"region", "kind", "subject"}
+    }
+    return statement.on_conflict_do_update(index_elements=["region", "kind", "subject"], set_=updated)
 
 
 @functools.cache

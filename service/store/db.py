@@ -1,10 +1,12 @@
-"""The SQL engine from settings, and the schema's place relative to the Alembic head."""
+"""The SQL engine from settings, the schema's place relative to the Alembic head, and what a driver error means."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -16,11 +18,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from service.errors import SchemaError
+from service.errors import DatabaseUnavailable, SchemaError
 from service.settings import Settings
 
 # Found by import, not beside the source tree: the repository's migrations/ ships as service.migrations, so a
@@ -118,6 +121,65 @@ def sqlite_direct_for(engine: AsyncEngine) -> SqliteDirect | None:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
     return SqliteDirect(database)
+
+
+# SQLSTATEs meaning "the server cannot answer now", not "this statement is wrong": the connection exception
+# class (08), shutdown and start-up (57P01-57P03), too many connections (53300), a statement cancelled by
+# statement_timeout (57014), and a read-only server (25006: a failover in progress).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08",)
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "57014", "25006"})
+# SQLite: locked beyond the busy timeout, I/O error, cannot open, disk full.
+UNAVAILABLE_SQLITE_CODES = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL}
+)
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
+    """The service error for a database failure that means "cannot answer now", else None (a real fault).
+
+    The one place that knows the drivers' errors: SQLAlchemy's pool timeout and disconnects, asyncpg's
+    SQLSTATEs (wrapped by SQLAlchemy or, at connect, raw), SQLite's result codes, and the socket errors a
+    connect raises unwrapped. Decided by type and code, never by message text.
+    """
+    if isinstance(exc, DatabaseUnavailable):
+        return exc
+    if isinstance(exc, sa_exc.TimeoutError):
+        return DatabaseUnavailable("no database connection became free in time")
+    error: BaseException = exc
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return DatabaseUnavailable(f"the database connection was lost: {_brief(exc.orig)}")
+        error = exc.orig if exc.orig is not None else exc
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in UNAVAILABLE_SQLITE_CODES:
+            return DatabaseUnavailable(f"SQLite cannot answer: {_brief(error)}")
+        return None
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and (
+        sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES) or sqlstate in UNAVAILABLE_SQLSTATES
+    ):
+        return DatabaseUnavailable(f"the database cannot answer now: {_brief(error)}")
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+        return DatabaseUnavailable(f"the database cannot be reached: {_brief(error)}")
+    return None
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Around database work: DatabaseUnavailable (from the driver's error) when the database cannot answer."""
+    try:
+        yield
+    except Exception as exc:
+        error = unavailable(exc)
+        if error is None or error is exc:
+            raise
+        raise error from exc
+
+
+def _brief(error: BaseException | None) -> str:
+    text = str(error).splitlines()[0] if error is not None and str(error) else type(error).__name__
+    return text[:200]
 
 
 def alembic_config(database_url: str) -> Config:

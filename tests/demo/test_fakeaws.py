@@ -373,3 +373,19 @@ async def test_aiobotocore_clients_work(fake: FakeAws) -> None:
     assert len(amis) == 1
     assert raised.value.response["Error"]["Code"] == "CallRateLimitExceededException"
     assert fake.total_calls() == 5
+
+
+def test_fail_always_fails_one_operation_until_heal(fake: FakeAws) -> None:
+    fake.create_image_stack(region=REGION, image_id="always")
+    cloudformation = client(fake, "cloudformation")
+    s3 = client(fake, "s3")
+
+    fake.fail_always("cloudformation.DescribeStacks", code="InternalFailure", status=500)
+
+    for _ in range(3):
+        with pytest.raises(ClientError) as raised:
+            cloudformation.describe_stacks(StackName="always")
+        assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    s3.head_bucket(Bucket=DEFAULT_BUCKET)  # other operations answer
+    fake.heal()
+    assert cloudformation.describe_stacks(StackName="always")["Stacks"][0]["StackName"] == "always"

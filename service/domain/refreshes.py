@@ -1,0 +1,120 @@
+"""Pure: the durable list of looks at AWS still owed — what puts one on it, what settles it, when to try again.
+
+AWS answering "it does not exist" is a fact and is stored like any other. AWS not answering
+(throttled, 5xx, timeout, reset) is not knowing: nothing is stored as the truth for that part, and
+the look is owed instead. A look is owed about an image (`KIND_IMAGE`: a part a live lookup, a
+reconcile pass or a refresh could not read, or a refresh an event asked for that failed) or about an
+AMI the cache cannot place yet (`KIND_AMI`: an AMI event whose image only EC2 can name). The list is a
+table, so what an event told us survives the message's deletion, a restart and a failover.
+
+A need is settled by a whole observation, with nothing unknown, begun no earlier than the need arose
+(`settles`); until then it is retried with a bounded exponential backoff (`retry_delay`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.domain.models import Change, Source
+
+KIND_IMAGE = "image"
+KIND_AMI = "ami"
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Need:
+    """One look owed: about `subject` (an image id, or an AMI id for KIND_AMI) in `region`.
+
+    `source` and `happened_at` are what the look's change is applied with: an event's need keeps the
+    event as the source of the transition it brings, and the event's time as when it happened.
+    """
+
+    region: str
+    kind: str
+    subject: str
+    requested_at: datetime
+    source: Source
+    reason: str
+    happened_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.region, self.kind, self.subject)
+
+
+def need_for(change: Change) -> Need | None:
+    """The look `change` leaves owed: one when it could not read some part, else none."""
+    if not change.unknown:
+        return None
+    return Need(
+        region=change.region,
+        kind=KIND_IMAGE,
+        subject=change.image_id,
+        requested_at=change.observed_at,
+        source=change.source,
+        reason="could not read " + ", ".join(sorted(change.unknown)),
+        happened_at=change.happened_at,
+    )
+
+
+def settles(stored: Mapping[str, Any] | None, change: Change) -> bool:
+    """Whether `change` settles the stored need of its image: a whole observation with nothing unknown,
+    begun no earlier than the need arose (a look that began before an event arrived cannot answer it)."""
+    return (
+        stored is not None
+        and change.whole
+        and not change.unknown
+        and change.observed_at >= stored["requested_at"]
+    )
+
+
+def settled_by_time(stored: Mapping[str, Any] | None, observed_at: datetime) -> bool:
+    """Whether a look begun at `observed_at` that found nothing to store settles the stored need."""
+    return stored is not None and observed_at >= stored["requested_at"]
+
+
+def row_after(stored: Mapping[str, Any] | None, need: Need, *, first_try_at: datetime) -> Row:
+    """The need's row once `need` joins what is stored.
+
+    The latest request and event time win (the look must begin after both); an event's source wins over
+    a lookup's (the transition it brings is the event's news); the schedule and attempts stay, so news
+    arriving during an outage does not reset the backoff.
+    """
+    if stored is None:
+        return {
+            "region": need.region,
+            "kind": need.kind,
+            "subject": need.subject,
+            "requested_at": need.requested_at,
+            "happened_at": need.happened_at,
+            "source": need.source.value,
+            "reason": need.reason,
+            "attempts": 0,
+            "due_at": first_try_at,
+            "last_error": None,
+        }
+    happened: datetime | None = stored["happened_at"]
+    if need.happened_at is not None and (happened is None or need.happened_at > happened):
+        happened = need.happened_at
+    source = Source.EVENT.value if Source.EVENT.value in (stored["source"], need.source.value) else need.source.value
+    return {
+        **stored,
+        "requested_at": max(stored["requested_at"], need.requested_at),
+        "happened_at": happened,
+        "source": source,
+        "reason": need.reason,
+    }
+
+
+def retry_delay(attempts: int, *, initial: float, maximum: float) -> float:
+    """Seconds before the next try after `attempts` failed ones: doubling from `initial`, never above `maximum`."""
+    if attempts < 1:
+        return min(initial, maximum)
+    # Capped before the power grows: thousands of attempts in a long outage must not overflow.
+    doubled: float = initial * 2.0 ** min(attempts - 1, 32)
+    return min(maximum, doubled)

@@ -1,0 +1,159 @@
+"""The looks owed at AWS, decided purely: what leaves one owed, what settles it, how rows merge, the backoff."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.domain.models import PART_CONFIG, PART_IMAGEBUILDER, Change, Source
+from service.domain.refreshes import (
+    KIND_AMI,
+    KIND_IMAGE,
+    Need,
+    need_for,
+    retry_delay,
+    row_after,
+    settled_by_time,
+    settles,
+)
+
+REGION = "us-east-1"
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+EARLIER = T0 - timedelta(seconds=5)
+LATER = T0 + timedelta(seconds=5)
+FIRST_TRY = T0 + timedelta(seconds=1)
+
+
+def change(
+    *, source: Source = Source.LIVE, at: datetime = T0, unknown: frozenset[str] = frozenset(), whole: bool = True,
+    happened: datetime | None = None,
+) -> Change:
+    return Change(
+        region=REGION, image_id="img", source=source, observed_at=at, unknown=unknown, whole=whole,
+        happened_at=happened,
+    )
+
+
+def stored(*, requested: datetime = T0, source: str = "live", happened: datetime | None = None) -> dict[str, Any]:
+    return {
+        "region": REGION, "kind": KIND_IMAGE, "subject": "img", "requested_at": requested, "happened_at": happened,
+        "source": source, "reason": "could not read imagebuilder", "attempts": 3, "due_at": LATER, "last_error": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    ("incoming", "owed"),
+    [
+        pytest.param(change(), None, id="whole-and-known"),
+        pytest.param(change(whole=False), None, id="event-patch"),
+        pytest.param(
+            change(unknown=frozenset({PART_IMAGEBUILDER})),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "could not read imagebuilder"),
+            id="image-builder-unknown",
+        ),
+        pytest.param(
+            change(source=Source.RECONCILE, unknown=frozenset({PART_CONFIG, PART_IMAGEBUILDER})),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.RECONCILE, "could not read config, imagebuilder"),
+            id="two-parts-unknown",
+        ),
+        pytest.param(
+            change(source=Source.EVENT, unknown=frozenset({PART_CONFIG}), happened=EARLIER),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.EVENT, "could not read config", happened_at=EARLIER),
+            id="refresh-keeps-the-event-time",
+        ),
+    ],
+)
+def test_a_change_that_could_not_read_a_part_leaves_a_look_owed(incoming: Change, owed: Need | None) -> None:
+    assert need_for(incoming) == owed
+
+
+@pytest.mark.parametrize(
+    ("row", "incoming", "settled"),
+    [
+        pytest.param(None, change(), False, id="nothing-owed"),
+        pytest.param(stored(), change(at=T0), True, id="whole-look-as-old-as-the-need"),
+        pytest.param(stored(), change(at=LATER), True, id="whole-look-after-the-need"),
+        pytest.param(stored(), change(at=EARLIER), False, id="look-began-before-the-need"),
+        pytest.param(stored(), change(at=LATER, whole=False), False, id="an-event-patch-is-not-a-look"),
+        pytest.param(stored(), change(at=LATER, unknown=frozenset({PART_CONFIG})), False, id="still-a-part-unknown"),
+    ],
+)
+def test_only_a_whole_complete_look_begun_after_the_need_settles_it(
+    row: dict[str, Any] | None, incoming: Change, settled: bool
+) -> None:
+    assert settles(row, incoming) is settled
+
+
+@pytest.mark.parametrize(
+    ("row", "looked_at", "settled"),
+    [
+        pytest.param(None, T0, False, id="nothing-owed"),
+        pytest.param(stored(), EARLIER, False, id="looked-before"),
+        pytest.param(stored(), T0, True, id="looked-then"),
+        pytest.param(stored(), LATER, True, id="looked-after"),
+    ],
+)
+def test_a_look_that_found_nothing_to_store_settles_by_its_time(
+    row: dict[str, Any] | None, looked_at: datetime, settled: bool
+) -> None:
+    assert settled_by_time(row, looked_at) is settled
+
+
+def test_a_new_need_is_first_tried_after_the_initial_wait() -> None:
+    need = Need(REGION, KIND_AMI, "ami-1", T0, Source.EVENT, "event e-1: Throttling", happened_at=EARLIER)
+
+    row = row_after(None, need, first_try_at=FIRST_TRY)
+
+    assert row == {
+        "region": REGION, "kind": KIND_AMI, "subject": "ami-1", "requested_at": T0, "happened_at": EARLIER,
+        "source": "event", "reason": "event e-1: Throttling", "attempts": 0, "due_at": FIRST_TRY, "last_error": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "need", "expected"),
+    [
+        pytest.param(
+            stored(requested=EARLIER),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "could not read config"),
+            {"requested_at": T0, "happened_at": None, "source": "live", "reason": "could not read config"},
+            id="later-request-wins",
+        ),
+        pytest.param(
+            stored(requested=LATER),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "r"),
+            {"requested_at": LATER, "happened_at": None, "source": "live", "reason": "r"},
+            id="earlier-request-does-not-move-it-back",
+        ),
+        pytest.param(
+            stored(source="event", happened=EARLIER),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.RECONCILE, "r"),
+            {"requested_at": T0, "happened_at": EARLIER, "source": "event", "reason": "r"},
+            id="an-events-need-stays-the-events",
+        ),
+        pytest.param(
+            stored(source="live", happened=EARLIER),
+            Need(REGION, KIND_IMAGE, "img", T0, Source.EVENT, "r", happened_at=LATER),
+            {"requested_at": T0, "happened_at": LATER, "source": "event", "reason": "r"},
+            id="the-latest-event-time-wins",
+        ),
+    ],
+)
+def test_a_need_joins_the_stored_one_keeping_its_schedule(
+    row: dict[str, Any], need: Need, expected: dict[str, Any]
+) -> None:
+    merged = row_after(row, need, first_try_at=FIRST_TRY)
+
+    assert {key: merged[key] for key in expected} == expected
+    # News during an outage does not reset the backoff.
+    assert (merged["attempts"], merged["due_at"], merged["last_error"]) == (3, LATER, "x")
+
+
+@pytest.mark.parametrize(
+    ("attempts", "delay"),
+    [(0, 1.0), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 15.0), (6, 15.0), (10_000, 15.0)],
+)
+def test_retries_double_up_to_the_maximum(attempts: int, delay: float) -> None:
+    assert retry_delay(attempts, initial=1.0, maximum=15.0) == delay
