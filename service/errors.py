@@ -4,6 +4,7 @@ StatusCacheError
  ├── ConfigurationError        bad settings; the process refuses to start
  ├── SchemaError               the database is not at the migrations' head
  ├── MalformedEvent            a queue message is not an event we can read (kept as poison, counted, deleted)
+ ├── QueryTimeout              a read of history took longer than its bound (HTTP 503; nothing was changed)
  ├── RequestError              a client's request is wrong (HTTP 4xx; never reaches AWS or SQL)
  │    ├── BadRequest           400
  │    │    └── BadToken        a nextToken this service did not issue
@@ -33,6 +34,12 @@ class SchemaError(StatusCacheError):
 
 class MalformedEvent(StatusCacheError):
     pass
+
+
+class QueryTimeout(StatusCacheError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the query took longer than {seconds:g}s; ask for a narrower window or fewer rows")
+        self.seconds = seconds
 
 
 class RequestError(StatusCacheError):

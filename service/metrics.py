@@ -49,6 +49,13 @@ class Metrics:
     reconcile_corrected: Counter[str] = field(default_factory=Counter)
     # Regions whose reconcile lease this process holds now.
     reconcile_lease: set[str] = field(default_factory=set)
+    # History queries answered, by kind: fleet_at (ListImages at=), transitions, transitions_export, builds,
+    # builds_summary.
+    history_queries: Counter[str] = field(default_factory=Counter)
+    # Transition rows streamed by exports (NDJSON, CSV).
+    history_rows_exported: int = 0
+    # History queries cut off by STATUSCACHE_HISTORY_QUERY_SECONDS (answered 503).
+    history_timeouts: int = 0
 
     def live_lookups(self) -> int:
         """Live lookups that went to AWS, whatever their outcome."""

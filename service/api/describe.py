@@ -9,12 +9,14 @@ stack (see service.api.app), so every middleware still sees every request.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import format_datetime
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.history_params import horizon, horizon_headers
 from service.api.requests import (
     etag_matches,
     header,
@@ -103,11 +105,18 @@ class PreparedAnswers:
 
 
 async def send_prepared(
-    send: Send, prepared: Prepared, *, image: CachedImage, hit: bool, if_none_match: str | None
+    send: Send,
+    prepared: Prepared,
+    *,
+    image: CachedImage,
+    hit: bool,
+    if_none_match: str | None,
+    more: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     extra = [
         (b"age", b"%d" % max(0, int(time.time() - image.confirmed_at.timestamp()))),
         (b"x-cache", b"HIT" if hit else b"MISS"),
+        *more,
     ]
     if etag_matches(if_none_match, prepared.etag):
         await send({"type": "http.response.start", "status": 304, "headers": prepared.headers_304 + extra})
@@ -135,12 +144,15 @@ class DescribeImage:
         params = query_params(scope["query_string"])
         region = region_from(params.get("region"), runtime.settings)
         at = params.get("at")
+        more: RawHeaders = []
         if at is not None:
             moment = parse_timestamp(at, name="at")
             past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=moment)
             if past is None or not past.exists:
                 raise NotFound(not_found_message(image_id))
             answer = Answer(past, hit=True)
+            oldest = horizon(runtime.settings)
+            more = [(k.lower().encode(), v.encode()) for k, v in horizon_headers(oldest, past=moment < oldest).items()]
         else:
             # Recently read records are answered without awaiting anything.
             recent = runtime.lookup.recent(region=region, image_id=image_id)
@@ -151,7 +163,8 @@ class DescribeImage:
             )
         prepared = await self.answers.prepare(runtime, answer.image)
         await send_prepared(
-            send, prepared, image=answer.image, hit=answer.hit, if_none_match=header(scope, b"if-none-match")
+            send, prepared, image=answer.image, hit=answer.hit, if_none_match=header(scope, b"if-none-match"),
+            more=more,
         )
 
 

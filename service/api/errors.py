@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import AwsError, AwsThrottled, RequestError
+from service.errors import AwsError, AwsThrottled, QueryTimeout, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, headers=exc.headers)
 
 
+async def query_timeout(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueryTimeout)
+    state = getattr(request.app.state, "statuscache", None)
+    if state is not None and state.opened is not None:
+        state.opened.metrics.history_timeouts += 1
+    log.warning("history query on %s cut off after %gs", request.url.path, exc.seconds)
+    return error_response(503, str(exc))
+
+
 async def unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s", request.url.path, exc_info=exc)
     return error_response(500, UNEXPECTED)
@@ -60,6 +69,7 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 HANDLERS: dict[Any, Handler] = {
     RequestError: request_error,
     AwsError: aws_error,
+    QueryTimeout: query_timeout,
     HTTPException: http_error,
     Exception: unexpected,
 }

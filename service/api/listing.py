@@ -1,28 +1,37 @@
-"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages remembered like records."""
+"""GET /v3/images/custom?imageStatus=: pcluster's ListImages from the cache, pages remembered like records.
+
+With `at=T` it answers as it would have at T (same shape, same pagination), from the transitions: the
+fleet as the cache knew it then, consistent with describe `at=T` (service.store.fleet).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
+from datetime import datetime
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api import pages
 from service.api.describe import PREPARED_MAX_ENTRIES
 from service.api.errors import JSON
-from service.api.requests import etag_matches, region_from
+from service.api.history_params import horizon, horizon_headers
+from service.api.requests import etag_matches, parse_timestamp, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
-from service.errors import BadRequest
+from service.errors import BadRequest, BadToken
 from service.runtime import Runtime
-from service.store import queries
+from service.store import fleet, queries
 from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 
 PATH = "/v3/images/custom"
 
 PageKey = tuple[str, str, str | None]
+PAGE_SIZE = 100
 
 
 class ListImages:
@@ -43,8 +52,16 @@ class ListImages:
             raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
         region = region_from(request.query_params.get("region"), runtime.settings)
         token = request.query_params.get("nextToken")
-        body, etag = await self._page(runtime, (region, image_status, token))
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        at = request.query_params.get("at")
+        extra: dict[str, str] = {}
+        if at:
+            moment = parse_timestamp(at, name="at")
+            body, etag = await _page_at(runtime, region=region, image_status=image_status, at=moment, token=token)
+            oldest = horizon(runtime.settings)
+            extra = horizon_headers(oldest, past=moment < oldest)
+        else:
+            body, etag = await self._page(runtime, (region, image_status, token))
+        headers = {"ETag": etag, "Cache-Control": "no-cache", **extra}
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(body, media_type=JSON, headers=headers)
@@ -70,3 +87,26 @@ async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
     if page.next_token:
         document["nextToken"] = page.next_token
     return orjson.dumps(document), page.etag
+
+
+async def _page_at(
+    runtime: Runtime, *, region: str, image_status: str, at: datetime, token: str | None
+) -> tuple[bytes, str]:
+    """A page of the list as it stood at `at`; its token is signed for this very question."""
+    query = pages.context(PATH, {"region": region, "imageStatus": image_status, "at": at.isoformat()})
+    after: str | None = None
+    if token:
+        cursor = await pages.cursor_of(runtime, token, query=query)
+        if not isinstance(cursor.get("after"), str):
+            raise BadToken()
+        after = cursor["after"]
+    page = await fleet.images_at(
+        runtime.engine, region=region, image_status=image_status, at=at, after=after, limit=PAGE_SIZE,
+        query_seconds=runtime.settings.history_query_seconds,
+    )
+    runtime.metrics.history_queries["fleet_at"] += 1
+    document: dict[str, Any] = {"images": page.images}
+    if page.next_after is not None:
+        document["nextToken"] = await pages.issue(runtime, {"after": page.next_after}, query=query)
+    body = orjson.dumps(document)
+    return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'

@@ -63,7 +63,8 @@ def region_from(region: str | None, settings: Settings) -> str:
 def parse_timestamp(value: str, *, name: str) -> datetime:
     try:
         return as_utc(value)
-    except ValueError as exc:
+    # OverflowError: a valid text whose UTC equivalent is outside datetime's range (0001-01-01T00:00+05:00).
+    except (ValueError, OverflowError) as exc:
         raise BadRequest(f"{name} must be an ISO 8601 timestamp, e.g. 2022-03-30T23:23:33Z; got {value!r}") from exc
 
 

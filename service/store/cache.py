@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.domain import records, rows
 from service.domain.models import CachedImage, Change, ConfigLocation
 from service.domain.rows import ApplyResult
+from service.store import builds
 from service.store.db import sqlite_direct_for
 from service.store.tables import images, poison_messages, processed_events, revisions, transitions
 from service.support.clock import as_utc, utcnow
@@ -367,6 +368,8 @@ class _Writes:
             connection.execute(_upsert(connection.dialect.name), list(self.image_rows.values()))
         if self.transition_rows:
             connection.execute(transitions.insert(), self.transition_rows)
+            # Builds come from the transitions: derived again in this transaction, never behind them.
+            builds.rewrite(connection, {(row["region"], row["image_id"]) for row in self.transition_rows})
         return [
             ApplyResult(
                 result.region, result.image_id, result.stored, result.changed, result.transitioned,

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -127,8 +128,21 @@ transitions = Table(
     Column("imagebuilder_status", String(32), nullable=True),
     Column("imagebuilder_status_reason", Text, nullable=True),
     Column("ami_state", String(32), nullable=True),
+    # What pcluster's ListImages shows besides the statuses, so the fleet at any moment is one read: the
+    # visible stack's id, the AMI's id, and the image's ParallelCluster version (the AMI's tag, else the
+    # stack's: one build's AMI and stack carry the same one).
+    Column("stack_id", Text, nullable=True),
+    Column("ami_id", String(64), nullable=True),
+    Column("pcluster_version", String(32), nullable=True),
 )
 Index("ix_transitions_image", transitions.c.region, transitions.c.image_id, transitions.c.id)
+# The fleet's transitions in a window of AWS time, paged by (happened_at, id).
+Index("ix_transitions_region_happened", transitions.c.region, transitions.c.happened_at, transitions.c.id)
+# An image's state as the cache knew it at a moment: its latest transition observed by then.
+Index(
+    "ix_transitions_image_observed",
+    transitions.c.region, transitions.c.image_id, transitions.c.observed_at, transitions.c.id,
+)
 Index("ix_images_imagebuilder_arn", images.c.imagebuilder_arn)
 Index("ix_images_region_stack_status", images.c.region, images.c.stack_status)
 
@@ -161,3 +175,36 @@ service_keys = Table(
     Column("secret", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+# Builds, derived from each image's transitions (service.domain.builds) and rewritten with them in the
+# transaction that writes them: the fleet's builds and their summaries are reads of this table.
+builds = Table(
+    "builds",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
+    # The build's place among the image's builds (0 = the oldest retained).
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("start_time", UtcDateTime, nullable=False),
+    Column("start_source", String(16), nullable=False),
+    Column("start_exact", Boolean, nullable=False),
+    # When not exact: the change happened after this observation (NULL: no earlier observation).
+    Column("start_after", UtcDateTime, nullable=True),
+    Column("end_time", UtcDateTime, nullable=True),
+    Column("end_source", String(16), nullable=True),
+    Column("end_exact", Boolean, nullable=True),
+    Column("end_after", UtcDateTime, nullable=True),
+    Column("duration_seconds", Float, nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("pcluster_version", String(32), nullable=True),
+    Column("stack_status_reason", Text, nullable=True),
+    Column("imagebuilder_status_reason", Text, nullable=True),
+    # The failure reason with ids and times taken out, so the same failure groups (failed builds only).
+    Column("failure_key", Text, nullable=True),
+    # Seconds per Image Builder status, as a JSON object in the order entered.
+    Column("phases", Text, nullable=False),
+    # The Monday (UTC) of the week the build started, YYYY-MM-DD: the week a summary groups it in.
+    Column("start_week", String(10), nullable=False),
+)
+# The builds of a window, paged by (start_time, image_id, number).
+Index("ix_builds_region_start", builds.c.region, builds.c.start_time, builds.c.image_id, builds.c.number)

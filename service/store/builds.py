@@ -1,0 +1,273 @@
+"""The builds table: rewritten from an image's transitions when they change, and read as pages and summaries.
+
+Builds are derived (service.domain.builds) in the very transaction that writes the transitions they
+come from, so a build is never behind its history and a summary over a year is one grouped read of
+this table, not a replay of every transition in it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, case, delete, func, or_, select, tuple_
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from service.domain.builds import (
+    COMPLETE,
+    FAILED,
+    OUTCOMES,
+    Build,
+    Transition,
+    derive,
+    failure_key,
+    failure_reason,
+)
+from service.store.reads import bounded
+from service.store.tables import builds, transitions
+
+ImageKey = tuple[str, str]
+
+# What the derivation reads of a transition, in service.domain.builds.Transition's field order.
+DERIVED_FROM = (
+    transitions.c.id,
+    transitions.c.happened_at,
+    transitions.c.observed_at,
+    transitions.c.source,
+    transitions.c.exists,
+    transitions.c.stack_status,
+    transitions.c.stack_status_reason,
+    transitions.c.imagebuilder_status,
+    transitions.c.imagebuilder_status_reason,
+    transitions.c.ami_state,
+    transitions.c.pcluster_version,
+)
+# Images rewritten per statement: bounded so the IN list stays a reasonable size.
+REWRITE_CHUNK = 200
+
+
+def week_of(moment: datetime) -> str:
+    """The Monday (UTC) of `moment`'s ISO week, YYYY-MM-DD."""
+    return (moment.date() - timedelta(days=moment.weekday())).isoformat()
+
+
+def build_row(*, region: str, image_id: str, number: int, build: Build) -> dict[str, Any]:
+    reason = failure_reason(build) if build.outcome == FAILED else None
+    end = build.end
+    return {
+        "region": region,
+        "image_id": image_id,
+        "number": number,
+        "start_time": build.start.at,
+        "start_source": build.start.source,
+        "start_exact": build.start.exact,
+        "start_after": build.start.after,
+        "end_time": end.at if end else None,
+        "end_source": end.source if end else None,
+        "end_exact": end.exact if end else None,
+        "end_after": end.after if end else None,
+        "duration_seconds": build.duration_seconds,
+        "outcome": build.outcome,
+        "pcluster_version": build.version,
+        "stack_status_reason": build.stack_status_reason,
+        "imagebuilder_status_reason": build.imagebuilder_status_reason,
+        "failure_key": failure_key(reason, image_id=image_id) if reason else None,
+        "phases": orjson.dumps(dict(build.phases)).decode(),
+        "start_week": week_of(build.start.at),
+    }
+
+
+def rows_for(region: str, image_id: str, history: Sequence[Transition]) -> list[dict[str, Any]]:
+    return [
+        build_row(region=region, image_id=image_id, number=number, build=build)
+        for number, build in enumerate(derive(history))
+    ]
+
+
+def rewrite(connection: Connection, keys: Collection[ImageKey]) -> None:
+    """Derive the builds of `keys`' images again from their stored transitions (inside the caller's transaction)."""
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), REWRITE_CHUNK):
+        chunk = ordered[start : start + REWRITE_CHUNK]
+        histories: dict[ImageKey, list[Transition]] = defaultdict(list)
+        found = connection.execute(
+            select(transitions.c.region, transitions.c.image_id, *DERIVED_FROM)
+            .where(tuple_(transitions.c.region, transitions.c.image_id).in_(chunk))
+            .order_by(transitions.c.region, transitions.c.image_id, transitions.c.id)
+        )
+        for row in found:
+            histories[(row[0], row[1])].append(Transition(*row[2:]))
+        connection.execute(delete(builds).where(tuple_(builds.c.region, builds.c.image_id).in_(chunk)))
+        derived = [row for key in chunk for row in rows_for(key[0], key[1], histories.get(key, ()))]
+        if derived:
+            connection.execute(builds.insert(), derived)
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+BuildKey = tuple[datetime, str, int]
+
+
+@dataclass(frozen=True)
+class BuildFilter:
+    region: str
+    since: datetime | None = None
+    until: datetime | None = None
+    version: str | None = None
+    outcome: str | None = None
+    image_id: str | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = [builds.c.region == self.region]
+        if self.since is not None:
+            conditions.append(builds.c.start_time >= self.since)
+        if self.until is not None:
+            conditions.append(builds.c.start_time < self.until)
+        if self.version is not None:
+            conditions.append(builds.c.pcluster_version == self.version)
+        if self.outcome is not None:
+            conditions.append(builds.c.outcome == self.outcome)
+        if self.image_id is not None:
+            conditions.append(builds.c.image_id == self.image_id)
+        return conditions
+
+
+@dataclass(frozen=True)
+class BuildPage:
+    rows: list[Row[Any]]
+    next_key: BuildKey | None
+
+
+def key_of(row: Row[Any]) -> BuildKey:
+    return (row.start_time, row.image_id, row.number)
+
+
+async def page(
+    engine: AsyncEngine,
+    *,
+    where: BuildFilter,
+    descending: bool,
+    after: BuildKey | None,
+    limit: int,
+    query_seconds: float,
+) -> BuildPage:
+    """Builds that started in the window, by start time (then image id), after the key a previous page ended on."""
+    conditions = where.conditions()
+    ordering = tuple_(builds.c.start_time, builds.c.image_id, builds.c.number)
+    if after is not None:
+        conditions.append(ordering < tuple_(*after) if descending else ordering > tuple_(*after))
+    columns = (builds.c.start_time, builds.c.image_id, builds.c.number)
+    order = [column.desc() for column in columns] if descending else list(columns)
+    async with bounded(engine, seconds=query_seconds) as connection:
+        statement = select(builds).where(*conditions).order_by(*order).limit(limit + 1)
+        rows = list((await connection.execute(statement)).all())
+    shown = rows[:limit]
+    return BuildPage(shown, key_of(shown[-1]) if len(rows) > limit else None)
+
+
+GROUPS = {"version": builds.c.pcluster_version, "week": builds.c.start_week, "outcome": builds.c.outcome}
+PERCENTILES = (50, 90)
+TOP_REASONS = 10
+
+
+@dataclass(frozen=True)
+class Group:
+    key: str | None
+    builds: int
+    by_outcome: dict[str, int]
+    # Durations of the group's complete builds, in seconds: nearest-rank percentiles and the longest.
+    percentiles: dict[int, float]
+    longest: float | None
+
+
+@dataclass(frozen=True)
+class Reason:
+    key: str
+    count: int
+    example: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    groups: list[Group]
+    reasons: list[Reason]
+
+
+def _count(outcome: str) -> ColumnElement[Any]:
+    return func.sum(case((builds.c.outcome == outcome, 1), else_=0))
+
+
+async def summary(engine: AsyncEngine, *, where: BuildFilter, group_by: str, query_seconds: float) -> Summary:
+    """Counts per outcome, complete builds' duration percentiles and maximum per group, and the top failures."""
+    key = GROUPS[group_by]
+    conditions = where.conditions()
+    counts = (
+        select(
+            key.label("key"),
+            func.count().label("total"),
+            *(_count(outcome).label(outcome) for outcome in OUTCOMES),
+            func.max(case((builds.c.outcome == COMPLETE, builds.c.duration_seconds))).label("longest"),
+        )
+        .where(*conditions)
+        .group_by(key)
+    )
+    ranked = (
+        select(
+            key.label("key"),
+            builds.c.duration_seconds.label("seconds"),
+            func.row_number().over(partition_by=key, order_by=builds.c.duration_seconds).label("rank"),
+            func.count().over(partition_by=key).label("size"),
+        )
+        .where(*conditions, builds.c.outcome == COMPLETE, builds.c.duration_seconds.is_not(None))
+        .subquery()
+    )
+    # Nearest rank: the smallest rank r with r >= p% of n, i.e. 100 r >= p n > 100 (r - 1). Integers only,
+    # so both databases compute it alike.
+    picks = [
+        and_(ranked.c.rank * 100 >= ranked.c.size * p, (ranked.c.rank - 1) * 100 < ranked.c.size * p)
+        for p in PERCENTILES
+    ]
+    percentiles = select(ranked.c.key, ranked.c.rank, ranked.c.size, ranked.c.seconds).where(or_(*picks))
+    example = func.coalesce(builds.c.imagebuilder_status_reason, builds.c.stack_status_reason)
+    reasons = (
+        select(builds.c.failure_key, func.count().label("occurrences"), func.max(example).label("example"))
+        .where(*conditions, builds.c.outcome == FAILED, builds.c.failure_key.is_not(None))
+        .group_by(builds.c.failure_key)
+        .order_by(func.count().desc(), builds.c.failure_key)
+        .limit(TOP_REASONS)
+    )
+    async with bounded(engine, seconds=query_seconds) as connection:
+        count_rows = (await connection.execute(counts)).all()
+        percentile_rows = (await connection.execute(percentiles)).all()
+        reason_rows = (await connection.execute(reasons)).all()
+    picked: dict[str | None, dict[int, float]] = defaultdict(dict)
+    for row in percentile_rows:
+        for p in PERCENTILES:
+            if row.rank * 100 >= row.size * p > (row.rank - 1) * 100:
+                picked[row.key][p] = float(row.seconds)
+    groups = [
+        Group(
+            key=row.key,
+            builds=int(row.total),
+            by_outcome={outcome: int(getattr(row, outcome) or 0) for outcome in OUTCOMES},
+            percentiles=picked.get(row.key, {}),
+            longest=float(row.longest) if row.longest is not None else None,
+        )
+        for row in count_rows
+    ]
+    groups.sort(key=lambda group: _natural(group.key))
+    return Summary(groups, [Reason(row.failure_key, int(row.occurrences), row.example) for row in reason_rows])
+
+
+def _natural(key: str | None) -> tuple[Any, ...]:
+    """Keys in reading order: 3.9.0 before 3.10.0, weeks by date, no key (unknown version) last."""
+    if key is None:
+        return (1,)
+    parts = key.replace("-", ".").split(".")
+    return (0, *((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts))
