@@ -56,6 +56,8 @@ class Metrics:
     history_rows_exported: int = 0
     # History queries cut off by STATUSCACHE_HISTORY_QUERY_SECONDS (answered 503).
     history_timeouts: int = 0
+    # Images whose builds were derived again after their transitions changed.
+    builds_derived: int = 0
 
     def live_lookups(self) -> int:
         """Live lookups that went to AWS, whatever their outcome."""

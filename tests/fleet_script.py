@@ -133,6 +133,7 @@ class Script:
 
     async def apply(self, runtime: Runtime) -> None:
         await runtime.cache.apply_many(self.changes)
+        await runtime.cache.derive_builds()  # what the runtime's loop does within a second
 
 
 @dataclass(frozen=True)

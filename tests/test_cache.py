@@ -163,6 +163,8 @@ async def test_prune_drops_old_history_but_keeps_current_revisions_and_the_state
     await runtime.cache.apply(change(old, stack_info=stack()))
     await runtime.cache.apply(change(old + timedelta(days=1), stack_info=stack("CREATE_COMPLETE")))
     await runtime.cache.apply(change(datetime.now(UTC), stack_info=stack("DELETE_IN_PROGRESS")))
+    await runtime.cache.derive_builds()
+    assert await count(runtime, builds) == 1
     horizon = datetime.now(UTC) - timedelta(days=365)
 
     removed = await queries.prune(runtime.engine, older_than=horizon)

@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
+from service.settings import Settings
 from tests.fleet_script import ROLLBACK, T0, WEEK, Truth, at, fleet, ib_failure, iso
 from tests.test_consumer import event_clock
 
@@ -198,6 +199,7 @@ async def test_a_build_driven_by_real_events_through_the_queue_is_one_exact_buil
     from tests.test_history import lifecycle
 
     await lifecycle(runtime, aws_state, Queue("builds-lifecycle"), "lifecycle")
+    await runtime.cache.derive_builds()
     calls = aws_state.total_calls()
 
     (build,) = (await client.get("/v3/image-builds", params={"imageId": "lifecycle"})).json()["builds"]
@@ -212,3 +214,26 @@ async def test_a_build_driven_by_real_events_through_the_queue_is_one_exact_buil
         "phases": {"PENDING": 1.0, "BUILDING": 1.0, "TESTING": 1.0, "AVAILABLE": 1.0},
     }
     assert aws_state.total_calls() == calls
+
+
+async def test_a_running_service_derives_builds_soon_after_their_transitions(settings: Settings) -> None:
+    import asyncio
+    import time
+
+    from sqlalchemy import func, select
+
+    from service.store.tables import builds, builds_pending
+
+    script, truth = fleet()
+    async with Runtime.open(settings, poll=False) as runtime:
+        await runtime.cache.apply_many(script.changes)
+        written = time.monotonic()
+        while True:
+            async with runtime.engine.connect() as connection:
+                derived = (await connection.execute(select(func.count()).select_from(builds))).scalar_one()
+                pending = (await connection.execute(select(func.count()).select_from(builds_pending))).scalar_one()
+            if derived == len(truth) and pending == 0:
+                break
+            assert time.monotonic() - written < 3, (derived, pending)
+            await asyncio.sleep(0.05)
+        assert runtime.metrics.builds_derived >= len({t.image_id for t in truth})

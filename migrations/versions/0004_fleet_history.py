@@ -2,8 +2,9 @@
 
 Transitions gain the visible stack's id, the AMI's id and the ParallelCluster version, so the fleet as
 the cache knew it at any moment is one read; the builds table holds the builds derived from each
-image's transitions (service.domain.builds). Indexes: the fleet's transitions by (region, happened_at,
-id), an image's transitions by observation time, and builds by (region, start_time).
+image's transitions (service.domain.builds), builds_pending the images waiting for that. Indexes: the
+fleet's transitions by (region, happened_at, id), an image's transitions by observation time, and
+builds by (region, start_time).
 
 Existing transitions are backfilled from their image's current row (older history of a rebuilt
 image id gets the newest build's ids and version: nothing older was kept), and existing builds are
@@ -101,6 +102,11 @@ def upgrade() -> None:
         sa.Column("start_week", sa.String(10), nullable=False),
     )
     op.create_index("ix_builds_region_start", "builds", ["region", "start_time", "image_id", "number"])
+    op.create_table(
+        "builds_pending",
+        sa.Column("region", sa.String(32), primary_key=True),
+        sa.Column("image_id", sa.String(128), primary_key=True),
+    )
 
     # The derivation is the service's own (imported, not copied): builds must read the same whichever
     # path wrote them.
@@ -110,6 +116,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("builds_pending")
     op.drop_index("ix_builds_region_start", "builds")
     op.drop_table("builds")
     op.drop_index("ix_transitions_image_observed", "transitions")

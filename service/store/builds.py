@@ -1,8 +1,10 @@
-"""The builds table: rewritten from an image's transitions when they change, and read as pages and summaries.
+"""The builds table: derived again from an image's transitions after they change, read as pages and summaries.
 
-Builds are derived (service.domain.builds) in the very transaction that writes the transitions they
-come from, so a build is never behind its history and a summary over a year is one grouped read of
-this table, not a replay of every transition in it.
+A summary over a year is one grouped read of this table, not a replay of every transition in it. The
+transaction that writes an image's transitions only marks the image (builds_pending, one statement per
+batch, so apply stays as fast as it was); `derive_pending` derives the marked images' builds in chunks
+(service.domain.builds), shortly after, on whichever replica gets to them first. Builds are therefore
+behind their transitions by that moment, and never lost: the mark commits with the transitions.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, case, delete, func, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -30,7 +33,7 @@ from service.domain.builds import (
     failure_reason,
 )
 from service.store.reads import bounded
-from service.store.tables import builds, transitions
+from service.store.tables import builds, builds_pending, transitions
 
 ImageKey = tuple[str, str]
 
@@ -90,23 +93,62 @@ def rows_for(region: str, image_id: str, history: Sequence[Transition]) -> list[
     ]
 
 
+def mark(connection: Connection, keys: Collection[ImageKey]) -> None:
+    """Note that these images' builds must be derived again (inside the transaction writing their transitions)."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        insert(builds_pending).on_conflict_do_nothing(index_elements=["region", "image_id"]),
+        [{"region": region, "image_id": image_id} for region, image_id in sorted(keys)],
+    )
+
+
+def derive_pending(connection: Connection, *, limit: int = REWRITE_CHUNK) -> int:
+    """Derive the builds of up to `limit` marked images and unmark them (inside the caller's transaction).
+
+    On PostgreSQL the marks are taken FOR UPDATE SKIP LOCKED: replicas share the work, never doing an image
+    twice at once; a transition written meanwhile marks its image again once this transaction ends.
+    """
+    chosen = select(builds_pending.c.region, builds_pending.c.image_id).limit(limit)
+    if connection.dialect.name == "postgresql":
+        chosen = chosen.with_for_update(skip_locked=True)
+    keys = [(row.region, row.image_id) for row in connection.execute(chosen)]
+    if not keys:
+        return 0
+    rewrite(connection, keys)
+    by_region: dict[str, list[str]] = defaultdict(list)
+    for region, image_id in keys:
+        by_region[region].append(image_id)
+    for region, image_ids in by_region.items():
+        connection.execute(
+            delete(builds_pending).where(builds_pending.c.region == region, builds_pending.c.image_id.in_(image_ids))
+        )
+    return len(keys)
+
+
 def rewrite(connection: Connection, keys: Collection[ImageKey]) -> None:
     """Derive the builds of `keys`' images again from their stored transitions (inside the caller's transaction)."""
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), REWRITE_CHUNK):
-        chunk = ordered[start : start + REWRITE_CHUNK]
-        histories: dict[ImageKey, list[Transition]] = defaultdict(list)
-        found = connection.execute(
-            select(transitions.c.region, transitions.c.image_id, *DERIVED_FROM)
-            .where(tuple_(transitions.c.region, transitions.c.image_id).in_(chunk))
-            .order_by(transitions.c.region, transitions.c.image_id, transitions.c.id)
-        )
-        for row in found:
-            histories[(row[0], row[1])].append(Transition(*row[2:]))
-        connection.execute(delete(builds).where(tuple_(builds.c.region, builds.c.image_id).in_(chunk)))
-        derived = [row for key in chunk for row in rows_for(key[0], key[1], histories.get(key, ()))]
-        if derived:
-            connection.execute(builds.insert(), derived)
+    by_region: dict[str, list[str]] = defaultdict(list)
+    for region, image_id in sorted(keys):
+        by_region[region].append(image_id)
+    for region, image_ids in by_region.items():
+        for start in range(0, len(image_ids), REWRITE_CHUNK):
+            _rewrite(connection, region, image_ids[start : start + REWRITE_CHUNK])
+
+
+def _rewrite(connection: Connection, region: str, image_ids: list[str]) -> None:
+    # `region = ? AND image_id IN (...)`, not a row-value IN: SQLite scans the whole index for the latter.
+    histories: dict[str, list[Transition]] = defaultdict(list)
+    found = connection.execute(
+        select(transitions.c.image_id, *DERIVED_FROM)
+        .where(transitions.c.region == region, transitions.c.image_id.in_(image_ids))
+        .order_by(transitions.c.image_id, transitions.c.id)
+    )
+    for row in found:
+        histories[row[0]].append(Transition(*row[1:]))
+    connection.execute(delete(builds).where(builds.c.region == region, builds.c.image_id.in_(image_ids)))
+    derived = [row for image_id in image_ids for row in rows_for(region, image_id, histories.get(image_id, ()))]
+    if derived:
+        connection.execute(builds.insert(), derived)
 
 
 # --- reading ---------------------------------------------------------------------------------------------

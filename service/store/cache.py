@@ -8,9 +8,9 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, func, select, text, tuple_
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -76,6 +76,7 @@ class Known:
 
 
 Listener = Callable[[Sequence[ApplyResult]], None]
+T = TypeVar("T")
 
 
 def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
@@ -205,6 +206,29 @@ class Cache:
                 _write_in_transaction, batch=batch, event_ids=event_ids, poison=poison
             )
 
+    async def derive_builds(self) -> int:
+        """Derive the builds of every image marked since the last call (service.store.builds); returns how many."""
+        total = 0
+        while True:
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    done = await self._write(builds.derive_pending)
+                    break
+                except DBAPIError as exc:
+                    if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
+                        raise
+                    await asyncio.sleep(0.05 * 2**attempt)
+            total += done
+            if done < builds.REWRITE_CHUNK:
+                return total
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """One write transaction: on SQLite's writer thread (serialized with apply), else on the engine."""
+        if self._sqlite is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._sqlite.writer, self._sqlite.write, work)
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(_in_transaction, work)
+
     async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
             return set()
@@ -249,6 +273,11 @@ class Cache:
             ).scalar_one_or_none()
 
 
+def _in_transaction(connection: Connection, work: Callable[[Connection], T]) -> T:
+    with connection.begin():
+        return work(connection)
+
+
 def _write_in_transaction(
     connection: Connection, *, batch: Sequence[Change], event_ids: Sequence[str], poison: Sequence[Poison]
 ) -> list[ApplyResult]:
@@ -274,9 +303,15 @@ def _write_batch(
                 ),
                 {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
             )
+        # Per region, `image_id IN (...)`: SQLite answers a row-value IN by scanning the whole table.
         stored = {
             (row.region, row.image_id): row
-            for row in connection.execute(select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys)))
+            for region in sorted({region for region, _ in keys})
+            for row in connection.execute(
+                select(images).where(
+                    images.c.region == region, images.c.image_id.in_([i for r, i in keys if r == region])
+                )
+            )
         }
     planned = _Writes(stored)
     for change in batch:
@@ -368,8 +403,8 @@ class _Writes:
             connection.execute(_upsert(connection.dialect.name), list(self.image_rows.values()))
         if self.transition_rows:
             connection.execute(transitions.insert(), self.transition_rows)
-            # Builds come from the transitions: derived again in this transaction, never behind them.
-            builds.rewrite(connection, {(row["region"], row["image_id"]) for row in self.transition_rows})
+            # Builds come from the transitions: marked here, derived shortly after (Cache.derive_builds).
+            builds.mark(connection, {(row["region"], row["image_id"]) for row in self.transition_rows})
         return [
             ApplyResult(
                 result.region, result.image_id, result.stored, result.changed, result.transitioned,

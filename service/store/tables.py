@@ -176,8 +176,8 @@ service_keys = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
-# Builds, derived from each image's transitions (service.domain.builds) and rewritten with them in the
-# transaction that writes them: the fleet's builds and their summaries are reads of this table.
+# Builds, derived from each image's transitions (service.domain.builds): the fleet's builds and their
+# summaries are reads of this table. Rewritten per image soon after its transitions change (builds_pending).
 builds = Table(
     "builds",
     metadata,
@@ -208,3 +208,12 @@ builds = Table(
 )
 # The builds of a window, paged by (start_time, image_id, number).
 Index("ix_builds_region_start", builds.c.region, builds.c.start_time, builds.c.image_id, builds.c.number)
+
+# Images whose transitions changed since their builds were last derived: written in the transaction that
+# writes the transitions (so no crash loses one), drained by Cache.derive_builds.
+builds_pending = Table(
+    "builds_pending",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
+)
