@@ -122,8 +122,7 @@ async def test_summary_by_version_week_and_outcome(scripted: list[Truth], client
             "reason": "Image Build failed: Workflow Execution ID: 'wf-<id>' failed with reason: Step 'Build' failed. "
             "SSM execution '<id>' failed",
             "count": 2,
-            "example": max(ib_failure("5c2d3f7a-91b4-4e0a-8d6f-2a7e9b1c4d08"),
-                           ib_failure("0b6a2d1e-7c3f-4a59-9e8d-1f2a3b4c5d6e")),
+            "example": ib_failure("5c2d3f7a-91b4-4e0a-8d6f-2a7e9b1c4d08"),  # the window's first (charlie's)
         }
     ]
     assert [(g["key"], g["builds"]) for g in (await summary("week"))["groups"]] == [
@@ -237,3 +236,44 @@ async def test_a_running_service_derives_builds_soon_after_their_transitions(set
             assert time.monotonic() - written < 3, (derived, pending)
             await asyncio.sleep(0.05)
         assert runtime.metrics.builds_derived >= len({t.image_id for t in truth})
+
+
+async def test_summary_percentiles_are_the_nearest_ranks_of_each_groups_complete_durations(runtime: Runtime) -> None:
+    import random
+
+    from service.domain.builds import Build, Edge
+    from service.store import builds as store
+    from service.store.tables import builds
+
+    rng = random.Random(7)
+    rows = []
+    expected: dict[str | None, list[float]] = {"3.9.0": [], "3.10.0": [], None: []}
+    for number in range(120):
+        version = ("3.9.0", "3.10.0", None)[number % 3]
+        outcome = "complete" if number % 5 else "failed"
+        start = T0 + timedelta(hours=number)
+        seconds = float(rng.randrange(1800, 9000))
+        if outcome == "complete":
+            expected[version].append(seconds)
+        build = Build(
+            start=Edge(start, "event", True), end=Edge(start + timedelta(seconds=seconds), "event", True),
+            outcome=outcome, version=version,
+        )
+        rows.append(store.build_row(region="us-east-1", image_id=f"img-{number}", number=0, build=build))
+    async with runtime.engine.begin() as connection:
+        await connection.execute(builds.insert(), rows)
+
+    result = await store.summary(
+        runtime.engine, where=store.BuildFilter(region="us-east-1"), group_by="version", query_seconds=10
+    )
+
+    def nearest(values: list[float], p: int) -> float:
+        ordered = sorted(values)
+        return ordered[max(1, -(-len(ordered) * p // 100)) - 1]
+
+    assert [group.key for group in result.groups] == ["3.9.0", "3.10.0", None]
+    for group in result.groups:
+        durations = expected[group.key]
+        assert group.by_outcome["complete"] == len(durations)
+        assert group.percentiles == {50: nearest(durations, 50), 90: nearest(durations, 90)}
+        assert group.longest == max(durations)

@@ -4,7 +4,7 @@ Transitions gain the visible stack's id, the AMI's id and the ParallelCluster ve
 the cache knew it at any moment is one read; the builds table holds the builds derived from each
 image's transitions (service.domain.builds), builds_pending the images waiting for that. Indexes: the
 fleet's transitions by (region, happened_at, id), an image's transitions by observation time, and
-builds by (region, start_time).
+builds by (region, start_time), plus two that let summaries read indexes only.
 
 Existing transitions are backfilled from their image's current row (older history of a rebuilt
 image id gets the newest build's ids and version: nothing older was kept), and existing builds are
@@ -102,6 +102,15 @@ def upgrade() -> None:
         sa.Column("start_week", sa.String(10), nullable=False),
     )
     op.create_index("ix_builds_region_start", "builds", ["region", "start_time", "image_id", "number"])
+    op.create_index(
+        "ix_builds_summary", "builds",
+        ["region", "start_time", "outcome", "pcluster_version", "start_week", "duration_seconds"],
+    )
+    failed = sa.text("failure_key IS NOT NULL")
+    op.create_index(
+        "ix_builds_failures", "builds", ["region", "start_time", "failure_key"], sqlite_where=failed,
+        postgresql_where=failed,
+    )
     op.create_table(
         "builds_pending",
         sa.Column("region", sa.String(32), primary_key=True),
@@ -117,6 +126,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("builds_pending")
+    op.drop_index("ix_builds_failures", "builds")
+    op.drop_index("ix_builds_summary", "builds")
     op.drop_index("ix_builds_region_start", "builds")
     op.drop_table("builds")
     op.drop_index("ix_transitions_image_observed", "transitions")

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, delete, func, or_, select, tuple_
+from sqlalchemy import FromClause, Select, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -165,18 +165,19 @@ class BuildFilter:
     outcome: str | None = None
     image_id: str | None = None
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = [builds.c.region == self.region]
+    def conditions(self, table: FromClause = builds) -> list[ColumnElement[bool]]:
+        columns = table.c
+        conditions: list[ColumnElement[bool]] = [columns.region == self.region]
         if self.since is not None:
-            conditions.append(builds.c.start_time >= self.since)
+            conditions.append(columns.start_time >= self.since)
         if self.until is not None:
-            conditions.append(builds.c.start_time < self.until)
+            conditions.append(columns.start_time < self.until)
         if self.version is not None:
-            conditions.append(builds.c.pcluster_version == self.version)
+            conditions.append(columns.pcluster_version == self.version)
         if self.outcome is not None:
-            conditions.append(builds.c.outcome == self.outcome)
+            conditions.append(columns.outcome == self.outcome)
         if self.image_id is not None:
-            conditions.append(builds.c.image_id == self.image_id)
+            conditions.append(columns.image_id == self.image_id)
         return conditions
 
 
@@ -241,70 +242,95 @@ class Summary:
     reasons: list[Reason]
 
 
-def _count(outcome: str) -> ColumnElement[Any]:
-    return func.sum(case((builds.c.outcome == outcome, 1), else_=0))
-
-
 async def summary(engine: AsyncEngine, *, where: BuildFilter, group_by: str, query_seconds: float) -> Summary:
-    """Counts per outcome, complete builds' duration percentiles and maximum per group, and the top failures."""
+    """Counts per outcome, complete builds' duration percentiles and maximum per group, and the top failures.
+
+    Three reads answered from indexes alone (ix_builds_summary, ix_builds_failures), each returning a
+    handful of rows: counts and the longest duration per (group, outcome); the durations at the nearest
+    ranks those counts call for (one window function: the database sorts, Python receives a few rows);
+    and the most frequent failures with one example each.
+    """
     key = GROUPS[group_by]
-    conditions = where.conditions()
-    counts = (
+    counted = (
         select(
-            key.label("key"),
-            func.count().label("total"),
-            *(_count(outcome).label(outcome) for outcome in OUTCOMES),
-            func.max(case((builds.c.outcome == COMPLETE, builds.c.duration_seconds))).label("longest"),
+            key.label("key"), builds.c.outcome, func.count().label("size"),
+            func.max(builds.c.duration_seconds).label("longest"),
         )
-        .where(*conditions)
-        .group_by(key)
-    )
-    ranked = (
-        select(
-            key.label("key"),
-            builds.c.duration_seconds.label("seconds"),
-            func.row_number().over(partition_by=key, order_by=builds.c.duration_seconds).label("rank"),
-            func.count().over(partition_by=key).label("size"),
-        )
-        .where(*conditions, builds.c.outcome == COMPLETE, builds.c.duration_seconds.is_not(None))
-        .subquery()
-    )
-    # Nearest rank: the smallest rank r with r >= p% of n, i.e. 100 r >= p n > 100 (r - 1). Integers only,
-    # so both databases compute it alike.
-    picks = [
-        and_(ranked.c.rank * 100 >= ranked.c.size * p, (ranked.c.rank - 1) * 100 < ranked.c.size * p)
-        for p in PERCENTILES
-    ]
-    percentiles = select(ranked.c.key, ranked.c.rank, ranked.c.size, ranked.c.seconds).where(or_(*picks))
-    example = func.coalesce(builds.c.imagebuilder_status_reason, builds.c.stack_status_reason)
-    reasons = (
-        select(builds.c.failure_key, func.count().label("occurrences"), func.max(example).label("example"))
-        .where(*conditions, builds.c.outcome == FAILED, builds.c.failure_key.is_not(None))
-        .group_by(builds.c.failure_key)
-        .order_by(func.count().desc(), builds.c.failure_key)
-        .limit(TOP_REASONS)
+        .where(*where.conditions())
+        .group_by(key, builds.c.outcome)
     )
     async with bounded(engine, seconds=query_seconds) as connection:
-        count_rows = (await connection.execute(counts)).all()
-        percentile_rows = (await connection.execute(percentiles)).all()
-        reason_rows = (await connection.execute(reasons)).all()
-    picked: dict[str | None, dict[int, float]] = defaultdict(dict)
-    for row in percentile_rows:
-        for p in PERCENTILES:
-            if row.rank * 100 >= row.size * p > (row.rank - 1) * 100:
-                picked[row.key][p] = float(row.seconds)
+        count_rows = (await connection.execute(counted)).all()
+        by_key: dict[str | None, dict[str, int]] = defaultdict(lambda: dict.fromkeys(OUTCOMES, 0))
+        longest: dict[str | None, float] = {}
+        for row in count_rows:
+            by_key[row.key][row.outcome] = int(row.size)
+            if row.outcome == COMPLETE and row.longest is not None:
+                longest[row.key] = float(row.longest)
+        ranks = {
+            group: {p: -(-counts[COMPLETE] * p // 100) for p in PERCENTILES}  # ceil(n p / 100), in integers
+            for group, counts in by_key.items()
+            if counts[COMPLETE]
+        }
+        picked: dict[str | None, dict[int, float]] = defaultdict(dict)
+        if ranks:
+            for row in (await connection.execute(_at_ranks(key, where, ranks))).all():
+                group = row.key or None
+                for p, rank in ranks.get(group, {}).items():
+                    if rank == row.rank:
+                        picked[group][p] = float(row.seconds)
+        reason_rows = (await connection.execute(_top_failures(where))).all()
     groups = [
         Group(
-            key=row.key,
-            builds=int(row.total),
-            by_outcome={outcome: int(getattr(row, outcome) or 0) for outcome in OUTCOMES},
-            percentiles=picked.get(row.key, {}),
-            longest=float(row.longest) if row.longest is not None else None,
+            key=group, builds=sum(counts.values()), by_outcome=counts, percentiles=picked.get(group, {}),
+            longest=longest.get(group),
         )
-        for row in count_rows
+        for group, counts in by_key.items()
     ]
     groups.sort(key=lambda group: _natural(group.key))
     return Summary(groups, [Reason(row.failure_key, int(row.occurrences), row.example) for row in reason_rows])
+
+
+def _at_ranks(
+    key: ColumnElement[Any], where: BuildFilter, ranks: dict[str | None, dict[int, int]]
+) -> Select[Any]:
+    """The complete builds' durations at the given ranks (ascending) of each group."""
+    ranked = (
+        select(
+            # No version is grouped as '' here: NULL would never equal anything in the IN below.
+            func.coalesce(key, "").label("key"),
+            builds.c.duration_seconds.label("seconds"),
+            func.row_number().over(partition_by=key, order_by=builds.c.duration_seconds).label("rank"),
+        )
+        .where(*where.conditions(), builds.c.outcome == COMPLETE, builds.c.duration_seconds.is_not(None))
+        .subquery()
+    )
+    wanted = sorted({(group or "", rank) for group, by_percentile in ranks.items() for rank in by_percentile.values()})
+    return select(ranked.c.key, ranked.c.rank, ranked.c.seconds).where(tuple_(ranked.c.key, ranked.c.rank).in_(wanted))
+
+
+def _top_failures(where: BuildFilter) -> Select[Any]:
+    counted = (
+        select(builds.c.failure_key, func.count().label("occurrences"))
+        # failure_key is set on failed builds only: no outcome condition, so the partial index covers it.
+        .where(*where.conditions(), builds.c.failure_key.is_not(None))
+        .group_by(builds.c.failure_key)
+        .order_by(func.count().desc(), builds.c.failure_key)
+        .limit(TOP_REASONS)
+        .subquery()
+    )
+    other = builds.alias("other")
+    example = (
+        select(func.coalesce(other.c.imagebuilder_status_reason, other.c.stack_status_reason))
+        .where(*where.conditions(other), other.c.failure_key == counted.c.failure_key)
+        .order_by(other.c.start_time)  # the window's first occurrence: the index's own order
+        .limit(1)
+        .correlate(counted)
+        .scalar_subquery()
+    )
+    return select(counted.c.failure_key, counted.c.occurrences, example.label("example")).order_by(
+        counted.c.occurrences.desc(), counted.c.failure_key
+    )
 
 
 def _natural(key: str | None) -> tuple[Any, ...]:

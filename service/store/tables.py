@@ -208,6 +208,18 @@ builds = Table(
 )
 # The builds of a window, paged by (start_time, image_id, number).
 Index("ix_builds_region_start", builds.c.region, builds.c.start_time, builds.c.image_id, builds.c.number)
+# Summaries read only indexes: every group key, outcome and duration of a window...
+Index(
+    "ix_builds_summary",
+    builds.c.region, builds.c.start_time, builds.c.outcome, builds.c.pcluster_version, builds.c.start_week,
+    builds.c.duration_seconds,
+)
+# ...and the failures of a window (failure_key is set on failed builds only).
+Index(
+    "ix_builds_failures",
+    builds.c.region, builds.c.start_time, builds.c.failure_key,
+    sqlite_where=builds.c.failure_key.is_not(None), postgresql_where=builds.c.failure_key.is_not(None),
+)
 
 # Images whose transitions changed since their builds were last derived: written in the transaction that
 # writes the transitions (so no crash loses one), drained by Cache.derive_builds.
