@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import secrets
 import sqlite3
 import sys
 import tempfile
@@ -363,8 +364,9 @@ async def load_postgres(url: str, data: Generated) -> None:
             await connection.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), (SELECT max({column}) FROM {table}))"
             )
-        # What autovacuum does to a table this size soon after it is loaded.
-        await connection.execute("ANALYZE")
+        # What autovacuum does to tables this size soon after they are loaded: statistics for the planner,
+        # and the visibility map that lets index-only scans skip the heap.
+        await connection.execute("VACUUM ANALYZE")
     finally:
         await connection.close()
 
@@ -615,22 +617,26 @@ def run(config: HistoryConfig, *, fake: TimedFakeAws, workdir: Path) -> Outcome:
 def _postgres(
     config: HistoryConfig, data: Generated, fake: TimedFakeAws, workdir: Path, outcome: Outcome
 ) -> list[Row]:
-    async def prepared() -> tuple[str, Any]:
-        context = ingest.postgres_database()
-        url = await context.__aenter__()
+    # Created and dropped by hand: an async context manager entered in one asyncio.run is finalized (and its
+    # database dropped) when that loop closes.
+    name = f"statuscache_history_{secrets.token_hex(4)}"
+    url = ingest.PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+    async def prepare() -> None:
+        await db.migrate(url)
         started = time.perf_counter()
         await load_postgres(url, data)
         progress(f"  loaded PostgreSQL in {time.perf_counter() - started:.1f}s")
         outcome.plans.extend(await plans(url, data))
-        return url, context
 
-    url, context = asyncio.run(prepared())
+    asyncio.run(ingest._pg_admin(f'CREATE DATABASE "{name}"'))
     try:
+        asyncio.run(prepare())
         rows, notes = _measure("postgresql", url, data, config, fake, workdir)
         outcome.notes += notes
         return rows
     finally:
-        asyncio.run(context.__aexit__(None, None, None))
+        asyncio.run(ingest._pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 Transitions gain the visible stack's id, the AMI's id and the ParallelCluster version, so the fleet as
 the cache knew it at any moment is one read; the builds table holds the builds derived from each
 image's transitions (service.domain.builds), builds_pending the images waiting for that. Indexes: the
-fleet's transitions by (region, happened_at, id), an image's transitions by observation time, and
+fleet's transitions by (region, happened_at, id), an image's by time and by observation time, and
 builds by (region, start_time), plus two that let summaries read indexes only.
 
 Existing transitions are backfilled from their image's current row (older history of a rebuilt
@@ -48,6 +48,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("ami_id", sa.String(64), nullable=True))
         batch.add_column(sa.Column("pcluster_version", sa.String(32), nullable=True))
     op.create_index("ix_transitions_region_happened", "transitions", ["region", "happened_at", "id"])
+    op.create_index("ix_transitions_image_happened", "transitions", ["region", "image_id", "happened_at", "id"])
     op.create_index("ix_transitions_image_observed", "transitions", ["region", "image_id", "observed_at", "id"])
 
     bind = op.get_bind()
@@ -131,6 +132,7 @@ def downgrade() -> None:
     op.drop_index("ix_builds_region_start", "builds")
     op.drop_table("builds")
     op.drop_index("ix_transitions_image_observed", "transitions")
+    op.drop_index("ix_transitions_image_happened", "transitions")
     op.drop_index("ix_transitions_region_happened", "transitions")
     with op.batch_alter_table("transitions") as batch:
         batch.drop_column("pcluster_version")

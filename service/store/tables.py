@@ -136,8 +136,12 @@ transitions = Table(
     Column("pcluster_version", String(32), nullable=True),
 )
 Index("ix_transitions_image", transitions.c.region, transitions.c.image_id, transitions.c.id)
-# The fleet's transitions in a window of AWS time, paged by (happened_at, id).
+# The fleet's transitions in a window of AWS time, paged by (happened_at, id); and one image's, the same way.
 Index("ix_transitions_region_happened", transitions.c.region, transitions.c.happened_at, transitions.c.id)
+Index(
+    "ix_transitions_image_happened",
+    transitions.c.region, transitions.c.image_id, transitions.c.happened_at, transitions.c.id,
+)
 # An image's state as the cache knew it at a moment: its latest transition observed by then.
 Index(
     "ix_transitions_image_observed",
