@@ -19,7 +19,7 @@ from types import FrameType
 
 import httpx
 
-from bench import events, ingest, live, load, profile, report, seed, servers, storms, wrk
+from bench import events, history, ingest, live, load, profile, report, seed, servers, storms, wrk
 from bench.fake import TimedFakeAws
 from bench.report import Row
 
@@ -45,6 +45,7 @@ class Config:
     live_per_path: int = 25
     event_images: int = 5  # each walked through five Image Builder states: 25 events
     memory_images: int = 10_000
+    history_images: int = 10_000  # x 50 transitions each
     postgres: bool = True
     profile: str = "auto"  # auto: when a throughput or latency target is missed; always; never
 
@@ -57,7 +58,7 @@ class Config:
 
 QUICK = Config(
     rounds=1, duration=2.0, cached_images=1000, ingest_images=200, reconcile_amis=90, reconcile_settled=9,
-    reconcile_building=1, live_per_path=5, memory_images=2000,
+    reconcile_building=1, live_per_path=5, memory_images=2000, history_images=1000,
 )
 
 
@@ -420,6 +421,17 @@ class Bench:
             "AWS call; an image the cache has never seen costs one targeted refresh."
         )
 
+    # -- history at scale (bench/history.py) ---------------------------------------------------------------
+
+    def history(self) -> None:
+        config = dataclasses.replace(
+            history.HistoryConfig(), images=self.config.history_images, rounds=self.config.rounds,
+            duration=min(self.config.duration, history.HistoryConfig.duration), postgres=self.config.postgres,
+        )
+        outcome = history.run(config, fake=self.fake, workdir=self.workdir)
+        self.rows += outcome.rows
+        self.notes += outcome.notes
+
     def run(self) -> None:
         self.http()
         self.events()
@@ -428,6 +440,7 @@ class Bench:
         self.ingest()
         self.reconcile()
         self.memory()
+        self.history()
 
 
 def _parser() -> argparse.ArgumentParser:
