@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -89,7 +89,7 @@ class FleetTransitions:
                     raise BadRequest(f"{name} pages JSON answers; an export ({media}) streams every matching row")
             upto = await fleet.latest_id(runtime.engine, query_seconds=bound)
             runtime.metrics.history_queries["transitions_export"] += 1
-            render = _ndjson if media == NDJSON else _csv()
+            render = Render() if media == NDJSON else CsvRender()
             return StreamingResponse(
                 _export(runtime, where=where, descending=descending, upto=upto, render=render),
                 media_type=media,
@@ -137,51 +137,45 @@ def _cursor(cursor: dict[str, Any]) -> tuple[fleet.TransitionKey, int]:
         raise BadToken() from exc
 
 
-Render = Callable[[list[Any]], bytes]
+class Render:
+    """Rows to bytes in one export format; `opening` is what the stream starts with even when no row matches."""
+
+    opening = b""
+
+    def rows(self, rows: list[Any]) -> bytes:
+        return b"".join(orjson.dumps(item(row)) + b"\n" for row in rows)
 
 
-def _ndjson(rows: list[Any]) -> bytes:
-    return b"".join(orjson.dumps(item(row)) + b"\n" for row in rows)
-
-
-def _csv() -> Render:
+class CsvRender(Render):
     """CSV with its header first; absent values are empty cells."""
-    header_sent = False
 
-    def render(rows: list[Any]) -> bytes:
-        nonlocal header_sent
+    opening = (",".join(CSV_COLUMNS) + "\r\n").encode()
+
+    def rows(self, rows: list[Any]) -> bytes:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\r\n")
-        if not header_sent:
-            writer.writerow(CSV_COLUMNS)
-            header_sent = True
         for row in rows:
             values = item(row)
             writer.writerow(["true" if values.get(c) is True else values.get(c, "") for c in CSV_COLUMNS])
         return text.getvalue().encode()
-
-    return render
 
 
 async def _export(
     runtime: Runtime, *, where: fleet.TransitionFilter, descending: bool, upto: int, render: Render
 ) -> AsyncIterator[bytes]:
     sent = 0
-    first = True
+    if render.opening:
+        yield render.opening
     try:
         async for rows in fleet.export(
             runtime.engine, where=where, descending=descending, upto=upto, batch=EXPORT_BATCH,
             query_seconds=runtime.settings.history_query_seconds,
         ):
-            chunk = render(rows)
-            first = False
             sent += len(rows)
             runtime.metrics.history_rows_exported += len(rows)
-            yield chunk
+            yield render.rows(rows)
     except Exception:
-        # Headers are gone: the only way left to say "incomplete" is to end the stream abnormally.
+        # The status line is gone: the only way left to say "incomplete" is to end the stream abnormally.
         log.exception("transition export of %s ended after %d rows", where.region, sent)
         raise
-    if first and render is not _ndjson:
-        yield render([])  # a CSV always has its header
     log.info("exported %d transitions of %s", sent, where.region)

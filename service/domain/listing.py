@@ -35,7 +35,7 @@ def item(
         entry: dict[str, Any] = {
             "imageId": image_id,
             "imageBuildStatus": "BUILD_COMPLETE",
-            "ec2AmiInfo": {"amiId": ami_id},
+            "ec2AmiInfo": {"amiId": ami_id} if ami_id is not None else None,
             "region": region,
             "version": version,
         }
