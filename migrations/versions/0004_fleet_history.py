@@ -49,7 +49,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("pcluster_version", sa.String(32), nullable=True))
     op.create_index("ix_transitions_region_happened", "transitions", ["region", "happened_at", "id"])
     op.create_index("ix_transitions_image_happened", "transitions", ["region", "image_id", "happened_at", "id"])
-    op.create_index("ix_transitions_image_observed", "transitions", ["region", "image_id", "observed_at", "id"])
+    op.create_index(
+        "ix_transitions_image_observed", "transitions",
+        ["region", "image_id", "observed_at", "id", "stack_status", "ami_state"],
+    )
 
     bind = op.get_bind()
     images = sa.table(

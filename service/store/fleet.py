@@ -31,12 +31,29 @@ class ListedPage:
     next_after: str | None
 
 
-def _listed(image_status: str) -> ColumnElement[bool]:
+def _in_force(column: ColumnElement[Any], at: datetime) -> ColumnElement[Any]:
+    """`column` of the image's transition in force at `at` (its latest observed by then), per images row."""
+    return (
+        select(column)
+        .where(
+            transitions.c.region == images.c.region,
+            transitions.c.image_id == images.c.image_id,
+            transitions.c.observed_at <= at,
+        )
+        .order_by(transitions.c.observed_at.desc(), transitions.c.id.desc())
+        .limit(1)
+        .correlate(images)
+        .scalar_subquery()
+    )
+
+
+def _listed(image_status: str, at: datetime) -> ColumnElement[bool]:
+    # Read from ix_transitions_image_observed alone (it carries both columns), so an image that is not listed
+    # costs one index probe, not a probe and a row: PENDING and FAILED look at every image.
     if image_status == "AVAILABLE":
-        return transitions.c.ami_state.is_not(None)
-    if image_status == "PENDING":
-        return transitions.c.stack_status.in_(listing.PENDING_STACK_STATUSES)
-    return transitions.c.stack_status.in_(listing.FAILED_STACK_STATUSES)
+        return _in_force(transitions.c.ami_state, at).is_not(None)
+    statuses = listing.PENDING_STACK_STATUSES if image_status == "PENDING" else listing.FAILED_STACK_STATUSES
+    return _in_force(transitions.c.stack_status, at).in_(statuses)
 
 
 async def images_at(
@@ -50,25 +67,13 @@ async def images_at(
     query_seconds: float,
 ) -> ListedPage:
     """A ListImages page as the cache would have answered it at `at`, by image id after `after`."""
-    in_force = (
-        select(transitions.c.id)
-        .where(
-            transitions.c.region == images.c.region,
-            transitions.c.image_id == images.c.image_id,
-            transitions.c.observed_at <= at,
-        )
-        .order_by(transitions.c.observed_at.desc(), transitions.c.id.desc())
-        .limit(1)
-        .correlate(images)
-        .scalar_subquery()
-    )
     statement = (
         select(
             images.c.image_id, transitions.c.stack_status, transitions.c.stack_id, transitions.c.ami_id,
             transitions.c.pcluster_version,
         )
-        .select_from(images.join(transitions, transitions.c.id == in_force))
-        .where(images.c.region == region, images.c.image_id > (after or ""), _listed(image_status))
+        .select_from(images.join(transitions, transitions.c.id == _in_force(transitions.c.id, at)))
+        .where(images.c.region == region, images.c.image_id > (after or ""), _listed(image_status, at))
         .order_by(images.c.image_id)
         .limit(limit + 1)
     )

@@ -142,10 +142,12 @@ Index(
     "ix_transitions_image_happened",
     transitions.c.region, transitions.c.image_id, transitions.c.happened_at, transitions.c.id,
 )
-# An image's state as the cache knew it at a moment: its latest transition observed by then.
+# An image's state as the cache knew it at a moment: its latest transition observed by then, with the two
+# statuses ListImages filters on, so deciding whether an image is listed reads the index alone.
 Index(
     "ix_transitions_image_observed",
     transitions.c.region, transitions.c.image_id, transitions.c.observed_at, transitions.c.id,
+    transitions.c.stack_status, transitions.c.ami_state,
 )
 Index("ix_images_imagebuilder_arn", images.c.imagebuilder_arn)
 Index("ix_images_region_stack_status", images.c.region, images.c.stack_status)
