@@ -47,6 +47,7 @@ def test_the_answer_format_follows_the_accept_header(accept: str | None, chosen:
         ("limit=%EF%BC%91", "limit must be a whole number from 1 to 10"),  # a full-width 1
         ("limit=11", "limit must be a whole number from 1 to 10"),
         ("limit=-1", "limit must be a whole number from 1 to 10"),
+        ("limit=" + "1" * 5000, "limit must be a whole number from 1 to 10"),  # int() itself refuses 4,301+ digits
     ],
 )
 def test_bad_parameters_are_named(query: str, message: str) -> None:

@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import builds, changes, describe, history, listing, transitions
+from service.api import builds, changes, describe, history, listing, pages, transitions
 from service.api.errors import HANDLERS
 from service.api.health import Health
 from service.api.state import AppState
@@ -69,14 +69,15 @@ def create_app(
 
     describe_route = describe.DescribeImage(state)
     health = Health(state)
-    build_routes = builds.Builds(state)
+    page_tokens = pages.PageTokens(lambda name: state.runtime.keys.get(name))
+    build_routes = builds.Builds(state, page_tokens)
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
             Route(history.PATH, history.ImageHistory(state).endpoint, methods=["GET"]),
-            Route(listing.PATH, listing.ListImages(state).endpoint, methods=["GET"]),
+            Route(listing.PATH, listing.ListImages(state, page_tokens).endpoint, methods=["GET"]),
             Route(changes.PATH, changes.ChangeStream(state).endpoint, methods=["GET"]),
-            Route(transitions.PATH, transitions.FleetTransitions(state).endpoint, methods=["GET"]),
+            Route(transitions.PATH, transitions.FleetTransitions(state, page_tokens).endpoint, methods=["GET"]),
             Route(builds.PATH, build_routes.endpoint, methods=["GET"]),
             Route(builds.SUMMARY_PATH, build_routes.summary, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),

@@ -72,8 +72,9 @@ def _time(moment: datetime | None) -> str | None:
 
 
 class Builds:
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
+        self.tokens = tokens
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -92,15 +93,12 @@ class Builds:
         )
         descending = params.choice("order", ORDERS, default="asc") == "desc"
         limit = params.limit(default=PAGE_DEFAULT, maximum=PAGE_MAX)
-        query = pages.context(
-            PATH,
-            {
-                "region": where.region, "since": _time(asked_since), "until": _time(until), "version": where.version,
-                "outcome": where.outcome, "image": where.image_id, "order": "desc" if descending else "asc",
-            },
+        query = pages.query(
+            PATH, region=where.region, since=_time(asked_since), until=_time(until), version=where.version,
+            outcome=where.outcome, imageId=where.image_id, order="desc" if descending else "asc",
         )
-        token = params.text("nextToken")
-        after = _cursor(await pages.cursor_of(runtime, token, query=query)) if token is not None else None
+        cursor = await self.tokens.read(params.text("nextToken"), query=query, kind=str)
+        after = _cursor(cursor) if cursor is not None else None
         page = await builds.page(
             runtime.engine, where=where, descending=descending, after=after, limit=limit,
             query_seconds=settings.history_query_seconds,
@@ -113,9 +111,7 @@ class Builds:
         }
         if page.next_key is not None:
             start, image_id, number = page.next_key
-            body["nextToken"] = await pages.issue(
-                runtime, {"t": start.isoformat(), "image": image_id, "n": number}, query=query
-            )
+            body["nextToken"] = await self.tokens.issue(f"{start.isoformat()} {number} {image_id}", query=query)
         return Response(orjson.dumps(body), media_type=JSON, headers=horizon_headers(oldest, past=past))
 
     async def summary(self, request: Request) -> Response:
@@ -162,8 +158,9 @@ def group_json(group: builds.Group) -> dict[str, Any]:
     return item
 
 
-def _cursor(cursor: dict[str, Any]) -> builds.BuildKey:
+def _cursor(cursor: str) -> builds.BuildKey:
     try:
-        return as_utc(str(cursor["t"])), str(cursor["image"]), int(cursor["n"])
-    except (KeyError, TypeError, ValueError) as exc:
+        start, number, image_id = cursor.split(" ")
+        return as_utc(start), image_id, int(number)
+    except ValueError as exc:
         raise BadToken() from exc

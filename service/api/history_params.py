@@ -17,7 +17,8 @@ from service.errors import BadRequest
 from service.settings import Settings
 from service.support.clock import utcnow
 
-VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")
+WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 ORDERS = ("asc", "desc")
 
 JSON = "application/json"
@@ -35,9 +36,9 @@ class Params:
         self._values: dict[str, str] = {}
         for name, value in parse_qsl(query, keep_blank_values=True):
             if name not in allowed:
-                raise BadRequest(f"unknown query parameter {name!r}; this route takes: {', '.join(allowed)}")
+                raise BadRequest(f"Bad Request: unknown query parameter {name!r}; this route takes: {', '.join(allowed)}")
             if name in self._values:
-                raise BadRequest(f"query parameter {name!r} is given more than once")
+                raise BadRequest(f"Bad Request: query parameter {name!r} is given more than once")
             self._values[name] = value
 
     def text(self, name: str) -> str | None:
@@ -55,7 +56,9 @@ class Params:
         """`since` (inclusive) and `until` (exclusive): a half-open window, so consecutive windows never overlap."""
         since, until = self.timestamp("since"), self.timestamp("until")
         if since is not None and until is not None and since >= until:
-            raise BadRequest(f"since must be before until; got since={iso_time(since)} until={iso_time(until)}")
+            raise BadRequest(
+                f"Bad Request: since must be before until; got since={iso_time(since)} until={iso_time(until)}"
+            )
         return since, until
 
     def choice(self, name: str, choices: Sequence[str], *, default: str | None = None) -> str | None:
@@ -63,15 +66,16 @@ class Params:
         if value is None:
             return default
         if value not in choices:
-            raise BadRequest(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+            raise BadRequest(f"Bad Request: {name} must be one of {', '.join(choices)}; got {value!r}")
         return value
 
     def limit(self, *, default: int, maximum: int) -> int:
         raw = self.text("limit")
         if raw is None:
             return default
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-            raise BadRequest(f"limit must be a whole number from 1 to {maximum}; got {raw!r}")
+        # ASCII digits matched in full, and few of them: int() refuses "²", and a 5,000-digit number with a ValueError.
+        if not WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+            raise BadRequest(f"Bad Request: limit must be a whole number from 1 to {maximum}; got {raw!r}")
         return int(raw)
 
     def image_id(self, name: str = "imageId") -> str | None:
@@ -82,8 +86,8 @@ class Params:
 
     def version(self, name: str = "version") -> str | None:
         value = self.text(name)
-        if value is not None and not VERSION_PATTERN.match(value):
-            raise BadRequest(f"{name} must be a ParallelCluster version such as 3.9.0; got {value!r}")
+        if value is not None and not VERSION_PATTERN.fullmatch(value):
+            raise BadRequest(f"Bad Request: {name} must be a ParallelCluster version such as 3.9.0; got {value!r}")
         return value
 
 

@@ -22,7 +22,7 @@ from service.api.history_params import horizon, horizon_headers
 from service.api.requests import etag_matches, parse_timestamp, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
-from service.errors import BadRequest, BadToken
+from service.errors import BadRequest
 from service.runtime import Runtime
 from service.store import fleet, queries
 from service.support.bounded import BoundedDict
@@ -37,8 +37,9 @@ PAGE_SIZE = 100
 class ListImages:
     """A page is remembered like a record: dropped by any local write, kept at most read_cache_seconds."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
+        self.tokens = tokens
         self._pages: BoundedDict[PageKey, tuple[int, float, bytes, str]] = BoundedDict(PREPARED_MAX_ENTRIES)
         # Clients polling the same page when it expires share one query.
         self._building: SingleFlight[PageKey, tuple[bytes, str]] = SingleFlight()
@@ -56,7 +57,7 @@ class ListImages:
         extra: dict[str, str] = {}
         if at:
             moment = parse_timestamp(at, name="at")
-            body, etag = await _page_at(runtime, region=region, image_status=image_status, at=moment, token=token)
+            body, etag = await self._page_at(runtime, region=region, image_status=image_status, at=moment, token=token)
             oldest = horizon(runtime.settings)
             extra = horizon_headers(oldest, past=moment < oldest)
         else:
@@ -80,6 +81,24 @@ class ListImages:
         return body, etag
 
 
+    async def _page_at(
+        self, runtime: Runtime, *, region: str, image_status: str, at: datetime, token: str | None
+    ) -> tuple[bytes, str]:
+        """A page of the list as it stood at `at`; its token is signed for this very question."""
+        query = pages.query(PATH, region=region, imageStatus=image_status, at=at.isoformat())
+        after = await self.tokens.read(token, query=query, kind=str)
+        page = await fleet.images_at(
+            runtime.engine, region=region, image_status=image_status, at=at, after=after, limit=PAGE_SIZE,
+            query_seconds=runtime.settings.history_query_seconds,
+        )
+        runtime.metrics.history_queries["fleet_at"] += 1
+        document: dict[str, Any] = {"images": page.images}
+        if page.next_after is not None:
+            document["nextToken"] = await self.tokens.issue(page.next_after, query=query)
+        body = orjson.dumps(document)
+        return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+
+
 async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
     region, image_status, token = key
     page = await queries.list_images(runtime.engine, region=region, image_status=image_status, next_token=token)
@@ -88,25 +107,3 @@ async def _build_page(runtime: Runtime, key: PageKey) -> tuple[bytes, str]:
         document["nextToken"] = page.next_token
     return orjson.dumps(document), page.etag
 
-
-async def _page_at(
-    runtime: Runtime, *, region: str, image_status: str, at: datetime, token: str | None
-) -> tuple[bytes, str]:
-    """A page of the list as it stood at `at`; its token is signed for this very question."""
-    query = pages.context(PATH, {"region": region, "imageStatus": image_status, "at": at.isoformat()})
-    after: str | None = None
-    if token:
-        cursor = await pages.cursor_of(runtime, token, query=query)
-        if not isinstance(cursor.get("after"), str):
-            raise BadToken()
-        after = cursor["after"]
-    page = await fleet.images_at(
-        runtime.engine, region=region, image_status=image_status, at=at, after=after, limit=PAGE_SIZE,
-        query_seconds=runtime.settings.history_query_seconds,
-    )
-    runtime.metrics.history_queries["fleet_at"] += 1
-    document: dict[str, Any] = {"images": page.images}
-    if page.next_after is not None:
-        document["nextToken"] = await pages.issue(runtime, {"after": page.next_after}, query=query)
-    body = orjson.dumps(document)
-    return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'

@@ -63,9 +63,12 @@ def region_from(region: str | None, settings: Settings) -> str:
 def parse_timestamp(value: str, *, name: str) -> datetime:
     try:
         return as_utc(value)
-    # OverflowError: a valid text whose UTC equivalent is outside datetime's range (0001-01-01T00:00+05:00).
     except (ValueError, OverflowError) as exc:
-        raise BadRequest(f"{name} must be an ISO 8601 timestamp, e.g. 2022-03-30T23:23:33Z; got {value!r}") from exc
+        # OverflowError: a moment whose UTC form falls outside years 1-9999 (0001-01-01T00:00:00+05:00).
+        raise BadRequest(
+            f"Bad Request: {name} must be an ISO 8601 timestamp between years 1 and 9999 UTC, "
+            f"e.g. 2022-03-30T23:23:33Z; got {value!r}"
+        ) from exc
 
 
 def optional_timestamp(params: dict[str, str], name: str) -> datetime | None:

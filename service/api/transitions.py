@@ -61,8 +61,9 @@ def item(row: Any) -> dict[str, Any]:
 
 
 class FleetTransitions:
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
+        self.tokens = tokens
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -86,7 +87,7 @@ class FleetTransitions:
         if media != JSON:
             for name in ("limit", "nextToken"):
                 if params.given(name):
-                    raise BadRequest(f"{name} pages JSON answers; an export ({media}) streams every matching row")
+                    raise BadRequest(f"Bad Request: {name} pages JSON answers; an export ({media}) streams every matching row")
             upto = await fleet.latest_id(runtime.engine, query_seconds=bound)
             runtime.metrics.history_queries["transitions_export"] += 1
             render = Render() if media == NDJSON else CsvRender()
@@ -96,17 +97,14 @@ class FleetTransitions:
                 headers={**headers, "Cache-Control": "no-store"},
             )
         limit = params.limit(default=PAGE_DEFAULT, maximum=PAGE_MAX)
-        query = pages.context(
-            PATH,
-            {
-                "region": where.region, "since": _time(since), "until": _time(until), "status": where.build_status,
-                "image": where.image_id, "source": where.source, "order": "desc" if descending else "asc",
-            },
+        query = pages.query(
+            PATH, region=where.region, since=_time(since), until=_time(until), imageBuildStatus=where.build_status,
+            imageId=where.image_id, source=where.source, order="desc" if descending else "asc",
         )
-        token = params.text("nextToken")
+        cursor = await self.tokens.read(params.text("nextToken"), query=query, kind=str)
         after: fleet.TransitionKey | None = None
-        if token is not None:
-            after, upto = _cursor(await pages.cursor_of(runtime, token, query=query))
+        if cursor is not None:
+            after, upto = _cursor(cursor)
         else:
             upto = await fleet.latest_id(runtime.engine, query_seconds=bound)
         page = await fleet.transitions_page(
@@ -120,9 +118,8 @@ class FleetTransitions:
         }
         if page.next_key is not None:
             moment, row_id = page.next_key
-            body["nextToken"] = await pages.issue(
-                runtime, {"t": moment.isoformat(), "id": row_id, "upto": upto}, query=query
-            )
+            # Where the next page starts, and the newest row of this paging session.
+            body["nextToken"] = await self.tokens.issue(f"{moment.isoformat()} {row_id} {upto}", query=query)
         return Response(orjson.dumps(body), media_type=JSON, headers=headers)
 
 
@@ -130,10 +127,11 @@ def _time(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def _cursor(cursor: dict[str, Any]) -> tuple[fleet.TransitionKey, int]:
+def _cursor(cursor: str) -> tuple[fleet.TransitionKey, int]:
     try:
-        return (as_utc(str(cursor["t"])), int(cursor["id"])), int(cursor["upto"])
-    except (KeyError, TypeError, ValueError) as exc:
+        moment, row_id, upto = cursor.split(" ")
+        return (as_utc(moment), int(row_id)), int(upto)
+    except ValueError as exc:
         raise BadToken() from exc
 
 
