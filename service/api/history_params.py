@@ -36,7 +36,9 @@ class Params:
         self._values: dict[str, str] = {}
         for name, value in parse_qsl(query, keep_blank_values=True):
             if name not in allowed:
-                raise BadRequest(f"Bad Request: unknown query parameter {name!r}; this route takes: {', '.join(allowed)}")
+                raise BadRequest(
+                    f"Bad Request: unknown query parameter {name!r}; this route takes: {', '.join(allowed)}"
+                )
             if name in self._values:
                 raise BadRequest(f"Bad Request: query parameter {name!r} is given more than once")
             self._values[name] = value

@@ -87,7 +87,9 @@ class FleetTransitions:
         if media != JSON:
             for name in ("limit", "nextToken"):
                 if params.given(name):
-                    raise BadRequest(f"Bad Request: {name} pages JSON answers; an export ({media}) streams every matching row")
+                    raise BadRequest(
+                        f"Bad Request: {name} pages JSON answers; an export ({media}) streams every matching row"
+                    )
             upto = await fleet.latest_id(runtime.engine, query_seconds=bound)
             runtime.metrics.history_queries["transitions_export"] += 1
             render = Render() if media == NDJSON else CsvRender()
