@@ -183,7 +183,10 @@ async def test_a_token_continues_only_its_own_query(scripted: list[Truth], clien
     token = first["nextToken"]
 
     other = await client.get("/v3/image-builds", params={**WINDOW, "outcome": "failed", "nextToken": token})
-    tampered = await client.get("/v3/image-builds", params={**WINDOW, "nextToken": token[:-2] + "AA"})
+    # The MAC's first character: all six of its bits count (a token's last character carries only two).
+    mac = token.index(".") + 1
+    forged = token[:mac] + ("B" if token[mac] == "A" else "A") + token[mac + 1 :]
+    tampered = await client.get("/v3/image-builds", params={**WINDOW, "nextToken": forged})
     repeated = await client.get(f"/v3/image-builds?limit=2&limit=3&nextToken={token}")
 
     assert other.status_code == tampered.status_code == repeated.status_code == 400
