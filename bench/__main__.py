@@ -19,7 +19,7 @@ from types import FrameType
 
 import httpx
 
-from bench import events, ingest, lists, live, load, profile, report, seed, servers, storms, streams, wrk
+from bench import events, history, ingest, lists, live, load, profile, report, seed, servers, storms, streams, wrk
 from bench.fake import TimedFakeAws
 from bench.report import Row
 
@@ -47,6 +47,7 @@ class Config:
     memory_images: int = 10_000
     stream_clients: int = 10_000
     stream_compared: int = 500  # clients in the side-by-side with today's change stream
+    history_images: int = 10_000  # x 50 transitions each
     postgres: bool = True
     profile: str = "auto"  # auto: when a throughput or latency target is missed; always; never
 
@@ -60,6 +61,7 @@ class Config:
 QUICK = Config(
     rounds=1, duration=2.0, cached_images=1000, ingest_images=200, reconcile_amis=90, reconcile_settled=9,
     reconcile_building=1, live_per_path=5, memory_images=2000, stream_clients=2000, stream_compared=200,
+    history_images=1000,
 )
 
 
@@ -484,6 +486,17 @@ class Bench:
         self.rows += stream_bench.rows
         self.notes += stream_bench.notes
 
+    # -- history at scale (bench/history.py) ---------------------------------------------------------------
+
+    def history(self) -> None:
+        config = dataclasses.replace(
+            history.HistoryConfig(), images=self.config.history_images, rounds=self.config.rounds,
+            duration=min(self.config.duration, history.HistoryConfig.duration), postgres=self.config.postgres,
+        )
+        outcome = history.run(config, fake=self.fake, workdir=self.workdir)
+        self.rows += outcome.rows
+        self.notes += outcome.notes
+
     def run(self) -> None:
         self.http()
         self.events()
@@ -493,6 +506,7 @@ class Bench:
         self.reconcile()
         self.memory()
         self.streams()
+        self.history()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ StatusCacheError
  ├── SchemaError               the database is not at the migrations' head
  ├── MalformedEvent            a queue message is not an event we can read (kept as poison, counted, deleted)
  ├── DatabaseUnavailable       the database cannot be reached or did not answer in time (503 with Retry-After)
+ ├── QueryTimeout              a read of history took longer than its bound (HTTP 503; nothing was changed)
  ├── RequestError              a client's request is wrong (HTTP 4xx; never reaches AWS or SQL)
  │    ├── BadRequest           400
  │    │    └── BadToken        a nextToken this service did not issue
@@ -43,6 +44,10 @@ class DatabaseUnavailable(StatusCacheError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+class QueryTimeout(StatusCacheError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the query took longer than {seconds:g}s; ask for a narrower window or fewer rows")
+        self.seconds = seconds
 
 
 class RequestError(StatusCacheError):

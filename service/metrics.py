@@ -184,6 +184,15 @@ class Metrics:
     database_unavailable_answers: int = 0
     database_stale_answers: int = 0
     database_down: bool = False
+    # History queries answered, by kind: fleet_at (ListImages at=), transitions, transitions_export, builds,
+    # builds_summary.
+    history_queries: Counter[str] = field(default_factory=Counter)
+    # Transition rows streamed by exports (NDJSON, CSV).
+    history_rows_exported: int = 0
+    # History queries cut off by STATUSCACHE_HISTORY_QUERY_SECONDS (answered 503).
+    history_timeouts: int = 0
+    # Images whose builds were derived again after their transitions changed.
+    builds_derived: int = 0
 
     def behind_since(self, region: str) -> float | None:
         """Since when this process may be behind AWS in `region` (either way of hearing of changes), if it may."""

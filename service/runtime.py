@@ -61,6 +61,10 @@ class ChangeSignal:
 
 
 PRUNE_INTERVAL_SECONDS = 3600.0
+# Builds are derived this long after this process writes transitions (gathering a burst into one pass),
+# and looked for at least this often otherwise (other replicas' writes).
+BUILDS_GATHER_SECONDS = 0.2
+BUILDS_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Runtime:
     # Database outages as requests meet them: logged once, summarised, ended by a probe.
     outage: DatabaseOutage
     changes: ChangeSignal = field(default_factory=ChangeSignal)
+    # Wakes the build derivation when this process writes transitions.
+    transitioned: ChangeSignal = field(default_factory=ChangeSignal)
     polling: bool = False
     # Set when shutdown begins (SIGTERM): readiness answers 503 and change streams end.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,6 +124,9 @@ class Runtime:
         cache.on_owed = runtime.healer.wake
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
+        cache.subscribe(
+            lambda results: runtime.transitioned.notify() if any(r.transitioned for r in results) else None
+        )
         return runtime
 
     @classmethod
@@ -152,6 +161,8 @@ class Runtime:
                 runtime.start(runtime.prune_forever(), name="pruner")
             if heal:
                 runtime.start(runtime.healer.run(stop=runtime.stop), name="healer")
+            # Every process derives builds: API replicas write transitions too (live look-ups).
+            runtime.start(runtime.derive_builds_forever(), name="builds")
             for coroutine in background or ():
                 runtime.start(coroutine, name="background")
             runtime.polling = poll
@@ -211,6 +222,20 @@ class Runtime:
                 log.exception("pruning history failed")
             if await sleep_until_stopped(self.stop, PRUNE_INTERVAL_SECONDS):
                 return
+
+    async def derive_builds_forever(self) -> None:
+        """Builds follow the transitions: derived shortly after this process writes some, and every second
+        for other replicas' writes (service.store.builds)."""
+        log.info("build derivation started")
+        while not self.stop.is_set():
+            try:
+                self.metrics.builds_derived += await self.cache.derive_builds()
+            except Exception:
+                log.exception("deriving builds failed; retrying")
+            await self.transitioned.wait(seconds=BUILDS_POLL_SECONDS)
+            if await sleep_until_stopped(self.stop, BUILDS_GATHER_SECONDS):
+                break
+        log.info("build derivation stopped")
 
     def stats(self) -> dict[str, Any]:
         """/stats: what the metrics say, in the shape clients already read."""

@@ -82,6 +82,8 @@ class Settings:
     refresh_concurrency: int = knob(4, minimum=1)
     # Transitions and document revisions older than this are pruned in the background.
     history_days: float = knob(365.0, minimum=1.0)
+    # The bound on each history query (fleet at a moment, transitions, builds, summaries, each export batch).
+    history_query_seconds: float = knob(10.0, minimum=0.1)
     # The change stream: how often it looks for other replicas' changes, and its heartbeat.
     sse_poll_seconds: float = knob(1.0, minimum=0.05)
     sse_heartbeat_seconds: float = knob(15.0, minimum=1.0)

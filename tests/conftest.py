@@ -164,8 +164,8 @@ def empty_postgres_url(postgres_url: str) -> str:
             async with engine.begin() as connection:
                 await connection.execute(
                     text(
-                        "TRUNCATE images, revisions, transitions, processed_events, poison_messages, refreshes "
-                        "RESTART IDENTITY"
+                        "TRUNCATE images, revisions, transitions, builds, builds_pending, processed_events, "
+                        "poison_messages, refreshes RESTART IDENTITY"
                     )
                 )
         finally:

@@ -26,7 +26,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db, queries
 from service.store.cache import READ, Cache, Poison, is_retryable, stored_image
-from service.store.tables import poison_messages, processed_events, revisions, transitions
+from service.store.tables import builds, poison_messages, processed_events, revisions, transitions
 from tests.conftest import BACKENDS, stored_images
 
 pytestmark = pytest.mark.asyncio
@@ -156,19 +156,30 @@ async def test_readers_never_fail_while_another_engine_writes(settings: Settings
     assert await stored_images(runtime) == 21
 
 
-async def test_prune_drops_old_history_but_keeps_current_revisions(runtime: Runtime) -> None:
+async def test_prune_drops_old_history_but_keeps_current_revisions_and_the_state_at_the_horizon(
+    runtime: Runtime,
+) -> None:
     old = datetime.now(UTC) - timedelta(days=400)
     await runtime.cache.apply(change(old, stack_info=stack()))
     await runtime.cache.apply(change(old + timedelta(days=1), stack_info=stack("CREATE_COMPLETE")))
     await runtime.cache.apply(change(datetime.now(UTC), stack_info=stack("DELETE_IN_PROGRESS")))
+    await runtime.cache.derive_builds()
+    assert await count(runtime, builds) == 1
+    horizon = datetime.now(UTC) - timedelta(days=365)
 
-    removed = await queries.prune(runtime.engine, older_than=datetime.now(UTC) - timedelta(days=365))
+    removed = await queries.prune(runtime.engine, older_than=horizon)
 
-    assert removed == 4  # two old transitions, two superseded old revisions
-    assert await count(runtime, transitions) == 1
-    assert await count(runtime, revisions) == 1
+    # The first transition and revision go, and the build that started 400 days ago; the second of each stays:
+    # it is what was in force at the horizon, so `at=` any moment since still has its answer.
+    assert removed == 3
+    assert await count(runtime, transitions) == 2
+    assert await count(runtime, revisions) == 2
+    assert await count(runtime, builds) == 0
     cached = await runtime.cache.read(region=REGION, image_id="img")
     assert cached is not None and cached.version == 3
+    at_horizon = await queries.image_at(runtime.engine, region=REGION, image_id="img", at=horizon)
+    assert at_horizon is not None and at_horizon.version == 2
+    assert await queries.prune(runtime.engine, older_than=horizon) == 0
 
 
 async def test_a_read_after_a_local_write_sees_it_at_once(runtime: Runtime) -> None:

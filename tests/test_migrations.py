@@ -134,3 +134,76 @@ async def test_status_since_is_backfilled_from_the_transitions(backend: str, tmp
     finally:
         if backend == "postgresql":
             await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_fleet_history_is_backfilled_from_the_transitions(backend: str, tmp_path: Path) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from service.store.tables import builds, images, transitions
+    from tests.conftest import _pg_admin, _pg_database_url
+
+    name = f"statuscache_fleet_{id(tmp_path)}"
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    else:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        url = _pg_database_url(name)
+    t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    stack_id = "arn:aws:cloudformation:us-east-1:123456789012:stack/built/1"
+    tags = [["parallelcluster:image_id", "built"], ["parallelcluster:version", "3.9.0"]]
+    parts = {
+        "stack": None,
+        "ami": {"asOf": t0.isoformat(), "value": {"amiId": "ami-1", "state": "available", "tags": tags}},
+        "imagebuilder": None,
+        "config": None,
+    }
+    try:
+        await asyncio.to_thread(command.upgrade, db.alembic_config(url), "0004_refreshes")
+        engine = db.create_engine(Settings(database_url=url))
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(images).values(
+                    region="us-east-1", image_id="built", version=3, exists=True, document="{}",
+                    config_available=False, parts=orjson.dumps(parts).decode(), created_at=t0, changed_at=t0,
+                    confirmed_at=t0, seq=3, build_status="BUILD_COMPLETE", stack_id=stack_id, ami_id="ami-1",
+                    ami_state="AVAILABLE",
+                )
+            )
+            for minutes, stack_status, ami_state in (
+                (0, "CREATE_IN_PROGRESS", None), (50, "CREATE_COMPLETE", None), (51, "CREATE_COMPLETE", "AVAILABLE")
+            ):
+                moment = t0 + timedelta(minutes=minutes)
+                await connection.execute(
+                    insert(transitions).values(
+                        region="us-east-1", image_id="built", happened_at=moment, observed_at=moment, source="event",
+                        exists=True, build_status="BUILD_COMPLETE" if stack_status == "CREATE_COMPLETE" else
+                        "BUILD_IN_PROGRESS", stack_status=stack_status, ami_state=ami_state,
+                    )
+                )
+        await engine.dispose()
+        await db.migrate(url)
+        engine = db.create_engine(Settings(database_url=url))
+        async with engine.connect() as connection:
+            kept = (
+                await connection.execute(
+                    select(transitions.c.stack_id, transitions.c.ami_id, transitions.c.pcluster_version)
+                    .order_by(transitions.c.id)
+                )
+            ).all()
+            derived = (await connection.execute(select(builds))).all()
+        await engine.dispose()
+        assert [tuple(row) for row in kept] == [
+            (stack_id, None, "3.9.0"), (stack_id, None, "3.9.0"), (stack_id, "ami-1", "3.9.0")
+        ]
+        assert [(row.image_id, row.start_time, row.end_time, row.outcome, row.pcluster_version) for row in derived] == [
+            ("built", t0, t0 + timedelta(minutes=50), "complete", "3.9.0")
+        ]
+    finally:
+        if backend == "postgresql":
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

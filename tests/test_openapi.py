@@ -139,9 +139,12 @@ def test_schemathesis_finds_nothing_against_the_live_service(live_service: LiveS
             base_url=base, checks=CHECKS
         )
     both = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
-    for path in ("/v3/images/custom/{imageId}", "/v3/images/custom", "/v3/images/custom/{imageId}/history"):
+    for path in (
+        "/v3/images/custom/{imageId}", "/v3/images/custom", "/v3/images/custom/{imageId}/history",
+        "/v3/image-transitions", "/v3/image-builds", "/v3/image-builds/summary", "/v3/image-states",
+    ):
         run_operation(schema, "GET", path, base_url=base, modes=both)
-    for path in ("/healthz", "/readyz", "/stats", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/stats", "/openapi.json", "/metrics", "/", "/board/{name}"):
         run_operation(schema, "GET", path, base_url=base, modes=[GenerationMode.POSITIVE])
 
     # The change stream never ends while the service runs: asked once shutdown has begun, every stream

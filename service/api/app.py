@@ -28,7 +28,19 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from service.api import board, changes, describe, exposition, history, image_states, listing, openapi, pages
+from service.api import (
+    board,
+    builds,
+    changes,
+    describe,
+    exposition,
+    history,
+    image_states,
+    listing,
+    openapi,
+    pages,
+    transitions,
+)
 from service.api.auth import Authentication
 from service.api.cors import Cors
 from service.api.errors import HANDLERS, DatabaseErrors
@@ -99,6 +111,7 @@ def create_app(
     stream_route = changes.ChangeStream(state)
     health = Health(state)
     status_board = board.Board()
+    build_routes = builds.Builds(state, page_tokens)
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
@@ -106,6 +119,9 @@ def create_app(
             Route(listing.PATH, list_route, methods=["GET"]),
             Route(changes.PATH, stream_route, methods=["GET"]),
             Route(image_states.PATH, image_states.ImageStates(state).endpoint, methods=["GET"]),
+            Route(transitions.PATH, transitions.FleetTransitions(state, page_tokens).endpoint, methods=["GET"]),
+            Route(builds.PATH, build_routes.endpoint, methods=["GET"]),
+            Route(builds.SUMMARY_PATH, build_routes.summary, methods=["GET"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route(exposition.PATH, exposition.MetricsEndpoint(state).endpoint, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),

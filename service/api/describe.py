@@ -30,6 +30,7 @@ from email.utils import format_datetime
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.history_params import horizon, horizon_headers
 from service.api.instrument import CACHE_KEY, ROUTE_KEY
 from service.api.requests import (
     etag_matches,
@@ -199,12 +200,15 @@ class DescribeImage:
         params = query_params(scope["query_string"])
         region = region_from(params.get("region"), runtime.settings)
         at = params.get("at")
+        more: RawHeaders = []
         if at is not None:
             moment = parse_timestamp(at, name="at")
             past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=moment)
             if past is None or not past.exists:
                 raise NotFound(not_found_message(image_id))
             answer = Answer(past, hit=True)
+            oldest = horizon(runtime.settings)
+            more = [(k.lower().encode(), v.encode()) for k, v in horizon_headers(oldest, past=moment < oldest).items()]
         else:
             # Recently read records are answered without awaiting anything.
             recent = runtime.lookup.recent(region=region, image_id=image_id)
@@ -218,7 +222,7 @@ class DescribeImage:
             runtime, answer.image, hit=answer.hit, stale=answer.stale, historical=at is not None
         )
         scope[CACHE_KEY] = CACHE_LABEL[outcome]
-        await send_prepared(send, prepared, extra=extra, if_none_match=header(scope, b"if-none-match"))
+        await send_prepared(send, prepared, extra=[*extra, *more], if_none_match=header(scope, b"if-none-match"))
 
 
 def caller_of(scope: Scope) -> str:

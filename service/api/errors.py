@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.state import AppState
-from service.errors import AwsError, AwsThrottled, RequestError
+from service.errors import AwsError, AwsThrottled, QueryTimeout, RequestError
 from service.store import db
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = NOT_FOUND_ROUTE if exc.status_code == 404 else exc.detail
     return error_response(exc.status_code, message, headers=exc.headers)
+
+
+async def query_timeout(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueryTimeout)
+    state = getattr(request.app.state, "statuscache", None)
+    if state is not None and state.opened is not None:
+        state.opened.metrics.history_timeouts += 1
+    log.warning("history query on %s cut off after %gs", request.url.path, exc.seconds)
+    return error_response(503, str(exc))
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
@@ -115,6 +124,7 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 HANDLERS: dict[Any, Handler] = {
     RequestError: request_error,
     AwsError: aws_error,
+    QueryTimeout: query_timeout,
     HTTPException: http_error,
     Exception: unexpected,
 }

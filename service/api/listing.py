@@ -9,6 +9,10 @@ one carries the entity tag made weak, see service.api.compression).
 
 A page is remembered by its request's raw nextToken: only a token that verified (service.api.pages) ever
 built a page, so a forged one never finds a remembered page and is refused when its page is built.
+
+With `at=T` it answers as it would have at T (same shape, same pagination), from the transitions: the
+fleet as the cache knew it then, consistent with describe `at=T` (service.store.fleet). Those pages are
+not remembered (each moment is asked once) and go to the router.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ import gzip
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import pages
-from service.api.compression import LEVEL, MIN_SIZE, accepts_gzip, weak
-from service.api.requests import etag_matches, header, query_params, region_from
+from service.api.compression import LEVEL, MIN_SIZE, Compressor, accepts_gzip, weak
+from service.api.history_params import horizon, horizon_headers
+from service.api.requests import etag_matches, header, parse_timestamp, query_params, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
 from service.errors import BadRequest
 from service.runtime import Runtime
-from service.store import queries
+from service.store import fleet, queries
 from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 
@@ -105,6 +112,8 @@ async def send_page(send: Send, page: Page, scope: Scope) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": page.headers_200})
         await send({"type": "http.response.body", "body": page.body})
 
+AT_PAGE_SIZE = 100
+
 
 class ListImages:
     """The route: a plain ASGI endpoint, like describe's, answering from prepared pages."""
@@ -114,6 +123,7 @@ class ListImages:
         self.tokens = tokens
         self._pages: BoundedDict[PageKey, Page] = BoundedDict(PAGE_MAX_ENTRIES)
         self._entries = queries.ListEntries()
+        self._at_compressor = Compressor()
         # Clients polling the same page when it expires share one query.
         self._building: SingleFlight[PageKey, Page] = SingleFlight()
         self._refreshing: set[asyncio.Task[Page]] = set()
@@ -127,9 +137,36 @@ class ListImages:
         if image_status not in IMAGE_STATUS_FILTERS:
             raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
         region = region_from(params.get("region"), runtime.settings)
+        at = params.get("at")
+        if at:
+            await self._answer_at(scope, receive, send, runtime, region=region, image_status=image_status, at=at)
+            return
         key = (region, image_status, params.get("nextToken") or None)
         page = self.remembered(runtime, key) or await self._building.run(key, lambda: self._build(runtime, key))
         await send_page(send, page, scope)
+
+    async def _answer_at(
+        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, *, region: str, image_status: str, at: str
+    ) -> None:
+        """A page of the list as it stood at `at`; its token is signed for this very question."""
+        moment = parse_timestamp(at, name="at")
+        request = Request(scope, receive)
+        query = pages.query(PATH, region=region, imageStatus=image_status, at=moment.isoformat())
+        after = await self.tokens.read(request.query_params.get("nextToken"), query=query, kind=str)
+        page = await fleet.images_at(
+            runtime.engine, region=region, image_status=image_status, at=moment, after=after, limit=AT_PAGE_SIZE,
+            query_seconds=runtime.settings.history_query_seconds,
+        )
+        runtime.metrics.history_queries["fleet_at"] += 1
+        document: dict[str, Any] = {"images": page.images}
+        if page.next_after is not None:
+            document["nextToken"] = await self.tokens.issue(page.next_after, query=query)
+        body = orjson.dumps(document)
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        oldest = horizon(runtime.settings)
+        headers = {"Cache-Control": "no-cache", **horizon_headers(oldest, past=moment < oldest)}
+        response = self._at_compressor.answer(request, body, etag=etag, headers=headers)
+        await response(scope, receive, send)
 
     def remembered(self, runtime: Runtime, key: PageKey) -> Page | None:
         """The remembered page while it may still be served; past half its life, a rebuild starts behind it."""
@@ -190,7 +227,7 @@ class FastList:
             params = query_params(scope["query_string"])
             image_status = params.get("imageStatus")
             region = params.get("region") or runtime.settings.default_region
-            if image_status in IMAGE_STATUS_FILTERS and region in runtime.settings.regions:
+            if image_status in IMAGE_STATUS_FILTERS and region in runtime.settings.regions and "at" not in params:
                 page = self.route.remembered(runtime, (region, image_status, params.get("nextToken") or None))
                 if page is not None:
                     await send_page(send, page, scope)

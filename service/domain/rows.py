@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from service.domain import records
-from service.domain.models import Change, ConfigLocation, StatusFields
+from service.domain.describe import visible_stack
+from service.domain.models import TAG_VERSION, Change, ConfigLocation, StatusFields, tag_value
 
 Row = dict[str, Any]
 
@@ -73,6 +74,23 @@ def status_of(row: Mapping[str, Any]) -> StatusFields:
     return StatusFields(**values)
 
 
+def listing_columns(parts: records.Parts) -> Row:
+    """What a transition keeps besides the statuses, for ListImages at a past moment: the visible stack's id,
+    the AMI's id, and the ParallelCluster version (the AMI's tag, else the stack's)."""
+    stack = visible_stack(parts.stack_value)
+    ami = parts.ami_value
+    tags = ami.tags if ami is not None else stack.tags if stack is not None else ()
+    return {
+        "stack_id": stack.stack_id if stack is not None else None,
+        "ami_id": ami.ami_id if ami is not None else None,
+        "pcluster_version": tag_value(tags, TAG_VERSION),
+    }
+
+
+def _links(columns: Mapping[str, Any]) -> tuple[Any, Any]:
+    return columns["stack_id"], columns["ami_id"]
+
+
 def config_columns(config: ConfigLocation) -> Row:
     return {"config_bucket": config.bucket, "config_key": config.key, "config_available": config.available}
 
@@ -113,7 +131,9 @@ def apply(stored: Mapping[str, Any] | None, change: Change) -> Written:
     changed = stored is None or (
         document != stored["document"] or fields.exists != bool(stored["exists"]) or config != config_of(stored)
     )
-    transitioned = stored is None or status_of(stored) != fields
+    listed = listing_columns(after)
+    # Another stack or AMI in the same statuses is a transition too: what ListImages showed changed.
+    transitioned = stored is None or status_of(stored) != fields or _links(listing_columns(before)) != _links(listed)
     version = (stored["version"] if stored else 0) + (1 if changed else 0)
     happened = change.happened_at or change.observed_at
 
@@ -157,6 +177,7 @@ def apply(stored: Mapping[str, Any] | None, change: Change) -> Written:
             "observed_at": change.observed_at,
             "source": change.source.value,
             **status_columns(fields),
+            **listed,
         }
         if transitioned
         else None

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, func, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,7 +21,7 @@ from service.domain import records, refreshes, rows
 from service.domain.models import CachedImage, Change, ConfigLocation
 from service.domain.refreshes import KIND_IMAGE, Need
 from service.domain.rows import ApplyResult
-from service.store import db
+from service.store import builds, db
 from service.store.db import sqlite_direct_for
 from service.store.tables import images, poison_messages, processed_events, revisions, transitions
 from service.store.tables import refreshes as refresh_table
@@ -92,6 +92,7 @@ class Known:
 
 
 Listener = Callable[[Sequence[ApplyResult]], None]
+T = TypeVar("T")
 
 
 def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
@@ -242,6 +243,29 @@ class Cache:
         async with self.engine.connect() as connection:
             return await connection.run_sync(_write_in_transaction, batch, extra, retry_seconds)
 
+    async def derive_builds(self) -> int:
+        """Derive the builds of every image marked since the last call (service.store.builds); returns how many."""
+        total = 0
+        while True:
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    done = await self._write(builds.derive_pending)
+                    break
+                except DBAPIError as exc:
+                    if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
+                        raise
+                    await asyncio.sleep(0.05 * 2**attempt)
+            total += done
+            if done < builds.REWRITE_CHUNK:
+                return total
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """One write transaction: on SQLite's writer thread (serialized with apply), else on the engine."""
+        if self._sqlite is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._sqlite.writer, self._sqlite.write, work)
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(_in_transaction, work)
+
     async def seen_events(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
             return set()
@@ -303,6 +327,11 @@ class _Extra:
     settled: Sequence[tuple[Need, datetime]] = ()
 
 
+def _in_transaction(connection: Connection, work: Callable[[Connection], T]) -> T:
+    with connection.begin():
+        return work(connection)
+
+
 def _write_in_transaction(
     connection: Connection, batch: Sequence[Change], extra: _Extra, retry_seconds: float
 ) -> list[ApplyResult]:
@@ -329,9 +358,15 @@ def _write_batch(
                 ),
                 {"keys": [f"{region}/{image_id}" for region, image_id in keys]},
             )
+        # Per region, `image_id IN (...)`: SQLite answers a row-value IN by scanning the whole table.
         stored = {
             (row.region, row.image_id): row
-            for row in connection.execute(select(images).where(tuple_(images.c.region, images.c.image_id).in_(keys)))
+            for region in sorted({region for region, _ in keys})
+            for row in connection.execute(
+                select(images).where(
+                    images.c.region == region, images.c.image_id.in_([i for r, i in keys if r == region])
+                )
+            )
         }
     planned = _Writes(stored)
     for change in batch:
@@ -482,6 +517,8 @@ class _Writes:
             connection.execute(_upsert(connection.dialect.name), list(self.image_rows.values()))
         if self.transition_rows:
             connection.execute(transitions.insert(), self.transition_rows)
+            # Builds come from the transitions: marked here, derived shortly after (Cache.derive_builds).
+            builds.mark(connection, {(row["region"], row["image_id"]) for row in self.transition_rows})
         return [
             ApplyResult(
                 result.region, result.image_id, result.stored, result.changed, result.transitioned,

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import Select, and_, delete, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import listing
@@ -15,7 +15,7 @@ from service.domain.describe import iso_time
 from service.domain.models import CachedImage
 from service.domain.records import decode_parts
 from service.store.cache import REVISION_READ_COLUMNS, stored_image
-from service.store.tables import images, processed_events, revisions, transitions
+from service.store.tables import builds, images, processed_events, revisions, transitions
 from service.support.bounded import BoundedDict
 from service.support.clock import as_utc, utcnow
 
@@ -243,23 +243,31 @@ async def latest_seq(engine: AsyncEngine) -> int:
 
 
 async def prune(engine: AsyncEngine, *, older_than: datetime, batch: int = 1000) -> int:
-    """Delete transitions and superseded revisions older than `older_than`, in small transactions.
+    """Delete history older than `older_than` in small transactions, keeping every later moment answerable.
 
-    The current revision of every image is kept (the change feed and `at=` for now need it).
+    Per image, the transitions and revisions observed before `older_than` go, except the latest of each
+    observed by then: the state in force at `older_than`, which ListImages and describe `at=` any later
+    moment may still need. The current revision of every image is kept (the change feed needs it), and
+    builds that started before `older_than` go (their start is no longer known).
     """
     removed = 0
     while True:
         async with engine.begin() as connection:
-            old_transitions = select(transitions.c.id).where(transitions.c.happened_at < older_than).limit(batch)
-            gone_t = (await connection.execute(delete(transitions).where(transitions.c.id.in_(old_transitions))))
-            current = select(images.c.seq)
-            old_revisions = (
-                select(revisions.c.seq)
-                .where(revisions.c.observed_at < older_than, revisions.c.seq.not_in(current))
+            gone_t = await connection.execute(
+                delete(transitions).where(transitions.c.id.in_(_superseded_transitions(older_than, batch)))
+            )
+            gone_r = await connection.execute(
+                delete(revisions).where(revisions.c.seq.in_(_superseded_revisions(older_than, batch)))
+            )
+            old_builds = (
+                select(builds.c.region, builds.c.image_id, builds.c.number)
+                .where(builds.c.start_time < older_than)
                 .limit(batch)
             )
-            gone_r = await connection.execute(delete(revisions).where(revisions.c.seq.in_(old_revisions)))
-            count = (gone_t.rowcount or 0) + (gone_r.rowcount or 0)
+            gone_b = await connection.execute(
+                delete(builds).where(tuple_(builds.c.region, builds.c.image_id, builds.c.number).in_(old_builds))
+            )
+            count = (gone_t.rowcount or 0) + (gone_r.rowcount or 0) + (gone_b.rowcount or 0)
         removed += count
         if count < batch:
             break
@@ -268,6 +276,33 @@ async def prune(engine: AsyncEngine, *, older_than: datetime, batch: int = 1000)
             delete(processed_events).where(processed_events.c.processed_at < _event_horizon(older_than))
         )
     return removed
+
+
+def _superseded_transitions(older_than: datetime, batch: int) -> Select[tuple[int]]:
+    later = transitions.alias("later")
+    superseded = exists().where(
+        later.c.region == transitions.c.region,
+        later.c.image_id == transitions.c.image_id,
+        later.c.observed_at <= older_than,
+        tuple_(later.c.observed_at, later.c.id) > tuple_(transitions.c.observed_at, transitions.c.id),
+    )
+    return select(transitions.c.id).where(transitions.c.observed_at < older_than, superseded).limit(batch)
+
+
+def _superseded_revisions(older_than: datetime, batch: int) -> Select[tuple[int]]:
+    later = revisions.alias("later")
+    superseded = exists().where(
+        later.c.region == revisions.c.region,
+        later.c.image_id == revisions.c.image_id,
+        later.c.observed_at <= older_than,
+        tuple_(later.c.observed_at, later.c.seq) > tuple_(revisions.c.observed_at, revisions.c.seq),
+    )
+    current = select(images.c.seq)
+    return (
+        select(revisions.c.seq)
+        .where(revisions.c.observed_at < older_than, revisions.c.seq.not_in(current), superseded)
+        .limit(batch)
+    )
 
 
 def _event_horizon(older_than: datetime) -> datetime:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -127,8 +128,27 @@ transitions = Table(
     Column("imagebuilder_status", String(32), nullable=True),
     Column("imagebuilder_status_reason", Text, nullable=True),
     Column("ami_state", String(32), nullable=True),
+    # What pcluster's ListImages shows besides the statuses, so the fleet at any moment is one read: the
+    # visible stack's id, the AMI's id, and the image's ParallelCluster version (the AMI's tag, else the
+    # stack's: one build's AMI and stack carry the same one).
+    Column("stack_id", Text, nullable=True),
+    Column("ami_id", String(64), nullable=True),
+    Column("pcluster_version", String(32), nullable=True),
 )
 Index("ix_transitions_image", transitions.c.region, transitions.c.image_id, transitions.c.id)
+# The fleet's transitions in a window of AWS time, paged by (happened_at, id); and one image's, the same way.
+Index("ix_transitions_region_happened", transitions.c.region, transitions.c.happened_at, transitions.c.id)
+Index(
+    "ix_transitions_image_happened",
+    transitions.c.region, transitions.c.image_id, transitions.c.happened_at, transitions.c.id,
+)
+# An image's state as the cache knew it at a moment: its latest transition observed by then, with the two
+# statuses ListImages filters on, so deciding whether an image is listed reads the index alone.
+Index(
+    "ix_transitions_image_observed",
+    transitions.c.region, transitions.c.image_id, transitions.c.observed_at, transitions.c.id,
+    transitions.c.stack_status, transitions.c.ami_state,
+)
 Index("ix_images_imagebuilder_arn", images.c.imagebuilder_arn)
 Index("ix_images_region_stack_status", images.c.region, images.c.stack_status)
 
@@ -181,4 +201,58 @@ service_keys = Table(
     Column("name", String(64), primary_key=True),
     Column("secret", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Builds, derived from each image's transitions (service.domain.builds): the fleet's builds and their
+# summaries are reads of this table. Rewritten per image soon after its transitions change (builds_pending).
+builds = Table(
+    "builds",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
+    # The build's place among the image's builds (0 = the oldest retained).
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("start_time", UtcDateTime, nullable=False),
+    Column("start_source", String(16), nullable=False),
+    Column("start_exact", Boolean, nullable=False),
+    # When not exact: the change happened after this observation (NULL: no earlier observation).
+    Column("start_after", UtcDateTime, nullable=True),
+    Column("end_time", UtcDateTime, nullable=True),
+    Column("end_source", String(16), nullable=True),
+    Column("end_exact", Boolean, nullable=True),
+    Column("end_after", UtcDateTime, nullable=True),
+    Column("duration_seconds", Float, nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("pcluster_version", String(32), nullable=True),
+    Column("stack_status_reason", Text, nullable=True),
+    Column("imagebuilder_status_reason", Text, nullable=True),
+    # The failure reason with ids and times taken out, so the same failure groups (failed builds only).
+    Column("failure_key", Text, nullable=True),
+    # Seconds per Image Builder status, as a JSON object in the order entered.
+    Column("phases", Text, nullable=False),
+    # The Monday (UTC) of the week the build started, YYYY-MM-DD: the week a summary groups it in.
+    Column("start_week", String(10), nullable=False),
+)
+# The builds of a window, paged by (start_time, image_id, number).
+Index("ix_builds_region_start", builds.c.region, builds.c.start_time, builds.c.image_id, builds.c.number)
+# Summaries read only indexes: every group key, outcome and duration of a window...
+Index(
+    "ix_builds_summary",
+    builds.c.region, builds.c.start_time, builds.c.outcome, builds.c.pcluster_version, builds.c.start_week,
+    builds.c.duration_seconds,
+)
+# ...and the failures of a window (failure_key is set on failed builds only).
+Index(
+    "ix_builds_failures",
+    builds.c.region, builds.c.start_time, builds.c.failure_key,
+    sqlite_where=builds.c.failure_key.is_not(None), postgresql_where=builds.c.failure_key.is_not(None),
+)
+
+# Images whose transitions changed since their builds were last derived: written in the transaction that
+# writes the transitions (so no crash loses one), drained by Cache.derive_builds.
+builds_pending = Table(
+    "builds_pending",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
 )
