@@ -7,7 +7,6 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api.changes import change_events
 from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
 from tests.conftest import OTHER_REGION, REGION
@@ -83,11 +82,24 @@ async def test_following_the_stream_from_changeseq_misses_nothing_and_repeats_no
     aws_state.set_stack_status(region=REGION, stack_name="watched", status="CREATE_FAILED")
     await runtime.reconciler.run_once()
 
-    stream = change_events(runtime, after=listed["changeSeq"], region=None, image_id=None)
-    chunks = [await anext(stream), await anext(stream)]
-    await stream.aclose()
+    from service.api.app import create_app
+    from tests.conftest import serving
 
-    event = chunks[1].decode()
+    async with serving(create_app(runtime.settings, runtime=runtime)) as base, httpx.AsyncClient(base_url=base) as http:
+        headers = {"Last-Event-ID": str(listed["changeSeq"])}
+        async with http.stream("GET", "/v3/image-changes", headers=headers) as stream:
+            blocks: list[str] = []
+            current: list[str] = []
+            async for line in stream.aiter_lines():
+                if line:
+                    current.append(line)
+                    continue
+                if any(part.startswith("data: ") for part in current):
+                    blocks.append("\n".join(current))
+                    break
+                current = []
+
+    event = blocks[0]
     assert event.startswith("id: ") and "event: image" in event
     assert '"cloudformationStackStatus":"CREATE_FAILED"' in event
     assert int(event.split("\n")[0].removeprefix("id: ")) > listed["images"][0]["changeSeq"]
