@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.aws import Aws
+from service.errors import DatabaseUnavailable
 from service.ingest.consumer import Consumer
 from service.ingest.healer import Healer
 from service.ingest.lookup import Lookup
@@ -65,6 +66,8 @@ PRUNE_INTERVAL_SECONDS = 3600.0
 # and looked for at least this often otherwise (other replicas' writes).
 BUILDS_GATHER_SECONDS = 0.2
 BUILDS_POLL_SECONDS = 1.0
+# While the database cannot be reached, derivation asks again this often.
+BUILDS_OUTAGE_RETRY_SECONDS = 2.0
 
 
 @dataclass
@@ -215,9 +218,12 @@ class Runtime:
         while not self.stop.is_set():
             older_than = utcnow() - timedelta(days=self.settings.history_days)
             try:
-                removed = await queries.prune(self.engine, older_than=older_than)
+                async with db.translated():
+                    removed = await queries.prune(self.engine, older_than=older_than)
                 if removed:
                     log.info("pruned %d history rows older than %s", removed, older_than.isoformat())
+            except DatabaseUnavailable as exc:
+                log.warning("pruning history failed (%s); trying again at the next pass", exc)
             except Exception:
                 log.exception("pruning history failed")
             if await sleep_until_stopped(self.stop, PRUNE_INTERVAL_SECONDS):
@@ -228,10 +234,19 @@ class Runtime:
         for other replicas' writes (service.store.builds)."""
         log.info("build derivation started")
         while not self.stop.is_set():
+            backoff = 0.0
             try:
                 self.metrics.builds_derived += await self.cache.derive_builds()
+            except DatabaseUnavailable as exc:
+                # An outage is not a fault of this code: one line, as the consumer and the healer say it.
+                log.warning("deriving builds failed (%s); retrying in %gs", exc, BUILDS_OUTAGE_RETRY_SECONDS)
+                backoff = BUILDS_OUTAGE_RETRY_SECONDS
             except Exception:
                 log.exception("deriving builds failed; retrying")
+            if backoff:
+                if await sleep_until_stopped(self.stop, backoff):
+                    break
+                continue
             await self.transitioned.wait(seconds=BUILDS_POLL_SECONDS)
             if await sleep_until_stopped(self.stop, BUILDS_GATHER_SECONDS):
                 break

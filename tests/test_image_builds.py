@@ -190,7 +190,7 @@ async def test_a_token_continues_only_its_own_query(scripted: list[Truth], clien
     repeated = await client.get(f"/v3/image-builds?limit=2&limit=3&nextToken={token}")
 
     assert other.status_code == tampered.status_code == repeated.status_code == 400
-    assert other.json() == tampered.json() == {"message": "nextToken is not one this service issued"}
+    assert other.json() == tampered.json() == {"message": "Bad Request: nextToken is not one this service issued"}
     assert "more than once" in repeated.json()["message"]
 
 

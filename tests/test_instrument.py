@@ -224,3 +224,31 @@ async def test_cached_describes_are_counted_and_identified_with_or_without_middl
     assert counts(runtime) == {
         (DESCRIBE, 200, CACHE_MISS): 1, (DESCRIBE, 200, CACHE_HIT): 3, (DESCRIBE, 304, CACHE_NOT_MODIFIED): 1
     }
+
+
+PREPARED_START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+
+
+class AnswersFromAConstant:
+    """Sends one module-level start message for every request, as the change stream and the 401s do."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != "/constant":
+            await self.app(scope, receive, send)
+            return
+        await send(PREPARED_START)
+        await send({"type": "http.response.body", "body": b"same"})
+
+
+async def test_a_prepared_start_message_is_never_changed_by_the_request_id(runtime: Runtime) -> None:
+    # It once was: every stream opened added one x-request-id to the shared start, until clients refused
+    # a response of more than 100 headers.
+    app = create_app(runtime.settings, runtime=runtime, middleware=[Middleware(AnswersFromAConstant)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
+        answers = [await http.get("/constant") for _ in range(3)]
+
+    assert PREPARED_START["headers"] == [(b"content-type", b"text/plain")]
+    assert [len(answer.headers.get_list("x-request-id")) for answer in answers] == [1, 1, 1]

@@ -128,7 +128,7 @@ async def test_pages_of_the_past_are_pcluster_sized_and_tokens_bound_to_their_mo
     ]
     assert {item["cloudformationStackStatus"] for item in body["images"]} == {"CREATE_IN_PROGRESS"}
     assert elsewhere.status_code == unsigned.status_code == 400
-    assert elsewhere.json() == {"message": "nextToken is not one this service issued"}
+    assert elsewhere.json() == {"message": "Bad Request: nextToken is not one this service issued"}
     again = await client.get(
         "/v3/images/custom", params={"imageStatus": "PENDING", "at": moment.isoformat()},
         headers={"If-None-Match": first.headers["etag"]},

@@ -63,6 +63,9 @@ def open_stream(port: int, token: str) -> tuple[http.client.HTTPConnection, http
     connection.request("GET", "/v3/image-changes", headers={"Authorization": f"Bearer {token}"})
     stream = connection.getresponse()
     assert stream.status == 200 and stream.readline() == b"retry: 2000\n"
+    # The rest of the opening block (the revision it starts after, the comment) up to its blank line.
+    opening = [stream.readline() for _ in range(3)]
+    assert opening[0].startswith(b"id: ") and opening[1:] == [b": connected\n", b"\n"], opening
     return connection, stream
 
 

@@ -116,7 +116,9 @@ class Instrument:
         def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 scope[STATUS_KEY] = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                # A new message: the one passed may be a prepared constant (the stream's start, a 401), and
+                # appending to it would grow every later response's headers by one.
+                message = {**message, "headers": [*message.get("headers", ()), header]}
             return send(message)
 
         token = CONTEXT.set((scope, LOG_FIELDS))

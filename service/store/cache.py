@@ -246,18 +246,19 @@ class Cache:
     async def derive_builds(self) -> int:
         """Derive the builds of every image marked since the last call (service.store.builds); returns how many."""
         total = 0
-        while True:
-            for attempt in range(WRITE_ATTEMPTS):
-                try:
-                    done = await self._write(builds.derive_pending)
-                    break
-                except DBAPIError as exc:
-                    if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
-                        raise
-                    await asyncio.sleep(0.05 * 2**attempt)
-            total += done
-            if done < builds.REWRITE_CHUNK:
-                return total
+        async with db.translated():
+            while True:
+                for attempt in range(WRITE_ATTEMPTS):
+                    try:
+                        done = await self._write(builds.derive_pending)
+                        break
+                    except DBAPIError as exc:
+                        if attempt == WRITE_ATTEMPTS - 1 or not is_retryable(exc):
+                            raise
+                        await asyncio.sleep(0.05 * 2**attempt)
+                total += done
+                if done < builds.REWRITE_CHUNK:
+                    return total
 
     async def _write(self, work: Callable[[Connection], T]) -> T:
         """One write transaction: on SQLite's writer thread (serialized with apply), else on the engine."""
