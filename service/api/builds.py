@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api import pages
-from service.api.history_params import JSON, ORDERS, Params, horizon, horizon_fields, horizon_headers
+from service.api.compression import Compressor
+from service.api.history_params import ORDERS, Params, horizon, horizon_fields, horizon_headers
 from service.api.requests import region_from
 from service.api.state import AppState
 from service.domain.builds import COMPLETE, FAILED, IN_PROGRESS, OUTCOMES
@@ -75,6 +76,8 @@ class Builds:
     def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
         self.tokens = tokens
+        # A page of 100 rows is tens of KB of JSON: gzipped when the client accepts it.
+        self._compressor = Compressor()
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -112,7 +115,7 @@ class Builds:
         if page.next_key is not None:
             start, image_id, number = page.next_key
             body["nextToken"] = await self.tokens.issue(f"{start.isoformat()} {number} {image_id}", query=query)
-        return Response(orjson.dumps(body), media_type=JSON, headers=horizon_headers(oldest, past=past))
+        return self._compressor.answer(request, orjson.dumps(body), headers=horizon_headers(oldest, past=past))
 
     async def summary(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -138,7 +141,7 @@ class Builds:
             ],
             **horizon_fields(oldest, past=past),
         }
-        return Response(orjson.dumps(body), media_type=JSON, headers=horizon_headers(oldest, past=past))
+        return self._compressor.answer(request, orjson.dumps(body), headers=horizon_headers(oldest, past=past))
 
 
 def group_json(group: builds.Group) -> dict[str, Any]:

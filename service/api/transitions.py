@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from service.api import pages
+from service.api.compression import Compressor
 from service.api.history_params import (
     CSV,
     JSON,
@@ -64,6 +65,8 @@ class FleetTransitions:
     def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
         self.state = state
         self.tokens = tokens
+        # A page of 100 rows is tens of KB of JSON: gzipped when the client accepts it.
+        self._compressor = Compressor()
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
@@ -122,7 +125,7 @@ class FleetTransitions:
             moment, row_id = page.next_key
             # Where the next page starts, and the newest row of this paging session.
             body["nextToken"] = await self.tokens.issue(f"{moment.isoformat()} {row_id} {upto}", query=query)
-        return Response(orjson.dumps(body), media_type=JSON, headers=headers)
+        return self._compressor.answer(request, orjson.dumps(body), headers=headers)
 
 
 def _time(moment: datetime | None) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from service.client.api import DEFAULT_URL, AsyncClient, Client
+from service.client.api import DEFAULT_URL, AsyncClient, Client, Moment
 from service.client.errors import (
     ApiException,
     BadRequestException,
@@ -40,8 +40,12 @@ __all__ = [
     "NotFoundException",
     "ServiceUnreachableException",
     "UnauthorizedClientError",
+    "builds_summary",
     "describe_image",
+    "export_transitions",
+    "image_builds",
     "image_history",
+    "image_transitions",
     "iter_images",
     "list_images",
     "watch",
@@ -75,12 +79,45 @@ def describe_image(image_id: str, region: str | None = None, *, at: datetime | s
     return default_client().describe_image(image_id, region, at=at)
 
 
-def list_images(image_status: str, region: str | None = None, next_token: str | None = None) -> Any:
-    return default_client().list_images(image_status, region, next_token)
+def list_images(
+    image_status: str, region: str | None = None, next_token: str | None = None, *, at: Moment | None = None
+) -> Any:
+    return default_client().list_images(image_status, region, next_token, at=at)
 
 
-def iter_images(image_status: str, region: str | None = None) -> Iterator[dict[str, Any]]:
-    return default_client().iter_images(image_status, region)
+def iter_images(image_status: str, region: str | None = None, *, at: Moment | None = None) -> Iterator[dict[str, Any]]:
+    return default_client().iter_images(image_status, region, at=at)
+
+
+def image_transitions(
+    region: str | None = None, since: Moment | None = None, until: Moment | None = None, **filters: str | None
+) -> Iterator[dict[str, Any]]:
+    """Every image's status transitions in [since, until); filters: image_build_status, image_id, source, order."""
+    return default_client().image_transitions(region, since, until, **filters)
+
+
+def export_transitions(
+    media: str = "ndjson",
+    region: str | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    **filters: str | None,
+) -> Iterator[bytes]:
+    """The transitions as an NDJSON or CSV export, streamed in chunks of bytes."""
+    return default_client().export_transitions(media, region, since, until, **filters)
+
+
+def image_builds(
+    region: str | None = None, since: Moment | None = None, until: Moment | None = None, **filters: str | None
+) -> Iterator[dict[str, Any]]:
+    """Every build that started in [since, until); filters: version, outcome, image_id, order."""
+    return default_client().image_builds(region, since, until, **filters)
+
+
+def builds_summary(
+    region: str | None = None, since: Moment | None = None, until: Moment | None = None, *, group_by: str = "version"
+) -> Any:
+    return default_client().builds_summary(region, since, until, group_by=group_by)
 
 
 def image_history(

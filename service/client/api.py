@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -33,16 +33,36 @@ Params = dict[str, str]
 IMAGE_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")
 
 
-def _moment(value: datetime | str) -> str:
+# A moment: an aware datetime, ISO 8601 text as the API takes it, or a timedelta meaning "that long ago".
+Moment = datetime | str | timedelta
+
+
+def _moment(value: Moment) -> str:
+    if isinstance(value, timedelta):
+        value = datetime.now(UTC) - value
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _params(**values: datetime | str | int | None) -> Params:
+def _params(**values: Moment | int | None) -> Params:
     return {
-        name: _moment(value) if isinstance(value, datetime | str) else str(value)
+        name: _moment(value) if isinstance(value, datetime | str | timedelta) else str(value)
         for name, value in values.items()
         if value is not None
     }
+
+
+def _fleet_params(
+    region: str | None, since: Moment | None, until: Moment | None, **filters: str | None
+) -> Params:
+    return _params(region=region, since=since, until=until, **filters)
+
+
+TRANSITIONS_PATH = "/v3/image-transitions"
+BUILDS_PATH = "/v3/image-builds"
+SUMMARY_PATH = "/v3/image-builds/summary"
+# Fleet pages are fetched at the API's largest page size: fewer round trips for the same rows.
+FLEET_PAGE = "1000"
+EXPORT_MEDIA = {"ndjson": "application/x-ndjson", "csv": "text/csv"}
 
 
 def image_path(image_id: str, suffix: str = "") -> str:
@@ -75,6 +95,15 @@ class _Base:
             raise errors.InternalServiceException(
                 f"statuscache answered {response.status_code} with a body that is not JSON", status=response.status_code
             ) from exc
+
+    @staticmethod
+    def _export_request(media: str) -> dict[str, str]:
+        if media not in EXPORT_MEDIA:
+            raise ValueError(f"media must be one of {', '.join(EXPORT_MEDIA)}; got {media!r}")
+        return {"Accept": EXPORT_MEDIA[media]}
+
+    def _export_failure(self, response: httpx.Response) -> errors.ApiException:
+        return errors.from_response(response)
 
     @staticmethod
     def _stream_params(region: str | None, image_id: str | None) -> Params:
@@ -124,21 +153,109 @@ class Client(_Base):
         """pcluster's describe-image; with `at`, the image as the cache knew it then."""
         return pythonic(self.api(image_path(image_id), _params(region=region, at=at)))
 
-    def list_images(self, image_status: str, region: str | None = None, next_token: str | None = None) -> Any:
-        """One page of pcluster's list-images: {"images": [...], "next_token"?}."""
+    def list_images(
+        self, image_status: str, region: str | None = None, next_token: str | None = None, *, at: Moment | None = None
+    ) -> Any:
+        """One page of pcluster's list-images: {"images": [...], "next_token"?}; with `at`, as it was then."""
         return pythonic(
-            self.api("/v3/images/custom", _params(imageStatus=image_status, region=region, nextToken=next_token))
+            self.api(
+                "/v3/images/custom", _params(imageStatus=image_status, region=region, nextToken=next_token, at=at)
+            )
         )
 
-    def iter_images(self, image_status: str, region: str | None = None) -> Iterator[dict[str, Any]]:
+    def iter_images(
+        self, image_status: str, region: str | None = None, *, at: Moment | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Every image of every page."""
         token: str | None = None
+        at = _params(at=at).get("at")  # one moment for every page: "7 days ago" must not move while paging
         while True:
-            page = self.list_images(image_status, region, token)
+            page = self.list_images(image_status, region, token, at=at)
             yield from page["images"]
             token = page.get("next_token")
             if not token:
                 return
+
+    def _pages(self, path: str, query: Params, items: str) -> Iterator[dict[str, Any]]:
+        document = self.api(path, query)
+        while True:
+            yield from pythonic(document[items])
+            token = document.get("nextToken")
+            if not token:
+                return
+            document = self.api(path, {**query, "nextToken": token})
+
+    def image_transitions(
+        self,
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        image_build_status: str | None = None,
+        image_id: str | None = None,
+        source: str | None = None,
+        order: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every status transition of every image in [since, until), page after page (lazily), oldest first
+        unless order="desc"; each as the per-image history's transitions, with its image_id and region."""
+        query = _fleet_params(
+            region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
+        )
+        return self._pages(TRANSITIONS_PATH, {**query, "limit": FLEET_PAGE}, "transitions")
+
+    def export_transitions(
+        self,
+        media: str = "ndjson",
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        image_build_status: str | None = None,
+        image_id: str | None = None,
+        source: str | None = None,
+        order: str | None = None,
+    ) -> Iterator[bytes]:
+        """The same transitions as the service streams them for an export ("ndjson" or "csv"), in chunks of
+        bytes as they arrive: write them to a file; nothing is held in memory."""
+        headers = self._export_request(media)
+        query = _fleet_params(
+            region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
+        )
+        try:
+            with self._http.stream("GET", TRANSITIONS_PATH, params=query, headers=headers) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise self._export_failure(response)
+                yield from response.iter_bytes()
+        except httpx.TransportError as exc:
+            raise errors.unreachable(exc, base_url=self.base_url) from exc
+
+    def image_builds(
+        self,
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        version: str | None = None,
+        outcome: str | None = None,
+        image_id: str | None = None,
+        order: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every build that started in [since, until), page after page (lazily): start, end, duration, outcome,
+        version, failure reasons, time per Image Builder phase."""
+        query = _fleet_params(region, since, until, version=version, outcome=outcome, imageId=image_id, order=order)
+        return self._pages(BUILDS_PATH, {**query, "limit": FLEET_PAGE}, "builds")
+
+    def builds_summary(
+        self,
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        group_by: str = "version",
+    ) -> Any:
+        """Counts, success rate and duration p50/p90/max per group, and the most frequent failure reasons."""
+        return pythonic(self.api(SUMMARY_PATH, _fleet_params(region, since, until, groupBy=group_by)))
 
     def image_history(
         self,
@@ -228,20 +345,103 @@ class AsyncClient(_Base):
     ) -> Any:
         return pythonic(await self.api(image_path(image_id), _params(region=region, at=at)))
 
-    async def list_images(self, image_status: str, region: str | None = None, next_token: str | None = None) -> Any:
+    async def list_images(
+        self, image_status: str, region: str | None = None, next_token: str | None = None, *, at: Moment | None = None
+    ) -> Any:
         return pythonic(
-            await self.api("/v3/images/custom", _params(imageStatus=image_status, region=region, nextToken=next_token))
+            await self.api(
+                "/v3/images/custom", _params(imageStatus=image_status, region=region, nextToken=next_token, at=at)
+            )
         )
 
-    async def iter_images(self, image_status: str, region: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def iter_images(
+        self, image_status: str, region: str | None = None, *, at: Moment | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None
+        at = _params(at=at).get("at")
         while True:
-            page = await self.list_images(image_status, region, token)
+            page = await self.list_images(image_status, region, token, at=at)
             for image in page["images"]:
                 yield image
             token = page.get("next_token")
             if not token:
                 return
+
+    async def _pages(self, path: str, query: Params, items: str) -> AsyncIterator[dict[str, Any]]:
+        document = await self.api(path, query)
+        while True:
+            for item in pythonic(document[items]):
+                yield item
+            token = document.get("nextToken")
+            if not token:
+                return
+            document = await self.api(path, {**query, "nextToken": token})
+
+    def image_transitions(
+        self,
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        image_build_status: str | None = None,
+        image_id: str | None = None,
+        source: str | None = None,
+        order: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        query = _fleet_params(
+            region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
+        )
+        return self._pages(TRANSITIONS_PATH, {**query, "limit": FLEET_PAGE}, "transitions")
+
+    async def export_transitions(
+        self,
+        media: str = "ndjson",
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        image_build_status: str | None = None,
+        image_id: str | None = None,
+        source: str | None = None,
+        order: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        headers = self._export_request(media)
+        query = _fleet_params(
+            region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
+        )
+        try:
+            async with self._http.stream("GET", TRANSITIONS_PATH, params=query, headers=headers) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._export_failure(response)
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise errors.unreachable(exc, base_url=self.base_url) from exc
+
+    def image_builds(
+        self,
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        version: str | None = None,
+        outcome: str | None = None,
+        image_id: str | None = None,
+        order: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        query = _fleet_params(region, since, until, version=version, outcome=outcome, imageId=image_id, order=order)
+        return self._pages(BUILDS_PATH, {**query, "limit": FLEET_PAGE}, "builds")
+
+    async def builds_summary(
+        self,
+        region: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        *,
+        group_by: str = "version",
+    ) -> Any:
+        return pythonic(await self.api(SUMMARY_PATH, _fleet_params(region, since, until, groupBy=group_by)))
 
     async def image_history(
         self,

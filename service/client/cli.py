@@ -10,11 +10,13 @@ AWS_DEFAULT_REGION when --region is not given, the API's JSON with pcluster's ke
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any, TextIO
 
 import jmespath
@@ -22,10 +24,18 @@ import jmespath.exceptions
 
 from service.client import api, errors, from_environment, shapes
 
-COMMANDS = ("describe-image", "list-images", "image-history", "watch")
+COMMANDS = ("describe-image", "list-images", "image-history", "watch", "transitions", "builds")
 # pcluster's CLI checks the id against its OpenAPI pattern before calling anything, in these words.
 IMAGE_ID_PATTERN = "^[a-zA-Z][a-zA-Z0-9-]+$"
 HISTORY_COLUMNS = ("TIME", "BUILD STATUS", "STACK STATUS", "IMAGE BUILDER", "AMI", "SOURCE", "REASON")
+# The fleet's transitions stream a row at a time (an export can be millions of rows): fixed widths.
+TRANSITION_WIDTHS = (24, 24, 15, 24, 13, 9, 12)
+TRANSITION_COLUMNS = ("TIME", "IMAGE", "BUILD STATUS", "STACK STATUS", "IMAGE BUILDER", "AMI", "SOURCE", "REASON")
+BUILD_COLUMNS = ("START", "IMAGE", "VERSION", "OUTCOME", "DURATION", "REASON")
+SUMMARY_COLUMNS = ("GROUP", "BUILDS", "COMPLETE", "FAILED", "DELETED", "IN PROGRESS", "SUCCESS", "P50", "P90", "MAX")
+# --since 7d: a moment as a span before now (s, m, h, d, w), besides ISO 8601.
+RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class Refused(Exception):
@@ -49,6 +59,7 @@ def add_commands(commands: Any) -> None:
         help="Filter images by the status provided.",
     )  # fmt: skip
     listing.add_argument("--next-token", help="Token to use for paginated requests.")
+    listing.add_argument("--at", help="the list as it would have answered at this moment (ISO 8601, or 7d, 12h ago)")
     listing.add_argument("--query", help="JMESPath query to perform on output.")
 
     history = commands.add_parser("image-history", help="an image's status transitions, oldest first")
@@ -63,6 +74,33 @@ def add_commands(commands: Any) -> None:
     watch.add_argument("-i", "--image-id", help="only this image")
     watch.add_argument("--last-event-id", type=int, help="resume after this change sequence")
     watch.add_argument("--output", choices=["text", "json"], default="text")
+
+    moment = "(ISO 8601, or a span before now: 30m, 12h, 7d, 2w)"
+    transitions = commands.add_parser("transitions", help="every image's status changes in a window, oldest first")
+    _common(transitions)
+    transitions.add_argument("--since", help=f"from this moment, inclusive {moment}")
+    transitions.add_argument("--until", help=f"to this moment, exclusive {moment}")
+    transitions.add_argument("--image-build-status", help="only transitions to this build status")
+    transitions.add_argument("-i", "--image-id", help="only this image")
+    transitions.add_argument("--source", help="only transitions seen this way (event, reconcile, lookup)")
+    transitions.add_argument("--order", choices=["asc", "desc"], help="oldest first (asc, the default) or newest")
+    transitions.add_argument(
+        "--output", choices=["table", "json", "ndjson", "csv"], default="table",
+        help="table (default); json: the API's items as one JSON array; ndjson/csv: the service's export, streamed",
+    )  # fmt: skip
+
+    builds = commands.add_parser("builds", help="builds as units (start, end, duration, outcome, reason), or --summary")
+    _common(builds)
+    builds.add_argument("--since", help=f"builds that started at or after this moment {moment}")
+    builds.add_argument("--until", help=f"builds that started before this moment {moment}")
+    builds.add_argument("--version", help="only builds of this ParallelCluster version")
+    builds.add_argument("--outcome", choices=["complete", "failed", "deleted", "in_progress"])
+    builds.add_argument("-i", "--image-id", help="only this image's builds")
+    builds.add_argument("--order", choices=["asc", "desc"], help="oldest first (asc, the default) or newest")
+    builds.add_argument("--summary", action="store_true", help="counts, success rate, p50/p90/max, failure reasons")
+    builds.add_argument("--group-by", choices=["version", "week", "outcome"], default="version",
+                        help="the summary's groups (default version)")
+    builds.add_argument("--output", choices=["table", "json"], default="table")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +159,155 @@ def _params(**values: str | None) -> dict[str, str]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _moment(value: str | None, flag: str) -> str | None:
+    """--since/--until/--at: ISO 8601 goes to the service as given (it checks it); 7d is now minus 7 days."""
+    if value is None:
+        return None
+    relative = RELATIVE.fullmatch(value.strip())
+    if relative is None:
+        if not value[:1].isdigit():
+            raise Refused(f"Bad Request: {flag} must be an ISO 8601 timestamp or a span such as 30m, 12h, 7d, 2w")
+        return value
+    count, unit = relative.groups()
+    return api._moment(timedelta(**{UNITS[unit]: int(count)}))
+
+
+def _all_pages(
+    client: api.Client, path: str, query: dict[str, str], items: str, first: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every item of every page; `first`, when given, receives the first page's other fields (the horizon)."""
+    document = client.api(path, {**query, "limit": api.FLEET_PAGE})
+    if first is not None:
+        first.update({key: value for key, value in document.items() if key != items})
+    while True:
+        yield from document[items]
+        token = document.get("nextToken")
+        if not token:
+            return
+        document = client.api(path, {**query, "limit": api.FLEET_PAGE, "nextToken": token})
+
+
+def _horizon_note(document: dict[str, Any], out: TextIO) -> None:
+    if document.get("pastHorizon"):
+        print(f"(history is kept from {document['horizon']} on: earlier changes are no longer known)", file=out)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _transitions(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    if args.image_id is not None:
+        _check_image_id(args.image_id)
+    query = _params(
+        region=region, since=_moment(args.since, "--since"), until=_moment(args.until, "--until"),
+        imageBuildStatus=args.image_build_status, imageId=args.image_id, source=args.source, order=args.order,
+    )  # fmt: skip
+    if args.output in ("ndjson", "csv"):
+        # The service's own export, byte for byte: a file of any size, never held here.
+        query.pop("limit", None)
+        for chunk in client.export_transitions(args.output, **_export_filters(query)):
+            out.write(chunk.decode())
+        out.flush()
+        return
+    first: dict[str, Any] = {}
+    rows = _all_pages(client, api.TRANSITIONS_PATH, query, "transitions", first)
+    if args.output == "json":
+        print(json.dumps(list(rows), indent=2), file=out)
+        return
+    peeked = next(rows, None)  # the first page is fetched: its horizon is known before the header
+    _horizon_note(first, out)
+    if peeked is not None:
+        rows = itertools.chain([peeked], rows)
+    print(_fixed(TRANSITION_COLUMNS), file=out)
+    count = 0
+    for item in rows:
+        print(_fixed((item["time"], item["imageId"], *_history_row(item)[1:])), file=out)
+        count += 1
+    print(f"{count} transitions", file=out)
+
+
+def _fixed(cells: tuple[str, ...]) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, (*TRANSITION_WIDTHS, 0), strict=True)).rstrip()
+
+
+def _export_filters(query: dict[str, str]) -> dict[str, Any]:
+    names = {"region": "region", "since": "since", "until": "until", "imageBuildStatus": "image_build_status",
+             "imageId": "image_id", "source": "source", "order": "order"}  # fmt: skip
+    return {names[key]: value for key, value in query.items()}
+
+
+def _builds(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
+    if args.summary:
+        document = client.api(api.SUMMARY_PATH, _params(region=region, since=since, until=until, groupBy=args.group_by))
+        if args.output == "json":
+            print(json.dumps(document, indent=2), file=out)
+            return
+        _print_summary(document, out)
+        return
+    if args.image_id is not None:
+        _check_image_id(args.image_id)
+    query = _params(
+        region=region, since=since, until=until, version=args.version, outcome=args.outcome, imageId=args.image_id,
+        order=args.order,
+    )  # fmt: skip
+    first: dict[str, Any] = {}
+    found = list(_all_pages(client, api.BUILDS_PATH, query, "builds", first))
+    if args.output == "json":
+        print(json.dumps(found, indent=2), file=out)
+        return
+    _horizon_note(first, out)
+    rows = [BUILD_COLUMNS, *(_build_row(build) for build in found)]
+    _table(rows, out)
+    print(f"{len(found)} builds", file=out)
+
+
+def _build_row(build: dict[str, Any]) -> tuple[str, ...]:
+    start = build["startTime"] if build.get("startExact", True) else "~" + build["startTime"]
+    reason = build.get("cloudformationStackStatusReason") or build.get("imagebuilderImageStatusReason") or ""
+    return (
+        start, build["imageId"], build.get("version", "-"), build["outcome"],
+        _duration(build.get("durationSeconds")), reason,
+    )  # fmt: skip
+
+
+def _print_summary(document: dict[str, Any], out: TextIO) -> None:
+    window = f"since {document['since']}" + (f" until {document['until']}" if "until" in document else "")
+    print(f"Builds in {document['region']} {window}, by {document['groupBy']}", file=out)
+    _horizon_note(document, out)
+    rows: list[tuple[str, ...]] = [SUMMARY_COLUMNS]
+    for group in document["groups"]:
+        durations = group.get("durationSeconds") or {}
+        rate = group.get("successRate")
+        rows.append((
+            str(group["key"]), str(group["builds"]), str(group["complete"]), str(group["failed"]),
+            str(group["deleted"]), str(group["inProgress"]), "-" if rate is None else f"{rate:.0%}",
+            _duration(durations.get("p50")), _duration(durations.get("p90")), _duration(durations.get("max")),
+        ))  # fmt: skip
+    if len(rows) == 1:
+        print("No builds.", file=out)
+    else:
+        _table(rows, out)
+    reasons = document["failureReasons"]
+    if reasons:
+        print("\nMost frequent failure reasons:", file=out)
+        _table([("COUNT", "REASON"), *((str(item["count"]), item["reason"]) for item in reasons)], out)
+
+
 def _describe(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
     _check_image_id(args.image_id)
     document = client.api(api.image_path(args.image_id), _params(region=region, at=args.at))
@@ -129,7 +316,8 @@ def _describe(client: api.Client, args: argparse.Namespace, region: str | None, 
 
 def _list(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
     page = client.api(
-        "/v3/images/custom", _params(imageStatus=args.image_status, region=region, nextToken=args.next_token)
+        "/v3/images/custom",
+        _params(imageStatus=args.image_status, region=region, nextToken=args.next_token, at=_moment(args.at, "--at")),
     )
     _print(out, _query(shapes.pcluster_list(page), args.query))
 
@@ -196,4 +384,6 @@ _HANDLERS: dict[str, Callable[[api.Client, argparse.Namespace, str | None, TextI
     "list-images": _list,
     "image-history": _history,
     "watch": _watch,
+    "transitions": _transitions,
+    "builds": _builds,
 }

@@ -12,7 +12,13 @@ from datetime import datetime
 from typing import Any
 
 # The fields that are timestamps, in the snake_case names the Python shape gives them.
-TIMESTAMP_KEYS = frozenset({"creation_time", "cloudformation_stack_creation_time", "time", "observed_time"})
+TIMESTAMP_KEYS = frozenset({
+    "creation_time", "cloudformation_stack_creation_time", "time", "observed_time",
+    # builds, their summary, and the retention horizon of every fleet-history answer
+    "start_time", "end_time", "start_not_before", "end_not_before", "since", "until", "horizon",
+})
+# Objects whose keys are data (a build's phases are Image Builder statuses), kept as the API spells them.
+DATA_KEYED = frozenset({"phases"})
 
 
 def to_snake_case(name: str) -> str:
@@ -35,7 +41,12 @@ def pythonic(value: Any) -> Any:
     converted: dict[str, Any] = {}
     for key, item in value.items():
         name = to_snake_case(key)
-        converted[name] = parse_time(item) if name in TIMESTAMP_KEYS and isinstance(item, str) else pythonic(item)
+        if name in DATA_KEYED and isinstance(item, dict):
+            converted[name] = dict(item)
+        elif name in TIMESTAMP_KEYS and isinstance(item, str):
+            converted[name] = parse_time(item)
+        else:
+            converted[name] = pythonic(item)
     return converted
 
 
