@@ -1,6 +1,7 @@
 """CLI: statuscache serve | poll | sync --once | migrate | demo | token create, and the client commands
-(describe-image, list-images, image-history, watch, transitions, builds). Thin: parses, then builds Settings and calls the runner,
-or hands a client command to service.client.cli, which only talks HTTP to a running service."""
+(describe-image, list-images, image-history, watch, transitions, builds). Thin: parses, then builds Settings
+and calls the runner, or hands a client command to service.client.cli, which only talks HTTP to a running
+service."""
 
 from __future__ import annotations
 
