@@ -47,7 +47,44 @@ async def test_every_file_the_page_names_is_served_by_the_service(client: httpx.
 async def test_the_script_reads_the_public_api_only(client: httpx.AsyncClient) -> None:
     script = (await client.get("/board/board.js")).text
     paths = set(re.findall(r'[`"](/v3/[a-z/-]+)', script))
-    assert paths == {"/v3/image-states", "/v3/image-changes", "/v3/images/custom", "/v3/images/custom/", "/v3/session"}
+    assert paths == {
+        "/v3/image-states", "/v3/image-changes", "/v3/images/custom", "/v3/images/custom/", "/v3/session",
+        "/v3/image-builds", "/v3/image-builds/summary",
+    }
+
+
+@pytest.mark.asyncio
+async def test_nothing_the_board_serves_names_another_origin(client: httpx.AsyncClient) -> None:
+    """No CDN, no font or chart library from elsewhere: the page, its script and its style name no other origin
+    (the script's one URL is SVG's namespace), and the style loads nothing (no url(), no @import)."""
+    for path in ("/", "/board/board.js", "/board/board.css"):
+        text = (await client.get(path)).text
+        urls = set(re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s\"'`)]*", text, flags=re.IGNORECASE))
+        assert urls <= {"http://www.w3.org/2000/svg"}, (path, urls)
+    style = (await client.get("/board/board.css")).text
+    assert "url(" not in style and "@import" not in style
+
+
+def test_the_script_writes_api_text_as_text_never_as_markup() -> None:
+    """What the API says (image ids, failure reasons) reaches the page through textContent and createElementNS:
+    innerHTML and its kin are only ever given a literal of the script's own."""
+    script = (BOARD_DIR / "board.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        for found in re.finditer(re.escape(sink) + r"\s*(=|\()\s*(.)", script):
+            assert found.group(2) == "'", f"{sink} given something other than a literal: {found.group(0)!r}"
+
+
+@pytest.mark.asyncio
+async def test_the_page_offers_the_builds_view_beside_the_images(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/")).text
+
+    # The images stay the default view; the builds view is a link away (#builds) and starts hidden.
+    assert re.search(r'<a id="view-images"[^>]*aria-current="page"', page)
+    assert '<a id="view-builds" class="view-link" href="#builds">Builds</a>' in page
+    assert re.search(r'<section id="builds"[^>]* hidden>', page)
+    windows = re.findall(r'<option value="(\d+[hd])"', page)
+    assert windows == ["24h", "7d", "30d", "90d"]
+    assert '<option value="7d" selected>' in page
 
 
 @pytest.mark.asyncio

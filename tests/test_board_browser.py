@@ -2,8 +2,8 @@
 
 The board against a real `statuscache serve` and its event queue: seeded images with their statuses, then an
 event changes one and the page shows it within 2 s without a reload. Then a phone-width screen worked by
-keyboard alone, and the sign-in flow a protected deployment asks for. A failing test leaves a screenshot
-(its path is in the failure message).
+keyboard alone, the sign-in flow a protected deployment asks for, and the Builds view over a scripted history
+whose truth is known. A failing test leaves a screenshot (its path is in the failure message).
 """
 
 from __future__ import annotations
@@ -17,19 +17,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 from starlette.middleware import Middleware
 
 from service.api.app import create_app
 from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from service.runtime import Runtime
-from tests.conftest import REGION, free_port, serving
+from tests.conftest import OTHER_REGION, REGION, free_port, serving
+from tests.fleet_script import at, fleet, ib_failure
 from tests.test_e2e import wait_until_ready
 
 pytestmark = pytest.mark.slow
@@ -317,6 +319,222 @@ async def test_a_protected_service_asks_for_a_token_once_then_the_board_works(
         await expect(page.locator("#live")).to_have_text("Live", timeout=10_000)
         cookies = await page.context.cookies()
         assert [cookie["name"] for cookie in cookies] == [COOKIE] and cookies[0]["httpOnly"]
+
+
+def shown_minutes(minutes: float) -> str:
+    """A duration as the board prints it (these are whole minutes)."""
+    whole = int(minutes)
+    return f"{whole // 60}h {whole % 60:02d}m" if whole >= 60 else f"{whole}m"
+
+
+async def table_rows(page: Page, table: str) -> list[list[str]]:
+    rows: list[list[str]] = await page.locator(f"#{table} tbody tr").evaluate_all(
+        "rows => rows.map(row => [...row.cells].map(cell => cell.innerText.trim()))"
+    )
+    return rows
+
+
+@pytest.mark.asyncio
+async def test_the_builds_view_shows_a_windows_durations_failures_and_versions(
+    runtime: Runtime, aws_state: FakeAws, tmp_path: Path
+) -> None:
+    script, truth = fleet()
+    await script.apply(runtime)  # the changes through the real cache, then the builds derived from them
+    finished = [t for t in truth if t.outcome in ("complete", "failed")]
+    failed = sorted((t for t in truth if t.outcome == "failed"), key=lambda t: t.start, reverse=True)
+    app = create_app(runtime.settings, runtime=runtime)
+    async with (
+        serving(app) as base,
+        browser() as chromium_browser,
+        # The one answer made to fail below is reported by the browser.
+        page_of(
+            chromium_browser, tmp_path=tmp_path, name="board-builds", expected_errors="503 (Service Unavailable)",
+            viewport={"width": 1280, "height": 900},
+        ) as page,
+    ):
+        await page.goto(base + "/")
+        # The images stay the default view.
+        await expect(page.locator("#rows tr").first).to_be_visible()
+        await expect(page.locator("#builds")).to_be_hidden()
+        await expect(page.locator("#view-images")).to_have_attribute("aria-current", "page")
+
+        await page.click("#view-builds")
+        # The default window, the last 7 days: the scripted builds are two to four weeks old.
+        empty = page.locator("#builds-empty")
+        await expect(empty).to_have_text(f"No builds started in the last 7 days in {REGION}.")
+        await expect(page.locator("#builds-content")).to_be_hidden()
+        await expect(page.locator("#images-view")).to_be_hidden()
+        await expect(page.locator("#view-builds")).to_have_attribute("aria-current", "page")
+        assert page.url.endswith("#builds")
+
+        await page.select_option("#builds-window", "30d")
+        points = page.locator("#builds-chart circle.point")
+        await expect(points).to_have_count(len(finished))
+        await expect(empty).to_be_hidden()
+        assert page.url.endswith("#builds/30d")
+        await expect(page.locator("#builds-chart circle.point.failed")).to_have_count(2)
+        await expect(page.locator("#builds-chart circle.point.complete")).to_have_count(4)
+        # echo's end was seen by reconciliation only: drawn as an approximate duration.
+        await expect(page.locator("#builds-chart circle.point.approximate")).to_have_count(1)
+        titles = await page.locator("#builds-chart g > title").all_text_contents()
+        assert sorted(title.split(" ")[0] for title in titles) == sorted(t.image_id for t in finished)
+        red = await page.locator("#builds-chart circle.point.failed").first.evaluate("c => getComputedStyle(c).fill")
+        assert red == "rgb(198, 40, 40)"
+        # The longest build (bravo, 70 minutes) is the highest point.
+        heights = await points.evaluate_all(
+            "cs => cs.map(c => [c.previousSibling.textContent.split(' ')[0], Number(c.getAttribute('cy'))])"
+        )
+        assert min(heights, key=lambda pair: pair[1])[0] == "bravo"
+        await expect(page.locator("#builds-summary")).to_have_text(
+            f"8 builds started in the last 30 days in {REGION}: 4 complete, 2 failed, 1 deleted, 1 in progress. "
+            "Success rate 66.7%."
+        )
+
+        # The failure reasons (ids made alike, so both failures count as one reason) and the failed builds.
+        reason = (
+            "Image Build failed: Workflow Execution ID: 'wf-<id>' failed with reason: Step 'Build' failed. "
+            "SSM execution '<id>' failed"
+        )
+        await expect(page.locator("#failure-reasons tbody tr")).to_have_count(1)
+        await expect(page.locator("#failure-reasons tbody td.num")).to_have_text("2")
+        await expect(page.locator("#failure-reasons tbody .reason > span")).to_have_text(reason)
+        assert await table_rows(page, "failed-builds") == [
+            [
+                t.image_id, t.version, at(t.start).strftime("%Y-%m-%d %H:%M UTC"),
+                shown_minutes((t.end or 0) - t.start), t.imagebuilder_reason or "",
+            ]
+            for t in failed
+        ]
+        assert failed[0].imagebuilder_reason == ib_failure("0b6a2d1e-7c3f-4a59-9e8d-1f2a3b4c5d6e")
+
+        # Per version: the counts and success rate, and the complete builds' p50/p90.
+        assert await table_rows(page, "builds-versions") == [
+            ["3.9.0", "4", "3", "0", "1", "0", "100%"],
+            ["3.10.0", "4", "1", "2", "0", "1", "33.3%"],
+        ]
+        assert await table_rows(page, "builds-percentiles") == [
+            ["3.9.0", "3", "1h 02m", "1h 10m", "1h 10m"],
+            ["3.10.0", "1", "58m", "58m", "58m"],
+        ]
+        if ARTIFACTS:
+            await page.screenshot(path=str(Path(ARTIFACTS) / "board-builds.png"), full_page=True)
+
+        # The board's other region has no builds, and says so.
+        await page.select_option("#builds-region", OTHER_REGION)
+        await expect(empty).to_have_text(f"No builds started in the last 30 days in {OTHER_REGION}.")
+        await expect(page.locator("#builds-content")).to_be_hidden()
+        await page.select_option("#builds-region", REGION)
+        await expect(points).to_have_count(len(finished))
+
+        # Back to the images, unchanged; the browser's Back button returns to the builds of the window chosen.
+        await page.click("#view-images")
+        await expect(page.locator("#builds")).to_be_hidden()
+        await expect(page.locator("#rows tr").first).to_be_visible()
+        await page.go_back()
+        await expect(page.locator("#builds")).to_be_visible()
+        await expect(page.locator("#builds-window")).to_have_value("30d")
+        await expect(points).to_have_count(len(finished))
+
+        # An answer that fails is said on the page, not left blank.
+        await page.route(
+            "**/v3/image-builds/summary?*",
+            lambda route: route.fulfill(
+                status=503, content_type="application/json", body='{"message": "The database is unavailable."}'
+            ),
+        )
+        await page.select_option("#builds-window", "90d")
+        await expect(page.locator("#builds-problem")).to_have_text(
+            "Could not load the builds: The database is unavailable."
+        )
+        await expect(page.locator("#builds-content")).to_be_hidden()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the API's answers are scripted here
+async def test_the_builds_view_follows_every_page_up_to_its_cap_and_says_so(
+    runtime: Runtime, aws_state: FakeAws, tmp_path: Path
+) -> None:
+    """7,000 builds in the window: the board follows nextToken page by page, stops at 5,000, says so."""
+    total, start = 7000, datetime.now(UTC) - timedelta(days=6)
+    asked: list[dict[str, list[str]]] = []
+
+    def page_of_builds(route: Route) -> Any:
+        query = parse_qs(urlsplit(route.request.url).query)
+        asked.append(query)
+        first = int(query.get("nextToken", ["0"])[0])
+        count = min(int(query["limit"][0]), total - first)
+        builds = [
+            {
+                "imageId": f"img-{number}", "region": REGION, "version": "3.13.0",
+                "outcome": "failed" if number % 10 == 0 else "complete",
+                "startTime": (start + timedelta(seconds=60 * number)).isoformat().replace("+00:00", "Z"),
+                "startExact": True, "durationSeconds": 1800.0 + number, "endExact": True, "phases": {},
+            }
+            for number in range(first, first + count)
+        ]
+        body: dict[str, Any] = {"region": REGION, "builds": builds, "horizon": "2020-01-01T00:00:00.000Z"}
+        if first + count < total:
+            body["nextToken"] = str(first + count)
+        return route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    summary = {
+        "region": REGION, "since": start.isoformat(), "groupBy": "version", "horizon": "2020-01-01T00:00:00.000Z",
+        "groups": [{"key": "3.13.0", "builds": total, "complete": 6300, "failed": 700, "deleted": 0,
+                    "inProgress": 0, "successRate": 0.9, "durationSeconds": {"p50": 5300.0, "p90": 8100.0,
+                                                                             "max": 8799.0}}],
+        "failureReasons": [{"reason": "<script>alert(1)</script>", "count": 700, "example": "<b>boom</b>"}],
+    }
+    app = create_app(runtime.settings, runtime=runtime)
+    async with (
+        serving(app) as base,
+        browser() as chromium_browser,
+        page_of(chromium_browser, tmp_path=tmp_path, name="board-builds-cap") as page,
+    ):
+        await page.route("**/v3/image-builds?*", page_of_builds)
+        await page.route(
+            "**/v3/image-builds/summary?*",
+            lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(summary)),
+        )
+        await page.goto(base + "/#builds")
+        await expect(page.locator("#builds-chart circle.point")).to_have_count(5000, timeout=15_000)
+        await expect(page.locator("#builds-note")).to_have_text(
+            "Showing the first 5,000 builds (the newest) of 7,000: the chart and the failed builds cover those, "
+            "the tables count them all."
+        )
+        # API text is text: the "reason" is shown as written, and no element was made of it.
+        await expect(page.locator("#failure-reasons tbody .reason > span")).to_have_text("<script>alert(1)</script>")
+        assert await page.locator("#builds script, #builds b").count() == 0
+        await expect(page.locator("#failed-builds tbody tr")).to_have_count(200)
+        await expect(page.locator("#failed-builds-note")).to_have_text("Showing the newest 200 of 500.")
+    assert [query.get("nextToken", [""])[0] for query in asked] == ["", "1000", "2000", "3000", "4000"]
+    assert {query["limit"][0] for query in asked} == {"1000"}
+    assert {query["order"][0] for query in asked} == {"desc"}
+    assert len({query["since"][0] for query in asked}) == 1  # one window, the same on every page
+
+
+@pytest.mark.asyncio
+async def test_the_builds_view_linked_to_on_a_protected_service_asks_for_the_token_once(
+    runtime: Runtime, aws_state: FakeAws, tmp_path: Path
+) -> None:
+    app = create_app(runtime.settings, runtime=runtime, middleware=[Middleware(TokenRequired)])
+    async with (
+        serving(app) as base,
+        browser() as chromium_browser,
+        page_of(
+            chromium_browser, tmp_path=tmp_path, name="board-builds-auth", expected_errors="401 (Unauthorized)"
+        ) as page,
+    ):
+        # Opened straight at the builds: the images and the builds are both refused, one token form is shown.
+        await page.goto(base + "/#builds/24h")
+        login = page.locator("#login")
+        await expect(login).to_be_visible()
+        await expect(page.locator("#builds-empty")).to_be_hidden()
+        await page.fill("#token", TOKEN)
+        await page.keyboard.press("Enter")
+        await expect(login).to_be_hidden()
+        await expect(page.locator("#builds-empty")).to_have_text(f"No builds started in the last 24 hours in {REGION}.")
+        await expect(page.locator("#builds-window")).to_have_value("24h")
+        await expect(page.locator("#builds-problem")).to_be_hidden()
 
 
 def test_chromium_is_debians_and_playwright_downloaded_no_browser() -> None:

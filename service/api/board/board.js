@@ -1,4 +1,5 @@
-// The status board: the public API only (image states, describe, history, the change stream), no build step.
+// The status board: the public API only (image states, describe, history, the change stream, the builds and their
+// summary), no build step.
 "use strict";
 
 (() => {
@@ -30,6 +31,7 @@
     region: "",
     stream: null,
     open: null, // the item whose details are shown
+    view: "images", // or "builds"
   };
 
   // --- the API, with the browser's session when the service asks for one ---------------------------
@@ -297,6 +299,7 @@
     select.replaceChildren(new Option("All regions", ""), ...state.regions.map((region) => new Option(region, region)));
     $("region-label").hidden = state.regions.length < 2;
     document.body.classList.toggle("one-region", state.regions.length < 2);
+    fillBuildsRegions();
   }
 
   function setStatus(status) {
@@ -493,6 +496,400 @@
     return table;
   }
 
+  // --- the Builds view: builds of a window as units (/v3/image-builds and its summary) ----------------------
+
+  const WINDOWS = { "24h": 86400000, "7d": 7 * 86400000, "30d": 30 * 86400000, "90d": 90 * 86400000 };
+  const WINDOW_WORDS = { "24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days",
+    "90d": "the last 90 days" };
+  const BUILDS_PAGE = 1000;
+  // Builds fetched for the chart and the failed builds at most; the summary's tables count them all.
+  const MAX_BUILDS = 5000;
+  const MAX_FAILED_ROWS = 200;
+  const OUTCOME_LABELS = { complete: "Complete", failed: "Failed", deleted: "Deleted", in_progress: "In progress" };
+  const builds = {
+    window: "7d",
+    ticket: 0, // the newest load; an older one's answer is dropped
+    shown: null, // what is on screen: "region window"
+    chart: null, // what the chart was drawn from, to draw it again at another width
+  };
+
+  const number = (value) => Number(value || 0).toLocaleString("en");
+
+  function duration(seconds) {
+    if (seconds === undefined || seconds === null) return "—";
+    const total = Math.round(seconds);
+    if (total < 60) return `${total}s`;
+    const minutes = Math.floor(total / 60);
+    if (minutes < 60) return total % 60 ? `${minutes}m ${total % 60}s` : `${minutes}m`;
+    return `${Math.floor(minutes / 60)}h ${String(minutes % 60).padStart(2, "0")}m`;
+  }
+
+  function moment(iso) {
+    const ms = Date.parse(iso);
+    return Number.isNaN(ms) ? String(iso) : `${new Date(ms).toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  }
+
+  function buildsRegion() {
+    return state.region || state.regions[0] || "";
+  }
+
+  async function allBuilds(query) {
+    const found = [];
+    let token = null;
+    while (found.length < MAX_BUILDS) {
+      const page = new URLSearchParams(query);
+      page.set("limit", String(Math.min(BUILDS_PAGE, MAX_BUILDS - found.length)));
+      if (token) page.set("nextToken", token);
+      const body = await json(`/v3/image-builds?${page}`);
+      found.push(...body.builds);
+      token = body.nextToken;
+      if (!token) return { builds: found, capped: false };
+    }
+    return { builds: found, capped: true };
+  }
+
+  async function loadBuilds({ force = false } = {}) {
+    const region = buildsRegion();
+    const key = `${region} ${builds.window}`;
+    if (!force && builds.shown === key) return;
+    const ticket = ++builds.ticket;
+    const windowName = builds.window;
+    const until = Date.now();
+    const since = until - WINDOWS[windowName];
+    const query = { since: new Date(since).toISOString() };
+    if (region) query.region = region;
+    $("builds").setAttribute("aria-busy", "true");
+    $("builds-summary").textContent = `Loading the builds of ${WINDOW_WORDS[windowName]}…`;
+    showBuildsProblem("");
+    try {
+      const [summary, fetched] = await Promise.all([
+        json(`/v3/image-builds/summary?${new URLSearchParams({ ...query, groupBy: "version" })}`),
+        // Newest first: when there are more than the cap, the recent ones are those shown.
+        allBuilds({ ...query, order: "desc" }),
+      ]);
+      if (ticket !== builds.ticket) return;
+      builds.shown = key;
+      renderBuilds({ summary, fetched, since, until, windowName });
+    } catch (error) {
+      if (ticket !== builds.ticket) return;
+      builds.shown = null;
+      $("builds-content").hidden = true;
+      $("builds-empty").hidden = true;
+      $("builds-note").hidden = true;
+      $("builds-summary").textContent = "";
+      showBuildsProblem(`Could not load the builds: ${error.message}`);
+    } finally {
+      if (ticket === builds.ticket) $("builds").removeAttribute("aria-busy");
+    }
+  }
+
+  function showBuildsProblem(text) {
+    const problem = $("builds-problem");
+    problem.textContent = text;
+    problem.hidden = !text;
+  }
+
+  function totals(groups) {
+    const sum = { builds: 0, complete: 0, failed: 0, deleted: 0, inProgress: 0 };
+    for (const group of groups) for (const name of Object.keys(sum)) sum[name] += group[name] || 0;
+    return sum;
+  }
+
+  function renderBuilds({ summary, fetched, since, until, windowName }) {
+    const region = summary.region;
+    const all = totals(summary.groups);
+    const list = fetched.builds;
+    const where = `${WINDOW_WORDS[windowName]} in ${region}`;
+    const notes = [];
+    if (summary.pastHorizon) notes.push(`History is kept from ${moment(summary.horizon)}: the window starts there.`);
+    if (fetched.capped && all.builds > list.length) {
+      notes.push(`Showing the first ${number(list.length)} builds (the newest) of ${number(all.builds)}: the chart `
+        + "and the failed builds cover those, the tables count them all.");
+    }
+    $("builds-note").textContent = notes.join(" ");
+    $("builds-note").hidden = !notes.length;
+    if (!all.builds && !list.length) {
+      $("builds-summary").textContent = "";
+      $("builds-content").hidden = true;
+      $("builds-empty").textContent = `No builds started in ${where}.`;
+      $("builds-empty").hidden = false;
+      return;
+    }
+    $("builds-empty").hidden = true;
+    const rate = all.complete + all.failed ? ` Success rate ${percent(all.complete / (all.complete + all.failed))}.` : "";
+    $("builds-summary").textContent = `${number(all.builds)} builds started in ${where}: ${number(all.complete)} `
+      + `complete, ${number(all.failed)} failed, ${number(all.deleted)} deleted, ${number(all.inProgress)} in `
+      + `progress.${rate}`;
+    const finished = list.filter((build) => (build.outcome === "complete" || build.outcome === "failed")
+      && typeof build.durationSeconds === "number");
+    $("builds-content").hidden = false; // first, so the chart can be drawn at the width it has
+    builds.chart = { finished, since, until, where };
+    drawChart();
+    renderLegend(finished);
+    renderPercentiles(summary.groups);
+    renderFailures(summary.failureReasons, list.filter((build) => build.outcome === "failed"));
+    renderVersions(summary.groups);
+  }
+
+  function drawChart() {
+    if (!builds.chart) return;
+    const { finished, since, until, where } = builds.chart;
+    $("builds-chart").replaceChildren(durationChart(finished, since, until, where));
+  }
+
+  function percent(rate) {
+    return rate === null || rate === undefined ? "—" : `${(rate * 100).toFixed(1).replace(/\.0$/, "")}%`;
+  }
+
+  function versionName(key) {
+    return key === null || key === undefined || key === "" ? "unknown" : key;
+  }
+
+  function block(className, text) {
+    const div = document.createElement("div");
+    div.className = className;
+    div.textContent = text;
+    return div;
+  }
+
+  function fill(tbody, rows) {
+    tbody.replaceChildren(...rows.map((cells) => {
+      const row = document.createElement("tr");
+      for (const [className, content] of cells) {
+        const td = row.insertCell();
+        if (className) td.className = className;
+        if (content instanceof Node) td.append(content);
+        else td.textContent = content;
+      }
+      return row;
+    }));
+  }
+
+  // A step between the duration axis' ticks: about four of them up to the longest build.
+  function durationStep(longest) {
+    const steps = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+    return steps.find((step) => longest / step <= 5) || Math.ceil(longest / 5 / 86400) * 86400;
+  }
+
+  // Each finished build as a point: its duration over its start, coloured by outcome.
+  function durationChart(finished, since, until, where) {
+    if (!finished.length) {
+      const empty = document.createElement("p");
+      empty.className = "empty";
+      empty.textContent = `No build finished in ${where}: nothing to plot yet.`;
+      return empty;
+    }
+    // Drawn at the width it is shown at, so its text keeps its size on a phone.
+    const width = Math.max(300, Math.round($("builds-chart").clientWidth || 900));
+    const height = width < 600 ? 220 : 280;
+    const left = 64;
+    const right = 14;
+    const top = 12;
+    const bottom = 28;
+    const longest = Math.max(...finished.map((build) => build.durationSeconds), 1);
+    const step = durationStep(longest);
+    const ceiling = (Math.floor(longest / step) + 1) * step;
+    const x = (ms) => left + (Math.min(Math.max(ms, since), until) - since) / Math.max(until - since, 1)
+      * (width - left - right);
+    const y = (seconds) => top + (1 - seconds / ceiling) * (height - top - bottom);
+    const failed = finished.filter((build) => build.outcome === "failed").length;
+    const root = svg("svg", {
+      viewBox: `0 0 ${width} ${height}`,
+      role: "img",
+      "aria-label": `Build durations over their start, ${where}: ${finished.length} finished builds, `
+        + `${finished.length - failed} complete and ${failed} failed`,
+    });
+    for (let seconds = 0; seconds <= ceiling; seconds += step) {
+      root.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(seconds), y2: y(seconds) }));
+      root.append(svg("text", { class: "axis", x: left - 6, y: y(seconds) + 4, "text-anchor": "end" },
+        duration(seconds)));
+    }
+    // Ticks on whole hours or whole UTC days, at most eight of them.
+    const hour = 3600000;
+    const most = Math.max(2, Math.min(8, Math.floor((width - left - right) / 90)));
+    const tick = [hour, 3 * hour, 6 * hour, 12 * hour, 24 * hour, 48 * hour, 168 * hour, 336 * hour, 720 * hour]
+      .find((candidate) => (until - since) / candidate <= most) || 1440 * hour;
+    for (let ms = Math.ceil(since / tick) * tick; ms <= until; ms += tick) {
+      const iso = new Date(ms).toISOString();
+      const edge = x(ms) < left + 30 ? "start" : x(ms) > width - right - 30 ? "end" : "middle";
+      root.append(svg("line", { class: "grid", x1: x(ms), x2: x(ms), y1: top, y2: height - bottom }));
+      root.append(svg("text", { class: "axis", x: x(ms), y: height - 8, "text-anchor": edge },
+        tick < 24 * hour ? `${iso.slice(5, 10)} ${iso.slice(11, 16)}` : iso.slice(0, 10)));
+    }
+    // Failed builds drawn last, so none hides under the complete ones.
+    const ordered = [...finished].sort((a, b) => (a.outcome === "failed") - (b.outcome === "failed"));
+    for (const build of ordered) {
+      const group = svg("g");
+      const approximate = build.endExact === false;
+      group.append(svg("title", {}, `${build.imageId}${build.version ? ` (${build.version})` : ""}: `
+        + `${OUTCOME_LABELS[build.outcome]} in ${approximate ? "about " : ""}${duration(build.durationSeconds)}, `
+        + `started ${moment(build.startTime)}`));
+      group.append(svg("circle", {
+        class: `point ${build.outcome}${approximate ? " approximate" : ""}`,
+        cx: x(Date.parse(build.startTime)), cy: y(build.durationSeconds), r: 5,
+      }));
+      root.append(group);
+    }
+    return root;
+  }
+
+  function renderLegend(finished) {
+    const legend = $("builds-legend");
+    const entries = ["complete", "failed"].map((outcome) => {
+      const span = document.createElement("span");
+      span.className = "key";
+      const swatch = document.createElement("span");
+      swatch.className = `swatch ${outcome}`;
+      swatch.setAttribute("aria-hidden", "true");
+      const count = finished.filter((build) => build.outcome === outcome).length;
+      span.append(swatch, `${OUTCOME_LABELS[outcome]}: ${number(count)}`);
+      return span;
+    });
+    const approximate = finished.filter((build) => build.endExact === false).length;
+    if (approximate) {
+      const span = document.createElement("span");
+      span.className = "key";
+      const swatch = document.createElement("span");
+      swatch.className = "swatch approximate";
+      swatch.setAttribute("aria-hidden", "true");
+      span.append(swatch, `about (the end seen by reconciliation, not an event): ${number(approximate)}`);
+      entries.push(span);
+    }
+    legend.replaceChildren(...entries);
+  }
+
+  function renderPercentiles(groups) {
+    fill($("builds-percentiles").tBodies[0], groups.map((group) => {
+      const seconds = group.durationSeconds || {};
+      return [
+        ["", versionName(group.key)],
+        ["num", number(group.complete)],
+        ["num", duration(seconds.p50)],
+        ["num", duration(seconds.p90)],
+        ["num", duration(seconds.max)],
+      ];
+    }));
+  }
+
+  function reasonOf(build) {
+    return build.imagebuilderImageStatusReason || build.cloudformationStackStatusReason || "—";
+  }
+
+  function imageCell(build) {
+    const key = keyOf(build.region, build.imageId);
+    if (!state.images.has(key)) {
+      const span = document.createElement("span");
+      span.className = "mono";
+      span.textContent = build.imageId;
+      return span;
+    }
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "image-link";
+    button.textContent = build.imageId;
+    button.addEventListener("click", () => showDetails(key));
+    return button;
+  }
+
+  function renderFailures(reasons, failed) {
+    fill($("failure-reasons").tBodies[0], reasons.map((reason) => {
+      const text = document.createElement("div");
+      text.className = "reason";
+      const key = document.createElement("span");
+      key.className = "mono";
+      key.textContent = reason.reason;
+      text.append(key);
+      if (reason.example && reason.example !== reason.reason) {
+        const example = document.createElement("details");
+        const summary = document.createElement("summary");
+        summary.textContent = "An example";
+        const body = document.createElement("p");
+        body.className = "mono";
+        body.textContent = reason.example;
+        example.append(summary, body);
+        text.append(example);
+      }
+      return [["num", number(reason.count)], ["", text]];
+    }));
+    $("failure-reasons").hidden = !reasons.length;
+    $("failure-reasons-empty").hidden = reasons.length > 0;
+    const shown = failed.slice(0, MAX_FAILED_ROWS);
+    fill($("failed-builds").tBodies[0], shown.map((build) => [
+      ["", imageCell(build)],
+      ["", build.version || "—"],
+      ["nowrap", moment(build.startTime)],
+      ["num", duration(build.durationSeconds)],
+      ["", block("reason mono", reasonOf(build))],
+    ]));
+    $("failed-title").hidden = $("failed-builds").hidden = !failed.length;
+    const note = $("failed-builds-note");
+    note.textContent = failed.length > shown.length ? `Showing the newest ${shown.length} of ${failed.length}.` : "";
+    note.hidden = failed.length <= shown.length;
+  }
+
+  function renderVersions(groups) {
+    fill($("builds-versions").tBodies[0], groups.map((group) => [
+      ["", versionName(group.key)],
+      ["num", number(group.builds)],
+      ["num", number(group.complete)],
+      ["num", number(group.failed)],
+      ["num", number(group.deleted)],
+      ["num", number(group.inProgress)],
+      ["num", percent(group.successRate)],
+    ]));
+  }
+
+  function fillBuildsRegions() {
+    const select = $("builds-region");
+    select.replaceChildren(...state.regions.map((region) => new Option(region, region)));
+    select.value = buildsRegion();
+    $("builds-region-label").hidden = state.regions.length < 2;
+  }
+
+  // --- views: #images (the default) and #builds[/window], so a view can be linked to ----------------------
+
+  const ROUTE = /^#builds(?:\/(24h|7d|30d|90d))?$/;
+
+  function routeOf(hash) {
+    const match = ROUTE.exec(hash);
+    if (match) return { view: "builds", window: match[1] || "7d" };
+    if (hash === "" || hash === "#" || hash === "#images") return { view: "images" };
+    return null; // another anchor: the view stays
+  }
+
+  function route() {
+    const next = routeOf(location.hash);
+    if (!next) return;
+    show(next.view);
+    if (next.view === "builds") {
+      builds.window = next.window;
+      $("builds-window").value = next.window;
+      loadBuilds();
+    }
+  }
+
+  function show(view) {
+    const entering = state.view !== view;
+    state.view = view;
+    $("images-view").hidden = view !== "images";
+    $("builds").hidden = view !== "builds";
+    for (const name of ["images", "builds"]) {
+      const link = $(`view-${name}`);
+      if (name === view) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    const skip = $("skip");
+    skip.href = view === "builds" ? "#builds" : "#images";
+    skip.textContent = view === "builds" ? "Skip to the builds" : "Skip to the images";
+    // Coming back to the builds loads them again: they may have moved on since.
+    if (entering && view === "builds") builds.shown = null;
+  }
+
+  function go(hash) {
+    if (location.hash !== hash) window.history.pushState(null, "", hash);
+    route();
+  }
+
   function showProblem(text) {
     const problem = $("problem");
     problem.textContent = text;
@@ -512,7 +909,38 @@
     $("region").addEventListener("change", (event) => {
       state.region = event.target.value;
       render();
+      fillBuildsRegions();
     });
+    $("view-images").addEventListener("click", (event) => {
+      event.preventDefault();
+      go("#images");
+    });
+    $("view-builds").addEventListener("click", (event) => {
+      event.preventDefault();
+      go(builds.window === "7d" ? "#builds" : `#builds/${builds.window}`);
+    });
+    $("builds-window").addEventListener("change", (event) => {
+      const chosen = event.target.value;
+      window.history.replaceState(null, "", chosen === "7d" ? "#builds" : `#builds/${chosen}`);
+      route();
+    });
+    $("builds-region").addEventListener("change", (event) => {
+      // The board's region: the images' filter follows it.
+      state.region = event.target.value;
+      $("region").value = state.region;
+      render();
+      loadBuilds();
+    });
+    $("builds-filters").addEventListener("submit", (event) => event.preventDefault());
+    let resizing = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizing);
+      resizing = setTimeout(() => {
+        if (state.view === "builds" && !$("builds-content").hidden) drawChart();
+      }, 150);
+    });
+    window.addEventListener("hashchange", route);
+    window.addEventListener("popstate", route);
     $("filters").addEventListener("submit", (event) => event.preventDefault());
     $("details-close").addEventListener("click", () => $("details").close());
     $("details").addEventListener("close", () => {
@@ -520,7 +948,7 @@
     });
     document.addEventListener("keydown", (event) => {
       const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
-      if (event.key === "/" && !typing && !$("details").open) {
+      if (event.key === "/" && !typing && !$("details").open && state.view === "images") {
         event.preventDefault();
         $("search").focus();
       }
@@ -530,6 +958,7 @@
 
   async function start() {
     wire();
+    route();
     try {
       await loadStates();
       follow();
