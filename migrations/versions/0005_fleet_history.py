@@ -10,9 +10,9 @@ Existing transitions are backfilled from their image's current row (older histor
 image id gets the newest build's ids and version: nothing older was kept), and existing builds are
 derived from the stored transitions with today's derivation.
 
-Revision ID: 0004_fleet_history
+Revision ID: 0005_fleet_history
 Revises: 0004_refreshes
-Create Date: 2026-12-01
+Create Date: 2026-11-29
 """
 
 from collections.abc import Sequence
@@ -23,7 +23,7 @@ from alembic import op
 
 from service.store.tables import UtcDateTime
 
-revision: str = "0004_fleet_history"
+revision: str = "0005_fleet_history"
 down_revision: str | None = "0004_refreshes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
