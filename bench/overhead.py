@@ -64,6 +64,17 @@ def runnable(tree: Path) -> Path:
     return tree
 
 
+def seed_in_tree(tree: Path, database: Path, images: int) -> None:
+    """Seed `database` as bench.seed does, but with `tree`'s code (and so `tree`'s schema)."""
+    program = (
+        "import sys; from pathlib import Path; "
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+        "from bench import seed; seed.seed_sqlite_sync(Path(sys.argv[1]), seed.synthetic(int(sys.argv[2])))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-c", program, str(database), str(images)], cwd=tree, env=env, check=True)
+
+
 def merge_base() -> str:
     return subprocess.run(
         ["git", "merge-base", "HEAD", "main"], cwd=servers.REPO, capture_output=True, text=True, check=True
@@ -142,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         images = seed.synthetic(args.images)
         # Seeded twice rather than copied: a copy of the file alone would miss what is still in its WAL.
         seed.seed_sqlite_sync(workdir / "current.db", images)
-        seed.seed_sqlite_sync(workdir / "baseline.db", images)
+        # By the baseline's own code: its schema is its migrations' head, which may be older than ours.
+        seed_in_tree(tree, workdir / "baseline.db", args.images)
         ids = [image.image_id for image in images]
         paths = [load.describe_path(image_id) for image_id in ids]
         rotate = wrk.write_script(workdir, "rotate.lua", wrk.rotation_script(paths, threads=threads))

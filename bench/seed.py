@@ -187,7 +187,9 @@ async def seed_sqlite(path: Path, images: list[Synthetic]) -> None:
     await db.migrate(url)
     engine = db.create_engine(Settings(database_url=url))
     try:
-        await Cache(engine).apply_many(changes_for(images))
+        # Observed just now, as a reconcile pass leaves a cache: answers are the confirmed truth of now (an
+        # old observation would make every answer carry X-Cache-Stale: unconfirmed, which no steady cache does).
+        await Cache(engine).apply_many(changes_for(images, at=datetime.now(UTC)))
     finally:
         await engine.dispose()
 
