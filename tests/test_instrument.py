@@ -252,3 +252,28 @@ async def test_a_prepared_start_message_is_never_changed_by_the_request_id(runti
 
     assert PREPARED_START["headers"] == [(b"content-type", b"text/plain")]
     assert [len(answer.headers.get_list("x-request-id")) for answer in answers] == [1, 1, 1]
+
+
+LIST = "/v3/images/custom"
+
+
+@pytest.mark.parametrize("between", [False, True], ids=["shortcut", "through-middleware"])
+async def test_remembered_list_pages_are_counted_under_their_route_with_or_without_middleware_between(
+    runtime: Runtime, aws_state: FakeAws, between: bool
+) -> None:
+    # A remembered page is answered before the router, which is what names a route: the fast list names it.
+    app = create_app(runtime.settings, runtime=runtime, middleware=[Middleware(PassesThrough)] if between else [])
+    aws_state.create_ami(region=REGION, image_id="listed")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
+        await http.get("/v3/images/custom/listed")
+        runtime.metrics.http_requests.clear()
+        answers = [await http.get(LIST, params={"imageStatus": "AVAILABLE"}) for _ in range(3)]
+        revalidated = await http.get(
+            LIST, params={"imageStatus": "AVAILABLE"}, headers={"If-None-Match": answers[-1].headers["etag"]}
+        )
+
+    assert [answer.json()["images"][0]["imageId"] for answer in answers] == ["listed"] * 3
+    assert len({answer.headers["x-request-id"] for answer in [*answers, revalidated]}) == 4
+    assert revalidated.status_code == 304
+    # The first builds the page (the router answers it); the others are answered from memory, counted alike.
+    assert counts(runtime) == {(LIST, 200, CACHE_NONE): 1, (LIST, 200, CACHE_HIT): 2, (LIST, 304, CACHE_NOT_MODIFIED): 1}

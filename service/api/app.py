@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from service.api import (
     board,
@@ -73,6 +73,18 @@ class StatusCacheApp(Instrument):
         self.starlette = starlette
         # The tokens file in force (None: anonymous); the runner reloads it on SIGHUP.
         self.tokens = tokens
+
+
+def fast_answers(fast: describe.FastDescribe, fast_list: listing.FastList) -> Shortcut:
+    """The two synchronous answers from memory, as one: a cached describe, else a remembered list page.
+
+    Between FastDescribe and FastList stands only StreamFront, which answers nothing but the stream's path."""
+    describe_answer, list_answer = fast.answer, fast_list.answer
+
+    def answer(scope: Scope) -> describe.FastAnswer | None:
+        return describe_answer(scope) or list_answer(scope)
+
+    return answer
 
 
 def create_app(
@@ -135,9 +147,8 @@ def create_app(
         lifespan=lifespan,
     )
     starlette.state.statuscache = state
-    fast = describe.FastDescribe(
-        changes.StreamFront(listing.FastList(starlette, list_route), stream_route), describe_route
-    )
+    fast_list = listing.FastList(starlette, list_route)
+    fast = describe.FastDescribe(changes.StreamFront(fast_list, stream_route), describe_route)
     stack: ASGIApp = fast
     tokens = TokenFile(settings.api_tokens_file) if settings.api_tokens_file else None
     if tokens is not None:
@@ -148,5 +159,5 @@ def create_app(
         stack = Cors(stack, origins=settings.cors_origins)
     # With nothing between them, the outermost layer asks the fast path itself (no wrapped send): the hot
     # path pays for its request id and counters and nothing more.
-    shortcut = fast.answer if stack is fast else None
+    shortcut = fast_answers(fast, fast_list) if stack is fast else None
     return StatusCacheApp(stack=stack, state=state, starlette=starlette, shortcut=shortcut, tokens=tokens)
