@@ -276,4 +276,6 @@ async def test_remembered_list_pages_are_counted_under_their_route_with_or_witho
     assert len({answer.headers["x-request-id"] for answer in [*answers, revalidated]}) == 4
     assert revalidated.status_code == 304
     # The first builds the page (the router answers it); the others are answered from memory, counted alike.
-    assert counts(runtime) == {(LIST, 200, CACHE_NONE): 1, (LIST, 200, CACHE_HIT): 2, (LIST, 304, CACHE_NOT_MODIFIED): 1}
+    assert counts(runtime) == {
+        (LIST, 200, CACHE_NONE): 1, (LIST, 200, CACHE_HIT): 2, (LIST, 304, CACHE_NOT_MODIFIED): 1
+    }

@@ -45,7 +45,7 @@ from service.api.auth import Authentication
 from service.api.cors import Cors
 from service.api.errors import HANDLERS, DatabaseErrors
 from service.api.health import Health
-from service.api.instrument import Instrument, Shortcut
+from service.api.instrument import FastAnswer, Instrument, Shortcut
 from service.api.state import AppState
 from service.api.tokens import TokenFile
 from service.runtime import Runtime
@@ -81,7 +81,7 @@ def fast_answers(fast: describe.FastDescribe, fast_list: listing.FastList) -> Sh
     Between FastDescribe and FastList stands only StreamFront, which answers nothing but the stream's path."""
     describe_answer, list_answer = fast.answer, fast_list.answer
 
-    def answer(scope: Scope) -> describe.FastAnswer | None:
+    def answer(scope: Scope) -> FastAnswer | None:
         return describe_answer(scope) or list_answer(scope)
 
     return answer

@@ -31,7 +31,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.history_params import horizon, horizon_headers
-from service.api.instrument import CACHE_KEY, ROUTE_KEY
+from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath
 from service.api.requests import (
     etag_matches,
     header,
@@ -236,10 +236,7 @@ def caller_of(scope: Scope) -> str:
     return str(client[0]) if client else ""
 
 
-FastAnswer = tuple[int, RawHeaders, bytes]
-
-
-class FastDescribe:
+class FastDescribe(FastPath):
     """In front of the router: a describe whose record and prepared answer are both in memory is sent
     straight away. Anything else (a miss, `at=`, bad input, other routes) goes on to the router, which
     answers it in full, so no behaviour lives only here.
@@ -252,15 +249,6 @@ class FastDescribe:
         self.app = app
         self.state = route.state
         self.answers = route.answers
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = self.answer(scope)
-        if answer is None:
-            await self.app(scope, receive, send)
-            return
-        status, headers, body = answer
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     def answer(self, scope: Scope) -> FastAnswer | None:
         """(status, headers, body) of a cached describe held in memory, or None when the router must answer."""

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api import pages
 from service.api.compression import LEVEL, MIN_SIZE, Compressor, accepts_gzip, weak
 from service.api.history_params import horizon, horizon_headers
-from service.api.instrument import CACHE_KEY, ROUTE_KEY
+from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath
 from service.api.requests import etag_matches, header, parse_timestamp, query_params, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
@@ -212,7 +212,7 @@ class ListImages:
         return page
 
 
-class FastList:
+class FastList(FastPath):
     """In front of the router: a list request whose page is remembered is answered straight away. Anything
     else (a page to build, bad input, other routes) goes on to the router, which answers it in full, so no
     behaviour lives only here.
@@ -222,7 +222,7 @@ class FastList:
         self.app = app
         self.route = route
 
-    def answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def answer(self, scope: Scope) -> FastAnswer | None:
         """(status, headers, body) of a remembered page, or None when the router must answer. Like the describe
         fast path's, it is synchronous, so the outermost layer can ask it directly (service.api.app)."""
         runtime = self.route.state.opened
@@ -246,12 +246,3 @@ class FastList:
         scope[ROUTE_KEY] = PATH
         scope[CACHE_KEY] = CACHE_HIT
         return page_answer(page, scope)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = self.answer(scope)
-        if answer is None:
-            await self.app(scope, receive, send)
-            return
-        status, headers, body = answer
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
