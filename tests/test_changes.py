@@ -200,10 +200,19 @@ async def test_a_client_resuming_from_before_the_ring_catches_up_from_the_databa
             # so the ring moves on beneath it.
             landed: list[int] = []
             original = counter.original
+            # Racing writes happen one at a time, and none once the test has stopped them: a write still in
+            # flight when the expectation is taken would land after it, unexpected.
+            race = asyncio.Lock()
+            racing_on = [True]
 
             async def racing(*args: Any, **kwargs: Any) -> list[queries.Revision]:
-                if kwargs.get("upto") is not None and len(landed) < 40:
-                    landed.extend(await write(runtime, [f"late-{len(landed) + index}" for index in range(10)]))
+                wrote = False
+                if kwargs.get("upto") is not None:
+                    async with race:
+                        if racing_on[0] and len(landed) < 40:
+                            landed.extend(await write(runtime, [f"late-{len(landed) + index}" for index in range(10)]))
+                            wrote = True
+                if wrote:
                     # The tailer reads them (its ring of 4 moves past this query's bound) before the query runs.
                     await asyncio.sleep(0.3)
                 return await original(*args, **kwargs)
@@ -211,6 +220,8 @@ async def test_a_client_resuming_from_before_the_ring_catches_up_from_the_databa
             counter.original = racing
             async with following(http, last_event_id=early[2]) as late:
                 counter.original = original
+                async with race:
+                    racing_on[0] = False
                 landed += await write(runtime, ["after-0", "after-1"])
                 expected = early[3:] + landed
                 assert await late.until(len(expected)) == expected
