@@ -176,10 +176,16 @@ class Client(_Base):
             if not token:
                 return
 
-    def _pages(self, path: str, query: Params, items: str) -> Iterator[dict[str, Any]]:
+    def api_pages(
+        self, path: str, query: Mapping[str, str], items: str, first: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every item (the API's JSON) of every page of `path`, following nextToken; `first`, when given,
+        receives the first page's other fields (its region, horizon, ...)."""
         document = self.api(path, query)
+        if first is not None:
+            first.update({key: value for key, value in document.items() if key != items})
         while True:
-            yield from pythonic(document[items])
+            yield from document[items]
             token = document.get("nextToken")
             if not token:
                 return
@@ -201,7 +207,7 @@ class Client(_Base):
         query = _fleet_params(
             region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
         )
-        return self._pages(TRANSITIONS_PATH, {**query, "limit": FLEET_PAGE}, "transitions")
+        return map(pythonic, self.api_pages(TRANSITIONS_PATH, {**query, "limit": FLEET_PAGE}, "transitions"))
 
     def export_transitions(
         self,
@@ -244,7 +250,7 @@ class Client(_Base):
         """Every build that started in [since, until), page after page (lazily): start, end, duration, outcome,
         version, failure reasons, time per Image Builder phase."""
         query = _fleet_params(region, since, until, version=version, outcome=outcome, imageId=image_id, order=order)
-        return self._pages(BUILDS_PATH, {**query, "limit": FLEET_PAGE}, "builds")
+        return map(pythonic, self.api_pages(BUILDS_PATH, {**query, "limit": FLEET_PAGE}, "builds"))
 
     def builds_summary(
         self,
@@ -265,14 +271,10 @@ class Client(_Base):
         until: datetime | str | None = None,
     ) -> Any:
         """Every status transition of the image (all pages), oldest first: {"image_id", "region", "transitions"}."""
-        path = image_path(image_id, "/history")
+        first: dict[str, Any] = {}
         query = _params(region=region, since=since, until=until, limit=1000)
-        document = self.api(path, query)
-        transitions = list(document["transitions"])
-        while document.get("nextToken"):
-            document = self.api(path, {**query, "nextToken": document["nextToken"]})
-            transitions += document["transitions"]
-        return pythonic({"imageId": document["imageId"], "region": document["region"], "transitions": transitions})
+        transitions = list(self.api_pages(image_path(image_id, "/history"), query, "transitions", first))
+        return pythonic({"imageId": first["imageId"], "region": first["region"], "transitions": transitions})
 
     def watch(
         self, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
@@ -367,15 +369,23 @@ class AsyncClient(_Base):
             if not token:
                 return
 
-    async def _pages(self, path: str, query: Params, items: str) -> AsyncIterator[dict[str, Any]]:
+    async def api_pages(
+        self, path: str, query: Mapping[str, str], items: str, first: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         document = await self.api(path, query)
+        if first is not None:
+            first.update({key: value for key, value in document.items() if key != items})
         while True:
-            for item in pythonic(document[items]):
+            for item in document[items]:
                 yield item
             token = document.get("nextToken")
             if not token:
                 return
             document = await self.api(path, {**query, "nextToken": token})
+
+    async def _pythonic_pages(self, path: str, query: Params, items: str) -> AsyncIterator[dict[str, Any]]:
+        async for item in self.api_pages(path, query, items):
+            yield pythonic(item)
 
     def image_transitions(
         self,
@@ -391,7 +401,7 @@ class AsyncClient(_Base):
         query = _fleet_params(
             region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
         )
-        return self._pages(TRANSITIONS_PATH, {**query, "limit": FLEET_PAGE}, "transitions")
+        return self._pythonic_pages(TRANSITIONS_PATH, {**query, "limit": FLEET_PAGE}, "transitions")
 
     async def export_transitions(
         self,
@@ -431,7 +441,7 @@ class AsyncClient(_Base):
         order: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         query = _fleet_params(region, since, until, version=version, outcome=outcome, imageId=image_id, order=order)
-        return self._pages(BUILDS_PATH, {**query, "limit": FLEET_PAGE}, "builds")
+        return self._pythonic_pages(BUILDS_PATH, {**query, "limit": FLEET_PAGE}, "builds")
 
     async def builds_summary(
         self,
@@ -450,14 +460,11 @@ class AsyncClient(_Base):
         since: datetime | str | None = None,
         until: datetime | str | None = None,
     ) -> Any:
-        path = image_path(image_id, "/history")
+        first: dict[str, Any] = {}
         query = _params(region=region, since=since, until=until, limit=1000)
-        document = await self.api(path, query)
-        transitions = list(document["transitions"])
-        while document.get("nextToken"):
-            document = await self.api(path, {**query, "nextToken": document["nextToken"]})
-            transitions += document["transitions"]
-        return pythonic({"imageId": document["imageId"], "region": document["region"], "transitions": transitions})
+        pages = self.api_pages(image_path(image_id, "/history"), query, "transitions", first)
+        transitions = [item async for item in pages]
+        return pythonic({"imageId": first["imageId"], "region": first["region"], "transitions": transitions})
 
     async def watch(
         self, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TextIO
 
@@ -172,21 +172,6 @@ def _moment(value: str | None, flag: str) -> str | None:
     return api._moment(timedelta(**{UNITS[unit]: int(count)}))
 
 
-def _all_pages(
-    client: api.Client, path: str, query: dict[str, str], items: str, first: dict[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Every item of every page; `first`, when given, receives the first page's other fields (the horizon)."""
-    document = client.api(path, {**query, "limit": api.FLEET_PAGE})
-    if first is not None:
-        first.update({key: value for key, value in document.items() if key != items})
-    while True:
-        yield from document[items]
-        token = document.get("nextToken")
-        if not token:
-            return
-        document = client.api(path, {**query, "limit": api.FLEET_PAGE, "nextToken": token})
-
-
 def _horizon_note(document: dict[str, Any], out: TextIO) -> None:
     if document.get("pastHorizon"):
         print(f"(history is kept from {document['horizon']} on: earlier changes are no longer known)", file=out)
@@ -212,19 +197,22 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
 def _transitions(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
     if args.image_id is not None:
         _check_image_id(args.image_id)
-    query = _params(
-        region=region, since=_moment(args.since, "--since"), until=_moment(args.until, "--until"),
-        imageBuildStatus=args.image_build_status, imageId=args.image_id, source=args.source, order=args.order,
-    )  # fmt: skip
+    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
     if args.output in ("ndjson", "csv"):
         # The service's own export, byte for byte: a file of any size, never held here.
-        query.pop("limit", None)
-        for chunk in client.export_transitions(args.output, **_export_filters(query)):
+        for chunk in client.export_transitions(
+            args.output, region, since, until, image_build_status=args.image_build_status, image_id=args.image_id,
+            source=args.source, order=args.order,
+        ):  # fmt: skip
             out.write(chunk.decode())
         out.flush()
         return
+    query = _params(
+        region=region, since=since, until=until, imageBuildStatus=args.image_build_status, imageId=args.image_id,
+        source=args.source, order=args.order, limit=api.FLEET_PAGE,
+    )  # fmt: skip
     first: dict[str, Any] = {}
-    rows = _all_pages(client, api.TRANSITIONS_PATH, query, "transitions", first)
+    rows = client.api_pages(api.TRANSITIONS_PATH, query, "transitions", first)
     if args.output == "json":
         print(json.dumps(list(rows), indent=2), file=out)
         return
@@ -244,12 +232,6 @@ def _fixed(cells: tuple[str, ...]) -> str:
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, (*TRANSITION_WIDTHS, 0), strict=True)).rstrip()
 
 
-def _export_filters(query: dict[str, str]) -> dict[str, Any]:
-    names = {"region": "region", "since": "since", "until": "until", "imageBuildStatus": "image_build_status",
-             "imageId": "image_id", "source": "source", "order": "order"}  # fmt: skip
-    return {names[key]: value for key, value in query.items()}
-
-
 def _builds(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
     since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
     if args.summary:
@@ -263,10 +245,10 @@ def _builds(client: api.Client, args: argparse.Namespace, region: str | None, ou
         _check_image_id(args.image_id)
     query = _params(
         region=region, since=since, until=until, version=args.version, outcome=args.outcome, imageId=args.image_id,
-        order=args.order,
+        order=args.order, limit=api.FLEET_PAGE,
     )  # fmt: skip
     first: dict[str, Any] = {}
-    found = list(_all_pages(client, api.BUILDS_PATH, query, "builds", first))
+    found = list(client.api_pages(api.BUILDS_PATH, query, "builds", first))
     if args.output == "json":
         print(json.dumps(found, indent=2), file=out)
         return
@@ -324,14 +306,10 @@ def _list(client: api.Client, args: argparse.Namespace, region: str | None, out:
 
 def _history(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
     _check_image_id(args.image_id)
-    path = api.image_path(args.image_id, "/history")
+    first: dict[str, Any] = {}
     query = _params(region=region, since=args.since, until=args.until, limit="1000")
-    document = client.api(path, query)
-    transitions = list(document["transitions"])
-    while document.get("nextToken"):
-        document = client.api(path, {**query, "nextToken": document["nextToken"]})
-        transitions += document["transitions"]
-    whole = {"imageId": document["imageId"], "region": document["region"], "transitions": transitions}
+    transitions = list(client.api_pages(api.image_path(args.image_id, "/history"), query, "transitions", first))
+    whole = {"imageId": first["imageId"], "region": first["region"], "transitions": transitions}
     if args.output == "json":
         print(json.dumps(whole, indent=2), file=out)
         return
