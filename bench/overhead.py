@@ -36,11 +36,13 @@ from bench.fake import TimedFakeAws
 
 # Importing the baseline's package instead of the editable install's: the editable finder sits in
 # sys.meta_path ahead of sys.path, and the working directory (the repository) heads sys.path; both go.
-BASELINE_MAIN = (
-    "import runpy, sys; "
+FROM_TREE = (
+    "import sys; "
     "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
     "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-    "sys.argv[0] = 'statuscache'; "
+)
+BASELINE_MAIN = (
+    FROM_TREE + "import runpy; sys.argv[0] = 'statuscache'; "
     "runpy.run_module('service', run_name='__main__', alter_sys=True)"
 )
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -66,10 +68,9 @@ def runnable(tree: Path) -> Path:
 
 def seed_in_tree(tree: Path, database: Path, images: int) -> None:
     """Seed `database` as bench.seed does, but with `tree`'s code (and so `tree`'s schema)."""
-    program = (
-        "import sys; from pathlib import Path; "
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
-        "from bench import seed; seed.seed_sqlite_sync(Path(sys.argv[1]), seed.synthetic(int(sys.argv[2])))"
+    program = FROM_TREE + (
+        "from pathlib import Path; from bench import seed; "
+        "seed.seed_sqlite_sync(Path(sys.argv[1]), seed.synthetic(int(sys.argv[2])))"
     )
     env = {**os.environ, "PYTHONPATH": str(tree)}
     subprocess.run([sys.executable, "-c", program, str(database), str(images)], cwd=tree, env=env, check=True)

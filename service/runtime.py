@@ -234,19 +234,16 @@ class Runtime:
         for other replicas' writes (service.store.builds)."""
         log.info("build derivation started")
         while not self.stop.is_set():
-            backoff = 0.0
             try:
                 self.metrics.builds_derived += await self.cache.derive_builds()
             except DatabaseUnavailable as exc:
                 # An outage is not a fault of this code: one line, as the consumer and the healer say it.
                 log.warning("deriving builds failed (%s); retrying in %gs", exc, BUILDS_OUTAGE_RETRY_SECONDS)
-                backoff = BUILDS_OUTAGE_RETRY_SECONDS
-            except Exception:
-                log.exception("deriving builds failed; retrying")
-            if backoff:
-                if await sleep_until_stopped(self.stop, backoff):
+                if await sleep_until_stopped(self.stop, BUILDS_OUTAGE_RETRY_SECONDS):
                     break
                 continue
+            except Exception:
+                log.exception("deriving builds failed; retrying")
             await self.transitioned.wait(seconds=BUILDS_POLL_SECONDS)
             if await sleep_until_stopped(self.stop, BUILDS_GATHER_SECONDS):
                 break
