@@ -11,8 +11,8 @@ import pytest
 
 from service.client import errors
 from service.client.core import (
-    BaseClient,
     Call,
+    Core,
     Flow,
     as_sent,
     export_headers,
@@ -65,7 +65,7 @@ def test_an_export_asks_for_its_media_and_nothing_else() -> None:
 
 
 def test_requests_carry_the_clients_headers_token_and_the_streams_longer_read_timeout() -> None:
-    core = BaseClient("http://svc:8080/", token="secret", timeout=5)
+    core = Core("http://svc:8080/", token="secret", timeout=5)
     with httpx.Client(base_url=core.base_url, headers=core.headers, timeout=core.timeout) as http:
         plain = core.build_request(http, Call("/v3/images/custom/a", {"region": "r"}))
         stream = core.build_request(http, Call("/v3/image-changes", {}, {"Accept": "text/event-stream"}, listen=True))
@@ -78,7 +78,7 @@ def test_requests_carry_the_clients_headers_token_and_the_streams_longer_read_ti
 
 
 def test_answers_decode_to_json_or_to_the_named_error() -> None:
-    core = BaseClient("http://svc", token=None, timeout=5)
+    core = Core("http://svc", token=None, timeout=5)
     assert "authorization" not in core.headers
     assert core.answer(httpx.Response(200, json={"a": 1})) == {"a": 1}
     missing = httpx.Response(404, json={"message": "No image"})
@@ -88,9 +88,9 @@ def test_answers_decode_to_json_or_to_the_named_error() -> None:
         core.answer(httpx.Response(200, content=b"<html>"))
     assert garbled.value.status == 200
     with pytest.raises(errors.LimitExceededException) as busy:
-        BaseClient.streamed(httpx.Response(429, headers={"Retry-After": "5"}, content=b"slow down"))
+        Core.streamed(httpx.Response(429, headers={"Retry-After": "5"}, content=b"slow down"))
     assert (busy.value.retry_after, busy.value.message) == (5, "slow down")
-    BaseClient.streamed(httpx.Response(200))
+    Core.streamed(httpx.Response(200))
 
 
 # --- flows and the pager -----------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ from service.client.core import (
     DEFAULT_URL,
     SUMMARY_PATH,
     TRANSITIONS_PATH,
-    BaseClient,
     Call,
+    Core,
     Flow,
     Moment,
     as_sent,
@@ -81,9 +81,13 @@ def _history(image_id: str, region: str | None, since: Moment | None, until: Mom
     return pythonic({"imageId": pages.first["imageId"], "region": pages.first["region"], "transitions": transitions})
 
 
-class Calls(BaseClient, ABC, Generic[Answer, Items, Chunks, Events, Changes]):
+class Calls(ABC, Generic[Answer, Items, Chunks, Events, Changes]):
     """Every call of the API, written once: what it asks and what its answer becomes. A client supplies the I/O
     (`_run` a Flow, `_items` of a Pager, `_chunks` of an export, `_events` of a Watch) and with it the types."""
+
+    def __init__(self, base_url: str, *, token: str | None, timeout: float) -> None:
+        self._core = Core(base_url, token=token, timeout=timeout)
+        self.base_url = self._core.base_url
 
     def api(self, path: str, params: Mapping[str, str] | None = None) -> Answer:
         """GET `path`: the API's JSON as it is (camelCase, timestamps as text)."""
@@ -117,6 +121,7 @@ class Calls(BaseClient, ABC, Generic[Answer, Items, Chunks, Events, Changes]):
     ) -> Items:  # fmt: skip
         """Every status transition of every image in [since, until), page after page (lazily), oldest first
         unless order="desc"; each as the per-image history's transitions, with its image_id and region."""
+        # The window is fixed when the call is made (since=timedelta(days=7): from now), the pages read lazily.
         window = fleet_query(
             region, since, until, imageBuildStatus=image_build_status, imageId=image_id, source=source, order=order
         )
@@ -206,7 +211,7 @@ class Client(Calls[Any, Iterator[dict[str, Any]], Iterator[bytes], Iterator[Stre
 
     def __init__(self, base_url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(base_url, token=token, timeout=timeout)
-        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._core.headers, timeout=self._core.timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -219,14 +224,14 @@ class Client(Calls[Any, Iterator[dict[str, Any]], Iterator[bytes], Iterator[Stre
 
     def _get(self, call: Call) -> Any:
         try:
-            response = self._http.send(self.build_request(self._http, call))
+            response = self._http.send(self._core.build_request(self._http, call))
         except httpx.TransportError as exc:
-            raise self.unreachable(exc) from exc
-        return self.answer(response)
+            raise self._core.unreachable(exc) from exc
+        return self._core.answer(response)
 
     @contextmanager
     def _open(self, call: Call) -> Iterator[httpx.Response]:
-        response = self._http.send(self.build_request(self._http, call), stream=True)
+        response = self._http.send(self._core.build_request(self._http, call), stream=True)
         try:
             if response.status_code != 200:
                 response.read()  # an error's message is in its body
@@ -251,10 +256,10 @@ class Client(Calls[Any, Iterator[dict[str, Any]], Iterator[bytes], Iterator[Stre
         request = call()
         try:
             with self._open(request) as response:
-                self.streamed(response)
+                self._core.streamed(response)
                 yield from response.iter_bytes()
         except httpx.TransportError as exc:
-            raise self.unreachable(exc) from exc
+            raise self._core.unreachable(exc) from exc
 
     def _events(self, watch: Watch) -> Iterator[StreamEvent]:
         while True:
@@ -283,7 +288,7 @@ class AsyncClient(
 
     def __init__(self, base_url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(base_url, token=token, timeout=timeout)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._core.headers, timeout=self._core.timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -296,14 +301,14 @@ class AsyncClient(
 
     async def _get(self, call: Call) -> Any:
         try:
-            response = await self._http.send(self.build_request(self._http, call))
+            response = await self._http.send(self._core.build_request(self._http, call))
         except httpx.TransportError as exc:
-            raise self.unreachable(exc) from exc
-        return self.answer(response)
+            raise self._core.unreachable(exc) from exc
+        return self._core.answer(response)
 
     @asynccontextmanager
     async def _open(self, call: Call) -> AsyncIterator[httpx.Response]:
-        response = await self._http.send(self.build_request(self._http, call), stream=True)
+        response = await self._http.send(self._core.build_request(self._http, call), stream=True)
         try:
             if response.status_code != 200:
                 await response.aread()
@@ -329,11 +334,11 @@ class AsyncClient(
         request = call()
         try:
             async with self._open(request) as response:
-                self.streamed(response)
+                self._core.streamed(response)
                 async for chunk in response.aiter_bytes():
                     yield chunk
         except httpx.TransportError as exc:
-            raise self.unreachable(exc) from exc
+            raise self._core.unreachable(exc) from exc
 
     async def _events(self, watch: Watch) -> AsyncIterator[StreamEvent]:
         while True:

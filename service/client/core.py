@@ -1,8 +1,8 @@
 """The client's sans-I/O core: what to ask the service (`Call`), how a call becomes an httpx request, and what an
 answer means; `Client` and `AsyncClient` (service.client.api) only send and wait.
 
-As httpx's `BaseClient.build_request` serves both of its clients, `BaseClient` here holds the configuration (URL,
-token, timeouts), builds every request and decodes every answer, mapping errors to the ApiException family. A call
+As httpx's `BaseClient.build_request` serves both of its clients, `Core` here holds the configuration (URL, token,
+timeouts), builds every request and decodes every answer, mapping errors to the ApiException family. A call
 that needs several requests is a `Flow`, a generator in the manner of httpx's `Auth.auth_flow`: it yields each
 `Call` and is sent that call's JSON, and returns the answer; each client drives it with its own I/O.
 """
@@ -111,8 +111,8 @@ def as_sent(document: Any) -> Any:
     return document
 
 
-class BaseClient:
-    """The configuration both clients share, how each `Call` becomes a request, and what each answer means."""
+class Core:
+    """What both clients hold: the configuration, how each `Call` becomes a request, and what each answer means."""
 
     def __init__(self, base_url: str, *, token: str | None, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
