@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import jmespath
 import jmespath.exceptions
 
-from service.client import api, errors, from_environment, shapes
+from service.client import api, core, errors, from_environment, shapes
 
 COMMANDS = ("describe-image", "list-images", "image-history", "watch", "transitions", "builds")
 # pcluster's CLI checks the id against its OpenAPI pattern before calling anything, in these words.
@@ -169,7 +169,7 @@ def _moment(value: str | None, flag: str) -> str | None:
             raise Refused(f"Bad Request: {flag} must be an ISO 8601 timestamp or a span such as 30m, 12h, 7d, 2w")
         return value
     count, unit = relative.groups()
-    return api._moment(timedelta(**{UNITS[unit]: int(count)}))
+    return core.moment(timedelta(**{UNITS[unit]: int(count)}))
 
 
 def _horizon_note(document: dict[str, Any], out: TextIO) -> None:

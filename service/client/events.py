@@ -1,4 +1,5 @@
-"""Pure: the change stream's Server-Sent Events, read line by line, and the cursor that resumes it.
+"""Pure: the change stream's Server-Sent Events, read line by line, the cursor that resumes it, and the state of
+following it across disconnects (`Watch`).
 
 The stream (GET /v3/image-changes) opens with `retry:` and an `id:` carrying the sequence it starts
 after, then one event per change: `id:` the change sequence, `event: image` with the describe document
@@ -12,8 +13,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from service.client.errors import InternalServiceException
+import httpx
+
+from service.client import errors
+from service.client.core import CHANGES_PATH, Call, query
 from service.client.shapes import pythonic
+
+# Reconnecting: the server's `retry:` (2 s until it says) at first, doubling while it keeps failing, up to this.
+FIRST_RECONNECT_SECONDS = 2.0
+MAX_RECONNECT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,57 @@ class Cursor:
             data = json.loads(event.data)
         except ValueError as exc:
             message = f"the change stream sent event {seq} with data that is not JSON"
-            raise InternalServiceException(message, status=200) from exc
+            raise errors.InternalServiceException(message, status=200) from exc
         self.last = seq
         return StreamEvent(seq, event.event, data if isinstance(data, dict) else {"value": data})
+
+
+class Watch:
+    """Following the change stream across disconnects and restarts, without I/O: each change once, in order.
+
+    A driver repeats: send `call()` (it resumes after the last change handed on, with Last-Event-ID); if
+    `opened(response)`, hand on what `feed(line)` gives for each line; when the connection ends or drops, sleep
+    `wait()` seconds. Something that follows the stream for its own ends (waiting for an image to be done) hands
+    a driver its own Watch, or decides on the StreamEvents it gets.
+    """
+
+    def __init__(self, *, region: str | None = None, image_id: str | None = None, last_event_id: int | None = None):
+        self.cursor = Cursor(last_event_id)
+        self._params = query(region=region, imageId=image_id)
+        self._parser = EventParser()
+        self._delay = FIRST_RECONNECT_SECONDS
+        self._failures = 0
+
+    def call(self) -> Call:
+        """The next connection: from after the last change handed on (or where the caller said to start)."""
+        headers = {"Accept": "text/event-stream"}
+        if self.cursor.last is not None:
+            headers["Last-Event-ID"] = str(self.cursor.last)
+        return Call(CHANGES_PATH, self._params, headers, listen=True)
+
+    def opened(self, response: httpx.Response) -> bool:
+        """Whether to read the answer's lines. A stream refused outright (4xx) raises its error (its body must have
+        been read); False when reconnecting later may help (5xx, 429: a replica not ready, or busy)."""
+        if response.status_code == 200:
+            self._parser = EventParser()  # a block never spans two connections
+            return True
+        if response.status_code >= 500 or response.status_code == 429:
+            return False
+        raise errors.from_response(response)
+
+    def feed(self, line: str) -> StreamEvent | None:
+        """One line (without its end): the change to hand on, when the line completes one not handed on before."""
+        block = self._parser.feed(line)
+        if block is None:
+            return None
+        if block.retry_ms is not None:
+            self._delay = block.retry_ms / 1000
+        event = self.cursor.take(block)
+        if event is not None:
+            self._failures = 0
+        return event
+
+    def wait(self) -> float:
+        """A connection ended, dropped or was not taken: the seconds to wait before the next one."""
+        self._failures += 1
+        return min(MAX_RECONNECT_SECONDS, self._delay * 2.0 ** max(0, self._failures - 1))
