@@ -71,6 +71,7 @@ class Stack:
     def __init__(self, engine: Engine) -> None:
         self.compose = [*engine.compose, "-p", PROJECT, "-f", str(COMPOSE_FILE)]
         self.env = build_env()
+        self.v1 = engine.compose == ["docker-compose"]
         self.up_called = False
 
     def run(self, *args: str, timeout: float = 1800) -> str:
@@ -82,9 +83,10 @@ class Stack:
         return done.stdout
 
     def up(self) -> None:
-        """`up --build`, as two commands: `build --force-rm` so that a failed build leaves no container behind."""
+        """`up --build`, as two commands: Compose v1's classic builds leave a failed step's container behind
+        unless told `--force-rm` (v2 builds with BuildKit, which leaves none)."""
         self.up_called = True
-        self.run("build", "--force-rm")
+        self.run("build", *(["--force-rm"] if self.v1 else []))
         self.run("up", "-d")
 
     def container(self, service: str) -> str:
