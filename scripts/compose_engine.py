@@ -107,17 +107,24 @@ class Engine:
     started: subprocess.Popen[bytes] | None = None
     log_dir: Path | None = None
 
-    def stop(self) -> None:
-        """Stop the daemon this run started (and, with it, the containerd it started); else nothing."""
-        if self.started is None or self.started.poll() is not None:
+    def stop(self, *, keep_log: bool = True) -> None:
+        """Stop the daemon this run started (and, with it, the containerd it started); else nothing.
+
+        Its log stays for a failed run to be read, and goes with a passed one."""
+        if self.started is None:
             return
-        self.started.send_signal(signal.SIGTERM)
-        try:
-            self.started.wait(timeout=DAEMON_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.started.kill()
-            self.started.wait()
-        print(f"compose-test: stopped the dockerd it started (its log: {self.log_dir}/dockerd.log)", flush=True)
+        if self.started.poll() is None:
+            self.started.send_signal(signal.SIGTERM)
+            try:
+                self.started.wait(timeout=DAEMON_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.started.kill()
+                self.started.wait()
+        if keep_log or self.log_dir is None:
+            print(f"compose-test: stopped the dockerd it started (its log: {self.log_dir}/dockerd.log)", flush=True)
+        else:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+            print("compose-test: stopped the dockerd it started", flush=True)
 
 
 def ensure_engine() -> Engine:

@@ -484,7 +484,7 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 stack.down()
         if engine is not None:
-            engine.stop()
+            engine.stop(keep_log=failed is not None)
     if failed is not None:
         return 1
     event_seconds = results["event_seconds"]
