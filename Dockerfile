@@ -23,8 +23,9 @@ COPY service ./service
 COPY migrations ./migrations
 # A regular (non-editable) install: the package lands in the venv's site-packages, without the dev extra.
 # The migrations ship inside it as service.migrations (pyproject.toml), so the schema travels with the code.
+# The check runs with -P: from /src, `python -c` would import ./service (which has no migrations) instead.
 RUN pip install . \
- && python -c 'import service.store.db as db; assert (db.MIGRATIONS_DIR / "env.py").is_file(), db.MIGRATIONS_DIR'
+ && python -P -c 'import service.store.db as db; assert (db.MIGRATIONS_DIR / "env.py").is_file(), db.MIGRATIONS_DIR'
 
 # --- demo-builder: the same venv plus the [demo] extra; only the demo target copies it ----------------------
 FROM builder AS demo-builder

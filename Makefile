@@ -50,6 +50,13 @@ prometheus:
 chromium:
 	@scripts/ensure-chromium
 
+# The docker-compose stack on a real Docker engine: installs docker.io and a Compose where missing, starts
+# dockerd if none answers (and stops it after), builds stand-ins for images no registry serves, brings the
+# stack up, checks it and takes it down (scripts/compose_test.py). `make test` needs no Docker.
+.PHONY: compose-test
+compose-test: install
+	$(BIN)/python scripts/compose_test.py
+
 bench: install postgres
 	@scripts/ensure-wrk
 	$(BIN)/python -m bench

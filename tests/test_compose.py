@@ -251,6 +251,19 @@ def startup_order() -> list[str]:
 # --- (a) coherence --------------------------------------------------------------------------------------
 
 
+def test_file_is_valid_for_compose_v1_and_v2() -> None:
+    # Compose v1 (Debian's docker-compose, what `make compose-test` runs where no v2 is installed) rejects any
+    # other top-level key, `name:` included: the project is named on the command line.
+    assert {key for key in COMPOSE if not key.startswith("x-")} <= {"services", "volumes", "networks"}
+
+
+def test_every_published_port_is_on_loopback() -> None:
+    for name, service in SERVICES.items():
+        for mapping in service.get("ports", []):
+            address, _, _ = published_port(mapping)
+            assert address is not None and runner.is_loopback(address), (name, mapping)
+
+
 def test_every_service_has_an_image_or_a_build() -> None:
     for name, service in SERVICES.items():
         assert "image" in service or "build" in service, name
