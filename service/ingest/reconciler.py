@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from service.aws import Aws
+from service.aws import Aws, calls_made
 from service.domain import status
 from service.domain.models import (
     PART_CONFIG,
@@ -69,8 +69,23 @@ class Reconciler:
         self.first_pass_done = asyncio.Event()
 
     async def run_pass(self, *, region: str) -> PassReport:
+        # Only this pass's own calls (and those of the tasks it starts): live lookups, the healer and the
+        # consumer call AWS at the same time, in the same process.
+        with calls_made() as tally:
+            report = await self._pass(region=region)
+        report.aws_calls = tally[0]
+        self._metrics.reconcile_reports[region] = dataclasses.asdict(report)
+        self._metrics.reconcile_aws_calls[region] += report.aws_calls
+        log.info(
+            "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d unconfirmed, %d AWS calls",
+            region, report.images_seen, report.changed, report.transitions, report.gone, report.unconfirmed,
+            report.aws_calls,
+            extra={"region": region, "corrected": report.corrected},
+        )
+        return report
+
+    async def _pass(self, *, region: str) -> PassReport:
         report = PassReport(region=region)
-        calls_before = self._aws.total_calls()
         started = utcnow()
         clock_started = time.monotonic()
 
@@ -147,18 +162,9 @@ class Reconciler:
         report.corrected = sum(
             result.transitioned for result in results if known.get(result.image_id) is not None
         )
-        report.aws_calls = self._aws.total_calls() - calls_before
-        self._metrics.reconcile_reports[region] = dataclasses.asdict(report)
         self._metrics.reconcile_corrected[region] += report.corrected
-        self._metrics.reconcile_aws_calls[region] += report.aws_calls
         self._metrics.reconcile_region_passes[(region, "ok")] += 1
         self._metrics.reconcile_seconds[region].observe(time.monotonic() - clock_started)
-        log.info(
-            "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d unconfirmed, %d AWS calls",
-            region, report.images_seen, report.changed, report.transitions, report.gone, report.unconfirmed,
-            report.aws_calls,
-            extra={"region": region, "corrected": report.corrected},
-        )
         return report
 
     async def run_once(self) -> list[PassReport]:
