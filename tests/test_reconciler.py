@@ -130,7 +130,7 @@ async def test_failed_list_changes_nothing(runtime: Runtime, aws_state: FakeAws)
 
 async def test_loop_runs_at_start_and_stops(runtime: Runtime, aws_state: FakeAws) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(runtime.reconciler.run(stop=stop))
+    task = asyncio.create_task(runtime.reconciler.loop().run(stop=stop))
     await asyncio.wait_for(runtime.reconciler.first_pass_done.wait(), timeout=10)
     stop.set()
     await asyncio.wait_for(task, timeout=5)
@@ -142,9 +142,11 @@ async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_s
     aws_state.fail_next("cloudformation.DescribeStacks", code="InternalFailure", status=500, times=4)
     aws_state.create_image_stack(region=REGION, image_id="eventually")
     aws_state.reset_calls()
-    stop = asyncio.Event()
-    task = asyncio.create_task(runtime.reconciler.run(stop=stop, iterations=2))
-    await asyncio.wait_for(task, timeout=30)
+    loop = runtime.reconciler.loop()
+    backoff = await asyncio.wait_for(loop.run_once(), timeout=30)
+    assert not runtime.reconciler.first_pass_done.is_set()
+    assert 0 < backoff <= runtime.settings.backoff_initial_seconds
+    await asyncio.wait_for(loop.run_once(), timeout=30)
     assert runtime.reconciler.first_pass_done.is_set()
     assert await runtime.cache.read(region=REGION, image_id="eventually") is not None
 

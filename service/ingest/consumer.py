@@ -27,13 +27,14 @@ from service.domain.models import Change, Source
 from service.domain.plans import Facts, decide, is_image_resource, worth_storing
 from service.domain.refreshes import KIND_AMI, KIND_IMAGE, Need
 from service.errors import AwsError, DatabaseUnavailable, MalformedEvent
+from service.freshness import Freshness
 from service.ingest.observe import observe_live
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Poison
 from service.support.clock import utcnow
+from service.support.loops import Backoff, Loop
 from service.support.singleflight import SingleFlight
-from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,14 @@ class Refresher:
 
 
 class Consumer:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics, freshness: Freshness
+    ) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
         self._metrics = metrics
+        self._freshness = freshness
         self.refresher = Refresher(
             cache=cache, aws=aws, concurrency=settings.refresh_concurrency, metrics=metrics,
             timeout_seconds=settings.live_lookup_timeout_seconds,
@@ -244,51 +248,49 @@ class Consumer:
                 self._handling[region] -= 1
         return len(messages or ())
 
-    async def run(self, *, stop: asyncio.Event, iterations: int | None = None) -> None:
-        """Receivers for every queue until `stop`; `iterations` bounds each receiver's polls (tests)."""
+    def receivers(self, *, stop: asyncio.Event) -> list[Loop]:
+        """STATUSCACHE_EVENTS_RECEIVERS receivers for every queue, each a loop of `receive_once` until `stop`.
+
+        From now until a receive has emptied what a queue held, what changed while this process was not
+        running is unknown in its region: answers say so.
+        """
         urls = self._settings.events_queue_urls
         started = time.time()
         for url in urls:
-            # Until the queue has been read, what changed while this process was not running is unknown.
-            self._metrics.events_behind_since.setdefault(
+            self._freshness.events_behind_since.setdefault(
                 queue_region(url, default=self._settings.default_region), started
             )
-        log.info("event consumer started: %d receivers on each of %s", self._settings.events_receivers, ", ".join(urls))
-        try:
-            await asyncio.gather(
-                *(
-                    self._receiver(queue_url=url, stop=stop, iterations=iterations)
-                    for url in urls
-                    for _ in range(self._settings.events_receivers)
-                )
-            )
-        finally:
-            log.info("event consumer stopped: %s", dict(self._metrics.events))
+        return [
+            self.receiver(queue_url=url, stop=stop, name=f"event receiver {index + 1} of {url}")
+            for url in urls
+            for index in range(self._settings.events_receivers)
+        ]
 
-    async def _receiver(self, *, queue_url: str, stop: asyncio.Event, iterations: int | None) -> None:
-        backoff = self._settings.backoff_initial_seconds
+    def receiver(self, *, queue_url: str, stop: asyncio.Event, name: str = "event receiver") -> Loop:
+        """One receiver of `queue_url`: long polls one after the other; a poll still waiting when `stop` is set
+        is abandoned, a batch in hand is handled whole (so its loop drains)."""
         region = queue_region(queue_url, default=self._settings.default_region)
-        done = 0
-        while not stop.is_set() and (iterations is None or done < iterations):
-            done += 1
+
+        async def step() -> float:
             try:
                 received = await self.receive_once(queue_url=queue_url, stop=stop)
-                backoff = self._settings.backoff_initial_seconds
-                if received < MAX_MESSAGES and not self._handling[region]:
-                    # Caught up: what the queue held when it came back has been applied (no receiver of the
-                    # region is still applying a batch it got).
-                    self._metrics.events_behind_since.pop(region, None)
-            except Exception as exc:
+            except Exception:
                 # Until the queue is read again, changes can happen that the cache does not hear of.
-                self._metrics.events_behind_since.setdefault(region, time.time())
-                if isinstance(exc, AwsError | DatabaseUnavailable):
-                    # Expected in an outage: one line, not a traceback every backoff.
-                    log.warning("receiving from %s failed (%s); retrying in %gs", queue_url, exc, backoff)
-                else:
-                    log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
-                if await sleep_until_stopped(stop, backoff):
-                    return
-                backoff = min(backoff * 2, self._settings.backoff_max_seconds)
+                self._freshness.events_behind_since.setdefault(region, time.time())
+                raise
+            if received < MAX_MESSAGES and not self._handling[region]:
+                # Caught up: what the queue held when it came back has been applied (no receiver of the
+                # region is still applying a batch it got).
+                self._freshness.events_behind_since.pop(region, None)
+            return 0.0
+
+        return Loop(
+            name=name,
+            step=step,
+            backoff=Backoff(self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds),
+            # Expected in an outage: one line, not a traceback every backoff.
+            quiet=(AwsError, DatabaseUnavailable),
+        )
 
 
 async def _unless_stopped(receive: Coroutine[Any, Any, list[QueueMessage]], stop: asyncio.Event) -> list[QueueMessage]:

@@ -20,12 +20,14 @@ from service.domain.models import TAG_IMAGE_ID, Change, Source, tag_value
 from service.domain.plans import worth_storing
 from service.domain.refreshes import KIND_AMI, Need, retry_delay
 from service.errors import AwsError, DatabaseUnavailable
+from service.freshness import Freshness
 from service.ingest.observe import observe_live
 from service.metrics import HEAL_ATTEMPTED, HEAL_DROPPED, HEAL_FAILED, HEAL_HEALED, Metrics
 from service.settings import Settings
 from service.store.cache import Cache
 from service.store.refresh_queue import Claimed, RefreshQueue
 from service.support.clock import utcnow
+from service.support.loops import Backoff, Loop, Pauses
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class Healer:
         aws: Aws,
         settings: Settings,
         metrics: Metrics,
+        freshness: Freshness,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._cache = cache
@@ -58,12 +61,14 @@ class Healer:
         self._aws = aws
         self._settings = settings
         self._metrics = metrics
+        self._freshness = freshness
         self._clock = clock
         self._limit = asyncio.Semaphore(settings.refresh_concurrency)
         self._wake = asyncio.Event()
-        # Regions whose last look got no answer from AWS: paused until then, and how many times in a row.
-        self._paused: dict[str, datetime] = {}
-        self._region_failures: dict[str, int] = {}
+        # Regions whose last look got no answer from AWS: paused, longer each time in a row.
+        self._pauses: Pauses[str] = Pauses(
+            Backoff(settings.heal_backoff_initial_seconds, settings.heal_backoff_max_seconds)
+        )
 
     def wake(self) -> None:
         """A look was owed just now (by this process): the loop reconsiders when the next one is due."""
@@ -71,7 +76,7 @@ class Healer:
 
     async def backlog(self) -> int:
         count = await self._queue.backlog()
-        self._metrics.heal_backlog = count
+        self._freshness.heal_backlog = count
         return count
 
     def _retry(self, attempts: int) -> float:
@@ -87,7 +92,7 @@ class Healer:
         report = HealReport()
         batch = self._settings.refresh_concurrency * 4
         while True:
-            paused = {region for region, until in self._paused.items() if until > now}
+            paused = self._pauses.paused(now=now)
             claimed = await self._queue.claim(
                 now=now, limit=batch, hold_seconds=self._settings.live_lookup_timeout_seconds + 10,
                 skip_regions=paused,
@@ -99,12 +104,9 @@ class Healer:
                 self._metrics.heals[HEAL_ATTEMPTED] += 1
                 self._metrics.heals[outcome] += 1
                 if outcome == HEAL_FAILED:
-                    failures = self._region_failures.get(item.need.region, 0) + 1
-                    self._region_failures[item.need.region] = failures
-                    self._paused[item.need.region] = now + timedelta(seconds=self._retry(failures))
+                    self._pauses.failed(item.need.region, now=now)
                 elif outcome == HEAL_HEALED:
-                    self._region_failures.pop(item.need.region, None)
-                    self._paused.pop(item.need.region, None)
+                    self._pauses.succeeded(item.need.region)
             if len(claimed) < batch:
                 break
         await self.backlog()
@@ -168,34 +170,25 @@ class Healer:
         await self._cache.apply_many([change], settled=[(need, looked_at)])
         return HEAL_HEALED
 
-    async def run(self, *, stop: asyncio.Event, iterations: int | None = None) -> None:
-        """Look at what is due, then sleep until the next need is due (or one is owed), until `stop`."""
-        log.info(
-            "healer started: looks at AWS still owed are retried from %gs, backing off to %gs",
-            self._settings.heal_backoff_initial_seconds, self._settings.heal_backoff_max_seconds,
+    def loop(self) -> Loop:
+        """Look at what is due, then sleep until the next need is due (or one is owed: `wake`)."""
+        return Loop(
+            name="healer",
+            step=self.step,
+            backoff=Backoff(self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds),
+            quiet=(DatabaseUnavailable,),
+            wake=self._wake.wait,
+            detail=(
+                f"looks at AWS still owed are retried from {self._settings.heal_backoff_initial_seconds:g}s, "
+                f"backing off to {self._settings.heal_backoff_max_seconds:g}s"
+            ),
         )
-        backoff = self._settings.backoff_initial_seconds
-        done = 0
-        try:
-            while not stop.is_set() and (iterations is None or done < iterations):
-                done += 1
-                self._wake.clear()
-                try:
-                    await self.run_once()
-                    delay = await self._idle_seconds()
-                    backoff = self._settings.backoff_initial_seconds
-                except Exception as exc:
-                    if isinstance(exc, DatabaseUnavailable):
-                        log.warning("looking at owed needs failed (%s); retrying in %gs", exc, backoff)
-                    else:
-                        log.exception("looking at owed needs failed; retrying in %gs", backoff)
-                    delay = backoff
-                    backoff = min(backoff * 2, self._settings.backoff_max_seconds)
-                if iterations is not None and done >= iterations:
-                    break
-                await self._sleep(stop, delay)
-        finally:
-            log.info("healer stopped")
+
+    async def step(self) -> float:
+        """Everything due now (the loop's step); the seconds until the next look is due."""
+        self._wake.clear()
+        await self.run_once()
+        return await self._idle_seconds()
 
     async def _idle_seconds(self) -> float:
         now = self._clock()
@@ -205,16 +198,6 @@ class Healer:
         until = (due - now).total_seconds()
         if until <= 0:
             # Due but skipped: its region is paused. Wake when the first pause ends.
-            pauses = [(until_at - now).total_seconds() for until_at in self._paused.values() if until_at > now]
-            until = min(pauses, default=MIN_TICK_SECONDS)
+            first_end = self._pauses.first_end(now=now)
+            until = MIN_TICK_SECONDS if first_end is None else first_end
         return min(IDLE_SECONDS, max(MIN_TICK_SECONDS, until))
-
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        """Until `seconds` pass, `stop` is set, or a need is owed (`wake`)."""
-        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)

@@ -23,12 +23,13 @@ from service.domain.models import (
     StackInfo,
 )
 from service.errors import AwsError, DatabaseUnavailable
+from service.freshness import Freshness
 from service.ingest.observe import config_location, imagebuilder_for_stack
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Known
 from service.support.clock import utcnow
-from service.support.stopping import sleep_until_stopped
+from service.support.loops import Backoff, Loop
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,14 @@ def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
 
 
 class Reconciler:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics, freshness: Freshness
+    ) -> None:
         self._cache = cache
         self._aws = aws
         self._settings = settings
         self._metrics = metrics
+        self._freshness = freshness
         self.first_pass_done = asyncio.Event()
 
     async def run_pass(self, *, region: str) -> PassReport:
@@ -173,53 +177,47 @@ class Reconciler:
         self.first_pass_done.set()
         return reports
 
-    async def run(
-        self,
-        *,
-        stop: asyncio.Event,
-        iterations: int | None = None,
-        region_gate: Callable[[str], Awaitable[bool]] | None = None,
-    ) -> None:
-        """Reconcile every region at start and every resync interval until `stop` is set.
+    def loop(self, *, region_gate: Callable[[str], Awaitable[bool]] | None = None) -> Loop:
+        """Reconcile every region at start and every resync interval (sooner, backing off, after a failure).
 
         `region_gate` lets a fleet decide which replica reconciles a region (a lease); None means always.
+        From now until a pass of a region works, what changed there while this process was not running is
+        unknown: answers say so.
         """
-        log.info("reconciler started for %s every %gs", ",".join(self._settings.regions), self._settings.resync_seconds)
-        backoff = self._settings.backoff_initial_seconds
-        done = 0
         started = time.time()
         for region in self._settings.regions:
-            # Until a first pass, what changed while this process was not running is unknown.
-            self._metrics.reconcile_behind_since.setdefault(region, started)
-        try:
-            while not stop.is_set() and (iterations is None or done < iterations):
-                failed = False
-                for region in self._settings.regions:
-                    try:
-                        # Another replica holding the region's lease reconciles it: that counts as done here.
-                        if region_gate is None or await region_gate(region):
-                            await self.run_pass(region=region)
-                        self._metrics.reconcile_behind_since.pop(region, None)
-                    except Exception as exc:
-                        failed = True
-                        self._metrics.reconcile_region_passes[(region, "error")] += 1
-                        self._metrics.reconcile_behind_since.setdefault(region, time.time())
-                        if isinstance(exc, AwsError | DatabaseUnavailable):
-                            log.warning("reconcile pass for %s failed: %s", region, exc, extra={"region": region})
-                        else:
-                            log.exception("reconcile pass for %s failed", region, extra={"region": region})
-                self._metrics.reconcile_passes += 1
-                done += 1
-                if not failed:
-                    self.first_pass_done.set()
-                    backoff = self._settings.backoff_initial_seconds
-                    delay = self._settings.resync_seconds
-                else:
-                    delay = backoff
-                    backoff = min(backoff * 2, self._settings.backoff_max_seconds)
-                if iterations is not None and done >= iterations:
-                    break
-                if await sleep_until_stopped(stop, delay):
-                    break
-        finally:
-            log.info("reconciler stopped after %d passes", done)
+            self._freshness.reconcile_behind_since.setdefault(region, started)
+
+        async def step() -> float:
+            await self.reconcile(region_gate=region_gate)
+            return self._settings.resync_seconds
+
+        return Loop(
+            name="reconciler",
+            step=step,
+            backoff=Backoff(self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds),
+            quiet=(AwsError, DatabaseUnavailable),
+            detail=f"{','.join(self._settings.regions)} every {self._settings.resync_seconds:g}s",
+        )
+
+    async def reconcile(self, *, region_gate: Callable[[str], Awaitable[bool]] | None = None) -> None:
+        """One round over every region (the loop's step). Raises the failed regions' errors, each noted with
+        its region, once every region has been tried."""
+        failures: list[Exception] = []
+        for region in self._settings.regions:
+            try:
+                # Another replica holding the region's lease reconciles it: that counts as done here.
+                if region_gate is None or await region_gate(region):
+                    await self.run_pass(region=region)
+                self._freshness.reconcile_behind_since.pop(region, None)
+            except Exception as exc:
+                self._metrics.reconcile_region_passes[(region, "error")] += 1
+                self._freshness.reconcile_behind_since.setdefault(region, time.time())
+                exc.add_note(f"reconcile pass for {region}")
+                failures.append(exc)
+        self._metrics.reconcile_passes += 1
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise ExceptionGroup("reconcile passes failed", failures)
+        self.first_pass_done.set()
