@@ -44,30 +44,22 @@ class HealReport:
     dropped: int = 0
 
 
+@dataclass(eq=False, kw_only=True)
 class Healer:
-    def __init__(
-        self,
-        *,
-        cache: Cache,
-        queue: RefreshQueue,
-        aws: Aws,
-        settings: Settings,
-        metrics: Metrics,
-        freshness: Freshness,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self._cache = cache
-        self._queue = queue
-        self._aws = aws
-        self._settings = settings
-        self._metrics = metrics
-        self._freshness = freshness
-        self._clock = clock
-        self._limit = asyncio.Semaphore(settings.refresh_concurrency)
+    cache: Cache
+    queue: RefreshQueue
+    aws: Aws
+    settings: Settings
+    metrics: Metrics
+    freshness: Freshness
+    clock: Callable[[], datetime] = utcnow
+
+    def __post_init__(self) -> None:
+        self._limit = asyncio.Semaphore(self.settings.refresh_concurrency)
         self._wake = asyncio.Event()
         # Regions whose last look got no answer from AWS: paused, longer each time in a row.
         self._pauses: Pauses[str] = Pauses(
-            Backoff(settings.heal_backoff_initial_seconds, settings.heal_backoff_max_seconds)
+            Backoff(self.settings.heal_backoff_initial_seconds, self.settings.heal_backoff_max_seconds)
         )
 
     def wake(self) -> None:
@@ -75,34 +67,34 @@ class Healer:
         self._wake.set()
 
     async def backlog(self) -> int:
-        count = await self._queue.backlog()
-        self._freshness.heal_backlog = count
+        count = await self.queue.backlog()
+        self.freshness.heal_backlog = count
         return count
 
     def _retry(self, attempts: int) -> float:
         return retry_delay(
             attempts,
-            initial=self._settings.heal_backoff_initial_seconds,
-            maximum=self._settings.heal_backoff_max_seconds,
+            initial=self.settings.heal_backoff_initial_seconds,
+            maximum=self.settings.heal_backoff_max_seconds,
         )
 
     async def run_once(self, *, now: datetime | None = None) -> HealReport:
         """Look at every need due at `now` (default: now) outside paused regions, a batch at a time."""
-        now = now or self._clock()
+        now = now or self.clock()
         report = HealReport()
-        batch = self._settings.refresh_concurrency * 4
+        batch = self.settings.refresh_concurrency * 4
         while True:
             paused = self._pauses.paused(now=now)
-            claimed = await self._queue.claim(
-                now=now, limit=batch, hold_seconds=self._settings.live_lookup_timeout_seconds + 10,
+            claimed = await self.queue.claim(
+                now=now, limit=batch, hold_seconds=self.settings.live_lookup_timeout_seconds + 10,
                 skip_regions=paused,
             )
             outcomes = await asyncio.gather(*(self._attempt(item) for item in claimed))
             for item, outcome in zip(claimed, outcomes, strict=True):
                 report.attempted += 1
                 setattr(report, outcome, getattr(report, outcome) + 1)
-                self._metrics.heals[HEAL_ATTEMPTED] += 1
-                self._metrics.heals[outcome] += 1
+                self.metrics.heals[HEAL_ATTEMPTED] += 1
+                self.metrics.heals[outcome] += 1
                 if outcome == HEAL_FAILED:
                     self._pauses.failed(item.need.region, now=now)
                 elif outcome == HEAL_HEALED:
@@ -123,51 +115,51 @@ class Healer:
             except AwsError as exc:
                 log.info("look at %s %s/%s still failing (attempt %d): %s",
                          need.kind, need.region, need.subject, item.attempts, exc.message)
-                await self._queue.retry_later(
+                await self.queue.retry_later(
                     need,
-                    due_at=self._clock() + timedelta(seconds=self._retry(item.attempts)),
+                    due_at=self.clock() + timedelta(seconds=self._retry(item.attempts)),
                     error=f"{exc.code or type(exc).__name__}: {exc.message}",
                 )
                 return HEAL_FAILED
             if outcome == HEAL_FAILED:
-                await self._queue.retry_later(
-                    need, due_at=self._clock() + timedelta(seconds=self._retry(item.attempts)), error="part unknown"
+                await self.queue.retry_later(
+                    need, due_at=self.clock() + timedelta(seconds=self._retry(item.attempts)), error="part unknown"
                 )
             elif outcome == HEAL_HEALED:
                 # Settled, unless news arrived during the look: then look again soon.
-                await self._queue.retry_later(
-                    need, due_at=self._clock() + timedelta(seconds=self._retry(1)), error=None
+                await self.queue.retry_later(
+                    need, due_at=self.clock() + timedelta(seconds=self._retry(1)), error=None
                 )
             return outcome
 
     async def _observe(self, *, region: str, image_id: str) -> Change:
-        deadline = asyncio.get_running_loop().time() + self._settings.live_lookup_timeout_seconds
-        return await observe_live(self._aws, region=region, image_id=image_id, deadline=deadline)
+        deadline = asyncio.get_running_loop().time() + self.settings.live_lookup_timeout_seconds
+        return await observe_live(self.aws, region=region, image_id=image_id, deadline=deadline)
 
     async def _look(self, need: Need) -> str:
         change = await self._observe(region=need.region, image_id=need.subject)
         change = replace(change, source=need.source, happened_at=need.happened_at)
         if need.source is Source.EVENT:
-            stored = await self._cache.read_parts(region=need.region, image_id=need.subject)
+            stored = await self.cache.read_parts(region=need.region, image_id=need.subject)
             if not worth_storing(change, stored):
                 # An event about a stack that is not an image (a cluster): nothing to keep, nothing owed.
-                await self._cache.apply_many([], settled=[(need, change.observed_at)])
+                await self.cache.apply_many([], settled=[(need, change.observed_at)])
                 return HEAL_DROPPED
-        await self._cache.apply(change)
+        await self.cache.apply(change)
         return HEAL_FAILED if change.unknown else HEAL_HEALED
 
     async def _place_ami(self, need: Need) -> str:
-        looked_at = self._clock()
-        ami = await self._aws.describe_ami(region=need.region, ami_id=need.subject)
+        looked_at = self.clock()
+        ami = await self.aws.describe_ami(region=need.region, ami_id=need.subject)
         image_id = tag_value(ami.tags, TAG_IMAGE_ID) if ami is not None else None
         if image_id is None:
             # Gone, or not a ParallelCluster image's AMI: the event needs nothing more.
-            await self._cache.apply_many([], settled=[(need, looked_at)])
+            await self.cache.apply_many([], settled=[(need, looked_at)])
             return HEAL_DROPPED
         change = await self._observe(region=need.region, image_id=image_id)
         change = replace(change, source=need.source, happened_at=need.happened_at)
         # The image's own look (if a part is unknown) is owed from here on; the AMI's is done.
-        await self._cache.apply_many([change], settled=[(need, looked_at)])
+        await self.cache.apply_many([change], settled=[(need, looked_at)])
         return HEAL_HEALED
 
     def loop(self) -> Loop:
@@ -175,12 +167,12 @@ class Healer:
         return Loop(
             name="healer",
             step=self.step,
-            backoff=Backoff(self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds),
+            backoff=Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds),
             quiet=(DatabaseUnavailable,),
             wake=self._wake.wait,
             detail=(
-                f"looks at AWS still owed are retried from {self._settings.heal_backoff_initial_seconds:g}s, "
-                f"backing off to {self._settings.heal_backoff_max_seconds:g}s"
+                f"looks at AWS still owed are retried from {self.settings.heal_backoff_initial_seconds:g}s, "
+                f"backing off to {self.settings.heal_backoff_max_seconds:g}s"
             ),
         )
 
@@ -191,8 +183,8 @@ class Healer:
         return await self._idle_seconds()
 
     async def _idle_seconds(self) -> float:
-        now = self._clock()
-        due = await self._queue.next_due()
+        now = self.clock()
+        due = await self.queue.next_due()
         if due is None:
             return IDLE_SECONDS
         until = (due - now).total_seconds()

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
+from service.support.stopping import sleep_until_stopped
+
 log = logging.getLogger(__name__)
 
 # One unit of work; returns the seconds it wants to wait before the next (0: at once).
@@ -103,12 +105,8 @@ class Loop:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
-        if self.settle_seconds > 0 and not stop.is_set():
-            try:
-                async with asyncio.timeout(self.settle_seconds):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+        if self.settle_seconds > 0:
+            return await sleep_until_stopped(stop, self.settle_seconds)
         return stop.is_set()
 
     def _log_failure(self, error: Exception, delay: float) -> None:
