@@ -150,7 +150,9 @@ async def reconcile(
     aws = Aws()
     passes = []
     try:
-        reconciler = Reconciler(cache=Cache(engine), aws=aws, settings=settings, metrics=aws.metrics)
+        reconciler = Reconciler(
+            cache=Cache(engine), aws=aws, settings=settings, metrics=aws.metrics, freshness=aws.freshness
+        )
         for _ in range(2):
             fake.reset_calls()
             busy = fake.busy_seconds()

@@ -29,6 +29,7 @@ from service.domain.models import (
     Tags,
 )
 from service.errors import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
+from service.freshness import Freshness
 from service.metrics import CALL_ERROR, CALL_NOT_FOUND, CALL_OK, CALL_THROTTLED, Metrics
 
 log = logging.getLogger(__name__)
@@ -172,10 +173,11 @@ class Aws:
 
     Endpoints, credentials and profiles come from botocore's own configuration (AWS_ENDPOINT_URL,
     AWS_ENDPOINT_URL_<SERVICE>, AWS_PROFILE, ...): nothing here overrides them. Every call is counted
-    in `calls` (by operation) and in `metrics.aws_calls` (by operation and outcome).
+    in `calls` (by operation) and in `metrics.aws_calls` (by operation and outcome); whether AWS answers, by
+    region, goes to `freshness`.
     """
 
-    def __init__(self, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, *, metrics: Metrics | None = None, freshness: Freshness | None = None) -> None:
         self._session = aiobotocore.session.get_session()
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[str, str], Any] = {}
@@ -183,6 +185,7 @@ class Aws:
         self._account_ids: dict[str, str] = {}
         self.calls: Counter[str] = Counter()
         self.metrics = metrics if metrics is not None else Metrics()
+        self.freshness = freshness if freshness is not None else Freshness()
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -221,7 +224,7 @@ class Aws:
             self.metrics.aws_calls[(name, CALL_ERROR)] += 1
             raise
         self.metrics.aws_calls[(name, CALL_OK)] += 1
-        self.metrics.aws_last_answer[region] = time.time()
+        self.freshness.aws_last_answer[region] = time.time()
         return response
 
     def _failed(self, name: str, region: str, error: AwsError) -> AwsError:
@@ -232,11 +235,11 @@ class Aws:
         )
         self.metrics.aws_calls[(name, outcome)] += 1
         if is_unknown(error):
-            self.metrics.aws_last_failure[region] = time.time()
-            self.metrics.aws_last_error[region] = f"{name}: {error.code or type(error).__name__}"
+            self.freshness.aws_last_failure[region] = time.time()
+            self.freshness.aws_last_error[region] = f"{name}: {error.code or type(error).__name__}"
         else:
             # "Not found", "access denied", a rejected parameter: AWS answered.
-            self.metrics.aws_last_answer[region] = time.time()
+            self.freshness.aws_last_answer[region] = time.time()
         return error
 
     def total_calls(self) -> int:

@@ -1,9 +1,10 @@
 """The service's own counters: one `Metrics` per process, handed to every component that counts something.
 
 Plain ints, sets and Counters, updated in place (`metrics.events["applied"] += n`): cheap enough for
-the API's hot path, and read whole, without locks (one event loop writes them), by `Runtime.stats()`
-for /stats and by a metrics exposition at scrape time. A counter only ever grows; the few gauges
-(the lease's regions, the last reconcile report per region) say what is true now.
+the API's hot path, and read whole, without locks (one event loop writes them), by /stats
+(service.api.health) and by a metrics exposition at scrape time. A counter only ever grows; the few gauges
+(the lease's regions, the last reconcile report per region, stream clients) say what is true now. State that
+changes answers (AWS reachability, being behind, the database down) is not here: see service.freshness.
 """
 
 from __future__ import annotations
@@ -161,29 +162,15 @@ class Metrics:
     )
     # Change-stream clients connected now (a gauge).
     stream_clients: int = 0
-    # Since when (unix time) this process may be behind AWS in a region, by the two ways it hears of changes:
-    # reconciling (from the loop's start until a pass works, and while passes fail) and the event queue (from
-    # the consumer's start until a receive has emptied what was waiting, and while receiving or applying
-    # fails). Absent: caught up. Answers confirmed before then carry `X-Cache-Stale: unconfirmed`.
-    reconcile_behind_since: dict[str, float] = field(default_factory=dict)
-    events_behind_since: dict[str, float] = field(default_factory=dict)
-    # AWS as this process saw it, by region: when (unix time) AWS last answered a call (any answer, "not
-    # found" and "access denied" included), and when a call last got no answer (throttled, 5xx, timeout,
-    # connection error) with what went wrong. Reachable = the last answer is not older than the last failure.
-    aws_last_answer: dict[str, float] = field(default_factory=dict)
-    aws_last_failure: dict[str, float] = field(default_factory=dict)
-    aws_last_error: dict[str, str] = field(default_factory=dict)
     # Describe answers that carried X-Cache-Stale, by reason (STALE_*).
     stale_answers: Counter[str] = field(default_factory=Counter)
-    # Background looks at AWS still owed (HEAL_*), and how many are owed now (a gauge).
+    # Background looks at AWS still owed (HEAL_*); how many are owed now is in service.freshness.
     heals: Counter[str] = field(default_factory=Counter)
-    heal_backlog: int = 0
     # Database outages seen by requests, the requests answered 503 and those served stale from memory
-    # meanwhile, and whether one is under way now (a gauge).
+    # meanwhile (whether one is under way now is in service.freshness).
     database_outages: int = 0
     database_unavailable_answers: int = 0
     database_stale_answers: int = 0
-    database_down: bool = False
     # History queries answered, by kind: fleet_at (ListImages at=), transitions, transitions_export, builds,
     # builds_summary.
     history_queries: Counter[str] = field(default_factory=Counter)
@@ -193,19 +180,6 @@ class Metrics:
     history_timeouts: int = 0
     # Images whose builds were derived again after their transitions changed.
     builds_derived: int = 0
-
-    def behind_since(self, region: str) -> float | None:
-        """Since when this process may be behind AWS in `region` (either way of hearing of changes), if it may."""
-        reconcile = self.reconcile_behind_since.get(region)
-        events = self.events_behind_since.get(region)
-        if reconcile is None or events is None:
-            return reconcile if events is None else events
-        return min(reconcile, events)
-
-    def aws_reachable(self, region: str) -> bool:
-        """Whether AWS answered the last call this process made in `region` (True before any call)."""
-        failure = self.aws_last_failure.get(region)
-        return failure is None or self.aws_last_answer.get(region, 0.0) >= failure
 
     def live_lookups(self) -> int:
         """Live lookups that went to AWS, whatever their outcome."""

@@ -535,16 +535,16 @@ async def test_answers_are_unconfirmed_from_the_moment_reconciling_fails(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
     aws_state.create_ami(region=REGION, image_id="outage-survivor")
-    await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+    await runtime.reconciler.loop().run_once()
     before = await describe(client, "outage-survivor")
 
     aws_state.fail_all(status=503)
     try:
-        await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+        await runtime.reconciler.loop().run_once()
         during = await describe(client, "outage-survivor")
     finally:
         aws_state.heal()
-    await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+    await runtime.reconciler.loop().run_once()
     after = await describe(client, "outage-survivor")
 
     assert [response.status_code for response in (before, during, after)] == [200, 200, 200]
@@ -561,7 +561,7 @@ async def test_a_past_answer_carries_no_staleness(
 
     aws_state.create_image_stack(region=REGION, image_id="in-the-past")
     await describe(client, "in-the-past")
-    runtime.metrics.reconcile_behind_since[REGION] = utcnow().timestamp() + 60
+    runtime.freshness.reconcile_behind_since[REGION] = utcnow().timestamp() + 60
 
     past = await describe(client, "in-the-past", at=utcnow().isoformat())
 

@@ -308,7 +308,10 @@ async def test_failed_batch_delete_entries_are_retried(runtime: Runtime) -> None
 
     flaky = FlakyDeletes()
     metrics = Metrics()
-    consumer = Consumer(cache=runtime.cache, aws=flaky, settings=runtime.settings, metrics=metrics)  # type: ignore[arg-type]
+    consumer = Consumer(
+        cache=runtime.cache, aws=flaky, settings=runtime.settings, metrics=metrics,  # type: ignore[arg-type]
+        freshness=runtime.freshness,
+    )
     messages = [QueueMessage(f"m{index}", f"handle-{index}", "{}", 1) for index in range(3)]
 
     await consumer._delete(queue_url="https://sqs.us-east-1.amazonaws.com/1/q", messages=messages)
@@ -449,13 +452,13 @@ async def test_answers_are_unconfirmed_while_the_event_queue_cannot_be_read(
 
     await known_building_image(runtime, aws_state, "evt-deaf")
     aws_state.fail_always("sqs.ReceiveMessage", code="InternalError", status=500)
-    await runtime.consumer._receiver(queue_url=queue.url, stop=asyncio.Event(), iterations=1)
+    await runtime.consumer.receiver(queue_url=queue.url, stop=asyncio.Event()).run_once()
     during = await client.get("/v3/images/custom/evt-deaf")
     aws_state.heal()
     other = ami_event("ami-1", "available", at=1)
     other["detail-type"] = "EC2 Instance State-change Notification"
     queue.send(other)  # something to receive, so the long poll answers at once
-    await runtime.consumer._receiver(queue_url=queue.url, stop=asyncio.Event(), iterations=1)
+    await runtime.consumer.receiver(queue_url=queue.url, stop=asyncio.Event()).run_once()
     after = await client.get("/v3/images/custom/evt-deaf")
 
     assert during.headers["x-cache"] == "HIT" and during.headers["x-cache-stale"] == "unconfirmed"

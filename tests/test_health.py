@@ -23,7 +23,7 @@ async def test_ready_while_aws_is_down_and_no_reconcile_has_succeeded(
     runtime.polling = True  # a serving process whose poller cannot reach AWS
     aws_state.fail_all(status=503)
     try:
-        await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+        await runtime.reconciler.loop().run_once()
         ready = await client.get("/readyz")
     finally:
         aws_state.heal()
@@ -42,9 +42,9 @@ async def test_aws_reported_reachable_again_once_it_answers(
 ) -> None:
     runtime.polling = True
     aws_state.fail_all(status=503)
-    await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+    await runtime.reconciler.loop().run_once()
     aws_state.heal()
-    await runtime.reconciler.run(stop=asyncio.Event(), iterations=1)
+    await runtime.reconciler.loop().run_once()
 
     body = (await client.get("/readyz")).json()
 

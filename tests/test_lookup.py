@@ -145,7 +145,7 @@ async def test_the_healer_loop_heals_within_seconds_of_aws_recovering(
     aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
     assert (await describe(client, "quick-heal")).headers["x-cache"] == "MISS"
     stop = asyncio.Event()
-    loop = asyncio.create_task(runtime.healer.run(stop=stop))
+    loop = asyncio.create_task(runtime.healer.loop().run(stop=stop))
     try:
         await asyncio.sleep(1.5)  # a few failed attempts, backing off
         aws_state.heal()

@@ -22,6 +22,7 @@ from service.api.app import create_app
 from service.aws import Aws
 from service.demo.fakeaws import FakeAws
 from service.errors import DatabaseUnavailable
+from service.freshness import Freshness
 from service.metrics import Metrics
 from service.runtime import Runtime
 from service.settings import Settings
@@ -92,14 +93,16 @@ async def test_an_outage_is_one_line_a_summary_while_it_lasts_and_one_line_when_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     metrics = Metrics()
+    freshness = Freshness()
     outage = DatabaseOutage(
-        FlakyEngine(failures=8), metrics=metrics, probe_seconds=0.02, summary_seconds=0.06  # type: ignore[arg-type]
+        FlakyEngine(failures=8),  # type: ignore[arg-type]
+        metrics=metrics, freshness=freshness, probe_seconds=0.02, summary_seconds=0.06,
     )
     with caplog.at_level(logging.INFO, logger="service.store.outage"):
         for _ in range(50):
             outage.failed(DatabaseUnavailable("the database cannot be reached: refused"))
         outage.failed(DatabaseUnavailable("refused"), served_stale=True)
-        assert outage.down and metrics.database_down
+        assert outage.down and freshness.database_down
         for _ in range(200):
             if not outage.down:
                 break
@@ -114,7 +117,7 @@ async def test_an_outage_is_one_line_a_summary_while_it_lasts_and_one_line_when_
     assert (metrics.database_outages, metrics.database_unavailable_answers, metrics.database_stale_answers) == (
         1, 50, 1
     )
-    assert not metrics.database_down
+    assert not freshness.database_down
 
 
 @pytest_asyncio.fixture

@@ -130,7 +130,7 @@ async def test_failed_list_changes_nothing(runtime: Runtime, aws_state: FakeAws)
 
 async def test_loop_runs_at_start_and_stops(runtime: Runtime, aws_state: FakeAws) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(runtime.reconciler.run(stop=stop))
+    task = asyncio.create_task(runtime.reconciler.loop().run(stop=stop))
     await asyncio.wait_for(runtime.reconciler.first_pass_done.wait(), timeout=10)
     stop.set()
     await asyncio.wait_for(task, timeout=5)
@@ -142,9 +142,11 @@ async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_s
     aws_state.fail_next("cloudformation.DescribeStacks", code="InternalFailure", status=500, times=4)
     aws_state.create_image_stack(region=REGION, image_id="eventually")
     aws_state.reset_calls()
-    stop = asyncio.Event()
-    task = asyncio.create_task(runtime.reconciler.run(stop=stop, iterations=2))
-    await asyncio.wait_for(task, timeout=30)
+    loop = runtime.reconciler.loop()
+    backoff = await asyncio.wait_for(loop.run_once(), timeout=30)
+    assert not runtime.reconciler.first_pass_done.is_set()
+    assert 0 < backoff <= runtime.settings.backoff_initial_seconds
+    await asyncio.wait_for(loop.run_once(), timeout=30)
     assert runtime.reconciler.first_pass_done.is_set()
     assert await runtime.cache.read(region=REGION, image_id="eventually") is not None
 
@@ -202,3 +204,28 @@ async def test_bucket_outage_during_a_pass_is_not_stored_as_not_available(
     assert report.unconfirmed == 1
     assert during.json()["imageConfiguration"] == {"url": "NOT_AVAILABLE"} and during.headers["x-cache"] == "STALE"
     assert after.json()["imageConfiguration"]["url"] != "NOT_AVAILABLE" and after.headers["x-cache"] == "HIT"
+
+
+async def test_a_pass_counts_only_its_own_aws_calls_while_others_call_aws(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+) -> None:
+    for index in range(3):
+        aws_state.create_image_stack(region=REGION, image_id=f"own-calls-{index}")
+        aws_state.create_ami(region=REGION, image_id=f"own-calls-ami-{index}")
+    await runtime.reconciler.run_pass(region=REGION)
+    alone = await runtime.reconciler.run_pass(region=REGION)
+    assert alone.aws_calls > 0
+    counted_before = runtime.metrics.reconcile_aws_calls[REGION]
+
+    # Live lookups (and anything else calling AWS) run while the next pass does: none of theirs are the pass's.
+    others = 0
+    passing = asyncio.create_task(runtime.reconciler.run_pass(region=REGION))
+    while not passing.done():
+        await runtime.aws.describe_stack(region=REGION, name="not-an-image")
+        others += 1
+    during = await passing
+
+    assert others > 0
+    assert during.aws_calls == alone.aws_calls
+    assert runtime.metrics.reconcile_aws_calls[REGION] - counted_before == alone.aws_calls
+    assert (await client.get("/stats")).json()["reconcile"][REGION]["aws_calls"] == alone.aws_calls

@@ -142,9 +142,9 @@ def unconfirmed(runtime: Runtime, image: CachedImage, now: float) -> bool:
     confirmed = image.confirmed_epoch
     if now - confirmed > runtime.settings.stale_bound_seconds:
         return True
-    metrics = runtime.metrics
-    if metrics.reconcile_behind_since or metrics.events_behind_since:
-        behind_since = metrics.behind_since(image.region)
+    freshness = runtime.freshness
+    if freshness.reconcile_behind_since or freshness.events_behind_since:
+        behind_since = freshness.behind_since(image.region)
         return behind_since is not None and confirmed < behind_since
     return False
 

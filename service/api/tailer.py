@@ -23,8 +23,8 @@ from service.domain.models import CachedImage
 from service.ingest.lookup import not_found_message
 from service.runtime import Runtime
 from service.store import queries
+from service.support.loops import Backoff, Loop
 from service.support.ring import Ring
-from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -100,33 +100,29 @@ class Tailer:
         await asyncio.shield(self._ready)
 
     async def _tail(self, ready: asyncio.Future[None]) -> None:
-        runtime = self.runtime
-        settings = runtime.settings
-        delay = settings.backoff_initial_seconds
-        log.info("change tailer starting")
+        settings = self.runtime.settings
+
+        async def step() -> float:
+            if not ready.done():
+                # Clients connecting without Last-Event-ID start from here.
+                self.ring = Ring(settings.sse_ring_size, start=await queries.latest_seq(self.runtime.engine))
+                ready.set_result(None)
+            # A full page: read on at once; else until this process writes (or other replicas' interval).
+            return 0.0 if await self.read_once() else settings.sse_poll_seconds
+
+        loop = Loop(
+            name="change tailer",
+            step=step,
+            backoff=Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds),
+            wake=self.runtime.changes.wait,
+        )
         try:
-            while not runtime.draining.is_set():
-                try:
-                    if not ready.done():
-                        # Clients connecting without Last-Event-ID start from here.
-                        self.ring = Ring(settings.sse_ring_size, start=await queries.latest_seq(runtime.engine))
-                        ready.set_result(None)
-                    full = await self.read_once()
-                    delay = settings.backoff_initial_seconds
-                except Exception:
-                    log.exception("change tailer: reading the change feed failed; retrying in %gs", delay)
-                    if await sleep_until_stopped(runtime.draining, delay):
-                        break
-                    delay = min(delay * 2, settings.backoff_max_seconds)
-                    continue
-                if not full:
-                    await runtime.changes.wait(seconds=settings.sse_poll_seconds)
+            await loop.run(stop=self.runtime.stop)
         finally:
             if not ready.done():
                 ready.set_exception(TailerStopped())
                 # Retrieved here too: nobody may be waiting for it.
                 ready.exception()
-            log.info("change tailer stopped")
 
     async def read_once(self) -> bool:
         """Read, remember and publish the next page of revisions; True when the page was full (read on)."""
@@ -142,12 +138,15 @@ class Tailer:
         return len(batch) == queries.FEED_PAGE
 
     async def _beat(self) -> None:
-        runtime = self.runtime
-        every = runtime.settings.sse_heartbeat_seconds
+        every = self.runtime.settings.sse_heartbeat_seconds
         tick = min(BEAT_SECONDS, every)
-        while not await sleep_until_stopped(runtime.draining, tick):
+
+        async def beat() -> float:
             # Clients that were all sent a change at once are all due at once: spread their keepalives over
             # about half a heartbeat instead of waking ten thousand tasks in one go.
             self.watchers.beat(every=every, limit=max(WAKE_BATCH, math.ceil(2 * len(self.watchers) * tick / every)))
+            return tick
+
+        await Loop(name="change heartbeat", step=beat, backoff=Backoff(tick, tick)).run(stop=self.runtime.stop)
         # The process is shutting down: every stream ends; clients resume elsewhere from their Last-Event-ID.
         self.watchers.end_all(End.SHUTDOWN)

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,13 +27,14 @@ from service.domain.models import Change, Source
 from service.domain.plans import Facts, decide, is_image_resource, worth_storing
 from service.domain.refreshes import KIND_AMI, KIND_IMAGE, Need
 from service.errors import AwsError, DatabaseUnavailable, MalformedEvent
+from service.freshness import Freshness
 from service.ingest.observe import observe_live
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Poison
 from service.support.clock import utcnow
+from service.support.loops import Backoff, Loop
 from service.support.singleflight import SingleFlight
-from service.support.stopping import sleep_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,12 @@ class Refresher:
     def __init__(
         self, *, cache: Cache, aws: Aws, concurrency: int, metrics: Metrics, timeout_seconds: float | None = None
     ) -> None:
-        self._cache = cache
-        self._aws = aws
+        self.cache = cache
+        self.aws = aws
         self._timeout_seconds = timeout_seconds
         self._limit = asyncio.Semaphore(concurrency)
         self._flights: SingleFlight[tuple[str, str], None] = SingleFlight()
-        self._metrics = metrics
+        self.metrics = metrics
 
     async def refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         await self._flights.run(
@@ -67,35 +68,39 @@ class Refresher:
 
     async def _refresh(self, *, region: str, image_id: str, happened_at: datetime) -> None:
         async with self._limit:
-            self._metrics.targeted_refreshes += 1
+            self.metrics.targeted_refreshes += 1
             deadline = (
                 asyncio.get_running_loop().time() + self._timeout_seconds if self._timeout_seconds is not None else None
             )
-            change = await observe_live(self._aws, region=region, image_id=image_id, deadline=deadline)
-            stored = await self._cache.read_parts(region=region, image_id=image_id)
+            change = await observe_live(self.aws, region=region, image_id=image_id, deadline=deadline)
+            stored = await self.cache.read_parts(region=region, image_id=image_id)
             if not worth_storing(change, stored):
                 return
-            await self._cache.apply(replace(change, source=Source.EVENT, happened_at=happened_at))
+            await self.cache.apply(replace(change, source=Source.EVENT, happened_at=happened_at))
 
 
+@dataclass(eq=False, kw_only=True)
 class Consumer:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
-        self._cache = cache
-        self._aws = aws
-        self._settings = settings
-        self._metrics = metrics
+    cache: Cache
+    aws: Aws
+    settings: Settings
+    metrics: Metrics
+    freshness: Freshness
+    refresher: Refresher = field(init=False)
+    # Batches being applied now, by region: the queue is not caught up while one is.
+    _handling: Counter[str] = field(default_factory=Counter, init=False)
+
+    def __post_init__(self) -> None:
         self.refresher = Refresher(
-            cache=cache, aws=aws, concurrency=settings.refresh_concurrency, metrics=metrics,
-            timeout_seconds=settings.live_lookup_timeout_seconds,
+            cache=self.cache, aws=self.aws, concurrency=self.settings.refresh_concurrency, metrics=self.metrics,
+            timeout_seconds=self.settings.live_lookup_timeout_seconds,
         )
-        # Batches being applied now, by region: the queue is not caught up while one is.
-        self._handling: Counter[str] = Counter()
 
     # --- one batch -------------------------------------------------------------------------------
 
     async def handle(self, *, queue_url: str, messages: list[QueueMessage]) -> None:
         """Apply a batch, commit, then delete its messages. Raises (deleting nothing) if the commit fails."""
-        self._metrics.events["received"] += len(messages)
+        self.metrics.events["received"] += len(messages)
         parsed: list[tuple[QueueMessage, events.Event]] = []
         poison: list[Poison] = []
         for message in messages:
@@ -103,23 +108,23 @@ class Consumer:
                 event = events.parse(message.body)
             except MalformedEvent as exc:
                 poison.append(Poison(queue_url, message.message_id, message.body, str(exc)))
-                self._metrics.events["poison"] += 1
+                self.metrics.events["poison"] += 1
                 log.warning(
                     "unreadable message %s kept as poison: %s", message.message_id, exc,
                     extra={"message_id": message.message_id},
                 )
                 continue
             if isinstance(event, events.NotOurs):
-                self._metrics.events["ignored"] += 1
+                self.metrics.events["ignored"] += 1
                 continue
             parsed.append((message, event))
 
-        seen = await self._cache.seen_events([event.envelope.event_id for _, event in parsed])
+        seen = await self.cache.seen_events([event.envelope.event_id for _, event in parsed])
         fresh: dict[str, events.Event] = {}
         for _, event in parsed:
             event_id = event.envelope.event_id
             if event_id in seen or event_id in fresh:
-                self._metrics.events["duplicates"] += 1
+                self.metrics.events["duplicates"] += 1
                 continue
             fresh[event_id] = event
 
@@ -139,37 +144,37 @@ class Consumer:
                 continue
             plan = decide(event, facts)
             if plan.ignored is not None:
-                self._metrics.events[plan.ignored] += 1
+                self.metrics.events[plan.ignored] += 1
             if plan.change is not None:
                 pending.append(plan.change)
             elif plan.refresh is None and plan.ignored is None:
                 # News the cache already reflects (repeated, or older than what is stored).
-                self._metrics.events["stale"] += 1
+                self.metrics.events["stale"] += 1
             if plan.refresh is not None and plan.refresh not in refreshed:
                 refreshed.add(plan.refresh)
-                await self._cache.apply_many(pending)
+                await self.cache.apply_many(pending)
                 self._applied(pending)
                 pending = []
                 region, image_id = plan.refresh
                 try:
                     await self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
-                    self._metrics.event_lag.observe(lag_seconds(event.envelope.time))
+                    self.metrics.event_lag.observe(lag_seconds(event.envelope.time))
                 except AwsError as exc:
                     owed.append(self._owed(event, kind=KIND_IMAGE, subject=image_id, error=exc))
-                self._metrics.events["refreshed"] += 1
+                self.metrics.events["refreshed"] += 1
         # The ids are recorded with the last changes and the looks owed: a crash before this point redelivers
         # the batch, and after it nothing the events said depends on the messages any more.
-        await self._cache.apply_many(pending, event_ids=list(fresh), poison=poison, needs=owed)
-        self._metrics.events["owed"] += len(owed)
+        await self.cache.apply_many(pending, event_ids=list(fresh), poison=poison, needs=owed)
+        self.metrics.events["owed"] += len(owed)
         self._applied(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
     def _applied(self, changes: list[Change]) -> None:
         """Count committed event changes, and how long each took from EventBridge's event time to here."""
-        self._metrics.events["applied"] += len(changes)
+        self.metrics.events["applied"] += len(changes)
         for change in changes:
             if change.happened_at is not None:
-                self._metrics.event_lag.observe(lag_seconds(change.happened_at))
+                self.metrics.event_lag.observe(lag_seconds(change.happened_at))
 
     def _owed(self, event: events.Event, *, kind: str, subject: str, error: AwsError) -> Need:
         region = event.envelope.region
@@ -193,48 +198,48 @@ class Consumer:
         region = event.envelope.region
         now = utcnow()
         if isinstance(event, events.StackStatusEvent):
-            return Facts(now, parts=await self._cache.read_parts(region=region, image_id=event.stack_name))
+            return Facts(now, parts=await self.cache.read_parts(region=region, image_id=event.stack_name))
         if isinstance(event, events.ResourceStatusEvent):
             if not is_image_resource(event):
                 return Facts(now)  # decided without reading anything
-            return Facts(now, parts=await self._cache.read_parts(region=region, image_id=event.stack_name))
+            return Facts(now, parts=await self.cache.read_parts(region=region, image_id=event.stack_name))
         if isinstance(event, events.ImagebuilderStateEvent):
-            image_id = await self._cache.image_for(region=region, imagebuilder_arn=event.arn) or (
-                await self._cache.image_by_lower_id(region=region, lower_id=event.image_id_hint)
+            image_id = await self.cache.image_for(region=region, imagebuilder_arn=event.arn) or (
+                await self.cache.image_by_lower_id(region=region, lower_id=event.image_id_hint)
             )
         else:
-            image_id = await self._cache.image_for(region=region, ami_id=event.ami_id)
+            image_id = await self.cache.image_for(region=region, ami_id=event.ami_id)
             if image_id is None:
                 # Only EC2 can say which image (if any) an AMI the cache has not seen belongs to.
-                return Facts(now, ami=await self._aws.describe_ami(region=region, ami_id=event.ami_id))
+                return Facts(now, ami=await self.aws.describe_ami(region=region, ami_id=event.ami_id))
         if image_id is None:
             return Facts(now)
-        return Facts(now, image_id=image_id, parts=await self._cache.read_parts(region=region, image_id=image_id))
+        return Facts(now, image_id=image_id, parts=await self.cache.read_parts(region=region, image_id=image_id))
 
     async def _delete(self, *, queue_url: str, messages: list[QueueMessage]) -> None:
-        region = queue_region(queue_url, default=self._settings.default_region)
+        region = queue_region(queue_url, default=self.settings.default_region)
         pending = {str(index): message.receipt_handle for index, message in enumerate(messages)}
         for attempt in range(DELETE_ATTEMPTS):
-            failed = await self._aws.delete_messages(region=region, queue_url=queue_url, receipt_handles=pending)
-            self._metrics.events["deleted"] += len(pending) - len(failed)
+            failed = await self.aws.delete_messages(region=region, queue_url=queue_url, receipt_handles=pending)
+            self.metrics.events["deleted"] += len(pending) - len(failed)
             pending = {entry: pending[entry] for entry in failed}
             if not pending:
                 return
-            self._metrics.events["delete_retries"] += len(pending)
+            self.metrics.events["delete_retries"] += len(pending)
             await asyncio.sleep(0.1 * 2**attempt)
         # Redelivered later; the event ids are recorded, so they will count as duplicates.
-        self._metrics.events["delete_failures"] += len(pending)
+        self.metrics.events["delete_failures"] += len(pending)
         log.warning("%d messages could not be deleted from %s", len(pending), queue_url)
 
-    # --- the loop --------------------------------------------------------------------------------
+    # --- the receivers ---------------------------------------------------------------------------
 
     async def receive_once(
         self, *, queue_url: str, wait_seconds: int = WAIT_SECONDS, stop: asyncio.Event | None = None
     ) -> int:
         """One long poll and its batch. With `stop`, a poll still waiting when it is set is abandoned (SQS
         makes anything it had handed out visible again), while a batch already received is handled whole."""
-        region = queue_region(queue_url, default=self._settings.default_region)
-        receive = self._aws.receive_messages(region=region, queue_url=queue_url, wait_seconds=wait_seconds)
+        region = queue_region(queue_url, default=self.settings.default_region)
+        receive = self.aws.receive_messages(region=region, queue_url=queue_url, wait_seconds=wait_seconds)
         messages = await receive if stop is None else await _unless_stopped(receive, stop)
         if messages:
             self._handling[region] += 1
@@ -244,51 +249,49 @@ class Consumer:
                 self._handling[region] -= 1
         return len(messages or ())
 
-    async def run(self, *, stop: asyncio.Event, iterations: int | None = None) -> None:
-        """Receivers for every queue until `stop`; `iterations` bounds each receiver's polls (tests)."""
-        urls = self._settings.events_queue_urls
+    def receivers(self, *, stop: asyncio.Event) -> list[Loop]:
+        """STATUSCACHE_EVENTS_RECEIVERS receivers for every queue, each a loop of `receive_once` until `stop`.
+
+        From now until a receive has emptied what a queue held, what changed while this process was not
+        running is unknown in its region: answers say so.
+        """
+        urls = self.settings.events_queue_urls
         started = time.time()
         for url in urls:
-            # Until the queue has been read, what changed while this process was not running is unknown.
-            self._metrics.events_behind_since.setdefault(
-                queue_region(url, default=self._settings.default_region), started
+            self.freshness.events_behind_since.setdefault(
+                queue_region(url, default=self.settings.default_region), started
             )
-        log.info("event consumer started: %d receivers on each of %s", self._settings.events_receivers, ", ".join(urls))
-        try:
-            await asyncio.gather(
-                *(
-                    self._receiver(queue_url=url, stop=stop, iterations=iterations)
-                    for url in urls
-                    for _ in range(self._settings.events_receivers)
-                )
-            )
-        finally:
-            log.info("event consumer stopped: %s", dict(self._metrics.events))
+        return [
+            self.receiver(queue_url=url, stop=stop, name=f"event receiver {index + 1} of {url}")
+            for url in urls
+            for index in range(self.settings.events_receivers)
+        ]
 
-    async def _receiver(self, *, queue_url: str, stop: asyncio.Event, iterations: int | None) -> None:
-        backoff = self._settings.backoff_initial_seconds
-        region = queue_region(queue_url, default=self._settings.default_region)
-        done = 0
-        while not stop.is_set() and (iterations is None or done < iterations):
-            done += 1
+    def receiver(self, *, queue_url: str, stop: asyncio.Event, name: str = "event receiver") -> Loop:
+        """One receiver of `queue_url`: long polls one after the other; a poll still waiting when `stop` is set
+        is abandoned, a batch in hand is handled whole (so its loop drains)."""
+        region = queue_region(queue_url, default=self.settings.default_region)
+
+        async def step() -> float:
             try:
                 received = await self.receive_once(queue_url=queue_url, stop=stop)
-                backoff = self._settings.backoff_initial_seconds
-                if received < MAX_MESSAGES and not self._handling[region]:
-                    # Caught up: what the queue held when it came back has been applied (no receiver of the
-                    # region is still applying a batch it got).
-                    self._metrics.events_behind_since.pop(region, None)
-            except Exception as exc:
+            except Exception:
                 # Until the queue is read again, changes can happen that the cache does not hear of.
-                self._metrics.events_behind_since.setdefault(region, time.time())
-                if isinstance(exc, AwsError | DatabaseUnavailable):
-                    # Expected in an outage: one line, not a traceback every backoff.
-                    log.warning("receiving from %s failed (%s); retrying in %gs", queue_url, exc, backoff)
-                else:
-                    log.exception("receiving from %s failed; retrying in %gs", queue_url, backoff)
-                if await sleep_until_stopped(stop, backoff):
-                    return
-                backoff = min(backoff * 2, self._settings.backoff_max_seconds)
+                self.freshness.events_behind_since.setdefault(region, time.time())
+                raise
+            if received < MAX_MESSAGES and not self._handling[region]:
+                # Caught up: what the queue held when it came back has been applied (no receiver of the
+                # region is still applying a batch it got).
+                self.freshness.events_behind_since.pop(region, None)
+            return 0.0
+
+        return Loop(
+            name=name,
+            step=step,
+            backoff=Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds),
+            # Expected in an outage: one line, not a traceback every backoff.
+            quiet=(AwsError, DatabaseUnavailable),
+        )
 
 
 async def _unless_stopped(receive: Coroutine[Any, Any, list[QueueMessage]], stop: asyncio.Event) -> list[QueueMessage]:

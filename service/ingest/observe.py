@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
+from datetime import datetime
 from typing import TypeVar
 
 from service.aws import Aws, default_bucket_name, is_unknown
@@ -99,6 +100,35 @@ async def config_location(
     return ConfigLocation(bucket=bucket, key=key, available=available)
 
 
+def observation(
+    *,
+    region: str,
+    image_id: str,
+    source: Source,
+    at: datetime,
+    ami: AmiInfo | None,
+    stack: StackInfo | None,
+    stack_observed: bool = True,
+    imagebuilder: ImagebuilderState | None = None,
+    config: ConfigLocation | None = None,
+    unknown: Iterable[str] = (),
+) -> Change:
+    """A whole observation of one image made at `at`: its AMI and (when looked at) its stack as found, absence
+    included; its Image Builder state and configuration where known (None: not looked at, or no answer)."""
+    return Change(
+        region=region,
+        image_id=image_id,
+        source=source,
+        observed_at=at,
+        ami=Observed(at, ami),
+        stack=Observed(at, stack) if stack_observed else None,
+        imagebuilder=Observed(at, imagebuilder) if imagebuilder is not None else None,
+        config=Observed(at, config) if config is not None else None,
+        unknown=frozenset(unknown),
+        whole=True,
+    )
+
+
 async def _by(deadline: float | None, awaitable: Awaitable[T]) -> T:
     """`awaitable`'s result, or AwsError(code="Timeout") when `deadline` (event loop time) passes first."""
     if deadline is None:
@@ -151,15 +181,7 @@ async def observe_live(aws: Aws, *, region: str, image_id: str, deadline: float 
         config = await _part_by(deadline, config_location(aws, region=region, stack=stack, ami=ami))
         if config is None:
             unknown.add(PART_CONFIG)
-    return Change(
-        region=region,
-        image_id=image_id,
-        source=Source.LIVE,
-        observed_at=now,
-        ami=Observed(now, ami),
-        stack=Observed(now, stack) if stack_observed else None,
-        imagebuilder=Observed(now, imagebuilder) if imagebuilder is not None else None,
-        config=Observed(now, config) if config is not None else None,
-        unknown=frozenset(unknown),
-        whole=True,
+    return observation(
+        region=region, image_id=image_id, source=Source.LIVE, at=now, ami=ami, stack=stack,
+        stack_observed=stack_observed, imagebuilder=imagebuilder, config=config, unknown=unknown,
     )

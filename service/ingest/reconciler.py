@@ -7,28 +7,27 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from service.aws import Aws
+from service.aws import Aws, calls_made
 from service.domain import status
 from service.domain.models import (
     PART_CONFIG,
     PART_IMAGEBUILDER,
     AmiInfo,
     Change,
-    ConfigLocation,
     ImagebuilderState,
-    Observed,
     Source,
     StackInfo,
 )
 from service.errors import AwsError, DatabaseUnavailable
-from service.ingest.observe import config_location, imagebuilder_for_stack
+from service.freshness import Freshness
+from service.ingest.observe import config_location, imagebuilder_for_stack, observation
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store.cache import Cache, Known
 from service.support.clock import utcnow
-from service.support.stopping import sleep_until_stopped
+from service.support.loops import Backoff, Loop
 
 log = logging.getLogger(__name__)
 
@@ -60,99 +59,24 @@ def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
     return known.stack_status != stack.status
 
 
+@dataclass(eq=False, kw_only=True)
 class Reconciler:
-    def __init__(self, *, cache: Cache, aws: Aws, settings: Settings, metrics: Metrics) -> None:
-        self._cache = cache
-        self._aws = aws
-        self._settings = settings
-        self._metrics = metrics
-        self.first_pass_done = asyncio.Event()
+    cache: Cache
+    aws: Aws
+    settings: Settings
+    metrics: Metrics
+    freshness: Freshness
+    # Set once a round over every region has worked (/readyz says whether it has).
+    first_pass_done: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run_pass(self, *, region: str) -> PassReport:
-        report = PassReport(region=region)
-        calls_before = self._aws.total_calls()
-        started = utcnow()
-        clock_started = time.monotonic()
-
-        stacks: dict[str, StackInfo] = {}
-        async for page in self._aws.list_image_stacks(region=region):
-            for stack in page:
-                stacks.setdefault(stack.name, stack)
-        amis: dict[str, AmiInfo] = {}
-        async for ami_page in self._aws.list_available_amis(region=region):
-            for ami in ami_page:
-                image_id = dict(ami.tags).get("parallelcluster:image_id")
-                if image_id:
-                    amis.setdefault(image_id, ami)
-        known = await self._cache.known(region=region)
-
-        to_fetch = [stack for stack in stacks.values() if needs_imagebuilder(stack, known.get(stack.name))]
-        report.imagebuilder_lookups = len(to_fetch)
-        limiter = asyncio.Semaphore(IMAGEBUILDER_CONCURRENCY)
-
-        async def fetch(stack: StackInfo) -> tuple[str, ImagebuilderState | None]:
-            async with limiter:
-                return stack.name, await imagebuilder_for_stack(self._aws, region=region, stack_name=stack.name)
-
-        fetched = dict(await asyncio.gather(*(fetch(stack) for stack in to_fetch)))
-
-        reachable: dict[str, bool | None] = {}
-        changes: list[Change] = []
-        for image_id in sorted(set(stacks) | set(amis)):
-            stack_or_none = stacks.get(image_id)
-            ami_or_none = amis.get(image_id)
-            config: ConfigLocation | None = await config_location(
-                self._aws, region=region, stack=stack_or_none, ami=ami_or_none, reachable=reachable
-            )
-            imagebuilder = fetched.get(image_id)
-            unknown = frozenset(
-                ({PART_IMAGEBUILDER} if image_id in fetched and imagebuilder is None else set())
-                | ({PART_CONFIG} if config is None else set())
-            )
-            report.unconfirmed += bool(unknown)
-            changes.append(
-                Change(
-                    region=region,
-                    image_id=image_id,
-                    source=Source.RECONCILE,
-                    observed_at=started,
-                    stack=Observed(started, stack_or_none),
-                    ami=Observed(started, ami_or_none),
-                    imagebuilder=Observed(started, imagebuilder) if imagebuilder is not None else None,
-                    config=Observed(started, config) if config is not None else None,
-                    unknown=unknown,
-                    whole=True,
-                )
-            )
-        for image_id, entry in known.items():
-            if entry.exists and image_id not in stacks and image_id not in amis:
-                # Both lists were complete and neither has it: the image is gone, as pcluster would say.
-                changes.append(
-                    Change(
-                        region=region,
-                        image_id=image_id,
-                        source=Source.RECONCILE,
-                        observed_at=started,
-                        stack=Observed(started, None),
-                        ami=Observed(started, None),
-                        whole=True,
-                    )
-                )
-                report.gone += 1
-
-        results = await self._cache.apply_many(changes)
-        report.images_seen = len(set(stacks) | set(amis))
-        report.changed = sum(result.changed for result in results)
-        report.transitions = sum(result.transitioned for result in results)
-        report.corrected = sum(
-            result.transitioned for result in results if known.get(result.image_id) is not None
-        )
-        report.aws_calls = self._aws.total_calls() - calls_before
-        self._metrics.reconcile_reports[region] = dataclasses.asdict(report)
-        self._metrics.reconcile_corrected[region] += report.corrected
-        self._metrics.reconcile_aws_calls[region] += report.aws_calls
-        self._metrics.reconcile_region_passes[(region, "ok")] += 1
-        self._metrics.reconcile_seconds[region].observe(time.monotonic() - clock_started)
+        # Only this pass's own calls (and those of the tasks it starts): live lookups, the healer and the
+        # consumer call AWS at the same time, in the same process.
+        with calls_made() as tally:
+            report = await self._pass(region=region)
+        report.aws_calls = tally[0]
+        self.metrics.reconcile_reports[region] = dataclasses.asdict(report)
+        self.metrics.reconcile_aws_calls[region] += report.aws_calls
         log.info(
             "reconciled %s: %d images, %d changed, %d transitions, %d gone, %d unconfirmed, %d AWS calls",
             region, report.images_seen, report.changed, report.transitions, report.gone, report.unconfirmed,
@@ -161,59 +85,122 @@ class Reconciler:
         )
         return report
 
+    async def _pass(self, *, region: str) -> PassReport:
+        report = PassReport(region=region)
+        started = utcnow()
+        clock_started = time.monotonic()
+
+        stacks: dict[str, StackInfo] = {}
+        async for page in self.aws.list_image_stacks(region=region):
+            for stack in page:
+                stacks.setdefault(stack.name, stack)
+        amis: dict[str, AmiInfo] = {}
+        async for ami_page in self.aws.list_available_amis(region=region):
+            for ami in ami_page:
+                image_id = dict(ami.tags).get("parallelcluster:image_id")
+                if image_id:
+                    amis.setdefault(image_id, ami)
+        known = await self.cache.known(region=region)
+
+        to_fetch = [stack for stack in stacks.values() if needs_imagebuilder(stack, known.get(stack.name))]
+        report.imagebuilder_lookups = len(to_fetch)
+        limiter = asyncio.Semaphore(IMAGEBUILDER_CONCURRENCY)
+
+        async def fetch(stack: StackInfo) -> tuple[str, ImagebuilderState | None]:
+            async with limiter:
+                return stack.name, await imagebuilder_for_stack(self.aws, region=region, stack_name=stack.name)
+
+        fetched = dict(await asyncio.gather(*(fetch(stack) for stack in to_fetch)))
+
+        reachable: dict[str, bool | None] = {}
+        changes: list[Change] = []
+        for image_id in sorted(set(stacks) | set(amis)):
+            stack_or_none = stacks.get(image_id)
+            ami_or_none = amis.get(image_id)
+            config = await config_location(
+                self.aws, region=region, stack=stack_or_none, ami=ami_or_none, reachable=reachable
+            )
+            imagebuilder = fetched.get(image_id)
+            unknown = frozenset(
+                ({PART_IMAGEBUILDER} if image_id in fetched and imagebuilder is None else set())
+                | ({PART_CONFIG} if config is None else set())
+            )
+            report.unconfirmed += bool(unknown)
+            changes.append(
+                observation(
+                    region=region, image_id=image_id, source=Source.RECONCILE, at=started, ami=ami_or_none,
+                    stack=stack_or_none, imagebuilder=imagebuilder, config=config, unknown=unknown,
+                )
+            )
+        for image_id, entry in known.items():
+            if entry.exists and image_id not in stacks and image_id not in amis:
+                # Both lists were complete and neither has it: the image is gone, as pcluster would say.
+                changes.append(
+                    observation(
+                        region=region, image_id=image_id, source=Source.RECONCILE, at=started, ami=None, stack=None
+                    )
+                )
+                report.gone += 1
+
+        results = await self.cache.apply_many(changes)
+        report.images_seen = len(set(stacks) | set(amis))
+        report.changed = sum(result.changed for result in results)
+        report.transitions = sum(result.transitioned for result in results)
+        report.corrected = sum(
+            result.transitioned for result in results if known.get(result.image_id) is not None
+        )
+        self.metrics.reconcile_corrected[region] += report.corrected
+        self.metrics.reconcile_region_passes[(region, "ok")] += 1
+        self.metrics.reconcile_seconds[region].observe(time.monotonic() - clock_started)
+        return report
+
     async def run_once(self) -> list[PassReport]:
-        reports = [await self.run_pass(region=region) for region in self._settings.regions]
-        self._metrics.reconcile_passes += 1
+        reports = [await self.run_pass(region=region) for region in self.settings.regions]
+        self.metrics.reconcile_passes += 1
         self.first_pass_done.set()
         return reports
 
-    async def run(
-        self,
-        *,
-        stop: asyncio.Event,
-        iterations: int | None = None,
-        region_gate: Callable[[str], Awaitable[bool]] | None = None,
-    ) -> None:
-        """Reconcile every region at start and every resync interval until `stop` is set.
+    def loop(self, *, region_gate: Callable[[str], Awaitable[bool]] | None = None) -> Loop:
+        """Reconcile every region at start and every resync interval (sooner, backing off, after a failure).
 
         `region_gate` lets a fleet decide which replica reconciles a region (a lease); None means always.
+        From now until a pass of a region works, what changed there while this process was not running is
+        unknown: answers say so.
         """
-        log.info("reconciler started for %s every %gs", ",".join(self._settings.regions), self._settings.resync_seconds)
-        backoff = self._settings.backoff_initial_seconds
-        done = 0
         started = time.time()
-        for region in self._settings.regions:
-            # Until a first pass, what changed while this process was not running is unknown.
-            self._metrics.reconcile_behind_since.setdefault(region, started)
-        try:
-            while not stop.is_set() and (iterations is None or done < iterations):
-                failed = False
-                for region in self._settings.regions:
-                    try:
-                        # Another replica holding the region's lease reconciles it: that counts as done here.
-                        if region_gate is None or await region_gate(region):
-                            await self.run_pass(region=region)
-                        self._metrics.reconcile_behind_since.pop(region, None)
-                    except Exception as exc:
-                        failed = True
-                        self._metrics.reconcile_region_passes[(region, "error")] += 1
-                        self._metrics.reconcile_behind_since.setdefault(region, time.time())
-                        if isinstance(exc, AwsError | DatabaseUnavailable):
-                            log.warning("reconcile pass for %s failed: %s", region, exc, extra={"region": region})
-                        else:
-                            log.exception("reconcile pass for %s failed", region, extra={"region": region})
-                self._metrics.reconcile_passes += 1
-                done += 1
-                if not failed:
-                    self.first_pass_done.set()
-                    backoff = self._settings.backoff_initial_seconds
-                    delay = self._settings.resync_seconds
-                else:
-                    delay = backoff
-                    backoff = min(backoff * 2, self._settings.backoff_max_seconds)
-                if iterations is not None and done >= iterations:
-                    break
-                if await sleep_until_stopped(stop, delay):
-                    break
-        finally:
-            log.info("reconciler stopped after %d passes", done)
+        for region in self.settings.regions:
+            self.freshness.reconcile_behind_since.setdefault(region, started)
+
+        async def step() -> float:
+            await self.reconcile(region_gate=region_gate)
+            return self.settings.resync_seconds
+
+        return Loop(
+            name="reconciler",
+            step=step,
+            backoff=Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds),
+            quiet=(AwsError, DatabaseUnavailable),
+            detail=f"{','.join(self.settings.regions)} every {self.settings.resync_seconds:g}s",
+        )
+
+    async def reconcile(self, *, region_gate: Callable[[str], Awaitable[bool]] | None = None) -> None:
+        """One round over every region (the loop's step). Raises the failed regions' errors, each noted with
+        its region, once every region has been tried."""
+        failures: list[Exception] = []
+        for region in self.settings.regions:
+            try:
+                # Another replica holding the region's lease reconciles it: that counts as done here.
+                if region_gate is None or await region_gate(region):
+                    await self.run_pass(region=region)
+                self.freshness.reconcile_behind_since.pop(region, None)
+            except Exception as exc:
+                self.metrics.reconcile_region_passes[(region, "error")] += 1
+                self.freshness.reconcile_behind_since.setdefault(region, time.time())
+                exc.add_note(f"reconcile pass for {region}")
+                failures.append(exc)
+        self.metrics.reconcile_passes += 1
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise ExceptionGroup("reconcile passes failed", failures)
+        self.first_pass_done.set()

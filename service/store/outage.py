@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.errors import DatabaseUnavailable
+from service.freshness import Freshness
 from service.metrics import Metrics
 from service.store import db
 
@@ -32,12 +33,14 @@ class DatabaseOutage:
         engine: AsyncEngine,
         *,
         metrics: Metrics,
+        freshness: Freshness,
         probe_seconds: float = PROBE_SECONDS,
         summary_seconds: float = SUMMARY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
+        self._freshness = freshness
         self._probe_seconds = probe_seconds
         self._summary_seconds = summary_seconds
         self._clock = clock
@@ -67,14 +70,14 @@ class DatabaseOutage:
             return
         self._since = self._clock()
         self._metrics.database_outages += 1
-        self._metrics.database_down = True
+        self._freshness.database_down = True
         log.error("database unavailable: %s; answering 503 (or what is in memory, marked stale) until it is back",
                   error.message)
         try:
             self._probe = asyncio.get_running_loop().create_task(self._watch(), name="database-probe")
         except RuntimeError:  # no loop (a synchronous caller): the next request's report starts the probe
             self._since = None
-            self._metrics.database_down = False
+            self._freshness.database_down = False
 
     async def _watch(self) -> None:
         last_summary = self._clock()
@@ -96,7 +99,7 @@ class DatabaseOutage:
         )
         self._since = None
         self._refused = self._stale = 0
-        self._metrics.database_down = False
+        self._freshness.database_down = False
 
     async def _answers(self) -> bool:
         try:
