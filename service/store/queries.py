@@ -14,7 +14,7 @@ from service.domain import listing
 from service.domain.describe import iso_time
 from service.domain.models import CachedImage
 from service.domain.records import decode_parts
-from service.store.cache import REVISION_READ_COLUMNS, stored_image
+from service.store.images import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import builds, images, processed_events, revisions, transitions
 from service.support.bounded import BoundedDict
 from service.support.clock import as_utc, utcnow
