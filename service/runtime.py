@@ -121,7 +121,7 @@ class Runtime:
             lease=RegionLease(engine, metrics=metrics),
             metrics=metrics,
             keys=Keys(engine),
-            healer=Healer(cache=cache, queue=RefreshQueue(engine), aws=aws, settings=settings, metrics=metrics),
+            healer=Healer(cache=cache, queue=RefreshQueue(cache.writer), aws=aws, settings=settings, metrics=metrics),
             outage=outage,
         )
         cache.on_owed = runtime.healer.wake

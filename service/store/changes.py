@@ -34,6 +34,8 @@ LOOP_BATCH_SIZE = 50
 # The advisory lock key of the revision order (see _Writes.write): a bigint outside int4, so it can never be
 # one of the per-image keys (hashtext gives an int4).
 REVISION_ORDER_LOCK = 0x5354_4154_5553_0001
+# When the image was first stored: what a later write of its row leaves as it is.
+KEPT_ON_UPDATE = frozenset({"created_at"})
 
 Listener = Callable[[Sequence[ApplyResult]], None]
 
@@ -182,7 +184,7 @@ class _Writes:
                     self.image_rows[key]["seq"] = seq
         if self.image_rows:
             connection.execute(
-                upsert(images, dialect=connection.dialect.name, keep=frozenset({"created_at"})),
+                upsert(images, dialect=connection.dialect.name, keep=KEPT_ON_UPDATE),
                 list(self.image_rows.values()),
             )
         if self.transition_rows:

@@ -66,4 +66,3 @@ class _Interrupter:
         # Checked again on the loop: the block may have ended between the timer and this task.
         if self.active:
             await self.driver.interrupt()
-

@@ -22,7 +22,7 @@ from service.domain.models import Change, Source
 from service.domain.refreshes import KIND_IMAGE, Need
 from service.store import db
 from service.store.tables import refreshes
-from service.store.writer import upsert
+from service.store.writer import Writer, upsert
 
 NeedKey = tuple[str, str, str]
 KEY = tuple_(refreshes.c.region, refreshes.c.kind, refreshes.c.subject)
@@ -88,8 +88,12 @@ def write_needs(
 
 
 class RefreshQueue:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    """The healer's side of the refreshes table, over the cache's Writer (claims and put-backs are writes like
+    any other: on SQLite they take their turn on its writer thread) or, given an engine, a Writer of its own."""
+
+    def __init__(self, store: Writer | AsyncEngine) -> None:
+        self._writer = store if isinstance(store, Writer) else Writer(store, direct=None)
+        self.engine = self._writer.engine
 
     async def claim(
         self, *, now: datetime, limit: int, hold_seconds: float, skip_regions: Collection[str] = ()
@@ -100,24 +104,26 @@ class RefreshQueue:
         if skip_regions:
             candidates = candidates.where(refreshes.c.region.not_in(sorted(skip_regions)))
         candidates = candidates.order_by(refreshes.c.due_at).limit(limit)
-        async with db.translated(), self.engine.begin() as connection:
-            keys = [tuple(row) for row in await connection.execute(candidates)]
+
+        def take(connection: Connection) -> list[Claimed]:
+            keys = [tuple(row) for row in connection.execute(candidates)]
             if not keys:
                 return []
             # `due` again in the UPDATE: a replica that claimed a row between our SELECT and UPDATE wins it.
-            claimed = await connection.execute(
+            claimed = connection.execute(
                 update(refreshes)
                 .where(KEY.in_(keys), due)
                 .values(attempts=refreshes.c.attempts + 1, due_at=now + timedelta(seconds=hold_seconds))
                 .returning(*NEED_COLUMNS, refreshes.c.attempts)
             )
-            rows = claimed.all()
-        return [Claimed(need=_need(row[:-1]), attempts=row[-1]) for row in rows]
+            return [Claimed(need=_need(row[:-1]), attempts=row[-1]) for row in claimed]
+
+        return await self._writer.write(take)
 
     async def retry_later(self, need: Need, *, due_at: datetime, error: str | None) -> None:
         """Put a claimed need back, due at `due_at` (a need settled meanwhile stays settled)."""
-        async with db.translated(), self.engine.begin() as connection:
-            await connection.execute(
+        def put_back(connection: Connection) -> None:
+            connection.execute(
                 update(refreshes)
                 .where(
                     refreshes.c.region == need.region,
@@ -126,6 +132,8 @@ class RefreshQueue:
                 )
                 .values(due_at=due_at, last_error=error[:1000] if error else None)
             )
+
+        await self._writer.write(put_back)
 
     async def backlog(self) -> int:
         async with db.translated(), self.engine.connect() as connection:
