@@ -67,29 +67,27 @@ async def test_a_transient_conflict_is_tried_again_in_a_fresh_transaction(writer
     assert await events_stored(writer) == 1
 
 
-async def test_a_fault_is_raised_at_once(writer: Writer) -> None:
-    attempts: list[int] = []
+@pytest.mark.parametrize(
+    ("code", "raised", "attempts"),
+    [
+        # A fault: no retry would get past it.
+        (sqlite3.SQLITE_CONSTRAINT, DBAPIError, 1),
+        # Locked to the end: every attempt is made, then the database cannot answer now.
+        (sqlite3.SQLITE_LOCKED, DatabaseUnavailable, 4),
+    ],
+)
+async def test_a_fault_is_raised_at_once_and_a_conflict_after_the_last_attempt(
+    writer: Writer, code: int, raised: type[Exception], attempts: int
+) -> None:
+    made: list[int] = []
 
     def work(connection: Connection) -> None:
-        attempts.append(1)
-        raise driver_error(sqlite3.SQLITE_CONSTRAINT)
+        made.append(1)
+        raise driver_error(code)
 
-    with pytest.raises(DBAPIError):
+    with pytest.raises(raised):
         await writer.write(work)
-    assert len(attempts) == 1
-
-
-async def test_a_conflict_that_does_not_pass_is_given_up_after_the_last_attempt(writer: Writer) -> None:
-    attempts: list[int] = []
-
-    def work(connection: Connection) -> None:
-        attempts.append(1)
-        raise driver_error(sqlite3.SQLITE_LOCKED)
-
-    # Locked to the end: the database cannot answer now.
-    with pytest.raises(DatabaseUnavailable):
-        await writer.write(work)
-    assert len(attempts) == 4
+    assert len(made) == attempts
 
 
 async def test_a_database_that_cannot_answer_is_database_unavailable(writer: Writer) -> None:
