@@ -98,7 +98,7 @@ class Runtime:
             freshness=freshness,
             keys=Keys(engine),
             healer=Healer(
-                cache=cache, queue=RefreshQueue(engine), aws=aws, settings=settings, metrics=metrics,
+                cache=cache, queue=RefreshQueue(cache.writer), aws=aws, settings=settings, metrics=metrics,
                 freshness=freshness,
             ),
             outage=outage,

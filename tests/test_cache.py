@@ -25,7 +25,9 @@ from service.domain.models import (
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db, queries
-from service.store.cache import READ, Cache, Poison, is_retryable, stored_image
+from service.store.cache import Cache, Poison
+from service.store.db import is_retryable
+from service.store.images import READ, stored_image
 from service.store.tables import builds, poison_messages, processed_events, revisions, transitions
 from tests.conftest import BACKENDS, stored_images
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import FromClause, Select, delete, func, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -34,6 +33,7 @@ from service.domain.builds import (
 )
 from service.store.reads import bounded
 from service.store.tables import builds, builds_pending, transitions
+from service.store.writer import Writer, upsert
 
 ImageKey = tuple[str, str]
 
@@ -95,11 +95,20 @@ def rows_for(region: str, image_id: str, history: Sequence[Transition]) -> list[
 
 def mark(connection: Connection, keys: Collection[ImageKey]) -> None:
     """Note that these images' builds must be derived again (inside the transaction writing their transitions)."""
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     connection.execute(
-        insert(builds_pending).on_conflict_do_nothing(index_elements=["region", "image_id"]),
+        upsert(builds_pending, dialect=connection.dialect.name, update=False),
         [{"region": region, "image_id": image_id} for region, image_id in sorted(keys)],
     )
+
+
+async def derive_marked(writer: Writer) -> int:
+    """Derive the builds of every image marked so far, a chunk per transaction; returns how many."""
+    total = 0
+    while True:
+        done = await writer.write(derive_pending)
+        total += done
+        if done < REWRITE_CHUNK:
+            return total
 
 
 def derive_pending(connection: Connection, *, limit: int = REWRITE_CHUNK) -> int:

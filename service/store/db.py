@@ -134,12 +134,35 @@ UNAVAILABLE_SQLITE_CODES = frozenset(
 )
 
 
+# PostgreSQL conditions a retry of the whole transaction can get past: serialization_failure,
+# deadlock_detected, unique_violation (two replicas inserting the same new row) and lock_not_available.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505", "55P03"})
+# SQLite: another connection holds the lock (BUSY), or a conflicting use of the same table (LOCKED).
+RETRYABLE_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# PostgreSQL's query_canceled: what statement_timeout raises.
+QUERY_CANCELED = "57014"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a database error is a transient conflict (retry the transaction) rather than a fault."""
+    error = _driver_error(exc)
+    if isinstance(error, sqlite3.Error):
+        return _sqlite_code_in(error, RETRYABLE_SQLITE_CODES)
+    return _sqlstate(error) in RETRYABLE_SQLSTATES
+
+
+def query_canceled(exc: BaseException) -> bool:
+    """Whether PostgreSQL cancelled the statement (its statement_timeout ran out)."""
+    return _sqlstate(_driver_error(exc)) == QUERY_CANCELED
+
+
 def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
     """The service error for a database failure that means "cannot answer now", else None (a real fault).
 
-    The one place that knows the drivers' errors: SQLAlchemy's pool timeout and disconnects, asyncpg's
-    SQLSTATEs (wrapped by SQLAlchemy or, at connect, raw), SQLite's result codes, and the socket errors a
-    connect raises unwrapped. Decided by type and code, never by message text.
+    The one place that knows the drivers' errors (this, `is_retryable` and `query_canceled`): SQLAlchemy's
+    pool timeout and disconnects, asyncpg's SQLSTATEs (wrapped by SQLAlchemy or, at connect, raw), SQLite's
+    result codes, and the socket errors a connect raises unwrapped. Decided by type and code, never by
+    message text.
     """
     if isinstance(exc, DatabaseUnavailable):
         return exc
@@ -151,12 +174,11 @@ def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
             return DatabaseUnavailable(f"the database connection was lost: {_brief(exc.orig)}")
         error = exc.orig if exc.orig is not None else exc
     if isinstance(error, sqlite3.Error):
-        code = getattr(error, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in UNAVAILABLE_SQLITE_CODES:
+        if _sqlite_code_in(error, UNAVAILABLE_SQLITE_CODES):
             return DatabaseUnavailable(f"SQLite cannot answer: {_brief(error)}")
         return None
-    sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str) and (
+    sqlstate = _sqlstate(error)
+    if sqlstate is not None and (
         sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES) or sqlstate in UNAVAILABLE_SQLSTATES
     ):
         return DatabaseUnavailable(f"the database cannot answer now: {_brief(error)}")
@@ -175,6 +197,25 @@ async def translated() -> AsyncIterator[None]:
         if error is None or error is exc:
             raise
         raise error from exc
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrapper (or `exc`, raised unwrapped)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        return exc.orig
+    return exc
+
+
+def _sqlite_code_in(error: sqlite3.Error, codes: frozenset[int]) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    # Extended result codes (SQLITE_BUSY_SNAPSHOT, ...) carry the primary code in their low byte.
+    return code is not None and code & 0xFF in codes
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    # asyncpg's errors, and SQLAlchemy's adaptation of them, carry the SQLSTATE (psycopg calls it pgcode).
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return code if isinstance(code, str) else None
 
 
 def _brief(error: BaseException | None) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.tables import service_keys
+from service.store.writer import upsert
 from service.support.clock import utcnow
 
 KEY_BYTES = 32
@@ -29,12 +29,11 @@ class Keys:
         known = self._known.get(name)
         if known is not None:
             return known
-        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         async with self._engine.begin() as connection:
             await connection.execute(
-                insert(service_keys)
-                .values(name=name, secret=secrets.token_hex(KEY_BYTES), created_at=utcnow())
-                .on_conflict_do_nothing(index_elements=["name"])
+                upsert(service_keys, dialect=self._engine.dialect.name, update=False).values(
+                    name=name, secret=secrets.token_hex(KEY_BYTES), created_at=utcnow()
+                )
             )
             secret = (
                 await connection.execute(select(service_keys.c.secret).where(service_keys.c.name == name))

@@ -7,14 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, delete, exists, func, select, tuple_
+from sqlalchemy import Column, Select, Table, and_, delete, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import listing
 from service.domain.describe import iso_time
 from service.domain.models import CachedImage
 from service.domain.records import decode_parts
-from service.store.cache import REVISION_READ_COLUMNS, stored_image
+from service.store.images import REVISION_READ_COLUMNS, stored_image
 from service.store.tables import builds, images, processed_events, revisions, transitions
 from service.support.bounded import BoundedDict
 from service.support.clock import as_utc, utcnow
@@ -279,30 +279,28 @@ async def prune(engine: AsyncEngine, *, older_than: datetime, batch: int = 1000)
 
 
 def _superseded_transitions(older_than: datetime, batch: int) -> Select[tuple[int]]:
-    later = transitions.alias("later")
-    superseded = exists().where(
-        later.c.region == transitions.c.region,
-        later.c.image_id == transitions.c.image_id,
-        later.c.observed_at <= older_than,
-        tuple_(later.c.observed_at, later.c.id) > tuple_(transitions.c.observed_at, transitions.c.id),
-    )
-    return select(transitions.c.id).where(transitions.c.observed_at < older_than, superseded).limit(batch)
+    return _superseded(transitions, transitions.c.id, older_than=older_than, batch=batch)
 
 
 def _superseded_revisions(older_than: datetime, batch: int) -> Select[tuple[int]]:
-    later = revisions.alias("later")
-    superseded = exists().where(
-        later.c.region == revisions.c.region,
-        later.c.image_id == revisions.c.image_id,
-        later.c.observed_at <= older_than,
-        tuple_(later.c.observed_at, later.c.seq) > tuple_(revisions.c.observed_at, revisions.c.seq),
-    )
+    # An image's current revision stays whatever its age: the change feed serves it.
     current = select(images.c.seq)
-    return (
-        select(revisions.c.seq)
-        .where(revisions.c.observed_at < older_than, revisions.c.seq.not_in(current), superseded)
-        .limit(batch)
+    return _superseded(revisions, revisions.c.seq, older_than=older_than, batch=batch).where(
+        revisions.c.seq.not_in(current)
     )
+
+
+def _superseded(table: Table, order: Column[Any], *, older_than: datetime, batch: int) -> Select[tuple[int]]:
+    """Up to `batch` rows of `table` (by `order`, their id) observed before `older_than` that a later row of the
+    same image, also observed by then, supersedes."""
+    later = table.alias("later")
+    superseded = exists().where(
+        later.c.region == table.c.region,
+        later.c.image_id == table.c.image_id,
+        later.c.observed_at <= older_than,
+        tuple_(later.c.observed_at, later.c[order.name]) > tuple_(table.c.observed_at, order),
+    )
+    return select(order).where(table.c.observed_at < older_than, superseded).limit(batch)
 
 
 def _event_horizon(older_than: datetime) -> datetime:

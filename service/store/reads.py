@@ -18,9 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import QueryTimeout
-
-# PostgreSQL's query_canceled: what statement_timeout raises.
-QUERY_CANCELED = "57014"
+from service.store import db
 
 
 @asynccontextmanager
@@ -32,7 +30,7 @@ async def bounded(engine: AsyncEngine, *, seconds: float) -> AsyncIterator[Async
             try:
                 yield connection
             except DBAPIError as exc:
-                if _sqlstate(exc) == QUERY_CANCELED:
+                if db.query_canceled(exc):
                     raise QueryTimeout(seconds) from exc
                 raise
             return
@@ -68,8 +66,3 @@ class _Interrupter:
         # Checked again on the loop: the block may have ended between the timer and this task.
         if self.active:
             await self.driver.interrupt()
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    code: str | None = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code

@@ -49,26 +49,41 @@ Serial = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
+
+def _served() -> list[Column[Any]]:
+    """What describe serves of an image: the current record (images), and each version of it (revisions)."""
+    return [
+        # Bumped each time the served document (or its existence or config location) changes.
+        Column("version", Integer, nullable=False),
+        Column("exists", Boolean, nullable=False),
+        # The materialized describe document (JSON, without imageConfiguration); NULL when gone.
+        Column("document", Text, nullable=True),
+        Column("config_bucket", Text, nullable=True),
+        Column("config_key", Text, nullable=True),
+        Column("config_available", Boolean, nullable=False, default=False),
+    ]
+
+
+def _statuses() -> list[Column[Any]]:
+    """An image's statuses: the current ones (images), and each change of them (transitions)."""
+    return [
+        Column("build_status", String(32), nullable=True),
+        Column("stack_status", String(64), nullable=True),
+        Column("stack_status_reason", Text, nullable=True),
+        Column("imagebuilder_status", String(32), nullable=True),
+        Column("imagebuilder_status_reason", Text, nullable=True),
+        Column("ami_state", String(32), nullable=True),
+    ]
+
+
 images = Table(
     "images",
     metadata,
     Column("region", String(32), primary_key=True),
     Column("image_id", String(128), primary_key=True),
-    # Bumped each time the served document (or its existence or config location) changes.
-    Column("version", Integer, nullable=False),
-    Column("exists", Boolean, nullable=False),
-    # The materialized describe document (JSON, without imageConfiguration); NULL when gone.
-    Column("document", Text, nullable=True),
-    Column("config_bucket", Text, nullable=True),
-    Column("config_key", Text, nullable=True),
-    Column("config_available", Boolean, nullable=False, default=False),
+    *_served(),
     # Status fields, for listing and transitions.
-    Column("build_status", String(32), nullable=True),
-    Column("stack_status", String(64), nullable=True),
-    Column("stack_status_reason", Text, nullable=True),
-    Column("imagebuilder_status", String(32), nullable=True),
-    Column("imagebuilder_status_reason", Text, nullable=True),
-    Column("ami_state", String(32), nullable=True),
+    *_statuses(),
     # Links used to map events back to images.
     Column("stack_id", Text, nullable=True),
     Column("ami_id", String(64), nullable=True),
@@ -99,12 +114,7 @@ revisions = Table(
     Column("seq", Serial, primary_key=True, autoincrement=True),
     Column("region", String(32), nullable=False),
     Column("image_id", String(128), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("exists", Boolean, nullable=False),
-    Column("document", Text, nullable=True),
-    Column("config_bucket", Text, nullable=True),
-    Column("config_key", Text, nullable=True),
-    Column("config_available", Boolean, nullable=False, default=False),
+    *_served(),
     Column("observed_at", UtcDateTime, nullable=False),
     Column("happened_at", UtcDateTime, nullable=False),
     UniqueConstraint("region", "image_id", "version", name="uq_revisions_image_version"),
@@ -122,12 +132,7 @@ transitions = Table(
     Column("observed_at", UtcDateTime, nullable=False),
     Column("source", String(16), nullable=False),
     Column("exists", Boolean, nullable=False),
-    Column("build_status", String(32), nullable=True),
-    Column("stack_status", String(64), nullable=True),
-    Column("stack_status_reason", Text, nullable=True),
-    Column("imagebuilder_status", String(32), nullable=True),
-    Column("imagebuilder_status_reason", Text, nullable=True),
-    Column("ami_state", String(32), nullable=True),
+    *_statuses(),
     # What pcluster's ListImages shows besides the statuses, so the fleet at any moment is one read: the
     # visible stack's id, the AMI's id, and the image's ParallelCluster version (the AMI's tag, else the
     # stack's: one build's AMI and stack carry the same one).
@@ -249,7 +254,7 @@ Index(
 )
 
 # Images whose transitions changed since their builds were last derived: written in the transaction that
-# writes the transitions (so no crash loses one), drained by Cache.derive_builds.
+# writes the transitions (so no crash loses one), drained by builds.derive_marked (Cache.derive_builds).
 builds_pending = Table(
     "builds_pending",
     metadata,
