@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api.compression import accepts_gzip
 from service.api.state import AppState
 from service.domain.status import BUILD_STATUS_BY_STACK_STATUS
 from service.metrics import (
@@ -400,7 +401,7 @@ class MetricsEndpoint:
         registry.register(self._process)
         rest = generate_latest(registry)
         headers = {"Cache-Control": "no-store"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        if accepts_gzip(request.headers.get("accept-encoding")):
             body = rendered.gzip.finish(rest)
             headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"
