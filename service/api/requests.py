@@ -69,10 +69,6 @@ def negotiate(accept: str | None, offered: Sequence[str]) -> str:
     return offered[0]
 
 
-def is_valid_image_id(image_id: str) -> bool:
-    return len(image_id) <= IMAGE_ID_MAX_LENGTH and IMAGE_ID_PATTERN.fullmatch(image_id) is not None
-
-
 def validate_image_id(image_id: str) -> None:
     # Messages as pcluster's API (connexion) words them.
     if len(image_id) > IMAGE_ID_MAX_LENGTH:
