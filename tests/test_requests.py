@@ -1,4 +1,4 @@
-"""Reading a request's headers: Accept-style lists weighed by q, the answer's format chosen from them."""
+"""Reading a request's headers: Accept-style items weighed by q, the answer's format chosen from them."""
 
 from __future__ import annotations
 
@@ -35,7 +35,15 @@ def test_the_answer_format_follows_the_accept_header(accept: str | None, chosen:
     assert negotiate(accept, OFFERED) == chosen
 
 
-def test_a_weighted_list_is_read_in_order_with_its_qualities() -> None:
-    assert list(weighted(" GZIP ;q=0.5 , br,identity; Q = 0 ,x;q=nope;level=1")) == [
-        ("gzip", 0.5), ("br", 1.0), ("identity", 0.0), ("x", 0.0),
-    ]  # fmt: skip
+@pytest.mark.parametrize(
+    ("item", "weighed"),
+    [
+        ("gzip", ("gzip", 1.0)),
+        (" GZIP ;q=0.5 ", ("gzip", 0.5)),
+        ("identity; Q = 0", ("identity", 0.0)),
+        ("x;q=nope;level=1", ("x", 0.0)),  # a q that is no number means "not this"
+        ("text/csv;charset=utf-8", ("text/csv", 1.0)),
+    ],
+)
+def test_an_accept_item_is_read_with_its_quality(item: str, weighed: tuple[str, float]) -> None:
+    assert weighted(item) == weighed

@@ -31,7 +31,8 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     if not accept_encoding:
         return False
     wildcard = False
-    for coding, quality in weighted(accept_encoding):
+    for item in accept_encoding.split(","):
+        coding, quality = weighted(item)
         if coding in {"gzip", "x-gzip"}:
             return quality > 0
         if coding == "*":

@@ -4,7 +4,7 @@ reader is service.api.query)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from starlette.types import Scope
@@ -35,12 +35,12 @@ def two_headers(scope: Scope, first: bytes, second: bytes) -> tuple[bytes | None
     return first_value, second_value
 
 
-def weighted(value: str) -> Iterator[tuple[str, float]]:
-    """The items of an Accept-style header (`a;q=0.5, b`), in order, lower-cased, each with its quality: 1 unless
-    a q is given, 0 when that q is not a number."""
-    for part in value.split(","):
-        item, _, options = part.strip().partition(";")
-        quality = 1.0
+def weighted(item: str) -> tuple[str, float]:
+    """One item of an Accept-style header (`gzip;q=0.5`): its value, lower-cased, and its quality: 1 unless a q
+    is given, 0 when that q is not a number."""
+    value, _, options = item.strip().partition(";")
+    quality = 1.0
+    if options:
         for option in options.split(";"):
             name, _, number = option.strip().partition("=")
             if name.strip().lower() == "q":
@@ -48,7 +48,7 @@ def weighted(value: str) -> Iterator[tuple[str, float]]:
                     quality = float(number)
                 except ValueError:
                     quality = 0.0
-        yield item.strip().lower(), quality
+    return value.strip().lower(), quality
 
 
 def negotiate(accept: str | None, offered: Sequence[str]) -> str:
@@ -56,10 +56,12 @@ def negotiate(accept: str | None, offered: Sequence[str]) -> str:
     `offered[0]` when it names none of them (no header, */*, or only types not offered)."""
     if not accept:
         return offered[0]
-    ranked = sorted(
-        (-quality, position, media) for position, (media, quality) in enumerate(weighted(accept)) if quality > 0
-    )
-    for _, _, media in ranked:
+    ranked = []
+    for position, item in enumerate(accept.split(",")):
+        media, quality = weighted(item)
+        if quality > 0:
+            ranked.append((-quality, position, media))
+    for _, _, media in sorted(ranked):
         if media in offered:
             return media
         if media in ("*/*", "application/*"):
