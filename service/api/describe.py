@@ -170,7 +170,8 @@ def answer_headers(
 def reply(prepared: Prepared, extra: RawHeaders, *, if_none_match: str | None) -> FastAnswer:
     """(status, headers, body) of a prepared answer: 304 when If-None-Match holds its tag; `extra` ends the
     headers (a list of this answer's own)."""
-    if etag_matches(if_none_match, prepared.etag):
+    # Most requests carry no If-None-Match: then not even the call.
+    if if_none_match is not None and etag_matches(if_none_match, prepared.etag):
         return 304, [*prepared.headers_304, *extra], b""
     return 200, [*prepared.headers_200, *extra], prepared.body
 
