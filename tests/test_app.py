@@ -465,6 +465,26 @@ async def test_middleware_sees_every_request_cached_describes_included(
     ]
 
 
+async def test_describe_and_list_ignore_parameters_they_do_not_take_as_pcluster_does(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    # pcluster's API (connexion, without strict validation) ignores unknown query parameters; so do its routes
+    # here, on the full path and on the fast path alike (the history routes are ours, and refuse them).
+    aws_state.create_image_stack(region=REGION, image_id="lenient")
+    plain = [await describe(client, "lenient") for _ in range(3)]
+    extra = [await describe(client, "lenient", regoin="nowhere", x="1") for _ in range(3)]
+    assert [r.status_code for r in plain + extra] == [200] * 6
+    assert {r.content for r in plain + extra} == {plain[-1].content}
+    await runtime.reconciler.run_pass(region=REGION)
+    pages = [
+        await client.get("/v3/images/custom", params=params)
+        for params in ({"imageStatus": "PENDING"}, {"imageStatus": "PENDING", "statuss": "x"})
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in pages] == [200] * 4
+    assert {r.content for r in pages} == {pages[0].content}
+
+
 async def test_no_route_shadows_an_image_id(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     # "changes" is a valid image id: the change stream lives at /v3/image-changes instead.
     aws_state.create_image_stack(region=REGION, image_id="changes")

@@ -265,6 +265,28 @@ async def test_a_gzipped_scrape_is_one_gzip_stream_of_the_same_series(
     assert value(text, "statuscache_http_requests_total", route="/metrics", code="200", cache="none") == 1
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("gzip;q=0", False),  # "not gzip", though the word is there
+        ("gzip;q=0, identity", False),
+        ("identity", False),
+        ("br", False),
+    ],
+)
+async def test_a_scrape_is_gzipped_exactly_when_the_client_accepts_gzip(
+    client: httpx.AsyncClient, accept_encoding: str, gzipped: bool
+) -> None:
+    async with client.stream("GET", "/metrics", headers={"Accept-Encoding": accept_encoding}) as response:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") == ("gzip" if gzipped else None)
+    assert raw.startswith(b"\x1f\x8b") == gzipped
+
+
 async def test_a_connected_change_stream_client_is_counted_until_it_leaves(runtime: Runtime) -> None:
     import asyncio
 

@@ -151,6 +151,29 @@ async def test_bad_history_parameters_are_400(
     assert aws_state.total_calls() == 0
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        # A misspelt parameter must not silently widen the query to all of history.
+        (
+            [("sinse", "2026-01-01T00:00:00Z")],
+            "Bad Request: unknown query parameter 'sinse'; this route takes: region, since, until, limit, nextToken",
+        ),
+        (
+            [("since", "2026-01-01T00:00:00Z"), ("since", "2026-02-01T00:00:00Z")],
+            "Bad Request: query parameter 'since' is given more than once",
+        ),
+    ],
+)
+async def test_history_takes_only_its_own_parameters_once_each(
+    client: httpx.AsyncClient, aws_state: FakeAws, params: list[tuple[str, str]], message: str
+) -> None:
+    response = await client.get("/v3/images/custom/some-image/history", params=params)
+    assert response.status_code == 400
+    assert response.json() == {"message": message}
+    assert aws_state.total_calls() == 0
+
+
 async def test_history_tokens_page_through_and_only_continue_their_own_query(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
