@@ -281,7 +281,8 @@ async def test_an_idle_stream_gets_heartbeats(runtime: Runtime, aws_state: FakeA
     async with served(runtime, sse_heartbeat_seconds=1.0) as http:
         async with following(http, imageId="quiet") as follower:
             await write(runtime, ["noisy"])
-            await asyncio.sleep(2.5)
+            # A heartbeat comes a second after the last line; the tailer (0.05 s) has read "noisy" long before.
+            await follower.wait_for(lambda: ": keepalive" in follower.comments)
     assert follower.comments.count(": keepalive") >= 1 and follower.ids == []
 
 
@@ -351,7 +352,8 @@ async def test_a_failing_read_of_the_feed_is_retried_and_loses_nothing(
     async with served(runtime, sse_heartbeat_seconds=1.0) as http, following(http) as follower:
         failing = True
         seqs = await write(runtime, ["during-0", "during-1"])
-        await asyncio.sleep(2.2)
+        # Until the tailer has failed twice and a heartbeat has come since (a second after the opening line).
+        await follower.wait_for(lambda: failures >= 2 and ": keepalive" in follower.comments)
         # The database is away: nothing arrives, but the stream stays up (heartbeats go on).
         assert follower.ids == [] and not follower.ended and ": keepalive" in follower.comments
         failing = False
