@@ -112,6 +112,7 @@ async def test_the_exposition_is_valid_for_prometheus_clients_parser_and_promtoo
     assert checked.stdout.decode().strip() == "", "promtool's lint found problems"
 
 
+@pytest.mark.slow
 async def test_image_series_and_counters_follow_a_known_sequence_of_events(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, queue: Queue
 ) -> None:
