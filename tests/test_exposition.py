@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import shutil
 import subprocess
 import zlib
 from collections.abc import Iterator
@@ -85,14 +84,8 @@ def whole_second_after(moment: datetime, seconds: int) -> datetime:
     return moment.replace(microsecond=0) + timedelta(seconds=seconds)
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: scripts/ensure-prometheus installs it (make test runs it)"
-    return path
-
-
 async def test_the_exposition_is_valid_for_prometheus_clients_parser_and_promtool(
-    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, promtool: str
 ) -> None:
     aws_state.create_image_stack(region=REGION, image_id="valid-building", imagebuilder_status="BUILDING")
     aws_state.create_ami(region=REGION, image_id="valid-done")
@@ -113,12 +106,13 @@ async def test_the_exposition_is_valid_for_prometheus_clients_parser_and_promtoo
         "process_resident_memory_bytes",
     } <= names
     checked = await asyncio.to_thread(
-        subprocess.run, [promtool(), "check", "metrics"], input=text.encode(), capture_output=True, check=False
+        subprocess.run, [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
     )
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     assert checked.stdout.decode().strip() == "", "promtool's lint found problems"
 
 
+@pytest.mark.slow
 async def test_image_series_and_counters_follow_a_known_sequence_of_events(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, queue: Queue
 ) -> None:

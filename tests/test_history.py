@@ -91,6 +91,7 @@ async def test_history_shows_every_transition_of_a_build_once_in_order(
     assert "nextToken" not in rest
 
 
+@pytest.mark.slow
 async def test_at_answers_the_past(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     before = datetime.now(UTC)
     marks = await lifecycle(runtime, aws_state, Queue("at-events"), "travel")
@@ -233,6 +234,7 @@ async def test_list_filters_like_pcluster_and_pages_stably(
     assert [item["imageId"] for item in failed["images"]] == ["list-failed"]
 
 
+@pytest.mark.slow
 async def test_list_pages_never_skip_or_repeat_while_images_change(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -345,6 +347,7 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
         assert int(replay[0]["id"]) < int(replay[1]["id"])
 
 
+@pytest.mark.slow
 async def test_concurrent_list_requests_share_one_query(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
