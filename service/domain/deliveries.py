@@ -56,7 +56,9 @@ class Notice:
 
     @property
     def created(self) -> datetime | None:
-        raw = (self.document or {}).get("creationTime")
+        document = self.document or {}
+        # The AMI's creation time when the image has one, else its stack's (as describe shows them).
+        raw = document.get("creationTime") or document.get("cloudformationStackCreationTime")
         if not isinstance(raw, str):
             return None
         try:
