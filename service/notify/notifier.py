@@ -163,7 +163,6 @@ class Notifier:
                 ):  # fmt: skip
                     if value is not None:
                         item[key] = value
-                self._metrics.notify_dead_letters[subscription.name] = row.dead_letters
             found.append(item)
         return found
 
