@@ -307,6 +307,9 @@ async def test_replay_sends_again_and_the_route_shows_no_secret(quick: Runtime, 
             unknown = await http.post("/v3/subscriptions/nope/replay?since=1")
             bad = await http.post("/v3/subscriptions/ci/replay?since=yesterday")
             by_time = await http.post("/v3/subscriptions/ci/replay?since=2000-01-01T00:00:00Z")
+        async with listening(app, free_port()) as service_url:
+            table = await asyncio.to_thread(_cli, "subscriptions", "--endpoint", service_url)
+            as_json = await asyncio.to_thread(_cli, "subscriptions", "--endpoint", service_url, "--output", "json")
     assert listed.status_code == 200
     (item,) = listed.json()["subscriptions"]
     assert item["kind"] == "webhook" and item["target"].endswith("/x/hooks") and "token" not in listed.text
@@ -314,6 +317,21 @@ async def test_replay_sends_again_and_the_route_shows_no_secret(quick: Runtime, 
     assert replayed.status_code == 202 and replayed.json()["cursor"] == seq - 1
     assert receiver.got[1][0] == receiver.got[0][0]  # the same change: the same webhook-id
     assert unknown.status_code == 404 and bad.status_code == 400 and by_time.status_code == 202
+    assert table[0] == 0 and table[1].splitlines()[0].split() == ["NAME", "KIND", "TARGET", "CURSOR", "LAG", "DEAD",
+                                                                  "LETTERS", "STATE", "LAST", "ERROR"]  # fmt: skip
+    assert table[1].splitlines()[1].split()[:3] == ["ci", "webhook", item["target"]]
+    assert json.loads(as_json[1])[0]["name"] == "ci" and SECRET[6:20] not in table[1] + as_json[1]
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    import io
+
+    from service.__main__ import _parser
+    from service.client import cli
+
+    out = io.StringIO()
+    status = cli.run(_parser().parse_args(list(argv)), out=out)
+    return status, out.getvalue()
 
 
 async def test_sns_publishes_each_matching_change_with_filterable_attributes(

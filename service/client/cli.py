@@ -24,7 +24,10 @@ import jmespath.exceptions
 
 from service.client import api, core, errors, from_environment, shapes
 
-COMMANDS = ("describe-image", "list-images", "image-history", "watch", "transitions", "builds", "wait-image")
+COMMANDS = (
+    "describe-image", "list-images", "image-history", "watch", "transitions", "builds", "wait-image", "subscriptions",
+)
+SUBSCRIPTION_COLUMNS = ("NAME", "KIND", "TARGET", "CURSOR", "LAG", "DEAD LETTERS", "STATE", "LAST ERROR")
 # wait-image's exit statuses besides 0 (reached) and 1 (an error talking to the service).
 CANNOT_REACH = 3
 TIMED_OUT = 4
@@ -115,6 +118,12 @@ def add_commands(commands: Any) -> None:
                          help="BUILD_COMPLETE (default), or deleted (gone or DELETE_COMPLETE)")
     waiting.add_argument("--timeout", type=_seconds, help="give up after this many seconds (exit 4); default never")
 
+    subscribed = commands.add_parser(
+        "subscriptions", help="each notification subscription's health: cursor, lag, last error, dead letters"
+    )
+    subscribed.add_argument("--endpoint", help="the service's URL (env STATUSCACHE_URL, default http://127.0.0.1:8080)")
+    subscribed.add_argument("--output", choices=["table", "json"], default="table")
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="the service's URL (env STATUSCACHE_URL, default http://127.0.0.1:8080)")
@@ -131,7 +140,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run one client command; the exit status."""
     out = out or sys.stdout
     url, token = from_environment()
-    region: str | None = args.region
+    region: str | None = getattr(args, "region", None)
     if region is None and args.command in ("describe-image", "list-images", "wait-image"):
         # As pcluster does: without --region, the region the AWS tools would use.
         region = os.environ.get("AWS_DEFAULT_REGION") or None
@@ -394,6 +403,25 @@ def _wait_image(client: api.Client, args: argparse.Namespace, region: str | None
     return 0 if ended.reached else CANNOT_REACH
 
 
+def _subscriptions(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    found = client.api("/v3/subscriptions")["subscriptions"]
+    if args.output == "json":
+        print(json.dumps(found, indent=2), file=out)
+        return
+    if not found:
+        print("No subscriptions (STATUSCACHE_SUBSCRIPTIONS_FILE names none).", file=out)
+        return
+    rows: list[tuple[str, ...]] = [SUBSCRIPTION_COLUMNS]
+    for item in found:
+        state = "disabled" if item["disabled"] else ("retrying" if item.get("attempts") else "ok")
+        cursor = "-" if item["cursor"] is None else str(item["cursor"])
+        rows.append((
+            item["name"], item["kind"], item["target"], cursor, _duration(item["lagSeconds"]),
+            str(item["deadLetters"]), state, item.get("disabledReason") or item.get("lastError") or "",
+        ))  # fmt: skip
+    _table(rows, out)
+
+
 # Each command's work; an exit status other than 0 when it has one of its own to give.
 Handler = Callable[[api.Client, argparse.Namespace, str | None, TextIO], int | None]
 
@@ -405,4 +433,5 @@ _HANDLERS: dict[str, Handler] = {
     "transitions": _transitions,
     "builds": _builds,
     "wait-image": _wait_image,
+    "subscriptions": _subscriptions,
 }
