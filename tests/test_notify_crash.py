@@ -72,7 +72,8 @@ async def test_sigkill_mid_burst_then_restart_delivers_every_completion(
             port = free_port()
             env = {
                 **os.environ, "AWS_ENDPOINT_URL": aws_state.endpoint_url,
-                "STATUSCACHE_DATABASE_URL": settings.database_url, "STATUSCACHE_REGIONS": REGION, "STATUSCACHE_SUBSCRIPTIONS_FILE": str(path),
+                "STATUSCACHE_DATABASE_URL": settings.database_url, "STATUSCACHE_REGIONS": REGION,
+                "STATUSCACHE_SUBSCRIPTIONS_FILE": str(path),
                 "STATUSCACHE_NOTIFY_POLL_SECONDS": "0.1", "STATUSCACHE_NOTIFY_RETRY_INITIAL_SECONDS": "0.1",
             }  # fmt: skip
             base = f"http://127.0.0.1:{port}"
