@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 5.0
 # A disabled subscription looks this often whether a replay enabled it again.
 DISABLED_SECONDS = 10.0
+# While a long batch is being sent, the cursor is written at least this often: what a crash sends twice.
+CHECKPOINT_SECONDS = 1.0
 
 DELIVERED = "delivered"
 FAILED = "failed"
@@ -87,6 +90,7 @@ class Deliverer:
         handled = cursor  # how far this step got
         accepted = False
         attempts, first_failure = state.attempts, state.first_failure_at
+        checkpoint = time.monotonic()
         for item in batch:
             notice = item.notice
             filters = self.subscription.filters
@@ -103,6 +107,11 @@ class Deliverer:
             if answer.verdict is Verdict.DELIVERED:
                 self._metrics.deliveries[(self.name, DELIVERED)] += 1
                 handled, accepted = notice.seq, True
+                if time.monotonic() - checkpoint >= CHECKPOINT_SECONDS:
+                    if not await store.advance(self._engine, name=self.name, since=cursor, to=handled, now=now,
+                                               delivered=True):  # fmt: skip
+                        return 0.0  # replayed meanwhile: start again from the row
+                    cursor, attempts, first_failure, checkpoint = handled, 0, None, time.monotonic()
                 continue
             # Everything before this one is done: recorded first, so the failure below is this one's.
             if handled != cursor:
