@@ -56,35 +56,30 @@ async def latest_seq(connection: AsyncConnection) -> int:
 
 async def ensure(engine: AsyncEngine, *, name: str, kind: str, now: datetime) -> State:
     """The subscription's row; one seen for the first time starts at the newest change (the past is not news)."""
+    row = await _row(engine, name)
+    if row is not None and row.kind == kind:
+        return State.of(row)
     async with engine.begin() as connection:
-        row = (await connection.execute(select(subscriptions).where(subscriptions.c.name == name))).first()
-        if row is None:
-            values = {
-                "name": name, "kind": kind, "delivered_seq": await latest_seq(connection), "news_since": now,
-                "created_at": now, "attempts": 0,
-            }  # fmt: skip
-            # Two replicas seeing it first at once: the first insert wins, the other reads it.
-            inserted = await connection.execute(
-                _insert_ignore(connection.dialect.name).values(**values).returning(*subscriptions.columns)
-            )
-            row = inserted.first()
-            if row is None:
-                row = (await connection.execute(select(subscriptions).where(subscriptions.c.name == name))).one()
-        elif row.kind != kind:
+        if row is not None:
             # The same name for another kind of sink is another subscription: it starts afresh, from now.
             await connection.execute(subscriptions.delete().where(subscriptions.c.name == name))
-            return await _restart(connection, name=name, kind=kind, now=now)
-    return State.of(row)
+        # One statement that writes (the newest change read inside it): on SQLite a transaction that read first
+        # could not then take the write lock while another writer holds it. Two replicas seeing it first at
+        # once: the first insert wins, the other reads it.
+        newest = select(func.coalesce(func.max(transitions.c.id), 0)).scalar_subquery()
+        await connection.execute(
+            _insert_ignore(connection.dialect.name).values(
+                name=name, kind=kind, delivered_seq=newest, news_since=now, created_at=now, attempts=0
+            )
+        )
+    found = await _row(engine, name)
+    assert found is not None
+    return State.of(found)
 
 
-async def _restart(connection: AsyncConnection, *, name: str, kind: str, now: datetime) -> State:
-    values = {
-        "name": name, "kind": kind, "delivered_seq": await latest_seq(connection), "news_since": now,
-        "created_at": now, "attempts": 0,
-    }  # fmt: skip
-    await connection.execute(subscriptions.insert().values(**values))
-    row = (await connection.execute(select(subscriptions).where(subscriptions.c.name == name))).one()
-    return State.of(row)
+async def _row(engine: AsyncEngine, name: str) -> Any:
+    async with engine.connect() as connection:
+        return (await connection.execute(select(subscriptions).where(subscriptions.c.name == name))).first()
 
 
 def _insert_ignore(dialect: str) -> Any:
@@ -211,7 +206,7 @@ async def replay(engine: AsyncEngine, *, name: str, since_seq: int | None, since
     """Send again every transition from `since_seq` (or the first observed at or after `since_time`): the cursor
     moves back to just before it, failures are forgotten and a disabled subscription is enabled again. The new
     cursor, or None when the subscription is not known yet."""
-    async with engine.begin() as connection:
+    async with engine.connect() as connection:
         if since_seq is not None:
             cursor = max(0, since_seq - 1)
             earliest = select(func.min(transitions.c.observed_at)).where(transitions.c.id >= since_seq)
@@ -222,6 +217,7 @@ async def replay(engine: AsyncEngine, *, name: str, since_seq: int | None, since
             first = (await connection.execute(first_id)).scalar_one()
             cursor = (await latest_seq(connection)) if first is None else int(first) - 1
             news_since = since_time
+    async with engine.begin() as connection:
         result = await connection.execute(
             update(subscriptions)
             .where(subscriptions.c.name == name)
