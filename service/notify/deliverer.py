@@ -6,8 +6,8 @@ the loops' supervisor) sleeps that long or less when a change arrives. A step:
 
 1. acts only while this replica holds the subscription's lease (one deliverer per subscription across replicas);
 2. reads the subscription's row (its cursor, failures, whether it is disabled or must wait before trying again);
-3. reads the transitions after the cursor, and for each that is news and matches the filters, sends it; one the
-   sink does not accept ends the step: recorded as a failure with the time of the next attempt (exponential
+3. takes the transitions after the cursor (from the process's one reader of them, service.notify.feed), and
+   sends each that is news and matches the filters; one the sink does not accept ends the step: recorded as a failure with the time of the next attempt (exponential
    backoff with jitter, never before the sink's Retry-After), or, once its first failure is older than the give-up
    bound, kept as a dead letter and passed; a webhook's 410 disables the subscription;
 4. moves the cursor past everything handled, with a compare-and-set on the cursor it read, so a replay made
@@ -31,6 +31,7 @@ from service.domain import deliveries
 from service.domain.deliveries import Retries, Verdict
 from service.domain.subscriptions import Subscription, is_news
 from service.metrics import Metrics
+from service.notify.feed import Feed
 from service.notify.sinks import Sink
 from service.store import subscriptions as store
 from service.store.lease import NamedLeases
@@ -53,7 +54,8 @@ DISABLED = "disabled"
 
 class Deliverer:
     def __init__(
-        self, subscription: Subscription, *, sink: Sink, engine: AsyncEngine, leases: NamedLeases, retries: Retries,
+        self, subscription: Subscription, *, sink: Sink, engine: AsyncEngine, feed: Feed, leases: NamedLeases,
+        retries: Retries,
         poll_seconds: float, metrics: Metrics, clock: Callable[[], datetime] = utcnow,
         draw: Callable[[], float] = random.random,
     ) -> None:  # fmt: skip
@@ -61,6 +63,7 @@ class Deliverer:
         self.name = subscription.name
         self._sink = sink
         self._engine = engine
+        self._feed = feed
         self._leases = leases
         self._retries = retries
         self._poll = poll_seconds
@@ -82,7 +85,7 @@ class Deliverer:
             return DISABLED_SECONDS
         if state.next_attempt_at is not None and state.next_attempt_at > now:
             return (state.next_attempt_at - now).total_seconds()
-        batch = await store.pending(self._engine, after=state.delivered_seq)
+        batch = await self._feed.after(state.delivered_seq)
         self._metrics.notify_lag[self.name] = (now - batch[0].notice.observed_at).total_seconds() if batch else 0.0
         if not batch:
             return self._poll

@@ -18,6 +18,7 @@ from service.domain.subscriptions import Sns, Subscription, Subscriptions, Webho
 from service.metrics import Metrics
 from service.notify.config import SubscriptionsFile
 from service.notify.deliverer import Deliverer
+from service.notify.feed import Feed
 from service.notify.sinks import Sink, SnsSink, SsmParameterSink, WebhookSink
 from service.settings import Settings
 from service.store import subscriptions as store
@@ -45,6 +46,7 @@ class Notifier:
         self._start = start
         self._wake = wake
         self.leases = NamedLeases(engine, namespace="notify")
+        self.feed = Feed(engine)
         self.retries = Retries(
             initial=settings.notify_retry_initial_seconds, maximum=settings.notify_retry_max_seconds,
             give_up=settings.notify_give_up_seconds,
@@ -86,7 +88,7 @@ class Notifier:
 
     def _launch(self, subscription: Subscription) -> None:
         deliverer = Deliverer(
-            subscription, sink=self.sink(subscription), engine=self._engine, leases=self.leases,
+            subscription, sink=self.sink(subscription), engine=self._engine, feed=self.feed, leases=self.leases,
             retries=self.retries, poll_seconds=self._settings.notify_poll_seconds, metrics=self._metrics,
         )  # fmt: skip
         stop, nudge = asyncio.Event(), asyncio.Event()

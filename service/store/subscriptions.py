@@ -3,6 +3,8 @@ its dead letters, and the transitions after a cursor as they are told (service.d
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.domain.deliveries import Notice
 from service.domain.subscriptions import GONE
+from service.store.db import IMMEDIATE
 from service.store.tables import dead_letters, images, subscriptions, transitions
 
 # Transitions read per step of a deliverer.
@@ -50,6 +53,17 @@ class Pending:
     previous_exists: bool
 
 
+@asynccontextmanager
+async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction; on SQLite begun IMMEDIATE, so it waits for the write lock (busy_timeout) instead of
+    failing at once when another connection wrote after it began reading (WAL's busy snapshot)."""
+    async with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection = await connection.execution_options(**{IMMEDIATE: True})
+        async with connection.begin():
+            yield connection
+
+
 async def latest_seq(connection: AsyncConnection) -> int:
     return int((await connection.execute(select(func.coalesce(func.max(transitions.c.id), 0)))).scalar_one())
 
@@ -59,7 +73,7 @@ async def ensure(engine: AsyncEngine, *, name: str, kind: str, now: datetime) ->
     row = await _row(engine, name)
     if row is not None and row.kind == kind:
         return State.of(row)
-    async with engine.begin() as connection:
+    async with _writing(engine) as connection:
         if row is not None:
             # The same name for another kind of sink is another subscription: it starts afresh, from now.
             await connection.execute(subscriptions.delete().where(subscriptions.c.name == name))
@@ -144,7 +158,7 @@ async def advance(engine: AsyncEngine, *, name: str, since: int, to: int, now: d
     values: dict[str, Any] = {"delivered_seq": to, "attempts": 0, "first_failure_at": None, "next_attempt_at": None}
     if delivered:
         values["delivered_at"] = now
-    async with engine.begin() as connection:
+    async with _writing(engine) as connection:
         result = await connection.execute(_at(name, since).values(**values))
     return bool(result.rowcount)
 
@@ -159,7 +173,7 @@ async def failed(
     next_attempt_at: datetime, error: str, now: datetime,
 ) -> bool:  # fmt: skip
     """The transition after the cursor `since` was not accepted: when to try again, and why."""
-    async with engine.begin() as connection:
+    async with _writing(engine) as connection:
         result = await connection.execute(
             _at(name, since).values(
                 attempts=attempts, first_failure_at=first_failure_at, next_attempt_at=next_attempt_at,
@@ -174,7 +188,7 @@ async def dead_letter(
     first_failure_at: datetime, error: str, now: datetime,
 ) -> bool:  # fmt: skip
     """Give up on one delivery: keep it as a dead letter and move the cursor past it, in one transaction."""
-    async with engine.begin() as connection:
+    async with _writing(engine) as connection:
         moved = await connection.execute(
             _at(name, since).values(
                 delivered_seq=notice.seq, attempts=0, first_failure_at=None, next_attempt_at=None, last_error=error,
@@ -193,7 +207,7 @@ async def dead_letter(
 
 
 async def disable(engine: AsyncEngine, *, name: str, reason: str, now: datetime) -> None:
-    async with engine.begin() as connection:
+    async with _writing(engine) as connection:
         await connection.execute(
             update(subscriptions)
             .where(subscriptions.c.name == name)
@@ -217,7 +231,7 @@ async def replay(engine: AsyncEngine, *, name: str, since_seq: int | None, since
             first = (await connection.execute(first_id)).scalar_one()
             cursor = (await latest_seq(connection)) if first is None else int(first) - 1
             news_since = since_time
-    async with engine.begin() as connection:
+    async with _writing(engine) as connection:
         result = await connection.execute(
             update(subscriptions)
             .where(subscriptions.c.name == name)
