@@ -7,9 +7,10 @@ the loops' supervisor) sleeps that long or less when a change arrives. A step:
 1. acts only while this replica holds the subscription's lease (one deliverer per subscription across replicas);
 2. reads the subscription's row (its cursor, failures, whether it is disabled or must wait before trying again);
 3. takes the transitions after the cursor (from the process's one reader of them, service.notify.feed), and
-   sends each that is news and matches the filters; one the sink does not accept ends the step: recorded as a failure with the time of the next attempt (exponential
-   backoff with jitter, never before the sink's Retry-After), or, once its first failure is older than the give-up
-   bound, kept as a dead letter and passed; a webhook's 410 disables the subscription;
+   sends each that is news and matches the filters; one the sink does not accept ends the step: recorded as a
+   failure with the time of the next attempt (exponential backoff with jitter, never before the sink's
+   Retry-After), or, once its first failure is older than the give-up bound, kept as a dead letter and passed; a
+   webhook's 410 disables the subscription;
 4. moves the cursor past everything handled, with a compare-and-set on the cursor it read, so a replay made
    meanwhile (the API) is not overwritten.
 
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 5.0
 # A disabled subscription looks this often whether a replay enabled it again.
 DISABLED_SECONDS = 10.0
-# While a long batch is being sent, the cursor is written at least this often: what a crash sends twice.
-CHECKPOINT_SECONDS = 1.0
+# While a long batch is being sent, the cursor is written at least this often: about what a crash sends twice.
+# (Each write is a transaction: a hundred subscriptions writing every second contend for SQLite's one writer.)
+CHECKPOINT_SECONDS = 2.0
 
 DELIVERED = "delivered"
 FAILED = "failed"
