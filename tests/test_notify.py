@@ -423,3 +423,37 @@ async def test_a_reload_starts_new_subscriptions_and_stops_removed_ones(quick: R
         await asyncio.sleep(0.3)
     assert first.got == []
     assert orjson.dumps(second.got[0][1])  # verified, parsed
+
+
+async def test_one_replica_delivers_each_subscription(
+    settings: Settings, aws_state: FakeAws, tmp_path: Path
+) -> None:
+    """Two processes on one database, the same subscription: one holds its lease and delivers, once each change."""
+    from service.aws import Aws
+    from service.store import db
+
+    if settings.is_sqlite:
+        pytest.skip("one process per SQLite database: the lease is PostgreSQL's advisory lock")
+    tuned = fast(settings)
+    one = Runtime.build(tuned, engine=db.create_engine(tuned), aws=Aws())
+    two = Runtime.build(tuned, engine=db.create_engine(tuned), aws=Aws())
+    receiver = Receiver()
+    try:
+        await apply(one, *(image_change(f"lease-{n}", "CREATE_IN_PROGRESS", minute=0) for n in range(10)))
+        async with listening(receiver, free_port()) as url:
+            one.notify(subscriptions_file(tmp_path, webhook(url)))
+            two.notify(subscriptions_file(tmp_path, webhook(url)))
+            await until(lambda: ("ci" in one.metrics.notify_lease) != ("ci" in two.metrics.notify_lease))
+            holder, other = (one, two) if "ci" in one.metrics.notify_lease else (two, one)
+            await apply(other, *(image_change(f"lease-{n}", "CREATE_COMPLETE", minute=1) for n in range(5)))
+            await until(lambda: len(receiver.got) == 5)
+            # The holder stops (it crashed, or was scaled away): the other takes the lease over and delivers on.
+            await holder.close()
+            await apply(other, *(image_change(f"lease-{n}", "CREATE_COMPLETE", minute=1) for n in range(5, 10)))
+            await until(lambda: len(receiver.got) == 10, seconds=30)
+            await asyncio.sleep(0.3)
+        assert sorted(item["data"]["imageId"] for _, item in receiver.got) == [f"lease-{n}" for n in range(10)]
+        assert "ci" in other.metrics.notify_lease
+    finally:
+        await one.close()
+        await two.close()
