@@ -111,7 +111,13 @@ async def states(engine: AsyncEngine) -> dict[str, State]:
 
 async def pending(engine: AsyncEngine, *, after: int, limit: int = BATCH) -> list[Pending]:
     """The transitions after `after`, oldest first, each with the build status before it and the describe
-    document as it is now."""
+    document as it is now.
+
+    Reading "ids above the cursor" misses nothing because transitions become visible in id order: a status change
+    always writes a revision too, and on PostgreSQL the transaction that writes revisions holds the revision-order
+    lock from before its first number is drawn until it commits (service.store.cache, REVISION_ORDER_LOCK); the
+    transitions are inserted inside that lock. SQLite has one writer at a time.
+    """
     earlier = transitions.alias("earlier")
     previous = (
         select(case((earlier.c.exists.is_(False), GONE), else_=func.coalesce(earlier.c.build_status, "")))
