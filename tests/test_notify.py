@@ -457,3 +457,21 @@ async def test_one_replica_delivers_each_subscription(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_host_that_comes_to_resolve_to_instance_metadata_is_not_sent_to() -> None:
+    from service.domain.subscriptions import Filters, Webhook
+    from service.notify.sinks import WebhookSink
+
+    hook = Webhook(name="ci", url="http://169.254.169.254/latest/meta-data/", secret_file="/s", filters=Filters(),
+                   secret=b"k" * 32)  # fmt: skip
+    async with httpx.AsyncClient() as http:
+        answer = await WebhookSink(hook, http=http, timeout=1.0).send(_notice())
+    assert answer.error is not None and "instance-metadata" in answer.error
+
+
+def _notice() -> Any:
+    from service.domain.deliveries import Notice
+
+    return Notice(seq=1, region=REGION, image_id="i", happened_at=CREATED, observed_at=CREATED, source="event",
+                  previous=None, status="BUILD_COMPLETE", document=None)  # fmt: skip

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.aws import Aws
 from service.domain import deliveries
 from service.domain.deliveries import Answer, Notice, Verdict
-from service.domain.subscriptions import GONE, Sns, SsmParameter, Webhook
+from service.domain.subscriptions import GONE, Sns, SsmParameter, Webhook, is_forbidden_address
 from service.errors import AwsError
 from service.store import subscriptions as store
 from service.support.clock import utcnow
@@ -28,6 +30,11 @@ class Sink(Protocol):
     async def send(self, notice: Notice) -> Answer: ...
 
 
+# A webhook host's addresses are looked at again this often: a name that later resolves to the metadata address
+# (DNS rebinding) is refused at send time too, not only when the file was read.
+RESOLVE_SECONDS = 60.0
+
+
 class WebhookSink:
     """POSTs each notice, signed as Standard Webhooks says, with the same webhook-id on every attempt."""
 
@@ -35,8 +42,25 @@ class WebhookSink:
         self.subscription = subscription
         self._http = http
         self._timeout = timeout
+        self._resolved_at = -RESOLVE_SECONDS
+
+    async def _host_refused(self) -> bool:
+        if time.monotonic() - self._resolved_at < RESOLVE_SECONDS:
+            return False
+        host = urlsplit(self.subscription.url).hostname or ""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return False  # not resolvable now: the request fails on its own, and is retried
+        if any(is_forbidden_address(str(info[4][0])) for info in infos):
+            return True
+        self._resolved_at = time.monotonic()
+        return False
 
     async def send(self, notice: Notice) -> Answer:
+        if await self._host_refused():
+            refused = f"{self.subscription.target} resolves to a link-local or instance-metadata address"
+            return Answer(Verdict.RETRY, error=refused)
         payload = deliveries.body(notice)
         headers = deliveries.webhook_headers(
             secret=self.subscription.secret, message_id=notice.message_id, timestamp=int(time.time()),
