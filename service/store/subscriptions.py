@@ -3,6 +3,8 @@ its dead letters, and the transitions after a cursor as they are told (service.d
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,15 +55,25 @@ class Pending:
     previous_exists: bool
 
 
+# SQLite: this process's subscription writes, one at a time (see _writing).
+_SQLITE_WRITES: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 @asynccontextmanager
 async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A write transaction; on SQLite begun IMMEDIATE, so it waits for the write lock (busy_timeout) instead of
-    failing at once when another connection wrote after it began reading (WAL's busy snapshot)."""
-    async with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            connection = await connection.execution_options(**{IMMEDIATE: True})
-        async with connection.begin():
+    """A write transaction. On SQLite begun IMMEDIATE, so it waits for the write lock (busy_timeout) instead of
+    failing at once when another connection wrote after it began reading (WAL's busy snapshot); and one at a time
+    in this process: a hundred deliverers each holding SQLite's one write lock while the event loop is busy
+    elsewhere would keep one another waiting past the busy timeout."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as connection:
             yield connection
+        return
+    lock = _SQLITE_WRITES.setdefault(engine, asyncio.Lock())
+    async with lock, engine.connect() as connection:
+        immediate = await connection.execution_options(**{IMMEDIATE: True})
+        async with immediate.begin():
+            yield immediate
 
 
 async def latest_seq(connection: AsyncConnection) -> int:
