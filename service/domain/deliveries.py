@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -42,6 +43,10 @@ class Notice:
     previous: str | None
     status: str
     document: dict[str, Any] | None
+
+    @cached_property
+    def body(self) -> bytes:
+        return orjson.dumps(message(self))
 
     @property
     def message_id(self) -> str:
@@ -89,7 +94,8 @@ def message(notice: Notice) -> dict[str, Any]:
 
 
 def body(notice: Notice) -> bytes:
-    return orjson.dumps(message(notice))
+    """The message's bytes: made once per notice, however many subscriptions it is sent to."""
+    return notice.body
 
 
 def signature(*, secret: bytes, message_id: str, timestamp: int, payload: bytes) -> str:
