@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.aws import Aws
 from service.domain.deliveries import Retries
 from service.domain.subscriptions import Sns, Subscription, Subscriptions, Webhook
+from service.errors import DatabaseUnavailable
 from service.metrics import Metrics
 from service.notify.config import SubscriptionsFile
 from service.notify.deliverer import Deliverer
@@ -24,13 +25,14 @@ from service.settings import Settings
 from service.store import subscriptions as store
 from service.store.lease import NamedLeases
 from service.support.clock import utcnow
+from service.support.loops import Backoff, Loop
 
 log = logging.getLogger(__name__)
 
 # Starts a coroutine for the life of the process (Runtime.start), under a name.
 Starter = Callable[[Coroutine[Any, Any, None], str], None]
-# Returns at the next change this process writes, or after `seconds`.
-Wake = Callable[[float], Awaitable[None]]
+# Returns at the next change this process writes, or after `seconds` (None: no bound).
+Wake = Callable[[float | None], Awaitable[None]]
 
 
 class Notifier:
@@ -105,7 +107,7 @@ class Notifier:
         self._stops[subscription.name] = stop
         self._nudges[subscription.name] = nudge
         self._running[subscription.name] = subscription
-        self._start(self._run(deliverer, stop, nudge, http), f"deliverer {subscription.name}")
+        self._start(self._run(deliverer, self.loop(deliverer, nudge), stop, http), f"deliverer {subscription.name}")
 
     def _stop(self, name: str) -> None:
         self._stops.pop(name).set()
@@ -115,34 +117,35 @@ class Notifier:
         self._metrics.notify_lag.pop(name, None)
         self._metrics.notify_lease.discard(name)
 
-    async def _run(
-        self, deliverer: Deliverer, stop: asyncio.Event, nudge: asyncio.Event, http: httpx.AsyncClient | None
-    ) -> None:
-        """Steps of one deliverer until it is stopped. The one place a deliverer loops: the loops' supervisor
-        (service.support.loops.Loop, with the same step, backoff and wake) takes its place."""
-        settings = self._settings
-        log.info("deliverer %s started (%s %s)", deliverer.name, deliverer.subscription.kind,
-                 deliverer.subscription.target)  # fmt: skip
-        failures = 0
-        try:
-            while not stop.is_set():
-                try:
-                    delay = await deliverer.step()
-                    failures = 0
-                except Exception:
-                    failures += 1
-                    delay = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2.0 ** (failures - 1))
-                    log.exception("deliverer %s failed; retrying in %gs", deliverer.name, delay)
-                if delay > 0:
-                    await _first(stop.wait(), nudge.wait(), self._wake(delay), seconds=delay)
+    def loop(self, deliverer: Deliverer, nudge: asyncio.Event) -> Loop:
+        """One deliverer's steps under the loops' supervisor: woken by this process's next change or a replay."""
+
+        async def news() -> None:
+            try:
+                await _first(nudge.wait(), self._wake(None))
+            finally:
                 nudge.clear()
+
+        subscription = deliverer.subscription
+        return Loop(
+            name=f"deliverer {deliverer.name}",
+            step=deliverer.step,
+            backoff=Backoff(self._settings.backoff_initial_seconds, self._settings.backoff_max_seconds),
+            quiet=(DatabaseUnavailable,),
+            wake=news,
+            detail=f"{subscription.kind} {subscription.target}",
+        )
+
+    async def _run(self, deliverer: Deliverer, loop: Loop, stop: asyncio.Event, http: httpx.AsyncClient | None) -> None:
+        """The deliverer's loop until it is stopped; then its lease and HTTP client go."""
+        try:
+            await loop.run(stop=stop)
         finally:
             if stop.is_set():
                 await self.leases.release(deliverer.name)
             if http is not None:
                 self._clients.discard(http)
                 await http.aclose()
-            log.info("deliverer %s stopped", deliverer.name)
 
     async def close(self) -> None:
         self._closed = True
@@ -208,11 +211,11 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def _first(*waits: Awaitable[object], seconds: float) -> None:
-    """Until the first of `waits` returns, or `seconds`."""
+async def _first(*waits: Awaitable[object]) -> None:
+    """Until the first of `waits` returns."""
     tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
-        await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
