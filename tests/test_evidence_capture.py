@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
@@ -44,9 +45,11 @@ def aws_build(aws: FakeAws, *, lines: int = 10, image_id: str = IMAGE) -> None:
                       messages=[(start + i, f"line {i}") for i in range(lines)])
 
 
-def capture_of(runtime: Runtime, **knobs: object) -> EvidenceCapture:
+def capture_of(runtime: Runtime, clock: Callable[[], datetime] = utcnow, **knobs: object) -> EvidenceCapture:
     settings = replace(runtime.settings, **knobs)  # type: ignore[arg-type]
-    return EvidenceCapture(engine=runtime.engine, aws=runtime.aws, settings=settings, transitioned=ChangeSignal())
+    return EvidenceCapture(
+        engine=runtime.engine, aws=runtime.aws, settings=settings, transitioned=ChangeSignal(), clock=clock
+    )
 
 
 @pytest.mark.asyncio
@@ -82,13 +85,17 @@ async def test_the_bound_keeps_the_newest_lines_and_says_it_cut(runtime: Runtime
 async def test_a_throttled_capture_stores_nothing_and_stays_owed(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_build(aws_state)
     await ended_build(runtime)
-    capture = capture_of(runtime, heal_backoff_initial_seconds=0.01, heal_backoff_max_seconds=0.01)
+    now = [utcnow()]
+    capture = capture_of(runtime, lambda: now[0], heal_backoff_initial_seconds=5, heal_backoff_max_seconds=5)
     aws_state.fail_always("logs.GetLogEvents", code="ThrottlingException")
     await capture.step()
     assert await store.read(runtime.engine, region=REGION, image_id=IMAGE) is None
     assert capture.deferred == 1
     aws_state.heal()
-    time.sleep(0.02)
+    # Owed, not forgotten, and not asked again before its backoff is over.
+    await capture.step()
+    assert await store.read(runtime.engine, region=REGION, image_id=IMAGE) is None
+    now[0] += timedelta(seconds=6)
     await capture.step()
     assert await store.read(runtime.engine, region=REGION, image_id=IMAGE) is not None
 

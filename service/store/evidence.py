@@ -12,7 +12,11 @@ from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.builds import COMPLETE, DELETED, FAILED
-from service.store.tables import builds, evidence, evidence_logs
+from service.store.tables import builds, evidence, evidence_logs, images
+
+# describe's imageBuildStatus of an image whose build has ended with its stack still there.
+BUILD_FAILED = "BUILD_FAILED"
+BUILD_COMPLETE = "BUILD_COMPLETE"
 
 
 @dataclass(frozen=True)
@@ -129,13 +133,18 @@ async def read_log(engine: AsyncEngine, *, region: str, image_id: str, stream: s
 
 async def owed(engine: AsyncEngine, *, regions: Collection[str], since: datetime, limit: int) -> list[Owed]:
     """Builds that ended since `since` and whose evidence is not kept (none, or an earlier build's), oldest end
-    first: what capture still owes. Derived from the tables, so a restart or a failed capture loses none."""
+    first: what capture still owes. Derived from the tables, so a restart or a failed capture loses none.
+
+    Besides the derived builds, an image first seen already ended (its start never observed, so no build was
+    derived: a cache started after it, a lost event) is owed too while its stack is there, from the moment
+    its status began."""
     kept = evidence.alias("kept")
-    query = (
+    regions = list(regions)
+    derived = (
         select(builds.c.region, builds.c.image_id, builds.c.start_time, builds.c.outcome, builds.c.end_time)
         .outerjoin(kept, and_(kept.c.region == builds.c.region, kept.c.image_id == builds.c.image_id))
         .where(
-            builds.c.region.in_(list(regions)),
+            builds.c.region.in_(regions),
             builds.c.outcome.in_((COMPLETE, FAILED, DELETED)),
             builds.c.end_time >= since,
             or_(kept.c.image_id.is_(None), kept.c.build_start < builds.c.start_time),
@@ -143,9 +152,32 @@ async def owed(engine: AsyncEngine, *, regions: Collection[str], since: datetime
         .order_by(builds.c.end_time)
         .limit(limit)
     )
+    ended_at = func.coalesce(images.c.status_since, images.c.changed_at)
+    unseen = (
+        select(images.c.region, images.c.image_id, ended_at.label("ended_at"), images.c.build_status)
+        .outerjoin(kept, and_(kept.c.region == images.c.region, kept.c.image_id == images.c.image_id))
+        .outerjoin(builds, and_(builds.c.region == images.c.region, builds.c.image_id == images.c.image_id))
+        .where(
+            images.c.region.in_(regions),
+            images.c.exists.is_(True),
+            images.c.stack_status.is_not(None),
+            images.c.build_status.in_((BUILD_FAILED, BUILD_COMPLETE)),
+            ended_at >= since,
+            kept.c.image_id.is_(None),
+            builds.c.image_id.is_(None),
+        )
+        .limit(limit)
+    )
     async with engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    return [Owed(row.region, row.image_id, row.start_time, row.outcome, row.end_time) for row in rows]
+        rows = (await connection.execute(derived)).all()
+        first_seen = (await connection.execute(unseen)).all()
+    owed = [Owed(row.region, row.image_id, row.start_time, row.outcome, row.end_time) for row in rows]
+    owed += [
+        Owed(row.region, row.image_id, row.ended_at, FAILED if row.build_status == BUILD_FAILED else COMPLETE,
+             row.ended_at)
+        for row in first_seen
+    ]  # fmt: skip
+    return owed[:limit]
 
 
 async def kept_builds(engine: AsyncEngine, *, region: str, image_ids: Collection[str]) -> dict[str, datetime]:
