@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +19,6 @@ REGION = "us-east-1"
 IMAGE = "failed-build"
 STREAM = "3.9.0/1"
 REASON = "Document arn:aws:imagebuilder:us-east-1:123456789012:component/parallelclusterimage/3.9.0/1 failed!"
-
-pytestmark = pytest.mark.asyncio
 
 
 def failed_build(aws: FakeAws, *, lines: int = 5) -> int:
@@ -44,6 +44,7 @@ async def capture(runtime: Runtime) -> None:
     await store.save(runtime.engine, await runtime.evidence.capture(owed))
 
 
+@pytest.mark.asyncio
 async def test_live_answers_are_pclusters_shapes(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     start = failed_build(aws_state)
     events = await client.get(f"/v3/images/custom/{IMAGE}/stackevents", params={"region": REGION})
@@ -68,6 +69,7 @@ async def test_live_answers_are_pclusters_shapes(client: httpx.AsyncClient, aws_
     assert start
 
 
+@pytest.mark.asyncio
 async def test_after_cleanup_the_kept_evidence_is_answered_as_archive(
     client: httpx.AsyncClient, runtime: Runtime, aws_state: FakeAws
 ) -> None:
@@ -92,6 +94,7 @@ async def test_after_cleanup_the_kept_evidence_is_answered_as_archive(
     assert [e["message"] for e in before.json()["events"]] == ["line 1", "line 2"]
 
 
+@pytest.mark.asyncio
 async def test_nothing_kept_and_nothing_in_aws_is_pclusters_404(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     events = await client.get("/v3/images/custom/nothing-here/stackevents")
     assert (events.status_code, events.json()) == (
@@ -116,6 +119,7 @@ async def test_nothing_kept_and_nothing_in_aws_is_pclusters_404(client: httpx.As
         ({"limit": "-1"}, "Bad Request: 'limit' must be a positive integer."),
     ],
 )  # fmt: skip
+@pytest.mark.asyncio
 async def test_bad_parameters_are_refused_as_pcluster_refuses_them(
     client: httpx.AsyncClient, aws_state: FakeAws, params: dict[str, str], message: str
 ) -> None:
@@ -124,12 +128,14 @@ async def test_bad_parameters_are_refused_as_pcluster_refuses_them(
     assert (answer.status_code, answer.json()) == (400, {"message": message})
 
 
+@pytest.mark.asyncio
 async def test_limit_zero_is_no_limit_as_in_pcluster(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     failed_build(aws_state)
     answer = await client.get(f"/v3/images/custom/{IMAGE}/logstreams/{STREAM}", params={"limit": "0"})
     assert answer.status_code == 200 and len(answer.json()["events"]) == 5
 
 
+@pytest.mark.asyncio
 async def test_a_foreign_token_on_kept_evidence_is_refused(
     client: httpx.AsyncClient, runtime: Runtime, aws_state: FakeAws
 ) -> None:
@@ -145,3 +151,18 @@ async def test_a_foreign_token_on_kept_evidence_is_refused(
     assert (unknown.status_code, unknown.json()) == (
         404, {"message": "The specified log stream no-such-stream does not exist."}
     )
+
+
+def test_the_openapi_document_has_pclusters_three_operations() -> None:
+    document = json.loads((Path(__file__).resolve().parent.parent / "service/api/openapi.json").read_text())
+    expected = {
+        "/v3/images/custom/{imageId}/stackevents": ("get_image_stack_events", "GetImageStackEventsResponseContent"),
+        "/v3/images/custom/{imageId}/logstreams": ("list_image_log_streams", "ListImageLogStreamsResponseContent"),
+        "/v3/images/custom/{imageId}/logstreams/{logStreamName}": (
+            "get_image_log_events", "GetImageLogEventsResponseContent"
+        ),
+    }
+    for path, (operation_id, schema) in expected.items():
+        get = document["paths"][path]["get"]
+        assert get["operationId"] == operation_id
+        assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + schema)

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from service import aws as aws_calls
 from service.api import pages
 from service.api.describe import caller_of
+from service.api.errors import NOT_FOUND_ROUTE
 from service.api.requests import region_from, validate_image_id
 from service.api.state import AppState
 from service.domain import evidence as domain
@@ -31,6 +32,8 @@ LOG_STREAMS_PATH = "/v3/images/custom/{image_id}/logstreams"
 # client sends percent-encoded (`3.2.1%2F1`) and the server sees decoded.
 LOG_EVENTS_PATH = "/v3/images/custom/{image_id}/logstreams/{log_stream_name:path}"
 
+# CloudWatch's bound on a log stream's name.
+MAX_STREAM_NAME = 512
 LIVE = "MISS"
 ARCHIVE = "ARCHIVE"
 TRUNCATED_HEADER = "X-Evidence-Truncated"
@@ -173,6 +176,11 @@ class ImageLogs:
         image_id = request.path_params["image_id"]
         validate_image_id(image_id)
         stream = request.path_params["log_stream_name"]
+        if not stream:
+            # pcluster's router has no route for an empty name.
+            raise NotFound(NOT_FOUND_ROUTE)
+        if len(stream) > MAX_STREAM_NAME:
+            raise BadRequest(f"Bad Request: logStreamName must be at most {MAX_STREAM_NAME} characters long")
         params = dict(request.query_params)
         region = region_from(params.get("region"), runtime.settings)
         start = parse_time(params["startTime"], name="start_time") if params.get("startTime") else None
@@ -184,6 +192,10 @@ class ImageLogs:
         token = params.get("nextToken") or None
         start_ms = int(start.timestamp() * 1000) if start else None
         end_ms = int(end.timestamp() * 1000) if end else None
+        for name, ms in (("start_time", start_ms), ("end_time", end_ms)):
+            # CloudWatch takes no time before the epoch; botocore would refuse it before asking.
+            if ms is not None and ms < 0:
+                raise BadRequest(f"Bad Request: {name} filter must not be before 1970-01-01T00:00:00Z.")
         self._charge(request, region)
         try:
             raw = await aws_calls.log_events(
