@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from service.client import Client
 from service.demo.fakeaws import FakeAws
 from service.runtime import Runtime
 from service.store import evidence as store
 from service.support.clock import utcnow
+from tests.conftest import LiveService
 
 REGION = "us-east-1"
 IMAGE = "failed-build"
@@ -166,3 +168,17 @@ def test_the_openapi_document_has_pclusters_three_operations() -> None:
         get = document["paths"][path]["get"]
         assert get["operationId"] == operation_id
         assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + schema)
+
+
+def test_the_python_client_reads_the_three_operations(live_service: LiveService, aws_state: FakeAws) -> None:
+    failed_build(aws_state)
+    with Client(live_service.base_url) as api:
+        events = api.get_image_stack_events(IMAGE, REGION)
+        assert events["events"][0]["resource_status_reason"] == REASON
+        streams = api.list_image_log_streams(IMAGE, REGION)
+        assert streams["log_streams"][0]["log_stream_name"] == STREAM
+        log = api.get_image_log_events(IMAGE, STREAM, REGION, start_from_head=True, limit=2)
+        assert [event["message"] for event in log["events"]] == ["line 0", "line 1"]
+        assert isinstance(log["events"][0]["timestamp"], datetime)
+        following = api.get_image_log_events(IMAGE, STREAM, REGION, log["next_token"], start_from_head=True, limit=2)
+        assert [event["message"] for event in following["events"]] == ["line 2", "line 3"]

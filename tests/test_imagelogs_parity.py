@@ -152,3 +152,34 @@ def test_bad_parameters_are_answered_as_pcluster_answers_them(
                                            strict=True):
         assert answer["ours"]["status"] == answer["pcluster"]["status"], (operation, params, answer)
         assert answer["ours"]["body"] == answer["pcluster"]["body"], (operation, params)
+
+
+CLI_CALLS = [
+    ["get-image-stack-events", "-i", IMAGE],
+    ["get-image-stack-events", "-i", IMAGE, "--query", "events[0].resourceStatusReason"],
+    ["list-image-log-streams", "-i", IMAGE, "-r", REGION],
+    ["get-image-log-events", "-i", IMAGE, "--log-stream-name", STREAM, "--limit", "3"],
+    ["get-image-log-events", "-i", IMAGE, "--log-stream-name", STREAM, "--start-from-head", "true", "--limit", "2"],
+    ["get-image-log-events", "-i", IMAGE, "--log-stream-name", STREAM, "--start-from-head", "maybe"],
+    ["get-image-log-events", "-i", IMAGE, "--log-stream-name", STREAM, "--start-time", "2026-01-02T00:00:00Z",
+     "--end-time", "2026-01-01T00:00:00Z"],
+    ["get-image-log-events", "-i", "never-built", "--log-stream-name", STREAM],
+    ["get-image-stack-events", "-i", "-bad"],
+]  # fmt: skip
+
+
+def test_the_cli_prints_what_pcluster_prints(
+    pcluster_python: str, live_service: LiveService, aws_state: FakeAws
+) -> None:
+    failed_build(aws_state)
+    env = dict(
+        os.environ, AWS_ENDPOINT_URL=aws_state.endpoint_url, AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION, STATUSCACHE_URL=live_service.base_url,
+    )  # fmt: skip
+    pcluster = str(Path(pcluster_python).parent / "pcluster")
+    for args in CLI_CALLS:
+        theirs = subprocess.run([pcluster, *args], env=env, capture_output=True, text=True, timeout=120)
+        ours = subprocess.run(
+            [sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), args
