@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import insert
 
@@ -141,3 +142,16 @@ def test_what_ends_a_build() -> None:
     ]
     for (build, stack, imagebuilder), ends in table:
         assert domain.ends_build(image_build_status=build, stack_status=stack, imagebuilder_status=imagebuilder) is ends
+
+
+@pytest.mark.asyncio
+async def test_image_builds_entries_say_whether_evidence_was_kept(
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+) -> None:
+    aws_build(aws_state)
+    await ended_build(runtime)
+    before = (await client.get("/v3/image-builds", params={"imageId": IMAGE, "since": "2000-01-01T00:00:00Z"})).json()
+    await capture_of(runtime).step()
+    after = (await client.get("/v3/image-builds", params={"imageId": IMAGE, "since": "2000-01-01T00:00:00Z"})).json()
+    assert [b["evidenceKept"] for b in before["builds"]] == [False]
+    assert [b["evidenceKept"] for b in after["builds"]] == [True]

@@ -22,7 +22,7 @@ from service.api.state import AppState
 from service.domain.builds import COMPLETE, FAILED, IN_PROGRESS, OUTCOMES
 from service.domain.describe import iso_time
 from service.errors import BadToken
-from service.store import builds
+from service.store import builds, evidence
 from service.support.clock import as_utc
 
 PATH = "/v3/image-builds"
@@ -107,9 +107,15 @@ class Builds:
             query_seconds=settings.history_query_seconds,
         )
         runtime.metrics.history_queries["builds"] += 1
+        kept = await evidence.kept_builds(runtime.engine, region=where.region, image_ids={r.image_id for r in page.rows})
         body: dict[str, Any] = {
             "region": where.region,
-            "builds": [build_json(row, reconcile_seconds=settings.resync_seconds) for row in page.rows],
+            "builds": [
+                build_json(row, reconcile_seconds=settings.resync_seconds)
+                # Whether this build's stack events and logs were kept when it ended (GetImageStackEvents, ...).
+                | {"evidenceKept": kept.get(row.image_id) == row.start_time}
+                for row in page.rows
+            ],
             **horizon_fields(oldest, past=past),
         }
         if page.next_key is not None:
