@@ -107,7 +107,8 @@ class Builds:
             query_seconds=settings.history_query_seconds,
         )
         runtime.metrics.history_queries["builds"] += 1
-        kept = await evidence.kept_builds(runtime.engine, region=where.region, image_ids={r.image_id for r in page.rows})
+        shown = {row.image_id for row in page.rows}
+        kept = await evidence.kept_builds(runtime.engine, region=where.region, image_ids=shown)
         body: dict[str, Any] = {
             "region": where.region,
             "builds": [
