@@ -3,6 +3,7 @@ within seconds, answered after cleanup, and the board shows why it failed."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,19 +24,15 @@ STREAM = "3.9.0/1"
 REASON = "Document arn:aws:imagebuilder:us-east-1:123456789012:component/parallelclusterimage/3.9.0/1 failed!"
 
 
-def until(condition: object, *, timeout: float = 30.0) -> float:
-    """Seconds until `condition()` held (polled every 50 ms)."""
+async def seconds_until_kept(http: httpx.AsyncClient, *, within: float = 30.0) -> float:
+    """Seconds until /v3/image-builds says the build's evidence was kept (polled every 50 ms)."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():  # type: ignore[operator]
+    while time.monotonic() - start < within:
+        builds = (await http.get("/v3/image-builds", params={"imageId": IMAGE})).json()["builds"]
+        if builds and builds[0]["evidenceKept"]:
             return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError("never happened")
-
-
-def kept(base: str) -> bool:
-    builds = httpx.get(f"{base}/v3/image-builds", params={"imageId": IMAGE}).json()["builds"]
-    return bool(builds) and builds[0]["evidenceKept"]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the evidence was never kept")
 
 
 @pytest.mark.asyncio
@@ -49,6 +46,7 @@ async def test_a_failed_build_is_kept_on_its_event_and_shown_after_cleanup(
         messages=[(start + i * 100, f"step {i}") for i in range(200)] + [(start + 30_000, "ERROR: yum failed")],
     )  # fmt: skip
     server = Served(aws_state, tmp_path)
+    http = httpx.AsyncClient(base_url=server.base)
     try:
         wait_until_ready(server.base, process=server.process)
         # The build fails: its resource event, its stack rolled back, and the event that says so.
@@ -57,13 +55,13 @@ async def test_a_failed_build_is_kept_on_its_event_and_shown_after_cleanup(
         )
         aws_state.set_stack_status(region=REGION, stack_name=IMAGE, status="ROLLBACK_COMPLETE", reason="failed")
         server.send(stack_event(stack_id, "ROLLBACK_COMPLETE", at=datetime.now(UTC)))
-        delay = until(lambda: kept(server.base))
+        delay = await seconds_until_kept(http)
         print(f"evidence kept {delay:.2f}s after the event was sent")
         assert delay < 10
 
         aws_state.delete_stack(region=REGION, stack_name=IMAGE)
         aws_state.delete_build_logs(region=REGION, image_id=IMAGE)
-        events = httpx.get(f"{server.base}/v3/images/custom/{IMAGE}/stackevents", params={"region": REGION})
+        events = await http.get(f"/v3/images/custom/{IMAGE}/stackevents", params={"region": REGION})
         assert (events.status_code, events.headers["x-cache"]) == (200, "ARCHIVE")
 
         async with (
@@ -90,4 +88,5 @@ async def test_a_failed_build_is_kept_on_its_event_and_shown_after_cleanup(
             await expect(section).to_contain_text("ERROR: yum failed")
             await page.screenshot(path=str(Path(ARTIFACTS or tmp_path) / "board-evidence-details.png"))
     finally:
+        await http.aclose()
         server.stop()
