@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 
 from service.client import Client
 from service.demo.fakeaws import FakeAws
+from service.ingest.evidence import EvidenceCapture
 from service.runtime import Runtime
 from service.store import evidence as store
 from service.support.clock import utcnow
+from service.support.signal import ChangeSignal
 from tests.conftest import LiveService
 
 REGION = "us-east-1"
@@ -182,3 +185,22 @@ def test_the_python_client_reads_the_three_operations(live_service: LiveService,
         assert isinstance(log["events"][0]["timestamp"], datetime)
         following = api.get_image_log_events(IMAGE, STREAM, REGION, log["next_token"], start_from_head=True, limit=2)
         assert [event["message"] for event in following["events"]] == ["line 2", "line 3"]
+
+
+@pytest.mark.asyncio
+async def test_kept_evidence_cut_by_its_bound_says_so(
+    client: httpx.AsyncClient, runtime: Runtime, aws_state: FakeAws
+) -> None:
+    failed_build(aws_state, lines=30)
+    capture = EvidenceCapture(
+        engine=runtime.engine, aws=runtime.aws, settings=replace(runtime.settings, evidence_failed_max_events=10),
+        transitioned=ChangeSignal(),
+    )
+    owed = store.Owed(REGION, IMAGE, utcnow() - timedelta(hours=1), "failed", utcnow())
+    await store.save(runtime.engine, await capture.capture(owed))
+    cleanup(aws_state)
+    log = await client.get(f"/v3/images/custom/{IMAGE}/logstreams/{STREAM}")
+    assert (log.headers["x-cache"], log.headers["x-evidence-truncated"]) == ("ARCHIVE", "true")
+    assert [event["message"] for event in log.json()["events"]] == [f"line {i}" for i in range(20, 30)]
+    events = await client.get(f"/v3/images/custom/{IMAGE}/stackevents")
+    assert "x-evidence-truncated" not in events.headers

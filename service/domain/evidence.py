@@ -86,7 +86,8 @@ def log_event_document(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Bound:
-    """What one build may keep of its log events: bytes (messages, UTF-8) and events, over all its streams."""
+    """What one build may keep of its log events: bytes (as stored, see `event_cost`) and events, over all its
+    streams."""
 
     max_bytes: int
     max_events: int
@@ -114,7 +115,7 @@ def keep_log_events(streams: Mapping[str, Sequence[Mapping[str, Any]]], bound: B
             if not remaining[name]:
                 continue
             event = remaining[name][-1]
-            cost = len(str(event.get("message", "")).encode()) + 16
+            cost = event_cost(event)
             if count + 1 > bound.max_events or size + cost > bound.max_bytes:
                 cut = True
                 remaining[name] = []
@@ -124,6 +125,11 @@ def keep_log_events(streams: Mapping[str, Sequence[Mapping[str, Any]]], bound: B
             size += cost
             count += 1
     return Kept(events={name: events[::-1] for name, events in kept.items()}, cut=cut, size=size)
+
+
+def event_cost(event: Mapping[str, Any]) -> int:
+    """The bytes a kept log event takes: its JSON as stored, so the bound is what the tables hold."""
+    return len(orjson.dumps({"timestamp": event["timestamp"], "message": event["message"]})) + 1
 
 
 def page_of(items: Sequence[dict[str, Any]], *, start: int, size: int) -> tuple[list[dict[str, Any]], int | None]:

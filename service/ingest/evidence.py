@@ -195,7 +195,7 @@ class EvidenceCapture:
                 break
             pages.append(events)
             count += len(events)
-            size += sum(len(e["message"].encode()) + 16 for e in events)
+            size += sum(domain.event_cost(event) for event in events)
             following = answer.get("nextBackwardToken")
             if count >= bound.max_events or size >= bound.max_bytes:
                 return [event for page in reversed(pages) for event in page], True
