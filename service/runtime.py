@@ -147,7 +147,7 @@ class Runtime:
                 for receiver in runtime.consumer.receivers(stop=runtime.stop):
                     runtime.run(receiver, drains=True)
                 runtime.run(runtime.retention.loop())
-                runtime.run(runtime.evidence.loop())
+                runtime.run(runtime.evidence.loop(region_gate=runtime.lease.holds))
             if heal:
                 runtime.run(runtime.healer.loop())
             # Every process derives builds: API replicas write transitions too (live look-ups).

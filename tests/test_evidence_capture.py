@@ -155,3 +155,19 @@ async def test_image_builds_entries_say_whether_evidence_was_kept(
     after = (await client.get("/v3/image-builds", params={"imageId": IMAGE, "since": "2000-01-01T00:00:00Z"})).json()
     assert [b["evidenceKept"] for b in before["builds"]] == [False]
     assert [b["evidenceKept"] for b in after["builds"]] == [True]
+
+
+@pytest.mark.asyncio
+async def test_only_the_replica_holding_the_region_captures(runtime: Runtime, aws_state: FakeAws) -> None:
+    aws_build(aws_state)
+    await ended_build(runtime)
+    capture = capture_of(runtime)
+
+    async def elsewhere(region: str) -> bool:
+        return False
+
+    capture.loop(region_gate=elsewhere)
+    aws_state.reset_calls()
+    await capture.step()
+    assert aws_state.total_calls() == 0
+    assert await store.read(runtime.engine, region=REGION, image_id=IMAGE) is None

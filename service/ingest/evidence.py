@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,15 +62,22 @@ class EvidenceCapture:
         self._owed = Pauses[tuple[str, str]](
             Backoff(settings.heal_backoff_initial_seconds, settings.heal_backoff_max_seconds)
         )
+        # Which replica captures a region: the reconciler's lease holder (None: this process, always).
+        self._region_gate: Callable[[str], Awaitable[bool]] | None = None
         self.captured = 0
         self.deferred = 0
 
     async def step(self) -> float:
         """Capture what is owed and allowed now; the seconds until the next look."""
         since = self._clock() - timedelta(hours=self._settings.evidence_lookback_hours)
+        regions = [
+            region for region in self._settings.regions if self._region_gate is None or await self._region_gate(region)
+        ]
+        if not regions:
+            return EVIDENCE_POLL_SECONDS
         async with db.translated():
             owed = await store.owed(
-                self._engine, regions=self._settings.regions, since=since, limit=4 * self._settings.evidence_concurrency
+                self._engine, regions=regions, since=since, limit=4 * self._settings.evidence_concurrency
             )
         paused = self._owed.paused(now=self._clock())
         ready = [item for item in owed if (item.region, item.image_id) not in paused]
@@ -211,7 +218,10 @@ class EvidenceCapture:
             kept = await store.build_reason(self._engine, region=region, image_id=image_id)
         return kept
 
-    def loop(self) -> Loop:
+    def loop(self, *, region_gate: Callable[[str], Awaitable[bool]] | None = None) -> Loop:
+        """The capture loop; with `region_gate`, only the replica it lets through captures a region's builds (one
+        writer per build, as one reconciler per region)."""
+        self._region_gate = region_gate
         return Loop(
             name="evidence capture",
             step=self.step,

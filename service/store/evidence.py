@@ -233,7 +233,8 @@ async def sizes(engine: AsyncEngine) -> list[dict[str, Any]]:
 
 
 async def build_reason(engine: AsyncEngine, *, region: str, image_id: str) -> str | None:
-    """The Image Builder reason the image's latest build recorded (from GetImage, when its state changed)."""
+    """The Image Builder reason the image's latest build recorded (from GetImage, when its state changed), else
+    the image's own (a build first seen ended has no build row)."""
     async with engine.connect() as connection:
         reason = (
             await connection.execute(
@@ -243,4 +244,12 @@ async def build_reason(engine: AsyncEngine, *, region: str, image_id: str) -> st
                 .limit(1)
             )
         ).scalar()
+        if not reason:
+            reason = (
+                await connection.execute(
+                    select(images.c.imagebuilder_status_reason).where(
+                        images.c.region == region, images.c.image_id == image_id
+                    )
+                )
+            ).scalar()
     return str(reason) if reason else None
