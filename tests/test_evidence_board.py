@@ -69,7 +69,9 @@ async def test_a_failed_build_is_kept_on_its_event_and_shown_after_cleanup(
             page_of(chromium, tmp_path=tmp_path, name="evidence", viewport={"width": 1280, "height": 900}) as page,
         ):
             await page.goto(server.base + "/#builds")
-            evidence = page.locator("#failed-builds details", has_text="Evidence (kept)")
+            # The failure reason opens the evidence (marked as kept).
+            evidence = page.locator("#failed-builds details.evidence-toggle")
+            await expect(evidence.locator("summary[data-kept]")).to_have_count(1)
             await evidence.locator("summary").click()
             await expect(evidence).to_contain_text(REASON)
             await expect(evidence).to_contain_text("ERROR: yum failed")

@@ -882,10 +882,14 @@
     return box;
   }
 
-  function evidenceDetails(build) {
+  // The reason itself opens the evidence: the row reads as before, and one click shows why.
+  function evidenceDetails(build, reason) {
     const details = document.createElement("details");
+    details.className = "evidence-toggle";
     const summary = document.createElement("summary");
-    summary.textContent = build.evidenceKept ? "Evidence (kept)" : "Evidence";
+    summary.textContent = reason;
+    summary.title = "Show the failed stack events and the last lines of the build log";
+    if (build.evidenceKept) summary.dataset.kept = "";
     details.append(summary);
     details.addEventListener("toggle", async () => {
       if (!details.open || details.dataset.loaded) return;
@@ -938,8 +942,9 @@
   }
 
   function reasonWithEvidence(build) {
-    const cell = block("reason mono", reasonOf(build));
-    cell.append(evidenceDetails(build));
+    const cell = document.createElement("div");
+    cell.className = "reason mono";
+    cell.append(evidenceDetails(build, reasonOf(build)));
     return cell;
   }
 
