@@ -513,12 +513,3 @@ async def log_events(
     response = await aws._call("logs", region, "GetLogEvents", **params)
     return _plain(response)
 
-
-async def imagebuilder_image(aws: Aws, *, region: str, arn: str) -> dict[str, Any] | None:
-    """GetImage's image (state and its reason, the workflow's output): None when it is not there."""
-    try:
-        response = await aws._call("imagebuilder", region, "GetImage", imageBuildVersionArn=arn)
-    except (AwsNotFound, AwsAccessDenied):
-        return None
-    image = response.get("image")
-    return dict(image) if image else None
