@@ -457,21 +457,6 @@ async def stack_events(aws: Aws, *, region: str, stack_name: str, next_token: st
     return page
 
 
-async def log_group_exists(aws: Aws, *, region: str, name: str) -> bool:
-    """pcluster's test for a log group: DescribeLogGroups by prefix, every page, looking for the exact name."""
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"logGroupNamePrefix": name}
-        if token:
-            params["nextToken"] = token
-        response = await aws._call("logs", region, "DescribeLogGroups", **params)
-        if any(group.get("logGroupName") == name for group in response.get("logGroups") or ()):
-            return True
-        token = response.get("nextToken")
-        if not token:
-            return False
-
-
 async def log_streams(aws: Aws, *, region: str, group: str, next_token: str | None = None) -> dict[str, Any]:
     """One page of DescribeLogStreams: {"logStreams": [...], "nextToken"?}; AwsNotFound without the group."""
     params: dict[str, Any] = {"logGroupName": group}

@@ -85,14 +85,3 @@ def test_a_bound_keeps_each_streams_newest_lines_in_turn() -> None:
 def test_nothing_is_cut_within_the_bound() -> None:
     kept = evidence.keep_log_events({"a": EVENTS}, evidence.Bound(max_bytes=10**6, max_events=10))
     assert not kept.cut and kept.events["a"] == EVENTS
-
-
-def test_the_failed_stack_events_are_those_with_a_failed_status_and_a_reason() -> None:
-    events = [
-        {"resourceStatus": "ROLLBACK_COMPLETE", "resourceStatusReason": "x"},
-        {"resourceStatus": "CREATE_FAILED", "resourceStatusReason": "newer"},
-        {"resourceStatus": "CREATE_FAILED"},
-        {"resourceStatus": "UPDATE_FAILED", "resourceStatusReason": "older"},
-    ]
-    reasons = [event["resourceStatusReason"] for event in evidence.failed_stack_events(events)]
-    assert reasons == ["older", "newer"]

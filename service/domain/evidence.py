@@ -3,7 +3,7 @@ it within a bound, and the pages of what was kept, read as CloudFormation and Cl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,27 +31,10 @@ STACK_EVENTS_PAGE = 100
 LOG_STREAMS_PAGE = 50
 LOG_EVENTS_MAX = 10_000
 
-# What ends a build, as the issue names it (an image's build status; a stack's; Image Builder's).
-ENDING_BUILD_STATUSES = frozenset({"BUILD_COMPLETE", "BUILD_FAILED"})
-ENDING_IMAGEBUILDER_STATUSES = frozenset({"FAILED", "CANCELLED", "AVAILABLE"})
-FAILED = "failed"
-COMPLETE = "complete"
-DELETED = "deleted"
 
 
 def log_group_name(image_id: str) -> str:
     return f"{LOG_GROUP_PREFIX}{image_id}"
-
-
-def ends_build(*, image_build_status: str | None, stack_status: str | None, imagebuilder_status: str | None) -> bool:
-    """Whether a state is the end of a build: the moment its evidence is to be read, before cleanup deletes it."""
-    if image_build_status in ENDING_BUILD_STATUSES:
-        return True
-    if stack_status and (
-        stack_status.startswith("ROLLBACK_") or stack_status.endswith("_FAILED") or stack_status.startswith("DELETE_")
-    ):
-        return True
-    return imagebuilder_status in ENDING_IMAGEBUILDER_STATUSES
 
 
 def ms_time(value: int | float | datetime) -> str:
@@ -184,17 +167,3 @@ def log_events_page(
         return LogPage(events=[], forward="f:0", backward="b:0")
     page = [log_event_document(event) for event in window[first : end + 1]]
     return LogPage(events=page, forward=f"f:{end}", backward=f"b:{first}")
-
-
-def size_of(value: object) -> int:
-    """Bytes a value takes stored as JSON: what the storage figures count."""
-    return len(orjson.dumps(value))
-
-
-def failed_stack_events(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The kept stack events that say what failed (a *_FAILED status with a reason), oldest first: the board's."""
-    failed = [
-        dict(event) for event in events
-        if str(event.get("resourceStatus", "")).endswith("_FAILED") and event.get("resourceStatusReason")
-    ]  # fmt: skip
-    return failed[::-1]

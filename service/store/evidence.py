@@ -210,28 +210,6 @@ async def prune(engine: AsyncEngine, *, older_than: datetime) -> int:
     return gone.rowcount or 0
 
 
-async def sizes(engine: AsyncEngine) -> list[dict[str, Any]]:
-    """Per kept build: outcome, bytes, AWS calls and capture delay (the figures for the note)."""
-    async with engine.connect() as connection:
-        rows = (
-            await connection.execute(
-                select(
-                    evidence.c.image_id, evidence.c.outcome, evidence.c.size_bytes, evidence.c.aws_calls,
-                    evidence.c.captured_at, evidence.c.ended_at, evidence.c.cut,
-                    func.length(evidence.c.stack_events).label("stack_bytes"),
-                )
-            )
-        ).all()
-    return [
-        {
-            "imageId": row.image_id, "outcome": row.outcome, "bytes": row.size_bytes, "awsCalls": row.aws_calls,
-            "stackEventBytes": row.stack_bytes or 0, "cut": row.cut,
-            "delaySeconds": (row.captured_at - row.ended_at).total_seconds() if row.ended_at else None,
-        }
-        for row in rows
-    ]  # fmt: skip
-
-
 async def build_reason(engine: AsyncEngine, *, region: str, image_id: str) -> str | None:
     """The Image Builder reason the image's latest build recorded (from GetImage, when its state changed), else
     the image's own (a build first seen ended has no build row)."""
