@@ -111,7 +111,9 @@ class Runtime:
             outage=outage,
             retention=Retention(engine=engine, settings=settings),
             builds=BuildDerivation(cache=cache, metrics=metrics, transitioned=transitioned),
-            evidence=EvidenceCapture(engine=engine, aws=aws, settings=settings, transitioned=transitioned),
+            evidence=EvidenceCapture(
+                engine=engine, writer=cache.writer, aws=aws, settings=settings, transitioned=transitioned
+            ),
             transitioned=transitioned,
         )
         cache.on_owed = runtime.healer.wake

@@ -48,7 +48,8 @@ def aws_build(aws: FakeAws, *, lines: int = 10, image_id: str = IMAGE) -> None:
 def capture_of(runtime: Runtime, clock: Callable[[], datetime] = utcnow, **knobs: object) -> EvidenceCapture:
     settings = replace(runtime.settings, **knobs)  # type: ignore[arg-type]
     return EvidenceCapture(
-        engine=runtime.engine, aws=runtime.aws, settings=settings, transitioned=ChangeSignal(), clock=clock
+        engine=runtime.engine, writer=runtime.cache.writer, aws=runtime.aws, settings=settings,
+        transitioned=ChangeSignal(), clock=clock,
     )
 
 

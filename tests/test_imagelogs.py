@@ -46,7 +46,7 @@ def cleanup(aws: FakeAws) -> None:
 
 async def capture(runtime: Runtime) -> None:
     owed = store.Owed(REGION, IMAGE, utcnow() - timedelta(hours=1), "failed", utcnow())
-    await store.save(runtime.engine, await runtime.evidence.capture(owed))
+    await store.save(runtime.cache.writer, await runtime.evidence.capture(owed))
 
 
 @pytest.mark.asyncio
@@ -193,11 +193,12 @@ async def test_kept_evidence_cut_by_its_bound_says_so(
 ) -> None:
     failed_build(aws_state, lines=30)
     capture = EvidenceCapture(
-        engine=runtime.engine, aws=runtime.aws, settings=replace(runtime.settings, evidence_failed_max_events=10),
+        engine=runtime.engine, writer=runtime.cache.writer, aws=runtime.aws,
+        settings=replace(runtime.settings, evidence_failed_max_events=10),
         transitioned=ChangeSignal(),
     )
     owed = store.Owed(REGION, IMAGE, utcnow() - timedelta(hours=1), "failed", utcnow())
-    await store.save(runtime.engine, await capture.capture(owed))
+    await store.save(runtime.cache.writer, await capture.capture(owed))
     cleanup(aws_state)
     log = await client.get(f"/v3/images/custom/{IMAGE}/logstreams/{STREAM}")
     assert (log.headers["x-cache"], log.headers["x-evidence-truncated"]) == ("ARCHIVE", "true")

@@ -26,6 +26,7 @@ from service.ingest.lookup import TokenBucket
 from service.settings import Settings
 from service.store import db
 from service.store import evidence as store
+from service.store.writer import Writer
 from service.support.clock import utcnow
 from service.support.loops import Backoff, Loop, Pauses
 from service.support.signal import ChangeSignal
@@ -46,12 +47,14 @@ class EvidenceCapture:
         self,
         *,
         engine: AsyncEngine,
+        writer: Writer,
         aws: Aws,
         settings: Settings,
         transitioned: ChangeSignal,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
+        self._writer = writer
         self._aws = aws
         self._settings = settings
         self._transitioned = transitioned
@@ -106,7 +109,7 @@ class EvidenceCapture:
                 log.warning("evidence of %s in %s owed: %s (%s)", item.image_id, item.region, exc.message, exc.code)
                 return
         async with db.translated():
-            await store.save(self._engine, capture)
+            await store.save(self._writer, capture)
         self._owed.succeeded(key)
         self.captured += 1
 

@@ -9,10 +9,12 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.builds import COMPLETE, DELETED, FAILED
 from service.store.tables import builds, evidence, evidence_logs, images
+from service.store.writer import Writer
 
 # describe's imageBuildStatus of an image whose build has ended with its stack still there.
 BUILD_FAILED = "BUILD_FAILED"
@@ -82,17 +84,20 @@ class Owed:
     ended_at: datetime | None
 
 
-async def save(engine: AsyncEngine, capture: Capture) -> None:
+async def save(writer: Writer, capture: Capture) -> None:
     """Store a capture in one transaction, replacing the image's earlier evidence (of an earlier build)."""
     row, logs = capture.encoded()
     key = and_(evidence.c.region == capture.region, evidence.c.image_id == capture.image_id)
     logs_key = and_(evidence_logs.c.region == capture.region, evidence_logs.c.image_id == capture.image_id)
-    async with engine.begin() as connection:
-        await connection.execute(delete(evidence_logs).where(logs_key))
-        await connection.execute(delete(evidence).where(key))
-        await connection.execute(insert(evidence).values(row))
+
+    def work(connection: Connection) -> None:
+        connection.execute(delete(evidence_logs).where(logs_key))
+        connection.execute(delete(evidence).where(key))
+        connection.execute(insert(evidence).values(row))
         if logs:
-            await connection.execute(insert(evidence_logs), logs)
+            connection.execute(insert(evidence_logs), logs)
+
+    await writer.write(work)
 
 
 async def read(engine: AsyncEngine, *, region: str, image_id: str) -> Kept | None:
