@@ -194,9 +194,11 @@ def test_sigterm_drains_streams_requests_and_the_event_batch(
     time.sleep(1.5)  # anything received but not deleted becomes visible again after the 1 s visibility timeout
     remaining: set[str] = set()
     while True:
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
-            "Messages", []
-        )
+        # Each message read stays hidden while the rest are read: with the queue's 1 s timeout, a slow machine
+        # would see the first ones again before the last, and this loop would never end.
+        messages = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=600
+        ).get("Messages", [])
         if not messages:
             break
         remaining |= {json.loads(message["Body"])["id"] for message in messages}

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.metrics import Metrics
+from service.store import db
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,18 @@ class RegionLease:
             except Exception:
                 log.warning("lost the reconcile lease connection for %s; asking again", region)
                 await self._drop(region)
-        connection = await self._engine.connect()
-        try:
-            acquired = bool(
-                (
-                    await connection.execute(
-                        text("SELECT pg_try_advisory_lock(hashtext(:key))"), {"key": f"statuscache/reconcile/{region}"}
-                    )
-                ).scalar_one()
-            )
-            # Commit the implicit transaction; the session-level lock outlives it.
-            await connection.commit()
-        except Exception:
-            await connection.close()
-            raise
+        # An outage is DatabaseUnavailable here, as everywhere in the store: its loops log it in one line.
+        async with db.translated():
+            connection = await self._engine.connect()
+            try:
+                key = {"key": f"statuscache/reconcile/{region}"}
+                taking = await connection.execute(text("SELECT pg_try_advisory_lock(hashtext(:key))"), key)
+                acquired = bool(taking.scalar_one())
+                # Commit the implicit transaction; the session-level lock outlives it.
+                await connection.commit()
+            except Exception:
+                await connection.close()
+                raise
         if not acquired:
             await connection.close()
             return False
