@@ -1,5 +1,10 @@
 """The subscriptions' delivery state: each one's cursor over the change sequence (transitions.id), its failures,
-its dead letters, and the transitions after a cursor as they are told (service.domain.deliveries.Notice)."""
+its dead letters, and the transitions after a cursor as they are told (service.domain.deliveries.Notice).
+
+Every write goes through the one Writer (service.store.writer). On SQLite that is the writer thread: one
+transaction at a time per process, each begun IMMEDIATE, so it waits for the write lock (busy_timeout) instead of
+failing at once when another connection wrote after it began reading (WAL's busy snapshot), and none holds the
+lock while the event loop is busy elsewhere. Reads stay on the engine."""
 
 from __future__ import annotations
 
