@@ -175,7 +175,7 @@ class Runtime:
     def notify(self, subscriptions: SubscriptionsFile) -> Notifier:
         """Start delivering the subscriptions of `subscriptions` (and of each version SIGHUP loads)."""
         self.notifier = Notifier(
-            subscriptions, engine=self.engine, aws=self.aws, metrics=self.metrics, settings=self.settings,
+            subscriptions, writer=self.cache.writer, aws=self.aws, metrics=self.metrics, settings=self.settings,
             start=lambda coroutine, name: self.start(coroutine, name=name),
             wake=lambda seconds: self.transitioned.wait(seconds=seconds),
         )  # fmt: skip

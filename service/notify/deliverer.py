@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from service.domain import deliveries
 from service.domain.deliveries import Retries, Verdict
 from service.domain.subscriptions import Subscription, is_news
@@ -36,6 +34,7 @@ from service.notify.feed import Feed
 from service.notify.sinks import Sink
 from service.store import subscriptions as store
 from service.store.lease import NamedLeases
+from service.store.writer import Writer
 from service.support.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ DISABLED = "disabled"
 
 class Deliverer:
     def __init__(
-        self, subscription: Subscription, *, sink: Sink, engine: AsyncEngine, feed: Feed, leases: NamedLeases,
+        self, subscription: Subscription, *, sink: Sink, writer: Writer, feed: Feed, leases: NamedLeases,
         retries: Retries,
         poll_seconds: float, metrics: Metrics, clock: Callable[[], datetime] = utcnow,
         draw: Callable[[], float] = random.random,
@@ -64,7 +63,7 @@ class Deliverer:
         self.subscription = subscription
         self.name = subscription.name
         self._sink = sink
-        self._engine = engine
+        self._writer = writer
         self._feed = feed
         self._leases = leases
         self._retries = retries
@@ -81,7 +80,7 @@ class Deliverer:
             return LEASE_SECONDS
         self._metrics.notify_lease.add(self.name)
         now = self._clock()
-        state = await store.ensure(self._engine, name=self.name, kind=self.subscription.kind, now=now)
+        state = await store.ensure(self._writer, name=self.name, kind=self.subscription.kind, now=now)
         if state.disabled_at is not None:
             self._metrics.notify_lag.pop(self.name, None)
             return DISABLED_SECONDS
@@ -113,21 +112,21 @@ class Deliverer:
                 self._metrics.deliveries[(self.name, DELIVERED)] += 1
                 handled, accepted = notice.seq, True
                 if time.monotonic() - checkpoint >= CHECKPOINT_SECONDS:
-                    if not await store.advance(self._engine, name=self.name, since=cursor, to=handled, now=now,
+                    if not await store.advance(self._writer, name=self.name, since=cursor, to=handled, now=now,
                                                delivered=True):  # fmt: skip
                         return 0.0  # replayed meanwhile: start again from the row
                     cursor, attempts, first_failure, checkpoint = handled, 0, None, time.monotonic()
                 continue
             # Everything before this one is done: recorded first, so the failure below is this one's.
             if handled != cursor:
-                if not await store.advance(self._engine, name=self.name, since=cursor, to=handled, now=now,
+                if not await store.advance(self._writer, name=self.name, since=cursor, to=handled, now=now,
                                            delivered=accepted):  # fmt: skip
                     return 0.0  # replayed meanwhile: start again from the row
                 cursor, attempts, first_failure = handled, 0, None
             if answer.verdict is Verdict.DISABLE:
                 self._metrics.deliveries[(self.name, DISABLED)] += 1
                 log.warning("subscription %s disabled: %s", self.name, answer.error)
-                await store.disable(self._engine, name=self.name, reason=answer.error or "disabled", now=now)
+                await store.disable(self._writer, name=self.name, reason=answer.error or "disabled", now=now)
                 return DISABLED_SECONDS
             attempts += 1
             first_failure = first_failure or now
@@ -139,7 +138,7 @@ class Deliverer:
                     self.name, notice.seq, attempts, first_failure.isoformat(), error,
                 )  # fmt: skip
                 if not await store.dead_letter(
-                    self._engine, name=self.name, since=cursor, notice=notice, body=deliveries.body(notice),
+                    self._writer, name=self.name, since=cursor, notice=notice, body=deliveries.body(notice),
                     attempts=attempts, first_failure_at=first_failure, error=error, now=now,
                 ):  # fmt: skip
                     return 0.0
@@ -153,12 +152,12 @@ class Deliverer:
                 self.name, notice.seq, attempts, error, delay,
             )  # fmt: skip
             await store.failed(
-                self._engine, name=self.name, since=cursor, attempts=attempts, first_failure_at=first_failure,
+                self._writer, name=self.name, since=cursor, attempts=attempts, first_failure_at=first_failure,
                 next_attempt_at=now + timedelta(seconds=delay), error=error, now=now,
             )  # fmt: skip
             return delay
         if handled != cursor:
-            await store.advance(self._engine, name=self.name, since=cursor, to=handled, now=self._clock(),
+            await store.advance(self._writer, name=self.name, since=cursor, to=handled, now=self._clock(),
                                 delivered=accepted)  # fmt: skip
         if len(batch) == store.BATCH:
             return 0.0

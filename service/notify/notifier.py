@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.aws import Aws
 from service.domain.deliveries import Retries
@@ -24,6 +23,7 @@ from service.notify.sinks import Sink, SnsSink, SsmParameterSink, WebhookSink
 from service.settings import Settings
 from service.store import subscriptions as store
 from service.store.lease import NamedLeases
+from service.store.writer import Writer
 from service.support.clock import utcnow
 from service.support.loops import Backoff, Loop
 
@@ -37,18 +37,20 @@ Wake = Callable[[float | None], Awaitable[None]]
 
 class Notifier:
     def __init__(
-        self, file: SubscriptionsFile, *, engine: AsyncEngine, aws: Aws, metrics: Metrics, settings: Settings,
+        self, file: SubscriptionsFile, *, writer: Writer, aws: Aws, metrics: Metrics, settings: Settings,
         start: Starter, wake: Wake,
     ) -> None:  # fmt: skip
         self.file = file
-        self._engine = engine
+        self._writer = writer
+        # Reads stay on the engine; every write goes through the writer.
+        self._engine = writer.engine
         self._aws = aws
         self._metrics = metrics
         self._settings = settings
         self._start = start
         self._wake = wake
-        self.leases = NamedLeases(engine, namespace="notify")
-        self.feed = Feed(engine)
+        self.leases = NamedLeases(self._engine, namespace="notify")
+        self.feed = Feed(self._engine)
         self.retries = Retries(
             initial=settings.notify_retry_initial_seconds, maximum=settings.notify_retry_max_seconds,
             give_up=settings.notify_give_up_seconds,
@@ -98,7 +100,7 @@ class Notifier:
             )  # fmt: skip
             self._clients.add(http)
         deliverer = Deliverer(
-            subscription, sink=self.sink(subscription, http=http), engine=self._engine, feed=self.feed,
+            subscription, sink=self.sink(subscription, http=http), writer=self._writer, feed=self.feed,
             leases=self.leases,
             retries=self.retries, poll_seconds=self._settings.notify_poll_seconds, metrics=self._metrics,
         )  # fmt: skip
@@ -192,8 +194,8 @@ class Notifier:
         if name not in self.file.current.by_name:
             return None
         now = utcnow()
-        await store.ensure(self._engine, name=name, kind=self.file.current.by_name[name].kind, now=now)
-        cursor = await store.replay(self._engine, name=name, since_seq=since_seq, since_time=since_time, now=now)
+        await store.ensure(self._writer, name=name, kind=self.file.current.by_name[name].kind, now=now)
+        cursor = await store.replay(self._writer, name=name, since_seq=since_seq, since_time=since_time, now=now)
         log.info("subscription %s replays from change %s", name, None if cursor is None else cursor + 1)
         nudge = self._nudges.get(name)
         if nudge is not None:

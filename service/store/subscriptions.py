@@ -1,24 +1,26 @@
 """The subscriptions' delivery state: each one's cursor over the change sequence (transitions.id), its failures,
-its dead letters, and the transitions after a cursor as they are told (service.domain.deliveries.Notice)."""
+its dead letters, and the transitions after a cursor as they are told (service.domain.deliveries.Notice).
+
+Every write goes through the one Writer (service.store.writer). On SQLite that is the writer thread: one
+transaction at a time per process, each begun IMMEDIATE, so it waits for the write lock (busy_timeout) instead of
+failing at once when another connection wrote after it began reading (WAL's busy snapshot), and none holds the
+lock while the event loop is busy elsewhere. Reads stay on the engine."""
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.domain.deliveries import Notice
 from service.domain.subscriptions import GONE
-from service.store.db import IMMEDIATE
 from service.store.tables import dead_letters, images, subscriptions, transitions
+from service.store.writer import Writer, upsert
 
 # Transitions read per step of a deliverer.
 BATCH = 200
@@ -55,50 +57,33 @@ class Pending:
     previous_exists: bool
 
 
-# SQLite: this process's subscription writes, one at a time (see _writing).
-_SQLITE_WRITES: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-@asynccontextmanager
-async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A write transaction. On SQLite begun IMMEDIATE, so it waits for the write lock (busy_timeout) instead of
-    failing at once when another connection wrote after it began reading (WAL's busy snapshot); and one at a time
-    in this process: a hundred deliverers each holding SQLite's one write lock while the event loop is busy
-    elsewhere would keep one another waiting past the busy timeout."""
-    if engine.dialect.name != "sqlite":
-        async with engine.begin() as connection:
-            yield connection
-        return
-    lock = _SQLITE_WRITES.setdefault(engine, asyncio.Lock())
-    async with lock, engine.connect() as connection:
-        immediate = await connection.execution_options(**{IMMEDIATE: True})
-        async with immediate.begin():
-            yield immediate
-
-
 async def latest_seq(connection: AsyncConnection) -> int:
     return int((await connection.execute(select(func.coalesce(func.max(transitions.c.id), 0)))).scalar_one())
 
 
-async def ensure(engine: AsyncEngine, *, name: str, kind: str, now: datetime) -> State:
+async def ensure(writer: Writer, *, name: str, kind: str, now: datetime) -> State:
     """The subscription's row; one seen for the first time starts at the newest change (the past is not news)."""
-    row = await _row(engine, name)
+    row = await _row(writer.engine, name)
     if row is not None and row.kind == kind:
         return State.of(row)
-    async with _writing(engine) as connection:
-        if row is not None:
+    replaced = row is not None
+
+    def work(connection: Connection) -> None:
+        if replaced:
             # The same name for another kind of sink is another subscription: it starts afresh, from now.
-            await connection.execute(subscriptions.delete().where(subscriptions.c.name == name))
+            connection.execute(subscriptions.delete().where(subscriptions.c.name == name))
         # One statement that writes (the newest change read inside it): on SQLite a transaction that read first
         # could not then take the write lock while another writer holds it. Two replicas seeing it first at
         # once: the first insert wins, the other reads it.
         newest = select(func.coalesce(func.max(transitions.c.id), 0)).scalar_subquery()
-        await connection.execute(
-            _insert_ignore(connection.dialect.name).values(
+        connection.execute(
+            upsert(subscriptions, dialect=connection.dialect.name, update=False).values(
                 name=name, kind=kind, delivered_seq=newest, news_since=now, created_at=now, attempts=0
             )
         )
-    found = await _row(engine, name)
+
+    await writer.write(work)
+    found = await _row(writer.engine, name)
     assert found is not None
     return State.of(found)
 
@@ -106,13 +91,6 @@ async def ensure(engine: AsyncEngine, *, name: str, kind: str, now: datetime) ->
 async def _row(engine: AsyncEngine, name: str) -> Any:
     async with engine.connect() as connection:
         return (await connection.execute(select(subscriptions).where(subscriptions.c.name == name))).first()
-
-
-def _insert_ignore(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(subscriptions).on_conflict_do_nothing(index_elements=["name"])
 
 
 async def states(engine: AsyncEngine) -> dict[str, State]:
@@ -170,15 +148,13 @@ def _pending(row: Any) -> Pending:
     return Pending(notice=notice, previous_exists=row.previous is not None)
 
 
-async def advance(engine: AsyncEngine, *, name: str, since: int, to: int, now: datetime, delivered: bool) -> bool:
+async def advance(writer: Writer, *, name: str, since: int, to: int, now: datetime, delivered: bool) -> bool:
     """Every transition up to `to` is handled: the cursor moves there from `since` and failures are forgotten.
     False when the cursor is no longer at `since` (a replay moved it): nothing is changed."""
     values: dict[str, Any] = {"delivered_seq": to, "attempts": 0, "first_failure_at": None, "next_attempt_at": None}
     if delivered:
         values["delivered_at"] = now
-    async with _writing(engine) as connection:
-        result = await connection.execute(_at(name, since).values(**values))
-    return bool(result.rowcount)
+    return await writer.write(lambda connection: _moved(connection, _at(name, since).values(**values)))
 
 
 def _at(name: str, since: int) -> Any:
@@ -186,59 +162,62 @@ def _at(name: str, since: int) -> Any:
     return update(subscriptions).where(subscriptions.c.name == name, subscriptions.c.delivered_seq == since)
 
 
+def _moved(connection: Connection, statement: Any) -> bool:
+    """Whether `statement` changed a row (the compare-and-set won)."""
+    return bool(connection.execute(statement).rowcount)
+
+
 async def failed(
-    engine: AsyncEngine, *, name: str, since: int, attempts: int, first_failure_at: datetime,
+    writer: Writer, *, name: str, since: int, attempts: int, first_failure_at: datetime,
     next_attempt_at: datetime, error: str, now: datetime,
 ) -> bool:  # fmt: skip
     """The transition after the cursor `since` was not accepted: when to try again, and why."""
-    async with _writing(engine) as connection:
-        result = await connection.execute(
-            _at(name, since).values(
-                attempts=attempts, first_failure_at=first_failure_at, next_attempt_at=next_attempt_at,
-                last_error=error, last_error_at=now,
-            )
-        )
-    return bool(result.rowcount)
+    statement = _at(name, since).values(
+        attempts=attempts, first_failure_at=first_failure_at, next_attempt_at=next_attempt_at,
+        last_error=error, last_error_at=now,
+    )  # fmt: skip
+    return await writer.write(lambda connection: _moved(connection, statement))
 
 
 async def dead_letter(
-    engine: AsyncEngine, *, name: str, since: int, notice: Notice, body: bytes, attempts: int,
+    writer: Writer, *, name: str, since: int, notice: Notice, body: bytes, attempts: int,
     first_failure_at: datetime, error: str, now: datetime,
 ) -> bool:  # fmt: skip
     """Give up on one delivery: keep it as a dead letter and move the cursor past it, in one transaction."""
-    async with _writing(engine) as connection:
-        moved = await connection.execute(
-            _at(name, since).values(
-                delivered_seq=notice.seq, attempts=0, first_failure_at=None, next_attempt_at=None, last_error=error,
-                last_error_at=now,
-            )
-        )
-        if not moved.rowcount:
+
+    def work(connection: Connection) -> bool:
+        moved = _at(name, since).values(
+            delivered_seq=notice.seq, attempts=0, first_failure_at=None, next_attempt_at=None, last_error=error,
+            last_error_at=now,
+        )  # fmt: skip
+        if not _moved(connection, moved):
             return False
-        await connection.execute(
+        connection.execute(
             dead_letters.insert().values(
                 subscription=name, seq=notice.seq, message_id=notice.message_id, body=body.decode(),
                 attempts=attempts, first_failure_at=first_failure_at, dead_at=now, last_error=error,
             )
         )
-    return True
+        return True
+
+    return await writer.write(work)
 
 
-async def disable(engine: AsyncEngine, *, name: str, reason: str, now: datetime) -> None:
-    async with _writing(engine) as connection:
-        await connection.execute(
-            update(subscriptions)
-            .where(subscriptions.c.name == name)
-            .values(disabled_at=now, disabled_reason=reason, last_error=reason, last_error_at=now)
-        )
+async def disable(writer: Writer, *, name: str, reason: str, now: datetime) -> None:
+    statement = (
+        update(subscriptions)
+        .where(subscriptions.c.name == name)
+        .values(disabled_at=now, disabled_reason=reason, last_error=reason, last_error_at=now)
+    )
+    await writer.write(lambda connection: _moved(connection, statement))
 
 
-async def replay(engine: AsyncEngine, *, name: str, since_seq: int | None, since_time: datetime | None,
+async def replay(writer: Writer, *, name: str, since_seq: int | None, since_time: datetime | None,
                  now: datetime) -> int | None:  # fmt: skip
     """Send again every transition from `since_seq` (or the first observed at or after `since_time`): the cursor
     moves back to just before it, failures are forgotten and a disabled subscription is enabled again. The new
     cursor, or None when the subscription is not known yet."""
-    async with engine.connect() as connection:
+    async with writer.engine.connect() as connection:
         if since_seq is not None:
             cursor = max(0, since_seq - 1)
             earliest = select(func.min(transitions.c.observed_at)).where(transitions.c.id >= since_seq)
@@ -249,16 +228,16 @@ async def replay(engine: AsyncEngine, *, name: str, since_seq: int | None, since
             first = (await connection.execute(first_id)).scalar_one()
             cursor = (await latest_seq(connection)) if first is None else int(first) - 1
             news_since = since_time
-    async with _writing(engine) as connection:
-        result = await connection.execute(
-            update(subscriptions)
-            .where(subscriptions.c.name == name)
-            .values(
-                delivered_seq=cursor, news_since=news_since, attempts=0, first_failure_at=None, next_attempt_at=None,
-                disabled_at=None, disabled_reason=None,
-            )
+    statement = (
+        update(subscriptions)
+        .where(subscriptions.c.name == name)
+        .values(
+            delivered_seq=cursor, news_since=news_since, attempts=0, first_failure_at=None, next_attempt_at=None,
+            disabled_at=None, disabled_reason=None,
         )
-    return cursor if result.rowcount else None
+    )
+    known = await writer.write(lambda connection: _moved(connection, statement))
+    return cursor if known else None
 
 
 @dataclass(frozen=True)
