@@ -165,7 +165,7 @@ def empty_postgres_url(postgres_url: str) -> str:
                 await connection.execute(
                     text(
                         "TRUNCATE images, revisions, transitions, builds, builds_pending, processed_events, "
-                        "poison_messages, refreshes RESTART IDENTITY"
+                        "poison_messages, rechecks RESTART IDENTITY"
                     )
                 )
         finally:

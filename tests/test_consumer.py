@@ -381,15 +381,15 @@ async def test_event_whose_refresh_aws_refuses_is_kept_and_applied_once_aws_answ
     # The message is done with (deleted), but what it told us is kept until AWS can be asked.
     assert queue.depth() == 0
     assert await stored_images(runtime) == 0
-    assert await runtime.healer.backlog() == 1
+    assert await runtime.rechecker.backlog() == 1
     aws_state.heal()
-    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
     body = await describe(client, "evt-kept")
     assert body["imageBuildStatus"] == "BUILD_IN_PROGRESS" and body["imagebuilderImageStatus"] == "PENDING"
     items = await history(client, "evt-kept")
     assert [item["source"] for item in items] == ["event"]
     assert items[0]["time"] == stamp(5).replace("Z", ".000Z")
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 async def test_new_image_builder_image_of_a_cached_image_is_stale_until_it_can_be_read(
@@ -407,8 +407,8 @@ async def test_new_image_builder_image_of_a_cached_image_is_stale_until_it_can_b
     assert queue.depth() == 0
     assert during.headers["x-cache"] == "STALE" and during.headers["x-cache-stale"] == "aws-error"
     aws_state.heal()
-    report = await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
-    assert report.healed == 1
+    report = await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
+    assert report.settled == 1
     assert (await client.get("/v3/images/custom/evt-rebuilt")).headers["x-cache"] == "HIT"
 
 
@@ -422,11 +422,11 @@ async def test_ami_event_that_ec2_cannot_place_is_kept_until_it_can(
     await drain(runtime.consumer, queue)
 
     assert queue.depth() == 0
-    assert await runtime.healer.backlog() == 1
+    assert await runtime.rechecker.backlog() == 1
     aws_state.heal()
-    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
     assert (await describe(client, "evt-unplaced"))["imageBuildStatus"] == "BUILD_COMPLETE"
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 async def test_refresh_need_of_a_stack_that_is_not_an_image_is_dropped_once_aws_answers(
@@ -436,13 +436,13 @@ async def test_refresh_need_of_a_stack_that_is_not_an_image_is_dropped_once_aws_
     aws_state.fail_always("ec2.DescribeImages", code="InternalError", status=500)
     queue.send(stack_event(stack_id, "CREATE_COMPLETE", at=1))
     await drain(runtime.consumer, queue)
-    assert await runtime.healer.backlog() == 1
+    assert await runtime.rechecker.backlog() == 1
 
     aws_state.heal()
-    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
 
     assert await stored_images(runtime) == 0
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 async def test_answers_are_unconfirmed_while_the_event_queue_cannot_be_read(

@@ -57,7 +57,7 @@ async def test_image_builder_failure_answers_degraded_but_is_not_a_hit(
     assert again.headers["x-cache-stale"] == "aws-error"
 
     aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + LATER)
+    await runtime.rechecker.run_once(now=utcnow() + LATER)
     healed = await describe(client, "ib-fails")
 
     assert healed.headers["x-cache"] == "HIT" and "x-cache-stale" not in healed.headers
@@ -85,7 +85,7 @@ async def test_bucket_failure_answers_not_available_but_is_not_a_hit(
     assert again.headers["x-cache"] == "STALE"
 
     aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + LATER)
+    await runtime.rechecker.run_once(now=utcnow() + LATER)
     healed = await describe(client, "bucket-fails")
 
     assert healed.headers["x-cache"] == "HIT"
@@ -103,7 +103,7 @@ async def test_a_missing_bucket_is_a_fact_and_cached(
 
     assert live.json()["imageConfiguration"] == {"url": "NOT_AVAILABLE"}
     assert cached.headers["x-cache"] == "HIT" and "x-cache-stale" not in cached.headers
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 async def test_a_missing_image_builder_image_is_a_fact_and_cached(
@@ -116,7 +116,7 @@ async def test_a_missing_image_builder_image_is_a_fact_and_cached(
 
     assert cached.headers["x-cache"] == "HIT"
     assert "imagebuilderImageStatus" not in cached.json()
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 async def test_healing_waits_while_aws_still_fails_then_succeeds(
@@ -126,13 +126,13 @@ async def test_healing_waits_while_aws_still_fails_then_succeeds(
     aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
     await describe(client, "slow-heal")
 
-    still_failing = await runtime.healer.run_once(now=utcnow() + LATER)
-    assert still_failing.failed == 1 and still_failing.healed == 0
+    still_failing = await runtime.rechecker.run_once(now=utcnow() + LATER)
+    assert still_failing.failed == 1 and still_failing.settled == 0
     assert (await describe(client, "slow-heal")).headers["x-cache"] == "STALE"
 
     aws_state.heal()
-    healed = await runtime.healer.run_once(now=utcnow() + 2 * LATER)
-    assert healed.healed == 1
+    healed = await runtime.rechecker.run_once(now=utcnow() + 2 * LATER)
+    assert healed.settled == 1
     response = await describe(client, "slow-heal")
     assert response.headers["x-cache"] == "HIT"
     assert response.json()["imagebuilderImageStatus"] == "TESTING"
@@ -145,7 +145,7 @@ async def test_the_healer_loop_heals_within_seconds_of_aws_recovering(
     aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
     assert (await describe(client, "quick-heal")).headers["x-cache"] == "MISS"
     stop = asyncio.Event()
-    loop = asyncio.create_task(runtime.healer.loop().run(stop=stop))
+    loop = asyncio.create_task(runtime.rechecker.loop().run(stop=stop))
     try:
         await asyncio.sleep(1.5)  # a few failed attempts, backing off
         aws_state.heal()

@@ -166,7 +166,7 @@ async def test_throttled_image_builder_keeps_the_last_known_status_and_is_healed
     assert during.json()["imagebuilderImageStatus"] == "BUILDING"
     assert during.headers["x-cache"] == "STALE"
     aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + timedelta(minutes=10))
+    await runtime.rechecker.run_once(now=utcnow() + timedelta(minutes=10))
     after = await client.get("/v3/images/custom/kept-ib")
     assert after.json()["imagebuilderImageStatus"] == "TESTING"
     assert after.headers["x-cache"] == "HIT"
@@ -198,7 +198,7 @@ async def test_bucket_outage_during_a_pass_is_not_stored_as_not_available(
     report = await runtime.reconciler.run_pass(region=REGION)
     during = await client.get("/v3/images/custom/bucket-pass")
     aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + timedelta(minutes=10))
+    await runtime.rechecker.run_once(now=utcnow() + timedelta(minutes=10))
     after = await client.get("/v3/images/custom/bucket-pass")
 
     assert report.unconfirmed == 1
