@@ -16,7 +16,7 @@ Figures, per phase:
 - answers served as a plain hit (`X-Cache: HIT` without `X-Cache-Stale`) that were never true ("wrong"), at
   any time, and after the fault ended; and hits still showing an earlier truth after it ended ("outdated");
 - seconds from the end of the fault until every image is answered as a plain hit equal to the truth;
-- at the end: events sent, and events lost (an image whose final answer is not its truth), owed looks left,
+- at the end: events sent, and events lost (an image whose final answer is not its truth), rechecks left,
   and the service log's tracebacks.
 
 Nothing here is production code; it needs the [demo] extra (moto) and PostgreSQL's server binaries.
@@ -426,7 +426,7 @@ class Run:
             "STATUSCACHE_DATABASE_URL": self.postgres.url,
             "STATUSCACHE_REGIONS": REGION,
             "STATUSCACHE_EVENTS_QUEUE_URL": self.queue_url,
-            # Reconciliation would heal a lost event: keep it out of the run (it runs once, at start).
+            # Reconciliation would repair a lost event: keep it out of the run (it runs once, at start).
             "STATUSCACHE_RESYNC_SECONDS": "3600",
             "STATUSCACHE_BACKOFF_INITIAL_SECONDS": "0.2",
             "STATUSCACHE_BACKOFF_MAX_SECONDS": "2",

@@ -90,7 +90,7 @@ _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "A
 @pytest.fixture
 def aws_state(fake_aws: FakeAws) -> FakeAws:
     """The fake AWS, emptied and with counters at zero."""
-    fake_aws.heal()
+    fake_aws.recover()
     fake_aws.reset()
     fake_aws.reset_calls()
     return fake_aws
