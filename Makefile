@@ -1,9 +1,9 @@
-# The two commands a new user needs: `make run` and `make test`.
+# The two commands a new user needs: `make run` and `make test`; `make test-fast` is the inner loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit postgres prometheus chromium bench clean
+.PHONY: install run test test-fast lint typecheck unit postgres prometheus chromium bench clean
 
 # Playwright's package drives Debian's chromium (scripts/ensure-chromium): it never downloads a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -29,6 +29,13 @@ run: install
 
 test: install postgres prometheus chromium lint typecheck unit
 
+# The inner loop (under two minutes, nothing to start first): ruff, the import contracts and every test that needs
+# no PostgreSQL, browser, Prometheus or started process, on SQLite. The markers are set in tests/conftest.py.
+FAST_TESTS := not (slow or postgresql or browser or prometheus)
+
+test-fast: lint
+	STATUSCACHE_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -n 2 -m '$(FAST_TESTS)'
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
@@ -36,8 +43,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict service
 
+# Two processes: most of a test's time is waiting (on AWS retries, loops, servers), so the two cores overlap it.
+# A file at a time per process (loadfile): a module's private PostgreSQL server and the packaging test's wheel are
+# built once. The 20 slowest tests are listed at the end: where the next minute of the suite goes.
 unit: install postgres prometheus chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 postgres:
 	@scripts/ensure-postgres

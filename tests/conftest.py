@@ -87,6 +87,14 @@ def fake_aws() -> Iterator[FakeAws]:
 _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool, from Debian's package."""
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: scripts/ensure-prometheus installs it (make test runs it)"
+    return path
+
+
 @pytest.fixture
 def aws_state(fake_aws: FakeAws) -> FakeAws:
     """The fake AWS, emptied and with counters at zero."""
@@ -94,6 +102,29 @@ def aws_state(fake_aws: FakeAws) -> FakeAws:
     fake_aws.reset()
     fake_aws.reset_calls()
     return fake_aws
+
+
+# What a test needs beyond this process and SQLite, read from the fixtures it asks for (their closure): marked here,
+# in one place, so `make test-fast` can leave these out by marker. Tests that start processes or wait fixed
+# times are marked `slow` where they are written; a module that drives a tool without a fixture marks itself.
+NEEDS_BY_FIXTURE = {
+    "postgres_url": "postgresql",
+    "empty_postgres_url": "postgresql",
+    "private_postgres": "postgresql",
+    "promtool": "prometheus",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        needs = {NEEDS_BY_FIXTURE[name] for name in fixtures & NEEDS_BY_FIXTURE.keys()}
+        callspec = getattr(item, "callspec", None)
+        # database_url asks for the PostgreSQL database at run time (getfixturevalue), by its parameter.
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            needs.add("postgresql")
+        for marker in sorted(needs):
+            item.add_marker(marker)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

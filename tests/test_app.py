@@ -320,6 +320,7 @@ async def test_last_modified_and_age_headers(client: httpx.AsyncClient, aws_stat
     assert int(response.headers["age"]) >= 0
 
 
+@pytest.mark.slow
 async def test_aws_down_with_nothing_cached_is_503(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.fail_all(status=503)
     try:
@@ -342,6 +343,7 @@ async def test_aws_down_still_serves_what_is_cached(client: httpx.AsyncClient, a
     assert response.headers["x-cache"] == "HIT"
 
 
+@pytest.mark.slow
 async def test_throttled_lookup_is_429_and_stores_nothing(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -359,6 +361,7 @@ async def test_throttled_lookup_is_429_and_stores_nothing(
     assert (await describe(client, "throttled")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_concurrent_misses_share_one_live_lookup(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -385,6 +388,7 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert orjson.loads(ready.content)["checks"] == {"database": True, "schema": True}
 
 
+@pytest.mark.slow
 async def test_hot_path_answers_exactly_as_the_full_path(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -465,6 +469,27 @@ async def test_middleware_sees_every_request_cached_describes_included(
     ]
 
 
+async def test_describe_and_list_ignore_parameters_they_do_not_take_as_pcluster_does(
+    client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
+) -> None:
+    # pcluster's API (connexion, without strict validation) ignores unknown query parameters; so do its routes
+    # here, on the full path and on the fast path alike (the history routes are ours, and refuse them).
+    aws_state.create_image_stack(region=REGION, image_id="lenient")
+    plain = [await describe(client, "lenient") for _ in range(3)]
+    extra = [await describe(client, "lenient", regoin="nowhere", x="1") for _ in range(3)]
+    assert [r.status_code for r in plain + extra] == [200] * 6
+    assert {r.content for r in plain + extra} == {plain[-1].content}
+    await runtime.reconciler.run_pass(region=REGION)
+    pages = [
+        await client.get("/v3/images/custom", params=params)
+        for params in ({"imageStatus": "PENDING"}, {"imageStatus": "PENDING", "statuss": "x"})
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in pages] == [200] * 4
+    assert {r.content for r in pages} == {pages[0].content}
+
+
+@pytest.mark.slow
 async def test_no_route_shadows_an_image_id(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     # "changes" is a valid image id: the change stream lives at /v3/image-changes instead.
     aws_state.create_image_stack(region=REGION, image_id="changes")
@@ -492,6 +517,7 @@ async def test_readiness_fails_and_streams_end_once_shutdown_begins(runtime: Run
     assert orjson.loads(ready.content) == {"ready": False, "checks": {"accepting_requests": False}}
 
 
+@pytest.mark.slow
 async def test_aws_unreachable_503_asks_to_retry_later(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.fail_all(status=503)
     try:
@@ -531,6 +557,7 @@ async def test_answer_not_confirmed_for_longer_than_the_bound_says_so(
     assert old.content == fresh.content
 
 
+@pytest.mark.slow
 async def test_answers_are_unconfirmed_from_the_moment_reconciling_fails(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:

@@ -34,7 +34,7 @@ from tests.conftest import OTHER_REGION, REGION, free_port, serving
 from tests.fleet_script import at, fleet, ib_failure
 from tests.test_e2e import wait_until_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]

@@ -277,11 +277,13 @@ async def test_beyond_the_client_limit_a_stream_is_refused_with_503_and_retry_af
             assert await write(runtime, ["room"]) == await again.until(1)
 
 
+@pytest.mark.slow
 async def test_an_idle_stream_gets_heartbeats(runtime: Runtime, aws_state: FakeAws) -> None:
     async with served(runtime, sse_heartbeat_seconds=1.0) as http:
         async with following(http, imageId="quiet") as follower:
             await write(runtime, ["noisy"])
-            await asyncio.sleep(2.5)
+            # A heartbeat comes a second after the last line; the tailer (0.05 s) has read "noisy" long before.
+            await follower.wait_for(lambda: ": keepalive" in follower.comments)
     assert follower.comments.count(": keepalive") >= 1 and follower.ids == []
 
 
@@ -304,6 +306,7 @@ async def test_the_tailer_reads_once_per_interval_however_many_clients_follow(
     assert counter.catch_up == 0
 
 
+@pytest.mark.slow
 async def test_a_client_moving_to_another_replica_misses_nothing_and_sees_nothing_twice(
     settings: Settings, aws_state: FakeAws
 ) -> None:
@@ -332,6 +335,7 @@ async def test_a_client_moving_to_another_replica_misses_nothing_and_sees_nothin
         await second.close()
 
 
+@pytest.mark.slow
 async def test_a_failing_read_of_the_feed_is_retried_and_loses_nothing(
     runtime: Runtime, aws_state: FakeAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,7 +355,8 @@ async def test_a_failing_read_of_the_feed_is_retried_and_loses_nothing(
     async with served(runtime, sse_heartbeat_seconds=1.0) as http, following(http) as follower:
         failing = True
         seqs = await write(runtime, ["during-0", "during-1"])
-        await asyncio.sleep(2.2)
+        # Until the tailer has failed twice and a heartbeat has come since (a second after the opening line).
+        await follower.wait_for(lambda: failures >= 2 and ": keepalive" in follower.comments)
         # The database is away: nothing arrives, but the stream stays up (heartbeats go on).
         assert follower.ids == [] and not follower.ended and ": keepalive" in follower.comments
         failing = False
@@ -396,6 +401,7 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 async def test_a_slow_client_is_dropped_with_its_position_intact_and_holds_up_no_one(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:

@@ -58,6 +58,7 @@ def build_branches(aws: FakeAws) -> list[str]:
     return ["cl-ami", "cl-ami-nodesc", "cl-building", "cl-no-ib", "cl-early", "cl-failed", "cl-deleting"]
 
 
+@pytest.mark.slow
 def test_describe_image_gives_the_seeds_shape_with_the_apis_values_live_and_cached(
     live_service: LiveService, aws_state: FakeAws
 ) -> None:
@@ -84,6 +85,7 @@ def test_describe_image_gives_the_seeds_shape_with_the_apis_values_live_and_cach
     assert not [key for key in ami if key.startswith("cloudformation")]
 
 
+@pytest.mark.slow
 def test_errors_are_pclusters_exceptions_with_the_services_message(
     live_service: LiveService, aws_state: FakeAws
 ) -> None:
@@ -114,6 +116,7 @@ def test_errors_are_pclusters_exceptions_with_the_services_message(
     assert isinstance(missing.value, service.client.ApiException)
 
 
+@pytest.mark.slow
 def test_a_throttled_call_is_limit_exceeded_with_its_retry_after(live_service: LiveService, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="cl-throttled")
     aws_state.fail_next("ec2.DescribeImages", code="RequestLimitExceeded", times=4)
@@ -190,6 +193,7 @@ def test_module_functions_use_statuscache_url(
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_the_async_twin_answers_the_same(live_service: LiveService, aws_state: FakeAws) -> None:
     ids = build_branches(aws_state)
     async with AsyncClient(live_service.base_url) as client:

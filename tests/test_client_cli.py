@@ -147,6 +147,7 @@ class StopAfter(io.StringIO):
 
 
 @pytest.mark.parametrize("output", ["text", "json"])
+@pytest.mark.slow
 def test_watch_prints_one_line_per_change(
     live_service: LiveService, aws_state: FakeAws, output: str
 ) -> None:

@@ -95,6 +95,7 @@ async def test_a_list_page_is_gzipped_when_accepted_with_its_etag_weakened(
 @pytest.mark.asyncio
 @pytest.mark.parametrize("encoding", ["gzip", "identity"])
 @pytest.mark.parametrize("tag_form", ["strong", "weak"])
+@pytest.mark.slow
 async def test_a_list_page_revalidates_with_either_form_of_its_etag(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, encoding: str, tag_form: str
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,26 +23,24 @@ PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "statuscache.json"
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: scripts/ensure-prometheus installs it (make test runs it)"
-    return subprocess.run([path, *args], cwd=PROMETHEUS, capture_output=True, text=True, check=False)
+def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True, check=False)
 
 
-def test_promtool_accepts_the_alert_rules() -> None:
-    checked = promtool("check", "rules", "alerts.yml")
+def test_promtool_accepts_the_alert_rules(promtool: str) -> None:
+    checked = run_promtool(promtool, "check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 7 rules found" in checked.stdout
 
 
-def test_the_alert_rules_unit_tests_pass() -> None:
-    tested = promtool("test", "rules", "alerts.test.yml")
+def test_the_alert_rules_unit_tests_pass(promtool: str) -> None:
+    tested = run_promtool(promtool, "test", "rules", "alerts.test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
 
 
-def test_promtool_accepts_the_scrape_config() -> None:
-    checked = promtool("check", "config", "prometheus.yml")
+def test_promtool_accepts_the_scrape_config(promtool: str) -> None:
+    checked = run_promtool(promtool, "check", "config", "prometheus.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 

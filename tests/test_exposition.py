@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import shutil
 import subprocess
 import zlib
 from collections.abc import Iterator
@@ -85,14 +84,8 @@ def whole_second_after(moment: datetime, seconds: int) -> datetime:
     return moment.replace(microsecond=0) + timedelta(seconds=seconds)
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: scripts/ensure-prometheus installs it (make test runs it)"
-    return path
-
-
 async def test_the_exposition_is_valid_for_prometheus_clients_parser_and_promtool(
-    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
+    runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, promtool: str
 ) -> None:
     aws_state.create_image_stack(region=REGION, image_id="valid-building", imagebuilder_status="BUILDING")
     aws_state.create_ami(region=REGION, image_id="valid-done")
@@ -113,12 +106,13 @@ async def test_the_exposition_is_valid_for_prometheus_clients_parser_and_promtoo
         "process_resident_memory_bytes",
     } <= names
     checked = await asyncio.to_thread(
-        subprocess.run, [promtool(), "check", "metrics"], input=text.encode(), capture_output=True, check=False
+        subprocess.run, [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
     )
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     assert checked.stdout.decode().strip() == "", "promtool's lint found problems"
 
 
+@pytest.mark.slow
 async def test_image_series_and_counters_follow_a_known_sequence_of_events(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, queue: Queue
 ) -> None:
@@ -263,6 +257,28 @@ async def test_a_gzipped_scrape_is_one_gzip_stream_of_the_same_series(
 
     assert image_samples(text) == image_samples(plain)
     assert value(text, "statuscache_http_requests_total", route="/metrics", code="200", cache="none") == 1
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("gzip;q=0", False),  # "not gzip", though the word is there
+        ("gzip;q=0, identity", False),
+        ("identity", False),
+        ("br", False),
+    ],
+)
+async def test_a_scrape_is_gzipped_exactly_when_the_client_accepts_gzip(
+    client: httpx.AsyncClient, accept_encoding: str, gzipped: bool
+) -> None:
+    async with client.stream("GET", "/metrics", headers={"Accept-Encoding": accept_encoding}) as response:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") == ("gzip" if gzipped else None)
+    assert raw.startswith(b"\x1f\x8b") == gzipped
 
 
 async def test_a_connected_change_stream_client_is_counted_until_it_leaves(runtime: Runtime) -> None:

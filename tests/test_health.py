@@ -17,6 +17,7 @@ from tests.conftest import OTHER_REGION, REGION
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.slow
 async def test_ready_while_aws_is_down_and_no_reconcile_has_succeeded(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -37,6 +38,7 @@ async def test_ready_while_aws_is_down_and_no_reconcile_has_succeeded(
     assert set(body["reconcile"]["behindSince"]) == {REGION, OTHER_REGION}
 
 
+@pytest.mark.slow
 async def test_aws_reported_reachable_again_once_it_answers(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:

@@ -91,6 +91,7 @@ async def test_history_shows_every_transition_of_a_build_once_in_order(
     assert "nextToken" not in rest
 
 
+@pytest.mark.slow
 async def test_at_answers_the_past(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     before = datetime.now(UTC)
     marks = await lifecycle(runtime, aws_state, Queue("at-events"), "travel")
@@ -148,6 +149,29 @@ async def test_bad_history_parameters_are_400(
     assert response.status_code == 400
     assert message in response.json()["message"]
     assert response.json()["message"].startswith("Bad Request: ")
+    assert aws_state.total_calls() == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        # A misspelt parameter must not silently widen the query to all of history.
+        (
+            [("sinse", "2026-01-01T00:00:00Z")],
+            "Bad Request: unknown query parameter 'sinse'; this route takes: region, since, until, limit, nextToken",
+        ),
+        (
+            [("since", "2026-01-01T00:00:00Z"), ("since", "2026-02-01T00:00:00Z")],
+            "Bad Request: query parameter 'since' is given more than once",
+        ),
+    ],
+)
+async def test_history_takes_only_its_own_parameters_once_each(
+    client: httpx.AsyncClient, aws_state: FakeAws, params: list[tuple[str, str]], message: str
+) -> None:
+    response = await client.get("/v3/images/custom/some-image/history", params=params)
+    assert response.status_code == 400
+    assert response.json() == {"message": message}
     assert aws_state.total_calls() == 0
 
 
@@ -210,6 +234,7 @@ async def test_list_filters_like_pcluster_and_pages_stably(
     assert [item["imageId"] for item in failed["images"]] == ["list-failed"]
 
 
+@pytest.mark.slow
 async def test_list_pages_never_skip_or_repeat_while_images_change(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -322,6 +347,7 @@ async def test_change_stream_resumes_from_last_event_id_without_gaps(
         assert int(replay[0]["id"]) < int(replay[1]["id"])
 
 
+@pytest.mark.slow
 async def test_concurrent_list_requests_share_one_query(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

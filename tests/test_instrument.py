@@ -91,6 +91,7 @@ async def test_a_clients_request_id_is_kept_when_it_looks_like_one(
     assert answer.headers["x-request-id"]
 
 
+@pytest.mark.slow
 async def test_requests_are_counted_by_route_status_and_cache_outcome_fast_path_included(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -205,6 +206,7 @@ class PassesThrough:
 
 
 @pytest.mark.parametrize("between", [False, True], ids=["shortcut", "through-middleware"])
+@pytest.mark.slow
 async def test_cached_describes_are_counted_and_identified_with_or_without_middleware_between(
     runtime: Runtime, aws_state: FakeAws, between: bool
 ) -> None:
@@ -258,6 +260,7 @@ LIST = "/v3/images/custom"
 
 
 @pytest.mark.parametrize("between", [False, True], ids=["shortcut", "through-middleware"])
+@pytest.mark.slow
 async def test_remembered_list_pages_are_counted_under_their_route_with_or_without_middleware_between(
     runtime: Runtime, aws_state: FakeAws, between: bool
 ) -> None:

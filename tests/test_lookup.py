@@ -38,6 +38,7 @@ def config_path(body: dict[str, Any]) -> str:
         pytest.param("cloudformation.DescribeStackResource", "Throttling", 400, id="resource-throttled"),
     ],
 )
+@pytest.mark.slow
 async def test_image_builder_failure_answers_degraded_but_is_not_a_hit(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime, operation: str, code: str, status: int
 ) -> None:
@@ -71,6 +72,7 @@ async def test_image_builder_failure_answers_degraded_but_is_not_a_hit(
         pytest.param("s3.HeadBucket", "SlowDown", 503, id="headbucket-slowdown"),
     ],
 )
+@pytest.mark.slow
 async def test_bucket_failure_answers_not_available_but_is_not_a_hit(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime, operation: str, code: str, status: int
 ) -> None:
@@ -119,6 +121,7 @@ async def test_a_missing_image_builder_image_is_a_fact_and_cached(
     assert await runtime.rechecker.backlog() == 0
 
 
+@pytest.mark.slow
 async def test_a_recheck_waits_while_aws_still_fails_then_succeeds(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -138,6 +141,7 @@ async def test_a_recheck_waits_while_aws_still_fails_then_succeeds(
     assert response.json()["imagebuilderImageStatus"] == "TESTING"
 
 
+@pytest.mark.slow
 async def test_the_rechecker_loop_settles_within_seconds_of_aws_recovering(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:

@@ -127,6 +127,7 @@ def client_from(app: Any, address: str) -> httpx.AsyncClient:
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_a_flood_of_unknown_ids_from_one_caller_leaves_others_their_first_lookups(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:

@@ -32,6 +32,7 @@ async def test_every_component_counts_in_the_runtimes_metrics(runtime: Runtime) 
     assert runtime.aws.metrics is runtime.metrics
 
 
+@pytest.mark.slow
 async def test_stats_reads_the_metrics_in_the_shape_clients_know(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -83,6 +84,7 @@ async def test_a_lookup_refused_by_the_budget_is_counted_apart(runtime: Runtime,
     assert metrics.live_lookups() == 1
 
 
+@pytest.mark.slow
 async def test_aws_calls_are_counted_by_operation_and_outcome(runtime: Runtime, aws_state: FakeAws) -> None:
     # botocore's own retries are inside one call: four throttled answers are one throttled call.
     aws_state.fail_next("ec2.DescribeImages", code="RequestLimitExceeded", times=4)

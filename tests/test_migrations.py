@@ -209,7 +209,7 @@ async def test_fleet_history_is_backfilled_from_the_transitions(backend: str, tm
             await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 async def test_refreshes_become_rechecks_and_back_keeping_their_rows(backend: str, tmp_path: Path) -> None:
     import asyncio
     from datetime import datetime

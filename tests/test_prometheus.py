@@ -25,7 +25,7 @@ from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from tests.conftest import REGION, free_port
 from tests.test_e2e import wait_until_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COUNT_BY_STATUS = "sum by (image_build_status) (statuscache_image_build_status)"

@@ -177,6 +177,7 @@ def test_the_smallest_backlog_setting_holds_a_page_of_the_feed() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_clients_are_woken_a_batch_per_turn_of_the_loop() -> None:
     loop = asyncio.get_running_loop()
     watchers = Watchers(backlog=10)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.requests import two_headers
 from service.api.sessions import KEY_NAME, SessionRefused, Sessions, cookie_value
 from service.api.state import AppState
 from service.api.tokens import Caller, TokenFile
@@ -98,12 +99,7 @@ class Authentication:
         if path == SESSION_PATH:
             await self._session_endpoint(scope, send)
             return
-        authorization = cookie = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value
-            elif key == b"cookie":
-                cookie = value
+        authorization, cookie = two_headers(scope, b"authorization", b"cookie")
         if authorization is not None:
             caller = self._bearer(authorization)
             if caller is None:

@@ -15,10 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api import pages
-from service.api.compression import Compressor
-from service.api.history_params import ORDERS, Params, horizon, horizon_fields, horizon_headers
-from service.api.requests import region_from
-from service.api.state import AppState
+from service.api.history_routes import HistoryRoute, horizon, horizon_fields, horizon_headers
+from service.api.query import ORDERS, Query
 from service.domain.builds import COMPLETE, FAILED, IN_PROGRESS, OUTCOMES
 from service.domain.describe import iso_time
 from service.errors import BadToken
@@ -61,7 +59,7 @@ def build_json(row: Any, *, reconcile_seconds: float) -> dict[str, Any]:
     return item
 
 
-def _window(params: Params, oldest: datetime) -> tuple[datetime, datetime | None, bool]:
+def _window(params: Query, oldest: datetime) -> tuple[datetime, datetime | None, bool]:
     """The window asked for, from the horizon at the earliest, and whether the question reached before it."""
     since, until = params.window()
     past = since is not None and since < oldest
@@ -72,22 +70,16 @@ def _time(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-class Builds:
-    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
-        self.state = state
-        self.tokens = tokens
-        # A page of 100 rows is tens of KB of JSON: gzipped when the client accepts it.
-        self._compressor = Compressor()
-
+class Builds(HistoryRoute):
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
         settings = runtime.settings
-        params = Params(request.url.query, allowed=PARAMETERS)
+        params = Query(request.scope["query_string"]).only(PARAMETERS)
         oldest = horizon(settings)
         asked_since = params.timestamp("since")
         since, until, past = _window(params, oldest)
         where = builds.BuildFilter(
-            region=region_from(params.text("region"), settings),
+            region=params.region(settings),
             since=since,
             until=until,
             version=params.version(),
@@ -115,17 +107,17 @@ class Builds:
         if page.next_key is not None:
             start, image_id, number = page.next_key
             body["nextToken"] = await self.tokens.issue(f"{start.isoformat()} {number} {image_id}", query=query)
-        return self._compressor.answer(request, orjson.dumps(body), headers=horizon_headers(oldest, past=past))
+        return self.compressor.answer(request, orjson.dumps(body), headers=horizon_headers(oldest, past=past))
 
     async def summary(self, request: Request) -> Response:
         runtime = self.state.runtime
         settings = runtime.settings
-        params = Params(request.url.query, allowed=SUMMARY_PARAMETERS)
+        params = Query(request.scope["query_string"]).only(SUMMARY_PARAMETERS)
         oldest = horizon(settings)
         since, until, past = _window(params, oldest)
         group_by = params.choice("groupBy", GROUP_BY, default="version")
         assert group_by is not None
-        where = builds.BuildFilter(region=region_from(params.text("region"), settings), since=since, until=until)
+        where = builds.BuildFilter(region=params.region(settings), since=since, until=until)
         result = await builds.summary(
             runtime.engine, where=where, group_by=group_by, query_seconds=settings.history_query_seconds
         )
@@ -141,7 +133,7 @@ class Builds:
             ],
             **horizon_fields(oldest, past=past),
         }
-        return self._compressor.answer(request, orjson.dumps(body), headers=horizon_headers(oldest, past=past))
+        return self.compressor.answer(request, orjson.dumps(body), headers=horizon_headers(oldest, past=past))
 
 
 def group_json(group: builds.Group) -> dict[str, Any]:

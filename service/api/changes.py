@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import request_error
-from service.api.requests import header, parse_event_id, query_params, region_from, validate_image_id
+from service.api.query import parse
+from service.api.requests import header, parse_event_id, region_from, validate_image_id
 from service.api.state import AppState
 from service.api.tailer import StreamEvent, Tailer, TailerStopped, current, render
 from service.api.watchers import End, Watcher, Watchers
@@ -82,7 +83,7 @@ class ChangeStream:
         """Check the request and admit it; raises RequestError (nothing has been sent yet). `run` must follow."""
         runtime = self.state.runtime
         settings = runtime.settings
-        params = query_params(scope["query_string"])
+        params = parse(scope["query_string"])
         region_param = params.get("region")
         region = region_from(region_param, settings) if region_param else None
         image_id = params.get("imageId")

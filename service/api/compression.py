@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.errors import JSON
-from service.api.requests import etag_matches
+from service.api.requests import etag_matches, weighted
 from service.support.bounded import BoundedDict
 
 MIN_SIZE = 1024
@@ -31,17 +31,8 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     if not accept_encoding:
         return False
     wildcard = False
-    for part in accept_encoding.split(","):
-        coding, _, params = part.strip().partition(";")
-        coding = coding.strip().lower()
-        quality = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
+    for item in accept_encoding.split(","):
+        coding, quality = weighted(item)
         if coding in {"gzip", "x-gzip"}:
             return quality > 0
         if coding == "*":

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.requests import two_headers
+
 ALLOWED_METHODS = b"GET, HEAD, POST, DELETE"
 ALLOWED_REQUEST_METHODS = frozenset(ALLOWED_METHODS.decode().split(", "))
 ALLOWED_HEADERS = b"Authorization, If-None-Match, If-Modified-Since, Last-Event-ID, Cache-Control, Content-Type"
@@ -31,12 +33,7 @@ class Cors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = preflight_method = None
-        for key, value in scope["headers"]:
-            if key == b"origin":
-                origin = value
-            elif key == b"access-control-request-method":
-                preflight_method = value
+        origin, preflight_method = two_headers(scope, b"origin", b"access-control-request-method")
         if origin is None:
             await self.app(scope, receive, send)
             return

@@ -25,25 +25,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import format_datetime
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.history_params import horizon, horizon_headers
-from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath
-from service.api.requests import (
-    etag_matches,
-    header,
-    parse_timestamp,
-    query_params,
-    region_from,
-    validate_image_id,
-)
+from service.api.history_routes import horizon, horizon_headers
+from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath, send_answer
+from service.api.query import parse
+from service.api.requests import etag_matches, header, parse_timestamp, region_from, validate_image_id
 from service.api.state import AppState
 from service.domain import describe
-from service.domain.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, CachedImage
-from service.errors import NotFound
+from service.domain.models import CachedImage
+from service.errors import BadRequest, NotFound
 from service.ingest.lookup import Answer, not_found_message
 from service.metrics import (
     ANSWER_HIT,
@@ -56,11 +51,13 @@ from service.metrics import (
     STALE_UNCONFIRMED,
 )
 from service.runtime import Runtime
+from service.settings import Settings
 from service.store import queries
 from service.support.bounded import BoundedDict
 
 PATH = "/v3/images/custom/{image_id}"
 X_CACHE = {outcome: (b"x-cache", outcome.encode()) for outcome in (ANSWER_HIT, ANSWER_MISS, ANSWER_STALE)}
+X_CACHE_HIT = X_CACHE[ANSWER_HIT]
 CACHE_LABEL = {ANSWER_HIT: CACHE_HIT, ANSWER_MISS: CACHE_MISS, ANSWER_STALE: CACHE_STALE}
 UNCONFIRMED = (b"x-cache-stale", STALE_UNCONFIRMED.encode())
 PREFIX = "/v3/images/custom/"
@@ -77,13 +74,10 @@ class Prepared:
 
     body: bytes
     etag: str
-    # Encoded once: Starlette would rebuild and re-encode them on every request. With `X-Cache: HIT` for the
-    # fast path (only Age, and now and then X-Cache-Stale, is added per answer), and without any X-Cache
-    # for the route's other outcomes.
+    # Encoded once: Starlette would rebuild and re-encode them on every request. Each answer adds its own
+    # X-Cache and Age (and now and then X-Cache-Stale, or the horizon of a past answer).
     headers_200: RawHeaders
     headers_304: RawHeaders
-    headers_200_bare: RawHeaders
-    headers_304_bare: RawHeaders
 
 
 def etag_for(image: CachedImage, window: int | None) -> str:
@@ -124,14 +118,7 @@ class PreparedAnswers:
                 (b"cache-control", b"no-cache"),
             ]
             headers_200 = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *validators]
-            prepared = Prepared(
-                body=body,
-                etag=etag,
-                headers_200=[*headers_200, X_CACHE[ANSWER_HIT]],
-                headers_304=[*validators, X_CACHE[ANSWER_HIT]],
-                headers_200_bare=headers_200,
-                headers_304_bare=validators,
-            )
+            prepared = Prepared(body=body, etag=etag, headers_200=headers_200, headers_304=validators)
             self._memo[key] = prepared
         return prepared
 
@@ -149,12 +136,21 @@ def unconfirmed(runtime: Runtime, image: CachedImage, now: float) -> bool:
     return False
 
 
+def hit_headers(runtime: Runtime, image: CachedImage) -> RawHeaders:
+    """A cached answer's X-Cache: HIT and Age, with X-Cache-Stale when it is `unconfirmed` (counted)."""
+    now = time.time()
+    headers = [X_CACHE_HIT, (b"age", b"%d" % max(0, int(now - image.confirmed_epoch)))]
+    if unconfirmed(runtime, image, now):
+        headers.append(UNCONFIRMED)
+        runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
+    return headers
+
+
 def answer_headers(
     runtime: Runtime, image: CachedImage, *, hit: bool, stale: str | None = None, historical: bool = False
 ) -> tuple[str, RawHeaders]:
-    """The answer's outcome (ANSWER_*) and its Age, X-Cache and (when it is not the confirmed truth of now)
+    """The answer's outcome (ANSWER_*) and its X-Cache, Age and (when it is not the confirmed truth of now)
     X-Cache-Stale headers; stale answers are counted by reason."""
-    now = time.time()
     if not hit:
         outcome = ANSWER_MISS
     elif historical:
@@ -163,23 +159,39 @@ def answer_headers(
         outcome = ANSWER_STALE
         stale = stale or STALE_AWS_ERROR
     else:
-        outcome = ANSWER_HIT
-        if unconfirmed(runtime, image, now):
-            stale = STALE_UNCONFIRMED
-    headers = [(b"age", b"%d" % max(0, int(now - image.confirmed_epoch))), X_CACHE[outcome]]
+        return ANSWER_HIT, hit_headers(runtime, image)
+    headers = [X_CACHE[outcome], (b"age", b"%d" % max(0, int(time.time() - image.confirmed_epoch)))]
     if stale is not None:
         headers.append((b"x-cache-stale", stale.encode()))
         runtime.metrics.stale_answers[stale] += 1
     return outcome, headers
 
 
-async def send_prepared(send: Send, prepared: Prepared, *, extra: RawHeaders, if_none_match: str | None) -> None:
-    if etag_matches(if_none_match, prepared.etag):
-        await send({"type": "http.response.start", "status": 304, "headers": [*prepared.headers_304_bare, *extra]})
-        await send({"type": "http.response.body", "body": b""})
-    else:
-        await send({"type": "http.response.start", "status": 200, "headers": [*prepared.headers_200_bare, *extra]})
-        await send({"type": "http.response.body", "body": prepared.body})
+def reply(prepared: Prepared, extra: RawHeaders, *, if_none_match: str | None) -> FastAnswer:
+    """(status, headers, body) of a prepared answer: 304 when If-None-Match holds its tag; `extra` ends the
+    headers (a list of this answer's own)."""
+    # Most requests carry no If-None-Match: then not even the call.
+    if if_none_match is not None and etag_matches(if_none_match, prepared.etag):
+        return 304, [*prepared.headers_304, *extra], b""
+    return 200, [*prepared.headers_200, *extra], prepared.body
+
+
+def question(image_id: str, query: bytes, settings: Settings) -> tuple[str, datetime | None]:
+    """What a describe asks, checked: the region (resolved) and the moment (`at`; None: now). BadRequest when
+    the id, region or moment is not valid; other parameters are ignored, as pcluster ignores them.
+
+    The one reading of a describe, for the route and for the fast path in front of it alike."""
+    validate_image_id(image_id)
+    if not query:
+        return settings.default_region, None
+    text = query.decode("latin-1")
+    # The usual query, read as `parse` reads it, without building a dict (and in a str, where `in` is cheaper).
+    if text.startswith("region=") and "&" not in text and "%" not in text and "+" not in text:
+        return region_from(text[7:], settings), None
+    params = parse(query)
+    region = region_from(params.get("region"), settings)
+    at = params.get("at")
+    return region, parse_timestamp(at, name="at") if at is not None else None
 
 
 class DescribeImage:
@@ -196,19 +208,15 @@ class DescribeImage:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.state.runtime
         image_id: str = scope["path_params"]["image_id"]
-        validate_image_id(image_id)
-        params = query_params(scope["query_string"])
-        region = region_from(params.get("region"), runtime.settings)
-        at = params.get("at")
+        region, at = question(image_id, scope["query_string"], runtime.settings)
         more: RawHeaders = []
         if at is not None:
-            moment = parse_timestamp(at, name="at")
-            past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=moment)
+            past = await queries.image_at(runtime.engine, region=region, image_id=image_id, at=at)
             if past is None or not past.exists:
                 raise NotFound(not_found_message(image_id))
             answer = Answer(past, hit=True)
             oldest = horizon(runtime.settings)
-            more = [(k.lower().encode(), v.encode()) for k, v in horizon_headers(oldest, past=moment < oldest).items()]
+            more = [(k.lower().encode(), v.encode()) for k, v in horizon_headers(oldest, past=at < oldest).items()]
         else:
             # Recently read records are answered without awaiting anything.
             recent = runtime.lookup.recent(region=region, image_id=image_id)
@@ -222,7 +230,7 @@ class DescribeImage:
             runtime, answer.image, hit=answer.hit, stale=answer.stale, historical=at is not None
         )
         scope[CACHE_KEY] = CACHE_LABEL[outcome]
-        await send_prepared(send, prepared, extra=[*extra, *more], if_none_match=header(scope, b"if-none-match"))
+        await send_answer(send, reply(prepared, [*extra, *more], if_none_match=header(scope, b"if-none-match")))
 
 
 def caller_of(scope: Scope) -> str:
@@ -239,7 +247,8 @@ def caller_of(scope: Scope) -> str:
 class FastDescribe(FastPath):
     """In front of the router: a describe whose record and prepared answer are both in memory is sent
     straight away. Anything else (a miss, `at=`, bad input, other routes) goes on to the router, which
-    answers it in full, so no behaviour lives only here.
+    answers it in full, so no behaviour lives only here: both read the request with `question` and answer
+    with `reply` (and `hit_headers`), and differ only in what they may await and how the answer is sent.
 
     `answer` is the decision and the bytes, synchronous (nothing awaited, nothing logged): when no middleware
     stands between them, the instrumented app outside calls it itself and sends the answer (service.api.app).
@@ -262,40 +271,20 @@ class FastDescribe(FastPath):
         ):
             return None
         image_id: str = scope["path"][PREFIX_LENGTH:]
-        # is_valid_image_id, written out.
-        if len(image_id) > IMAGE_ID_MAX_LENGTH or IMAGE_ID_PATTERN.fullmatch(image_id) is None:
-            return None
-        raw: bytes = scope["query_string"]
-        if raw.startswith(b"region=") and b"&" not in raw and b"%" not in raw and b"+" not in raw:
-            # The usual query, read as query_params would read it, without building a dict.
-            region, at = raw[7:].decode("latin-1"), False
-        else:
-            params = query_params(raw)
-            region, at = params.get("region", ""), "at" in params
-        region = region or runtime.settings.default_region
-        if at or region not in runtime.settings.regions:
+        try:
+            region, at = question(image_id, scope["query_string"], runtime.settings)
+        except BadRequest:
+            return None  # the route answers it
+        if at is not None:
             return None
         image = runtime.lookup.recent(region=region, image_id=image_id)
         if image is None or image.recheck_owed:
             # A record owing a look at AWS is answered STALE by the route.
             return None
-        # What memo_key and send_prepared do, written out: this runs for every cached answer, and each call
-        # saved is a few percent of its cost (test_app checks that both paths answer alike).
-        window = runtime.signer.window() if image.config.signable else None
-        prepared = self.answers.get((region, image_id, image.version, window))
+        prepared = self.answers.get(memo_key(runtime, image))
         if prepared is None:
             return None
         # For the instrumentation outside: which route answered, and from the cache.
         scope[ROUTE_KEY] = PATH
         scope[CACHE_KEY] = CACHE_HIT
-        now = time.time()
-        extra = [(b"age", b"%d" % max(0, int(now - image.confirmed_epoch)))]
-        if unconfirmed(runtime, image, now):
-            extra.append(UNCONFIRMED)
-            runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
-        for key, value in scope["headers"]:
-            if key == b"if-none-match":
-                if etag_matches(value.decode("latin-1"), prepared.etag):
-                    return 304, [*prepared.headers_304, *extra], b""
-                break
-        return 200, [*prepared.headers_200, *extra], prepared.body
+        return reply(prepared, hit_headers(runtime, image), if_none_match=header(scope, b"if-none-match"))

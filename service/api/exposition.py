@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api.compression import accepts_gzip
 from service.api.state import AppState
 from service.domain.status import BUILD_STATUS_BY_STACK_STATUS
 from service.metrics import (
@@ -251,6 +253,13 @@ def _counter(
     return family
 
 
+def _by_outcome(name: str, documentation: str, counts: Counter[str], *, always: Iterable[str]) -> CounterMetricFamily:
+    """A counter by outcome; the outcomes of `always` are exposed as 0 before they first happen."""
+    return _counter(
+        name, documentation, ("outcome",), [((outcome,), counts[outcome]) for outcome in sorted({*always, *counts})]
+    )
+
+
 def _histogram(family: HistogramMetricFamily, labels: Sequence[str], histogram: Histogram) -> None:
     buckets = [("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in histogram.cumulative()]
     family.add_metric(list(labels), buckets, histogram.sum)
@@ -291,24 +300,22 @@ def service_families(
         ("service", "operation", "outcome"),
         [((*name.split(".", 1), outcome), n) for (name, outcome), n in sorted(metrics.aws_calls.items())],
     )
-    yield _counter(
+    yield _by_outcome(
         "statuscache_live_lookups",
         "Describes the cache could not answer, by outcome: ok, not_found (404), throttled, error, budget (refused "
         "by this process's live-lookup budget, no AWS call), coalesced (joined a lookup in flight).",
-        ("outcome",),
-        [((outcome,), metrics.lookups[outcome]) for outcome in sorted({*LOOKUP_OUTCOMES, *metrics.lookups})],
+        metrics.lookups, always=LOOKUP_OUTCOMES,
     )
     yield _counter(
         "statuscache_live_lookup_aws_calls",
         "AWS calls made by live lookups: per lookup, what a cached answer saves.", (),
         [((), metrics.lookup_aws_calls)],
     )
-    yield _counter(
+    yield _by_outcome(
         "statuscache_events",
         "Queue messages and events by what became of them: received, applied, duplicates, stale (news the cache "
         "already had), poison, ignored, refreshed, deleted, ...",
-        ("outcome",),
-        [((outcome,), metrics.events[outcome]) for outcome in sorted({*EVENT_OUTCOMES, *metrics.events})],
+        metrics.events, always=EVENT_OUTCOMES,
     )
     lag = HistogramMetricFamily(
         "statuscache_event_lag_seconds", "From an event's time (EventBridge's) to its change being committed here."
@@ -400,7 +407,7 @@ class MetricsEndpoint:
         registry.register(self._process)
         rest = generate_latest(registry)
         headers = {"Cache-Control": "no-store"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        if accepts_gzip(request.headers.get("accept-encoding")):
             body = rendered.gzip.finish(rest)
             headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"

@@ -9,31 +9,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api import pages
-from service.api.compression import Compressor
-from service.api.requests import optional_timestamp, parse_limit, region_from, validate_image_id
-from service.api.state import AppState
+from service.api.history_routes import HistoryRoute
+from service.api.query import Query, parse_limit
+from service.api.requests import validate_image_id
 from service.errors import NotFound
 from service.ingest.lookup import not_found_message
 from service.store import queries
 
 PATH = "/v3/images/custom/{image_id}/history"
+PARAMETERS = ("region", "since", "until", "limit", "nextToken")
 MAX_LIMIT = 1000
 
 
-class ImageHistory:
-    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
-        self.state = state
-        self.tokens = tokens
-        self._compressor = Compressor()
-
+class ImageHistory(HistoryRoute):
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
         image_id = request.path_params["image_id"]
         validate_image_id(image_id)
-        params = dict(request.query_params)
-        region = region_from(params.get("region"), runtime.settings)
-        since = optional_timestamp(params, "since")
-        until = optional_timestamp(params, "until")
+        params = Query(request.scope["query_string"]).only(PARAMETERS)
+        region = params.region(runtime.settings)
+        # Both ends included: this route's window is older than the half-open one of the fleet's routes.
+        since, until = params.timestamp("since"), params.timestamp("until")
+        # An empty limit= is refused here, as it always was (the fleet's routes read it as not given).
         limit = parse_limit(params.get("limit"), default=100, maximum=MAX_LIMIT)
         # A page continues one query: this image, region and time window (the page size may change).
         query = pages.query(
@@ -48,4 +45,4 @@ class ImageHistory:
         body: dict[str, Any] = {"imageId": image_id, "region": region, "transitions": page.transitions}
         if page.next_after is not None:
             body["nextToken"] = await self.tokens.issue(page.next_after, query=query)
-        return self._compressor.answer(request, orjson.dumps(body))
+        return self.compressor.answer(request, orjson.dumps(body))

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.compression import Compressor
+from service.api.query import parse
 from service.api.requests import region_from
 from service.api.state import AppState
 from service.domain.describe import iso_time
@@ -53,7 +54,7 @@ class ImageStates:
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
-        asked = request.query_params.get("region")
+        asked = parse(request.scope["query_string"]).get("region")
         regions = (region_from(asked, runtime.settings),) if asked else runtime.settings.regions
         body, etag = await self._answer(runtime, regions)
         return self._compressor.answer(request, body, etag=etag, headers={"Cache-Control": "no-cache"})

@@ -40,20 +40,11 @@ ACCEPTED_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 access = logging.getLogger("service.access")
 
 
-def route_of(scope: Scope) -> str:
-    """The route's path template (a bounded set of label values), never the path asked for."""
-    named: str | None = scope.get(ROUTE_KEY)
-    if named is not None:
-        return named
-    path: str | None = getattr(scope.get("route"), "path", None)
-    return path if path is not None else UNMATCHED
-
-
-def cache_of(scope: Scope, status: int) -> str:
-    if status == 304:
-        return CACHE_NOT_MODIFIED
-    outcome: str = scope.get(CACHE_KEY, CACHE_NONE)
-    return outcome
+def labels(scope: Scope, status: int) -> tuple[str, int, str]:
+    """A request's counter labels: its route's path template (a bounded set of values, never the path asked
+    for), its status, and its cache outcome."""
+    route: str = scope[ROUTE_KEY] if ROUTE_KEY in scope else getattr(scope.get("route"), "path", UNMATCHED)
+    return route, status, CACHE_NOT_MODIFIED if status == 304 else scope.get(CACHE_KEY, CACHE_NONE)
 
 
 _clock = time.perf_counter
@@ -79,9 +70,14 @@ class FastPath:
         if answer is None:
             await self.app(scope, receive, send)
             return
-        status, headers, body = answer
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_answer(send, answer)
+
+
+async def send_answer(send: Send, answer: FastAnswer) -> None:
+    """Send a whole answer: its status and headers, then its body."""
+    status, headers, body = answer
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class Instrument:
@@ -127,6 +123,7 @@ class Instrument:
                 headers.append(header)  # a list made for this answer alone
                 scope[STATUS_KEY] = status
                 try:
+                    # send_answer's two messages, without its coroutine frame: this is every cached answer.
                     await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": body})
                 finally:
@@ -159,10 +156,7 @@ class Instrument:
             self._requests = runtime.metrics.http_requests if runtime is not None else None
         requests = self._requests
         if requests is not None:
-            # route_of and cache_of, inlined: this runs for every request.
-            route: str = scope[ROUTE_KEY] if ROUTE_KEY in scope else getattr(scope.get("route"), "path", UNMATCHED)
-            cache: str = CACHE_NOT_MODIFIED if status == 304 else scope.get(CACHE_KEY, CACHE_NONE)
-            histogram = requests[(route, status, cache)]
+            histogram = requests[labels(scope, status)]
             histogram.counts[bisect_left(histogram.buckets, elapsed)] += 1
             histogram.sum += elapsed
         if self.access_log:
@@ -170,6 +164,7 @@ class Instrument:
 
     def _log(self, scope: Scope, status: int, elapsed: float) -> None:
         query = scope.get("query_string", b"").decode("latin-1")
+        route, _, cache = labels(scope, status)
         token = CONTEXT.set((scope, LOG_FIELDS))
         try:
             access.info(
@@ -180,8 +175,8 @@ class Instrument:
                     "path": scope["path"],
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 3),
-                    "route": route_of(scope),
-                    "cache": cache_of(scope, status),
+                    "route": route,
+                    "cache": cache,
                 },
             )
         finally:

@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -30,14 +31,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import pages
 from service.api.compression import LEVEL, MIN_SIZE, Compressor, accepts_gzip, weak
-from service.api.history_params import horizon, horizon_headers
-from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath
-from service.api.requests import etag_matches, header, parse_timestamp, query_params, region_from
+from service.api.history_routes import horizon, horizon_headers
+from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath, send_answer
+from service.api.query import parse
+from service.api.requests import etag_matches, header, parse_timestamp, region_from
 from service.api.state import AppState
 from service.domain.listing import IMAGE_STATUS_FILTERS
 from service.errors import BadRequest
 from service.metrics import CACHE_HIT
 from service.runtime import Runtime
+from service.settings import Settings
 from service.store import fleet, queries
 from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
@@ -45,6 +48,8 @@ from service.support.singleflight import SingleFlight
 PATH = "/v3/images/custom"
 # Pages are ~15 KB: a thousand (any region, filter and token) is 15 MB at most.
 PAGE_MAX_ENTRIES = 1000
+# Pages of the list as it stood at a moment (`at=`).
+AT_PAGE_SIZE = 100
 
 PageKey = tuple[str, str, str | None]
 RawHeaders = list[tuple[bytes, bytes]]
@@ -101,7 +106,7 @@ def prepare(body: bytes, *, generation: int, built_at: float) -> Page:
     )
 
 
-def page_answer(page: Page, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def page_answer(page: Page, scope: Scope) -> FastAnswer:
     """(status, headers, body) of a prepared page for this request; the headers are a list of its own."""
     gzipped = page.gzipped
     compressed = gzipped is not None and accepts_gzip(header(scope, b"accept-encoding"))
@@ -114,12 +119,21 @@ def page_answer(page: Page, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]
     return 200, [*page.headers_200], page.body
 
 
-async def send_page(send: Send, page: Page, scope: Scope) -> None:
-    status, headers, body = page_answer(page, scope)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def question(query: bytes, settings: Settings) -> tuple[PageKey, datetime | None]:
+    """What a list request asks, checked: its page (region resolved, imageStatus, nextToken as given; None when
+    empty) and the moment (`at`; None: now). BadRequest as pcluster's (other parameters are ignored, as
+    pcluster ignores them).
 
-AT_PAGE_SIZE = 100
+    The one reading of a list request, for the route and for the fast path in front of it alike."""
+    params = parse(query)
+    image_status = params.get("imageStatus")
+    if image_status is None:
+        raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
+    if image_status not in IMAGE_STATUS_FILTERS:
+        raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
+    region = region_from(params.get("region"), settings)
+    at = params.get("at")
+    return (region, image_status, params.get("nextToken") or None), parse_timestamp(at, name="at") if at else None
 
 
 class ListImages:
@@ -137,31 +151,22 @@ class ListImages:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.state.runtime
-        params = query_params(scope["query_string"])
-        image_status = params.get("imageStatus")
-        if image_status is None:
-            raise BadRequest("Bad Request: Missing query parameter 'imageStatus'")
-        if image_status not in IMAGE_STATUS_FILTERS:
-            raise BadRequest(f"Bad Request: {image_status!r} is not one of ['AVAILABLE', 'PENDING', 'FAILED']")
-        region = region_from(params.get("region"), runtime.settings)
-        at = params.get("at")
-        if at:
-            await self._answer_at(scope, receive, send, runtime, region=region, image_status=image_status, at=at)
+        key, at = question(scope["query_string"], runtime.settings)
+        if at is not None:
+            await self._answer_at(scope, receive, send, runtime, key=key, at=at)
             return
-        key = (region, image_status, params.get("nextToken") or None)
         page = self.remembered(runtime, key) or await self._building.run(key, lambda: self._build(runtime, key))
-        await send_page(send, page, scope)
+        await send_answer(send, page_answer(page, scope))
 
     async def _answer_at(
-        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, *, region: str, image_status: str, at: str
+        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, *, key: PageKey, at: datetime
     ) -> None:
         """A page of the list as it stood at `at`; its token is signed for this very question."""
-        moment = parse_timestamp(at, name="at")
-        request = Request(scope, receive)
-        query = pages.query(PATH, region=region, imageStatus=image_status, at=moment.isoformat())
-        after = await self.tokens.read(request.query_params.get("nextToken"), query=query, kind=str)
+        region, image_status, token = key
+        query = pages.query(PATH, region=region, imageStatus=image_status, at=at.isoformat())
+        after = await self.tokens.read(token, query=query, kind=str)
         page = await fleet.images_at(
-            runtime.engine, region=region, image_status=image_status, at=moment, after=after, limit=AT_PAGE_SIZE,
+            runtime.engine, region=region, image_status=image_status, at=at, after=after, limit=AT_PAGE_SIZE,
             query_seconds=runtime.settings.history_query_seconds,
         )
         runtime.metrics.history_queries["fleet_at"] += 1
@@ -171,8 +176,8 @@ class ListImages:
         body = orjson.dumps(document)
         etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
         oldest = horizon(runtime.settings)
-        headers = {"Cache-Control": "no-cache", **horizon_headers(oldest, past=moment < oldest)}
-        response = self._at_compressor.answer(request, body, etag=etag, headers=headers)
+        headers = {"Cache-Control": "no-cache", **horizon_headers(oldest, past=at < oldest)}
+        response = self._at_compressor.answer(Request(scope, receive), body, etag=etag, headers=headers)
         await response(scope, receive, send)
 
     def remembered(self, runtime: Runtime, key: PageKey) -> Page | None:
@@ -215,7 +220,7 @@ class ListImages:
 class FastList(FastPath):
     """In front of the router: a list request whose page is remembered is answered straight away. Anything
     else (a page to build, bad input, other routes) goes on to the router, which answers it in full, so no
-    behaviour lives only here.
+    behaviour lives only here: both read the request with `question` and answer with `page_answer`.
     """
 
     def __init__(self, app: ASGIApp, route: ListImages) -> None:
@@ -234,12 +239,13 @@ class FastList(FastPath):
             or scope.get("root_path")
         ):
             return None
-        params = query_params(scope["query_string"])
-        image_status = params.get("imageStatus")
-        region = params.get("region") or runtime.settings.default_region
-        if image_status not in IMAGE_STATUS_FILTERS or region not in runtime.settings.regions or "at" in params:
+        try:
+            key, at = question(scope["query_string"], runtime.settings)
+        except BadRequest:
+            return None  # the route answers it
+        if at is not None:
             return None
-        page = self.route.remembered(runtime, (region, image_status, params.get("nextToken") or None))
+        page = self.route.remembered(runtime, key)
         if page is None:
             return None
         # For the instrumentation outside: which route answered (the router, which names it, never ran).

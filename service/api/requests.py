@@ -1,10 +1,11 @@
-"""Reading a request: the query string and headers straight from the ASGI scope, and every parameter check."""
+"""Reading a request: its headers straight from the ASGI scope, and the checks of its values (the query string's
+reader is service.api.query)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
-from urllib.parse import parse_qsl
 
 from starlette.types import Scope
 
@@ -12,21 +13,6 @@ from service.domain.models import IMAGE_ID_MAX_LENGTH, IMAGE_ID_PATTERN, REGION_
 from service.errors import BadRequest
 from service.settings import Settings
 from service.support.clock import as_utc
-
-
-def query_params(raw: bytes) -> dict[str, str]:
-    """The query string as Starlette reads it (last value wins), without its objects on the hot path."""
-    if not raw:
-        return {}
-    text = raw.decode("latin-1")
-    if "%" in text or "+" in text:
-        return dict(parse_qsl(text, keep_blank_values=True))
-    params: dict[str, str] = {}
-    for part in text.split("&"):
-        if part:
-            key, _, value = part.partition("=")
-            params[key] = value
-    return params
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -38,8 +24,51 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def is_valid_image_id(image_id: str) -> bool:
-    return len(image_id) <= IMAGE_ID_MAX_LENGTH and IMAGE_ID_PATTERN.fullmatch(image_id) is not None
+def two_headers(scope: Scope, first: bytes, second: bytes) -> tuple[bytes | None, bytes | None]:
+    """Two request headers' raw values (names lower-case; the last one of a repeated header), or None."""
+    first_value = second_value = None
+    for key, value in scope["headers"]:
+        if key == first:
+            first_value = value
+        elif key == second:
+            second_value = value
+    return first_value, second_value
+
+
+def weighted(item: str) -> tuple[str, float]:
+    """One item of an Accept-style header (`gzip;q=0.5`): its value, lower-cased, and its quality: 1 unless a q
+    is given, 0 when that q is not a number."""
+    value, _, options = item.strip().partition(";")
+    quality = 1.0
+    if options:
+        for option in options.split(";"):
+            name, _, number = option.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(number)
+                except ValueError:
+                    quality = 0.0
+    return value.strip().lower(), quality
+
+
+def negotiate(accept: str | None, offered: Sequence[str]) -> str:
+    """The media type to answer in: the first of `offered` the Accept header prefers (by q, then its order);
+    `offered[0]` when it names none of them (no header, */*, or only types not offered)."""
+    if not accept:
+        return offered[0]
+    ranked = []
+    for position, item in enumerate(accept.split(",")):
+        media, quality = weighted(item)
+        if quality > 0:
+            ranked.append((-quality, position, media))
+    for _, _, media in sorted(ranked):
+        if media in offered:
+            return media
+        if media in ("*/*", "application/*"):
+            return offered[0]
+        if media.endswith("/*") and (match := [kind for kind in offered if kind.startswith(media[:-1])]):
+            return match[0]
+    return offered[0]
 
 
 def validate_image_id(image_id: str) -> None:
@@ -73,23 +102,6 @@ def parse_timestamp(value: str, *, name: str) -> datetime:
             f"Bad Request: {name} must be an ISO 8601 timestamp between years 1 and 9999 UTC, "
             f"e.g. 2022-03-30T23:23:33Z; got {value!r}"
         ) from exc
-
-
-def optional_timestamp(params: dict[str, str], name: str) -> datetime | None:
-    value = params.get(name)
-    return parse_timestamp(value, name=name) if value else None
-
-
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
-
-
-def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
-    if raw is None:
-        return default
-    # ASCII digits, matched in full: str.isdigit() also takes "²", which int() then refuses.
-    if not _WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= maximum:
-        raise BadRequest(f"Bad Request: limit must be a whole number from 1 to {maximum}; got {raw!r}")
-    return int(raw)
 
 
 # A change sequence number is a PostgreSQL bigint: at most 19 digits, and no more than 2**63 - 1.

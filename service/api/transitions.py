@@ -19,20 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from service.api import pages
-from service.api.compression import Compressor
-from service.api.history_params import (
-    CSV,
-    JSON,
-    NDJSON,
-    ORDERS,
-    Params,
-    horizon,
-    horizon_fields,
-    horizon_headers,
-    negotiate,
-)
-from service.api.requests import region_from
-from service.api.state import AppState
+from service.api.errors import JSON
+from service.api.history_routes import HistoryRoute, horizon, horizon_fields, horizon_headers
+from service.api.query import ORDERS, Query
+from service.api.requests import negotiate
 from service.domain.models import Source
 from service.domain.status import BUILD_STATUS_BY_STACK_STATUS
 from service.errors import BadRequest, BadToken
@@ -48,6 +38,8 @@ PARAMETERS = ("region", "since", "until", "imageBuildStatus", "imageId", "source
 BUILD_STATUSES = tuple(dict.fromkeys(BUILD_STATUS_BY_STACK_STATUS.values()))
 SOURCES = tuple(source.value for source in Source)
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
 EXPORT_BATCH = 1000
 CSV_COLUMNS = (
     "imageId", "region", "time", "observedTime", "source", "imageBuildStatus", "cloudformationStackStatus",
@@ -61,20 +53,14 @@ def item(row: Any) -> dict[str, Any]:
     return {"imageId": row.image_id, "region": row.region, **transition_json(row)}
 
 
-class FleetTransitions:
-    def __init__(self, state: AppState, tokens: pages.PageTokens) -> None:
-        self.state = state
-        self.tokens = tokens
-        # A page of 100 rows is tens of KB of JSON: gzipped when the client accepts it.
-        self._compressor = Compressor()
-
+class FleetTransitions(HistoryRoute):
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
         settings = runtime.settings
-        params = Params(request.url.query, allowed=PARAMETERS)
+        params = Query(request.scope["query_string"]).only(PARAMETERS)
         since, until = params.window()
         where = fleet.TransitionFilter(
-            region=region_from(params.text("region"), settings),
+            region=params.region(settings),
             since=since,
             until=until,
             build_status=params.choice("imageBuildStatus", BUILD_STATUSES),
@@ -125,7 +111,7 @@ class FleetTransitions:
             moment, row_id = page.next_key
             # Where the next page starts, and the newest row of this paging session.
             body["nextToken"] = await self.tokens.issue(f"{moment.isoformat()} {row_id} {upto}", query=query)
-        return self._compressor.answer(request, orjson.dumps(body), headers=headers)
+        return self.compressor.answer(request, orjson.dumps(body), headers=headers)
 
 
 def _time(moment: datetime | None) -> str | None:
