@@ -150,7 +150,7 @@ class Change:
     # stays, and a recheck of the image is owed (service.domain.rechecks).
     unknown: frozenset[str] = frozenset()
     # A whole observation: every part pcluster would read for this image now, not an event's patch. One
-    # with nothing unknown settles a recheck owed of the image.
+    # with nothing unknown settles the image's recheck, if one is owed.
     whole: bool = False
 
 

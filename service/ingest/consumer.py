@@ -4,10 +4,10 @@ What an event means is decided in service.domain.plans; this module does the rea
 
 An event whose look at AWS gets no answer (a targeted refresh, or EC2 naming an unplaced AMI's image) is
 not lost to it: a recheck is recorded as owed (service.domain.rechecks) in the same transaction that
-records the event as processed, and the rechecker takes it from there. That, rather than leaving the message on the
-queue, because a queue gives up after maxReceiveCount deliveries (to the dead-letter queue, where the
-service no longer sees it) while an AWS outage can last longer; and because one event in a batch of ten
-should not hold back the other nine.
+records the event as processed, and the rechecker takes it from there. That, rather than leaving the
+message on the queue, because a queue gives up after maxReceiveCount deliveries (to the dead-letter queue,
+where the service no longer sees it) while an AWS outage can last longer; and because one event in a batch
+of ten should not hold back the other nine.
 """
 
 from __future__ import annotations
