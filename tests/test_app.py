@@ -86,6 +86,7 @@ async def test_ami_path_wins_and_has_no_cloudformation_fields(client: httpx.Asyn
         ("UPDATE_ROLLBACK_COMPLETE", None, "BUILD_FAILED"),
     ],
 )
+@pytest.mark.slow
 async def test_live_and_cached_answers_are_identical_for_every_stack_branch(
     client: httpx.AsyncClient, aws_state: FakeAws, stack_status: str, reason: str | None, build_status: str
 ) -> None:
@@ -106,6 +107,7 @@ async def test_live_and_cached_answers_are_identical_for_every_stack_branch(
     assert body.get("cloudformationStackStatusReason") == reason
 
 
+@pytest.mark.slow
 async def test_live_and_cached_answers_are_identical_on_the_ami_path(
     client: httpx.AsyncClient, aws_state: FakeAws
 ) -> None:
@@ -116,6 +118,7 @@ async def test_live_and_cached_answers_are_identical_on_the_ami_path(
     assert "description" not in live.json()["ec2AmiInfo"]
 
 
+@pytest.mark.slow
 async def test_reconciled_answer_equals_live_answer(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime, settings: Any
 ) -> None:
@@ -149,6 +152,7 @@ async def test_image_builder_failure_leaves_its_fields_out(client: httpx.AsyncCl
         assert "imagebuilderImageStatusReason" not in response.json()
 
 
+@pytest.mark.slow
 async def test_unknown_bucket_gives_not_available_url(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="no-bucket", bucket="bucket-that-was-deleted")
     aws_state.reset_calls()
@@ -175,6 +179,7 @@ async def test_missing_image_is_pcluster_404_and_remembered(client: httpx.AsyncC
     assert aws_state.total_calls() == calls_after_first
 
 
+@pytest.mark.slow
 async def test_cached_hit_makes_zero_aws_calls(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="hot-image")
     await describe(client, "hot-image")
@@ -243,6 +248,7 @@ async def test_longest_valid_id_is_accepted(client: httpx.AsyncClient, aws_state
     assert response.status_code == 404
 
 
+@pytest.mark.slow
 async def test_region_defaults_to_first_configured_and_is_reported(
     client: httpx.AsyncClient, aws_state: FakeAws
 ) -> None:
@@ -270,6 +276,7 @@ async def test_etag_and_if_none_match_answer_304_without_body(client: httpx.Asyn
     assert other.status_code == 200
 
 
+@pytest.mark.slow
 async def test_weak_if_none_match_matches_on_both_paths_and_on_list_pages(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -287,6 +294,7 @@ async def test_weak_if_none_match_matches_on_both_paths_and_on_list_pages(
     assert revalidated.status_code == 304
 
 
+@pytest.mark.slow
 async def test_if_modified_since_is_ignored_because_last_modified_misses_url_changes(
     client: httpx.AsyncClient, aws_state: FakeAws
 ) -> None:
@@ -299,6 +307,7 @@ async def test_if_modified_since_is_ignored_because_last_modified_misses_url_cha
     assert later.content == first.content
 
 
+@pytest.mark.slow
 async def test_etag_changes_when_the_record_changes(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -313,6 +322,7 @@ async def test_etag_changes_when_the_record_changes(
     assert (await client.get(URL.format("moving"), headers={"If-None-Match": first.headers["etag"]})).status_code == 200
 
 
+@pytest.mark.slow
 async def test_last_modified_and_age_headers(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="aged")
     response = await describe(client, "aged")
@@ -331,6 +341,7 @@ async def test_aws_down_with_nothing_cached_is_503(client: httpx.AsyncClient, aw
     assert set(response.json()) == {"message"}
 
 
+@pytest.mark.slow
 async def test_aws_down_still_serves_what_is_cached(client: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="survivor")
     await describe(client, "survivor")
@@ -469,6 +480,7 @@ async def test_middleware_sees_every_request_cached_describes_included(
     ]
 
 
+@pytest.mark.slow
 async def test_describe_and_list_ignore_parameters_they_do_not_take_as_pcluster_does(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -529,6 +541,7 @@ async def test_aws_unreachable_503_asks_to_retry_later(client: httpx.AsyncClient
     assert response.json() == {"message": "The image is not cached and AWS could not be reached; retry later."}
 
 
+@pytest.mark.slow
 async def test_answer_not_confirmed_for_longer_than_the_bound_says_so(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
@@ -581,6 +594,7 @@ async def test_answers_are_unconfirmed_from_the_moment_reconciling_fails(
     assert runtime.metrics.stale_answers == {"unconfirmed": 1}
 
 
+@pytest.mark.slow
 async def test_a_past_answer_carries_no_staleness(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:

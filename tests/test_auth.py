@@ -266,6 +266,7 @@ async def sign_in(http: httpx.AsyncClient, token: str = ALICE) -> str:
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_token_buys_a_session_cookie_that_every_protected_route_accepts(
     protected: Protected, aws_state: FakeAws
@@ -388,6 +389,7 @@ async def test_a_forged_cookie_right_after_start_up_costs_no_query(
 # --- logs ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_the_caller_is_logged_with_each_request_and_no_token_or_cookie_ever_is(
     protected: Protected, aws_state: FakeAws, caplog: pytest.LogCaptureFixture, tmp_path: Path

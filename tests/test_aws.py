@@ -202,6 +202,7 @@ def imagebuilder_arn(image_id: str) -> str:
     return f"arn:aws:imagebuilder:{REGION}:123456789012:image/parallelclusterimage-{image_id}/3.9.0/1"
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("status", "reason"), [("BUILDING", None), ("AVAILABLE", None), ("FAILED", "Build timed out")])
 async def test_imagebuilder_state_reads_get_image(aws_state: FakeAws, status: str, reason: str | None) -> None:
@@ -217,6 +218,7 @@ async def test_imagebuilder_state_reads_get_image(aws_state: FakeAws, status: st
     assert aws_state.calls["imagebuilder.GetImage"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 @pytest.mark.parametrize("throttles", [1, 2, 3])
 async def test_imagebuilder_state_retries_call_rate_limit_exceeded(aws_state: FakeAws, throttles: int) -> None:
@@ -233,6 +235,7 @@ async def test_imagebuilder_state_retries_call_rate_limit_exceeded(aws_state: Fa
     assert aws_state.calls["imagebuilder.GetImage"] == throttles + 1
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_imagebuilder_state_gives_up_after_four_throttles(aws_state: FakeAws) -> None:
     arn = imagebuilder_arn("busy")

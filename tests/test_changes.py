@@ -263,6 +263,7 @@ async def test_other_methods_are_answered_by_the_router(client: httpx.AsyncClien
     assert response.json() == {"message": "Method Not Allowed"}
 
 
+@pytest.mark.slow
 async def test_beyond_the_client_limit_a_stream_is_refused_with_503_and_retry_after(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:
@@ -287,6 +288,7 @@ async def test_an_idle_stream_gets_heartbeats(runtime: Runtime, aws_state: FakeA
     assert follower.comments.count(": keepalive") >= 1 and follower.ids == []
 
 
+@pytest.mark.slow
 async def test_the_tailer_reads_once_per_interval_however_many_clients_follow(
     runtime: Runtime, aws_state: FakeAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -461,6 +463,7 @@ async def execute(runtime: Runtime, statements: tuple[str, ...]) -> None:
             await connection.execute(text(statement))
 
 
+@pytest.mark.slow
 async def test_racing_writers_never_make_the_stream_skip_a_revision(settings: Settings, aws_state: FakeAws) -> None:
     tuned = dataclasses.replace(settings, sse_poll_seconds=0.05)
     runtimes = [Runtime.build(tuned, engine=db.create_engine(tuned), aws=Aws()) for _ in range(4)]

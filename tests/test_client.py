@@ -135,6 +135,7 @@ def test_no_service_is_a_clear_error_of_the_same_family() -> None:
     assert unreachable.value.message.startswith("statuscache at http://127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_list_images_pages_and_iterates_every_image(live_service: LiveService, aws_state: FakeAws) -> None:
     for index in range(103):
         aws_state.create_ami(region=REGION, image_id=f"cl-list-{index:03d}")
@@ -151,6 +152,7 @@ def test_list_images_pages_and_iterates_every_image(live_service: LiveService, a
     assert [image["image_id"] for image in every] == [f"cl-list-{index:03d}" for index in range(103)]
 
 
+@pytest.mark.slow
 def test_history_and_time_travel(live_service: LiveService, aws_state: FakeAws) -> None:
     runtime = live_service.app.state.runtime
     aws_state.create_image_stack(region=REGION, image_id="cl-history")
@@ -174,6 +176,7 @@ def test_history_and_time_travel(live_service: LiveService, aws_state: FakeAws) 
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_module_functions_use_statuscache_url(
     live_service: LiveService, aws_state: FakeAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -207,6 +210,7 @@ async def test_the_async_twin_answers_the_same(live_service: LiveService, aws_st
     assert {image["image_id"] for image in pending} == {"cl-building", "cl-no-ib", "cl-early"}
 
 
+@pytest.mark.slow
 def test_watch_sees_a_change_made_in_the_service(live_service: LiveService, aws_state: FakeAws) -> None:
     runtime = live_service.app.state.runtime
     aws_state.create_image_stack(region=REGION, image_id="cl-watched")

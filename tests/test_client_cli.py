@@ -32,6 +32,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return status, captured.out
 
 
+@pytest.mark.slow
 def test_describe_image_prints_what_pcluster_prints(
     live_service: LiveService, aws_state: FakeAws, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -88,6 +89,7 @@ def test_region_comes_from_aws_default_region_as_in_pcluster(
     assert status == 0 and json.loads(out)["region"] == "eu-west-1"
 
 
+@pytest.mark.slow
 def test_list_images_prints_pclusters_page_and_takes_a_query(
     live_service: LiveService, aws_state: FakeAws, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,6 +110,7 @@ def test_list_images_prints_pclusters_page_and_takes_a_query(
     assert (status, json.loads(out)) == (1, {"message": "Bad Request: nextToken is not one this service issued"})
 
 
+@pytest.mark.slow
 def test_image_history_is_a_table_or_json(
     live_service: LiveService, aws_state: FakeAws, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -71,6 +71,7 @@ async def a_full_page(runtime: Runtime, aws: FakeAws, count: int = 12) -> None:
     await runtime.reconciler.run_once()
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_list_page_is_gzipped_when_accepted_with_its_etag_weakened(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
@@ -124,6 +125,7 @@ async def test_a_describe_answer_is_never_compressed(
     assert all(not answer.headers["etag"].startswith("W/") for answer in answers)
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_small_answers_stay_plain(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     aws_state.create_ami(region=REGION, image_id="alone")

@@ -82,6 +82,7 @@ async def test_connections_that_never_finish_their_headers_are_closed(runtime: R
     assert {status_and_body(answer)[0] for answer in answers} == {408}
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_kept_alive_connection_outlives_the_header_timeout_between_requests(runtime: Runtime) -> None:
     async with running(runtime, header_timeout_seconds=0.5) as server:

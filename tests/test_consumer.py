@@ -135,6 +135,7 @@ async def known_building_image(runtime: Runtime, aws: FakeAws, image_id: str) ->
     return stack_id
 
 
+@pytest.mark.slow
 async def test_stack_event_for_a_known_image_is_applied_without_aws_calls(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -154,6 +155,7 @@ async def test_stack_event_for_a_known_image_is_applied_without_aws_calls(
     assert last["time"] == stamp(10).replace("Z", ".000Z")
 
 
+@pytest.mark.slow
 async def test_imagebuilder_event_maps_by_the_stack_resource_arn(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -167,6 +169,7 @@ async def test_imagebuilder_event_maps_by_the_stack_resource_arn(
     assert aws_state.total_calls() - aws_state.total_calls("sqs") == 0
 
 
+@pytest.mark.slow
 async def test_ami_events_update_state_and_deregistration_makes_it_gone(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -182,6 +185,7 @@ async def test_ami_events_update_state_and_deregistration_makes_it_gone(
     assert response.status_code == 404
 
 
+@pytest.mark.slow
 async def test_event_for_an_unknown_image_triggers_one_targeted_refresh(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -214,6 +218,7 @@ async def test_stack_events_of_other_stacks_are_not_cached(
     assert queue.depth() == 0
 
 
+@pytest.mark.slow
 async def test_duplicate_event_changes_nothing(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -229,6 +234,7 @@ async def test_duplicate_event_changes_nothing(
     assert statuses == ["CREATE_IN_PROGRESS", "CREATE_COMPLETE"]
 
 
+@pytest.mark.slow
 async def test_older_event_does_not_overwrite_newer_state(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -242,6 +248,7 @@ async def test_older_event_does_not_overwrite_newer_state(
     assert len(await history(client, "evt-order")) == 2
 
 
+@pytest.mark.slow
 async def test_event_older_than_the_last_reconcile_is_not_applied(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -251,6 +258,7 @@ async def test_event_older_than_the_last_reconcile_is_not_applied(
     assert (await describe(client, "evt-late"))["cloudformationStackStatus"] == "CREATE_IN_PROGRESS"
 
 
+@pytest.mark.slow
 async def test_unreadable_message_is_kept_counted_and_deleted(
     runtime: Runtime, aws_state: FakeAws, queue: Queue
 ) -> None:
@@ -275,6 +283,7 @@ async def test_unrelated_events_are_counted_and_deleted(runtime: Runtime, aws_st
     assert queue.depth() == 0
 
 
+@pytest.mark.slow
 async def test_crash_between_commit_and_delete_redelivers_harmlessly(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -320,6 +329,7 @@ async def test_failed_batch_delete_entries_are_retried(runtime: Runtime) -> None
     assert metrics.events["deleted"] == 3
 
 
+@pytest.mark.slow
 async def test_database_down_deletes_nothing(runtime: Runtime, aws_state: FakeAws, queue: Queue) -> None:
     stack_id = await known_building_image(runtime, aws_state, "evt-dbdown")
     queue.send(stack_event(stack_id, "CREATE_COMPLETE", at=20))
@@ -333,6 +343,7 @@ async def test_database_down_deletes_nothing(runtime: Runtime, aws_state: FakeAw
     assert queue.depth() == 1
 
 
+@pytest.mark.slow
 async def test_lost_event_is_repaired_by_reconcile_and_counted(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -347,6 +358,7 @@ async def test_lost_event_is_repaired_by_reconcile_and_counted(
     assert (await history(client, "evt-lost"))[-1]["source"] == "reconcile"
 
 
+@pytest.mark.slow
 async def test_event_in_the_same_second_as_a_reconcile_is_settled_by_a_refresh(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -369,6 +381,7 @@ async def test_event_in_the_same_second_as_a_reconcile_is_settled_by_a_refresh(
 LATER = timedelta(minutes=10)
 
 
+@pytest.mark.slow
 async def test_event_whose_refresh_aws_refuses_is_kept_and_applied_once_aws_answers(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -392,6 +405,7 @@ async def test_event_whose_refresh_aws_refuses_is_kept_and_applied_once_aws_answ
     assert await runtime.rechecker.backlog() == 0
 
 
+@pytest.mark.slow
 async def test_new_image_builder_image_of_a_cached_image_is_stale_until_it_can_be_read(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -412,6 +426,7 @@ async def test_new_image_builder_image_of_a_cached_image_is_stale_until_it_can_b
     assert (await client.get("/v3/images/custom/evt-rebuilt")).headers["x-cache"] == "HIT"
 
 
+@pytest.mark.slow
 async def test_ami_event_that_ec2_cannot_place_is_kept_until_it_can(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
@@ -429,6 +444,7 @@ async def test_ami_event_that_ec2_cannot_place_is_kept_until_it_can(
     assert await runtime.rechecker.backlog() == 0
 
 
+@pytest.mark.slow
 async def test_refresh_need_of_a_stack_that_is_not_an_image_is_dropped_once_aws_answers(
     runtime: Runtime, aws_state: FakeAws, queue: Queue
 ) -> None:
@@ -445,6 +461,7 @@ async def test_refresh_need_of_a_stack_that_is_not_an_image_is_dropped_once_aws_
     assert await runtime.rechecker.backlog() == 0
 
 
+@pytest.mark.slow
 async def test_answers_are_unconfirmed_while_the_event_queue_cannot_be_read(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:

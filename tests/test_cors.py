@@ -48,6 +48,7 @@ def auth(origin: str | None = DASHBOARD) -> dict[str, str]:
     return headers | ({"Origin": origin} if origin else {})
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_listed_origin_reads_answers_with_credentials(http: httpx.AsyncClient, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="cors-image")

@@ -288,6 +288,7 @@ def test_template_structure_is_coherent() -> None:
     assert outputs["RuleArn"]["Value"] in [{"Fn::GetAtt": [name, "Arn"]} for name in rules]
 
 
+@pytest.mark.slow
 def test_stack_created_by_moto_cloudformation_routes_events(aws: None) -> None:
     """The whole template through moto's CloudFormation: it resolves Fn::Sub itself.
 

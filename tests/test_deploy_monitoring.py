@@ -91,6 +91,7 @@ def expressions() -> list[str]:
     return exprs + [target["expr"] for panel in dashboard()["panels"] for target in panel.get("targets", [])]
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_every_series_the_rules_and_dashboard_ask_for_is_exposed(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient

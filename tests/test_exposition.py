@@ -180,6 +180,7 @@ async def test_image_series_and_counters_follow_a_known_sequence_of_events(
                  outcome="ok") is not None
 
 
+@pytest.mark.slow
 async def test_the_fast_paths_answers_are_counted(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -201,6 +202,7 @@ async def test_the_fast_paths_answers_are_counted(
     assert value(text, "statuscache_live_lookup_aws_calls_total") == aws_state.total_calls() > 0
 
 
+@pytest.mark.slow
 async def test_gone_images_have_no_series(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     aws_state.create_image_stack(region=REGION, image_id="soon-gone")
     await runtime.reconciler.run_once()
@@ -214,6 +216,7 @@ async def test_gone_images_have_no_series(runtime: Runtime, aws_state: FakeAws, 
     assert value(text, "statuscache_reconcile_passes_total", region=REGION, outcome="ok") == 2
 
 
+@pytest.mark.slow
 async def test_a_scrape_renders_again_only_the_images_that_changed(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:
@@ -236,6 +239,7 @@ async def test_a_scrape_renders_again_only_the_images_that_changed(
     assert b'image_id="memo-3"' in changed.text() and changed.counts[(REGION, "BUILD_FAILED")] == 1
 
 
+@pytest.mark.slow
 async def test_a_gzipped_scrape_is_one_gzip_stream_of_the_same_series(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -300,6 +304,7 @@ async def test_a_connected_change_stream_client_is_counted_until_it_leaves(runti
     assert runtime.metrics.stream_clients == 0
 
 
+@pytest.mark.slow
 async def test_the_endpoint_serves_the_same_image_series_on_every_replica(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:

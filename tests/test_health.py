@@ -56,6 +56,7 @@ async def test_aws_reported_reachable_again_once_it_answers(
     assert body["events"] == {"behindSince": {}}
 
 
+@pytest.mark.slow
 async def test_not_ready_when_the_database_cannot_answer(runtime: Runtime, client: httpx.AsyncClient) -> None:
     url = runtime.engine.url
     nowhere = url.set(database="/nonexistent/dir/statuscache.db") if url.get_backend_name() == "sqlite" else url.set(

@@ -58,6 +58,7 @@ def statuses(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     ]
 
 
+@pytest.mark.slow
 async def test_history_shows_every_transition_of_a_build_once_in_order(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -175,6 +176,7 @@ async def test_history_takes_only_its_own_parameters_once_each(
     assert aws_state.total_calls() == 0
 
 
+@pytest.mark.slow
 async def test_history_tokens_page_through_and_only_continue_their_own_query(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -207,6 +209,7 @@ async def test_history_tokens_page_through_and_only_continue_their_own_query(
         assert refused.json() == {"message": "Bad Request: nextToken is not one this service issued"}
 
 
+@pytest.mark.slow
 async def test_list_filters_like_pcluster_and_pages_stably(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -257,6 +260,7 @@ async def test_list_pages_never_skip_or_repeat_while_images_change(
     assert set(seen) == {f"page-{index}" for index in range(7)} | {"page-5b"}
 
 
+@pytest.mark.slow
 async def test_list_etag_and_bad_filters(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     aws_state.create_ami(region=REGION, image_id="etag-list")
     await runtime.reconciler.run_pass(region=REGION)
@@ -308,6 +312,7 @@ async def read_events(response: httpx.Response, count: int) -> list[dict[str, st
     return events
 
 
+@pytest.mark.slow
 async def test_change_stream_resumes_from_last_event_id_without_gaps(
     runtime: Runtime, aws_state: FakeAws
 ) -> None:
@@ -372,6 +377,7 @@ async def test_concurrent_list_requests_share_one_query(
     assert calls == 1
 
 
+@pytest.mark.slow
 async def test_a_stream_opens_with_the_sequence_it_starts_after(runtime: Runtime, aws_state: FakeAws) -> None:
     # So a client that loses the connection before the first change resumes from there, missing nothing.
     aws_state.create_image_stack(region=REGION, image_id="opened")

@@ -194,6 +194,7 @@ async def test_a_token_continues_only_its_own_query(scripted: list[Truth], clien
     assert "more than once" in repeated.json()["message"]
 
 
+@pytest.mark.slow
 async def test_a_build_driven_by_real_events_through_the_queue_is_one_exact_build(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:

@@ -23,6 +23,7 @@ async def states(client: httpx.AsyncClient, **params: str) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow
 async def test_every_image_of_every_region_with_what_the_board_shows(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -56,6 +57,7 @@ async def test_every_image_of_every_region_with_what_the_board_shows(
     assert "cloudformationStackStatus" not in done and None not in done.values()
 
 
+@pytest.mark.slow
 async def test_one_region_when_asked(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     aws_state.create_ami(region=REGION, image_id="here")
     aws_state.create_ami(region=OTHER_REGION, image_id="there")
@@ -73,6 +75,7 @@ async def test_a_region_not_served_is_a_400(client: httpx.AsyncClient, region: s
     assert response.status_code == 400 and set(response.json()) == {"message"}
 
 
+@pytest.mark.slow
 async def test_following_the_stream_from_changeseq_misses_nothing_and_repeats_nothing(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -105,6 +108,7 @@ async def test_following_the_stream_from_changeseq_misses_nothing_and_repeats_no
     assert int(event.split("\n")[0].removeprefix("id: ")) > listed["images"][0]["changeSeq"]
 
 
+@pytest.mark.slow
 async def test_the_answer_is_gzipped_and_revalidates(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:

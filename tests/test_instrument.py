@@ -119,6 +119,7 @@ async def test_requests_are_counted_by_route_status_and_cache_outcome_fast_path_
     assert latencies.count == 4 and 0 < latencies.sum < 5
 
 
+@pytest.mark.slow
 async def test_every_line_a_request_causes_carries_its_id(
     client: httpx.AsyncClient, aws_state: FakeAws, lines: Lines
 ) -> None:

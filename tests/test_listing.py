@@ -132,6 +132,7 @@ async def test_a_page_etag_changes_whenever_its_bytes_do(runtime: Runtime, clien
     assert unchanged.status_code == 304 and unchanged.headers["etag"] == after.headers["etag"]
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_page_is_rebuilt_behind_its_clients_and_never_older_than_the_bound(
     runtime: Runtime, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch

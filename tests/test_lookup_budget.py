@@ -153,6 +153,7 @@ async def test_a_flood_of_unknown_ids_from_one_caller_leaves_others_their_first_
     assert runtime.metrics.lookups[LOOKUP_CALLER_BUDGET] == 55
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_many_callers_together_are_still_held_to_the_regions_budget(
     runtime: Runtime, aws_state: FakeAws

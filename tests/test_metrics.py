@@ -52,6 +52,7 @@ async def test_stats_reads_the_metrics_in_the_shape_clients_know(
     assert stats["reconcile_lease"] == sorted(runtime.metrics.reconcile_lease)
 
 
+@pytest.mark.slow
 async def test_live_lookups_are_counted_by_outcome(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="counted")
 

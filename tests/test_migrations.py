@@ -75,6 +75,7 @@ async def test_embedded_sqlite_migrates_itself_on_open(tmp_path: Path) -> None:
         assert await db.schema_is_current(runtime.engine)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_status_since_is_backfilled_from_the_transitions(backend: str, tmp_path: Path) -> None:
     import asyncio

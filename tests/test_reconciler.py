@@ -19,6 +19,7 @@ from tests.conftest import REGION
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.slow
 async def test_pass_stores_stacks_and_amis(runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient) -> None:
     aws_state.create_image_stack(region=REGION, image_id="building-one")
     aws_state.create_ami(region=REGION, image_id="finished-one")
@@ -32,6 +33,7 @@ async def test_pass_stores_stacks_and_amis(runtime: Runtime, aws_state: FakeAws,
     assert aws_state.total_calls() == 0
 
 
+@pytest.mark.slow
 async def test_calls_grow_with_in_progress_builds_not_with_images(runtime: Runtime, aws_state: FakeAws) -> None:
     for index in range(12):
         aws_state.create_ami(region=REGION, image_id=f"done-{index}")
@@ -51,6 +53,7 @@ async def test_calls_grow_with_in_progress_builds_not_with_images(runtime: Runti
     assert aws_state.calls["imagebuilder.GetImage"] == 1
 
 
+@pytest.mark.slow
 async def test_settling_stack_gets_one_last_image_builder_look(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="settling", imagebuilder_status="BUILDING")
     await runtime.reconciler.run_pass(region=REGION)
@@ -68,6 +71,7 @@ async def test_settling_stack_gets_one_last_image_builder_look(runtime: Runtime,
     assert aws_state.calls["imagebuilder.GetImage"] == 0
 
 
+@pytest.mark.slow
 async def test_image_whose_stack_and_ami_vanished_is_gone(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -93,6 +97,7 @@ async def test_image_whose_stack_and_ami_vanished_is_gone(
     assert [(bool(row.exists), row.source) for row in rows] == [(True, "reconcile"), (False, "reconcile")]
 
 
+@pytest.mark.slow
 async def test_stack_deleted_after_success_keeps_answering_from_the_ami(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -116,6 +121,7 @@ async def test_repeated_passes_change_nothing(runtime: Runtime, aws_state: FakeA
     assert second.changed == 0 and second.transitions == 0
 
 
+@pytest.mark.slow
 async def test_failed_list_changes_nothing(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="kept")
     await runtime.reconciler.run_pass(region=REGION)
@@ -128,6 +134,7 @@ async def test_failed_list_changes_nothing(runtime: Runtime, aws_state: FakeAws)
     assert cached is not None and cached.exists
 
 
+@pytest.mark.slow
 async def test_loop_runs_at_start_and_stops(runtime: Runtime, aws_state: FakeAws) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.reconciler.loop().run(stop=stop))
@@ -137,6 +144,7 @@ async def test_loop_runs_at_start_and_stops(runtime: Runtime, aws_state: FakeAws
     assert runtime.metrics.reconcile_passes == 1
 
 
+@pytest.mark.slow
 async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_state: FakeAws) -> None:
     # Every try of the first pass's first call fails (botocore retries three times).
     aws_state.fail_next("cloudformation.DescribeStacks", code="InternalFailure", status=500, times=4)
@@ -151,6 +159,7 @@ async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_s
     assert await runtime.cache.read(region=REGION, image_id="eventually") is not None
 
 
+@pytest.mark.slow
 async def test_throttled_image_builder_keeps_the_last_known_status_and_is_rechecked(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -172,6 +181,7 @@ async def test_throttled_image_builder_keeps_the_last_known_status_and_is_rechec
     assert after.headers["x-cache"] == "HIT"
 
 
+@pytest.mark.slow
 async def test_new_image_whose_image_builder_is_throttled_is_not_stored_as_complete(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -189,6 +199,7 @@ async def test_new_image_whose_image_builder_is_throttled_is_not_stored_as_compl
     assert after.json()["imagebuilderImageStatus"] == "BUILDING" and after.headers["x-cache"] == "HIT"
 
 
+@pytest.mark.slow
 async def test_bucket_outage_during_a_pass_is_not_stored_as_not_available(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -206,6 +217,7 @@ async def test_bucket_outage_during_a_pass_is_not_stored_as_not_available(
     assert after.json()["imageConfiguration"]["url"] != "NOT_AVAILABLE" and after.headers["x-cache"] == "HIT"
 
 
+@pytest.mark.slow
 async def test_a_pass_counts_only_its_own_aws_calls_while_others_call_aws(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:

@@ -118,6 +118,7 @@ async def two_runtimes(settings: Settings, aws_state: FakeAws) -> AsyncIterator[
         await second.close()
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_replicas_applying_conflicting_events_in_parallel_end_in_the_newest_state(
     two_runtimes: tuple[Runtime, Runtime], aws_state: FakeAws
@@ -155,6 +156,7 @@ async def test_replicas_applying_conflicting_events_in_parallel_end_in_the_newes
     assert again is not None and again.version == cached.version
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_change_made_by_one_replica_reaches_stream_clients_of_another(
     two_runtimes: tuple[Runtime, Runtime], aws_state: FakeAws

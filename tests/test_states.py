@@ -13,6 +13,7 @@ from tests.conftest import OTHER_REGION, REGION
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.slow
 async def test_one_row_per_image_with_the_documents_version_and_creation_time(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
@@ -38,6 +39,7 @@ async def test_one_row_per_image_with_the_documents_version_and_creation_time(
     assert all(image.exists and image.seq > 0 for image in read.images)
 
 
+@pytest.mark.slow
 async def test_the_fingerprint_moves_with_every_change_and_only_then(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="print-1", imagebuilder_status="BUILDING")
     await runtime.reconciler.run_once()
@@ -55,6 +57,7 @@ async def test_the_fingerprint_moves_with_every_change_and_only_then(runtime: Ru
     assert await states.fingerprint(runtime.engine, regions=(OTHER_REGION,)) == (0, 0)
 
 
+@pytest.mark.slow
 async def test_a_gone_image_is_a_row_that_no_longer_exists(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_state.create_image_stack(region=REGION, image_id="state-gone")
     await runtime.reconciler.run_once()

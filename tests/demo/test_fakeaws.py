@@ -162,6 +162,7 @@ def test_deleted_stack_is_no_longer_described_by_name(fake: FakeAws) -> None:
     assert cloudformation.describe_stacks(StackName="gone")["Stacks"][0]["StackId"] != stack_id
 
 
+@pytest.mark.slow
 def test_ami_is_found_by_the_parallelcluster_filter(fake: FakeAws) -> None:
     ami_id = fake.create_ami(
         region=REGION, image_id="alinux2-done", name="alinux2-done 2024-05-01", architecture="arm64"
@@ -339,6 +340,7 @@ def test_aws_endpoint_url_from_the_environment_is_honoured(fake: FakeAws, monkey
     assert fake.calls == {"cloudformation.DescribeStacks": 1, "s3.HeadBucket": 1, "imagebuilder.GetImage": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_aiobotocore_clients_work(fake: FakeAws) -> None:
     fake.create_image_stack(region=REGION, image_id="async-one", status="CREATE_COMPLETE")

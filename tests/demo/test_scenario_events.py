@@ -20,6 +20,7 @@ class _Queue:
         self.url = url
 
 
+@pytest.mark.slow
 async def test_demo_events_alone_bring_every_image_to_its_final_state(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
