@@ -70,6 +70,7 @@ compose-test: install
 bench: install postgres
 	@scripts/ensure-wrk
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.notify
 
 clean:
 	rm -rf $(VENV) statuscache.db statuscache.db-wal statuscache.db-shm

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -57,7 +58,9 @@ ACCESS_CODES = frozenset(
     {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
      "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "AuthFailure", "SignatureDoesNotMatch"}
 )
-NOT_FOUND_CODES = frozenset({"404", "NoSuchBucket", "NotFound", "ResourceNotFoundException", "NoSuchKey"})
+NOT_FOUND_CODES = frozenset(
+    {"404", "NoSuchBucket", "NotFound", "ResourceNotFoundException", "NoSuchKey", "ParameterNotFound"}
+)
 
 # Image Builder throttles with an error botocore will not retry: we retry it ourselves, boundedly.
 IMAGEBUILDER_THROTTLE = "CallRateLimitExceededException"
@@ -424,6 +427,42 @@ class Aws:
             token = response.get("NextToken")
             if not token:
                 return
+
+    # --- notifications' sinks (service.notify) ----------------------------------------------------
+
+    async def publish(self, *, topic_arn: str, message: str, attributes: dict[str, str]) -> str:
+        """SNS Publish in the topic's region, `attributes` as String message attributes; the message id."""
+        region = topic_arn.split(":")[3]
+        response = await self._call(
+            "sns", region, "Publish", TopicArn=topic_arn, Message=message,
+            MessageAttributes={
+                name: {"DataType": "String", "StringValue": value} for name, value in attributes.items() if value
+            },
+        )  # fmt: skip
+        return str(response.get("MessageId", ""))
+
+    async def get_parameter(self, *, region: str, name: str) -> Parameter | None:
+        """An SSM parameter's value and when it was last written; None when it does not exist."""
+        try:
+            response = await self._call("ssm", region, "GetParameter", Name=name)
+        except AwsNotFound:
+            return None
+        raw = response.get("Parameter") or {}
+        return Parameter(value=str(raw.get("Value", "")), modified=raw.get("LastModifiedDate"))
+
+    async def put_parameter(self, *, region: str, name: str, value: str, description: str) -> None:
+        """Set an SSM String parameter (overwriting it)."""
+        await self._call(
+            "ssm", region, "PutParameter", Name=name, Value=value, Type="String", Overwrite=True,
+            Description=description[:1024],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Parameter:
+    value: str
+    # Timezone-aware (botocore parses it), None if AWS did not say.
+    modified: datetime | None
 
 
 def _snake(operation: str) -> str:

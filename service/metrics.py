@@ -148,6 +148,12 @@ class Metrics:
     auth: Counter[str] = field(default_factory=Counter)
     # Tokens-file reloads (SIGHUP) by outcome: ok, failed (the previous tokens stayed in force).
     token_reloads: Counter[str] = field(default_factory=Counter)
+    # Notifications: deliveries by (subscription, outcome: delivered, failed, dead_letter, disabled), and for the
+    # subscriptions this process delivers (holds the lease of), each one's lag: seconds since the oldest change
+    # not yet handled was observed, 0 when caught up.
+    deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)
+    notify_lag: dict[str, float] = field(default_factory=dict)
+    notify_lease: set[str] = field(default_factory=set)
     # Reconcile passes by (region, "ok" | "error"), their AWS calls by region, and their duration by region.
     reconcile_region_passes: Counter[tuple[str, str]] = field(default_factory=Counter)
     reconcile_aws_calls: Counter[str] = field(default_factory=Counter)

@@ -23,6 +23,7 @@ from service.api.app import create_app
 from service.api.state import AppState
 from service.api.tokens import TokenFile
 from service.errors import ConfigurationError
+from service.notify.config import SubscriptionsFile
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
@@ -114,8 +115,19 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
             settings.host,
         )
     poll = not settings.no_poll
-    app = create_app(settings, open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background)))
-    DrainingServer(uvicorn_config(app, settings), app.state, tokens=app.tokens).run()
+    subscriptions = load_subscriptions(settings)
+    app = create_app(
+        settings,
+        open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background), subscriptions=subscriptions),
+    )
+    DrainingServer(uvicorn_config(app, settings), app.state, tokens=app.tokens, subscriptions=subscriptions).run()
+
+
+def load_subscriptions(settings: Settings) -> SubscriptionsFile | None:
+    """The subscriptions file, read and checked before anything starts (ConfigurationError: refuse to start)."""
+    if not settings.subscriptions_file:
+        return None
+    return SubscriptionsFile(settings.subscriptions_file, served_regions=settings.regions)
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
@@ -147,20 +159,26 @@ class DrainingServer(uvicorn.Server):
     batch in hand finish. A SIGTERM that drained cleanly exits 0: it is how an orchestrator asks to stop.
 
     With a tokens file, SIGHUP re-reads it in place: connections, streams and sessions of callers still
-    in the file carry on; a file that cannot be read keeps the tokens already loaded.
+    in the file carry on; a file that cannot be read keeps the tokens already loaded. The subscriptions
+    file likewise: a file that is refused keeps the subscriptions in force.
     """
 
-    def __init__(self, config: uvicorn.Config, state: AppState, *, tokens: TokenFile | None = None) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: AppState, *, tokens: TokenFile | None = None,
+        subscriptions: SubscriptionsFile | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(config)
         self._state = state
         self._tokens = tokens
+        self._subscriptions = subscriptions
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        # Only with a tokens file: otherwise SIGHUP keeps its usual meaning (the terminal went away: stop).
-        if self._tokens is not None:
-            self._loop.add_signal_handler(signal.SIGHUP, self.reload_tokens)
+        # Only with a file to re-read: otherwise SIGHUP keeps its usual meaning (the terminal went away: stop).
+        reloads = self._tokens is not None or self._subscriptions is not None
+        if reloads:
+            self._loop.add_signal_handler(signal.SIGHUP, self.reload_files)
         # Connections that never finish their headers are closed by this sweeper (uvicorn has no such timeout).
         stop = asyncio.Event()
         sweeper = asyncio.create_task(
@@ -173,8 +191,14 @@ class DrainingServer(uvicorn.Server):
         finally:
             stop.set()
             await sweeper
-            if self._tokens is not None:
+            if reloads:
                 self._loop.remove_signal_handler(signal.SIGHUP)
+
+    def reload_files(self) -> None:
+        if self._tokens is not None:
+            self.reload_tokens()
+        if self._subscriptions is not None:
+            self._subscriptions.reload()
 
     def reload_tokens(self) -> None:
         assert self._tokens is not None
@@ -204,7 +228,10 @@ async def _until_signalled() -> None:
 
 async def poll(settings: Settings) -> None:
     require_aws()
-    async with Runtime.open(settings, poll=True):
+    subscriptions = load_subscriptions(settings)
+    async with Runtime.open(settings, poll=True, subscriptions=subscriptions):
+        if subscriptions is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, subscriptions.reload)
         await _until_signalled()
 
 

@@ -25,6 +25,8 @@ from service.ingest.rechecker import Rechecker
 from service.ingest.reconciler import Reconciler
 from service.ingest.retention import Retention
 from service.metrics import Metrics
+from service.notify.config import SubscriptionsFile
+from service.notify.notifier import Notifier
 from service.presign import UrlSigner
 from service.settings import Settings
 from service.store import db
@@ -71,6 +73,8 @@ class Runtime:
     # Set with `draining`: the loops stop taking new work.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # The subscriptions' deliverers (STATUSCACHE_SUBSCRIPTIONS_FILE); None without a file.
+    notifier: Notifier | None = None
     # Tasks that finish what they hold before the process exits (an event batch being applied).
     draining_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _shutdown_deadline: float | None = None
@@ -123,6 +127,7 @@ class Runtime:
         poll: bool,
         recheck: bool = True,
         background: list[Coroutine[Any, Any, None]] | None = None,
+        subscriptions: SubscriptionsFile | None = None,
     ) -> AsyncIterator[Runtime]:
         """Prepare the schema, open clients, start the loops; close everything on exit.
 
@@ -149,6 +154,8 @@ class Runtime:
             runtime.run(runtime.builds.loop())
             for coroutine in background or ():
                 runtime.start(coroutine, name="background")
+            if subscriptions is not None:
+                runtime.notify(subscriptions)
             runtime.polling = poll
             yield runtime
         finally:
@@ -157,6 +164,16 @@ class Runtime:
     def run(self, loop: Loop, *, drains: bool = False) -> None:
         """Run `loop` until shutdown (`stop`); with `drains`, close lets its step in hand finish."""
         self.start(loop.run(stop=self.stop), name=loop.name, drains=drains)
+
+    def notify(self, subscriptions: SubscriptionsFile) -> Notifier:
+        """Start delivering the subscriptions of `subscriptions` (and of each version SIGHUP loads)."""
+        self.notifier = Notifier(
+            subscriptions, engine=self.engine, aws=self.aws, metrics=self.metrics, settings=self.settings,
+            start=lambda coroutine, name: self.start(coroutine, name=name),
+            wake=lambda seconds: self.transitioned.wait(seconds=seconds),
+        )  # fmt: skip
+        self.notifier.start()
+        return self.notifier
 
     def start(self, coroutine: Coroutine[Any, Any, None], *, name: str, drains: bool = False) -> None:
         """Run a coroutine until close; with `drains`, close lets it finish its work in hand (it watches `stop`)."""
@@ -192,6 +209,8 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.notifier is not None:
+            await self.notifier.close()
         await self.lease.release_all()
         await self.outage.close()
         await self.aws.close()

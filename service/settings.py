@@ -129,6 +129,17 @@ class Settings:
     metrics_auth: bool = False
     # Browser origins (scheme://host[:port]) allowed to read the API and the change stream cross-origin.
     cors_origins: tuple[str, ...] = ()
+    # Notifications: a TOML file of webhook, SNS and SSM-parameter subscriptions, re-read on SIGHUP. Unset: none.
+    subscriptions_file: str = ""
+    # A failed delivery is tried again after this, doubling (with jitter) to the maximum between attempts, and
+    # given up (kept as a dead letter) once its first failure is this old.
+    notify_retry_initial_seconds: float = knob(2.0, minimum=0.01)
+    notify_retry_max_seconds: float = knob(3600.0, minimum=0.01)
+    notify_give_up_seconds: float = knob(86400.0, minimum=0.01)
+    # The bound on one attempt (a webhook's whole request, an AWS call).
+    notify_timeout_seconds: float = knob(10.0, minimum=0.1)
+    # How often deliverers look for other replicas' changes (this process's own wake them at once).
+    notify_poll_seconds: float = knob(1.0, minimum=0.05)
 
     @property
     def default_region(self) -> str:

@@ -49,7 +49,7 @@ async def test_the_script_reads_the_public_api_only(client: httpx.AsyncClient) -
     paths = set(re.findall(r'[`"](/v3/[a-z/-]+)', script))
     assert paths == {
         "/v3/image-states", "/v3/image-changes", "/v3/images/custom", "/v3/images/custom/", "/v3/session",
-        "/v3/image-builds", "/v3/image-builds/summary",
+        "/v3/image-builds", "/v3/image-builds/summary", "/v3/subscriptions",
     }
 
 

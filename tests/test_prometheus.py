@@ -124,6 +124,13 @@ def serve(aws_state: FakeAws, tmp_path: Path) -> Iterator[tuple[str, dict[str, s
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
     queue_url = sqs.create_queue(QueueName=f"prom-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    # A subscription, so the notification series the shipped rules use are exposed too.
+    topic = boto3.client(
+        "sns", region_name=REGION, endpoint_url=aws_state.endpoint_url,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    ).create_topic(Name="prom-builds")["TopicArn"]
+    subscriptions = tmp_path / "subscriptions.toml"
+    subscriptions.write_text(f'[[sns]]\nname = "builds"\ntopic_arn = "{topic}"\n')
     port = free_port()
     env = {
         **os.environ,
@@ -132,6 +139,7 @@ def serve(aws_state: FakeAws, tmp_path: Path) -> Iterator[tuple[str, dict[str, s
         "STATUSCACHE_REGIONS": REGION,
         "STATUSCACHE_EVENTS_QUEUE_URL": queue_url,
         "STATUSCACHE_RESYNC_SECONDS": "3600",
+        "STATUSCACHE_SUBSCRIPTIONS_FILE": str(subscriptions),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],

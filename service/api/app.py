@@ -39,6 +39,7 @@ from service.api import (
     listing,
     openapi,
     pages,
+    subscriptions,
     transitions,
 )
 from service.api.auth import Authentication
@@ -124,6 +125,7 @@ def create_app(
     health = Health(state)
     status_board = board.Board()
     build_routes = builds.Builds(state, page_tokens)
+    subscription_routes = subscriptions.Subscriptions(state)
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
@@ -134,6 +136,8 @@ def create_app(
             Route(transitions.PATH, transitions.FleetTransitions(state, page_tokens).endpoint, methods=["GET"]),
             Route(builds.PATH, build_routes.endpoint, methods=["GET"]),
             Route(builds.SUMMARY_PATH, build_routes.summary, methods=["GET"]),
+            Route(subscriptions.PATH, subscription_routes.endpoint, methods=["GET"]),
+            Route(subscriptions.REPLAY_PATH, subscription_routes.replay, methods=["POST"]),
             Route("/stats", health.stats, methods=["GET"]),
             Route(exposition.PATH, exposition.MetricsEndpoint(state).endpoint, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),

@@ -346,6 +346,21 @@ def service_families(
         "Status changes a reconcile pass found that no event had brought (events being lost), by region.",
         ("region",), [((region,), n) for region, n in sorted(metrics.reconcile_corrected.items())],
     )
+    yield _counter(
+        "statuscache_notify_deliveries",
+        "Notification deliveries by subscription and outcome (delivered; failed: retried later; dead_letter: given "
+        "up; disabled: the receiver said 410).",
+        ("subscription", "outcome"), sorted(metrics.deliveries.items()),
+    )
+    behind = GaugeMetricFamily(
+        "statuscache_notify_lag_seconds",
+        "Seconds since the oldest change a subscription has not handled yet was observed (0: caught up); only on "
+        "the replica delivering it.",
+        labels=["subscription"],
+    )
+    for name, seconds in sorted(metrics.notify_lag.items()):
+        behind.add_metric([name], seconds)
+    yield behind
     lease = GaugeMetricFamily(
         "statuscache_reconcile_lease_held", "1 where this process holds the region's reconcile lease.",
         labels=["region"],

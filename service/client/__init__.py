@@ -21,11 +21,14 @@ from service.client.api import DEFAULT_URL, AsyncClient, Client, Moment
 from service.client.errors import (
     ApiException,
     BadRequestException,
+    ImageWaitFailed,
+    ImageWaitTimeout,
     InternalServiceException,
     LimitExceededException,
     NotFoundException,
     ServiceUnreachableException,
     UnauthorizedClientError,
+    WaitError,
 )
 from service.client.events import ImageChange
 
@@ -35,11 +38,14 @@ __all__ = [
     "BadRequestException",
     "Client",
     "ImageChange",
+    "ImageWaitFailed",
+    "ImageWaitTimeout",
     "InternalServiceException",
     "LimitExceededException",
     "NotFoundException",
     "ServiceUnreachableException",
     "UnauthorizedClientError",
+    "WaitError",
     "builds_summary",
     "describe_image",
     "export_transitions",
@@ -48,6 +54,7 @@ __all__ = [
     "image_transitions",
     "iter_images",
     "list_images",
+    "wait_image",
     "watch",
 ]
 
@@ -130,3 +137,12 @@ def watch(
     region: str | None = None, image_id: str | None = None, last_event_id: int | None = None
 ) -> Iterator[ImageChange]:
     return default_client().watch(region, image_id, last_event_id)
+
+
+def wait_image(
+    image_id: str, region: str | None = None, *, until: str = "complete", timeout: float | None = None
+) -> dict[str, Any]:
+    """Until the image is BUILD_COMPLETE (or, until="deleted", gone): its document; ImageWaitFailed when that
+    can no longer come, ImageWaitTimeout after `timeout` seconds. On the change stream: no polling."""
+    document: dict[str, Any] = default_client().wait_image(image_id, region, until=until, timeout=timeout)
+    return document

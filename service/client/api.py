@@ -12,6 +12,9 @@ the two clients only send what it builds, and wait, each with its own I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -22,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from service.client import errors
 from service.client.core import (
     BUILDS_PATH,
     DEFAULT_TIMEOUT,
@@ -43,6 +47,7 @@ from service.client.core import (
 from service.client.events import ImageChange, StreamEvent, Watch
 from service.client.paging import Pager
 from service.client.shapes import pythonic
+from service.client.waiting import DESCRIBE, Outcome, Wait
 
 __all__ = [
     "BUILDS_PATH",
@@ -66,6 +71,29 @@ Items = TypeVar("Items")
 Chunks = TypeVar("Chunks")
 Events = TypeVar("Events")
 Changes = TypeVar("Changes")
+
+
+def settle(outcome: Outcome) -> dict[str, Any]:
+    """wait_image's answer: the document in the seed's shape, or ImageWaitFailed carrying it."""
+    document: dict[str, Any] = pythonic(outcome.document)
+    if not outcome.reached:
+        raise errors.ImageWaitFailed(outcome.reason, document=document)
+    return document
+
+
+def _expire(response: httpx.Response, expired: threading.Event) -> None:
+    """At the deadline, end a blocking read: shutting the socket down wakes the thread reading it (closing the
+    response from another thread would not)."""
+    expired.set()
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _timed_out(image_id: str, timeout: float | None) -> errors.ImageWaitTimeout:
+    return errors.ImageWaitTimeout(f"{image_id}: still waiting after {timeout:g}s")
 
 
 def _images(image_status: str, region: str | None, at: Moment | None) -> Pager:
@@ -183,6 +211,20 @@ class Calls(ABC, Generic[Answer, Items, Chunks, Events, Changes]):
         """The change stream as the API sends it (camelCase data), resumed across disconnects."""
         return self._events(Watch(region=region, image_id=image_id, last_event_id=last_event_id))
 
+    def wait_image(
+        self, image_id: str, region: str | None = None, *, until: str = "complete", timeout: float | None = None
+    ) -> Answer:
+        """Until the image is BUILD_COMPLETE (until="deleted": gone or DELETE_COMPLETE): its describe document.
+        Raises ImageWaitFailed (with the document) when that can no longer come, ImageWaitTimeout after `timeout`
+        seconds. Follows the change stream (no polling): it returns within a second of the service knowing."""
+        return self._wait(lambda: Wait(image_id, region, until=until), timeout, settle)
+
+    def image_outcome(
+        self, image_id: str, region: str | None = None, *, until: str = "complete", timeout: float | None = None
+    ) -> Answer:
+        """The same wait, answering how it ended (the API's JSON, reached or not) instead of raising on failure."""
+        return self._wait(lambda: Wait(image_id, region, until=until), timeout, lambda outcome: outcome)
+
     # --- the I/O each client supplies ---------------------------------------------------------------------
 
     @abstractmethod
@@ -204,6 +246,11 @@ class Calls(ABC, Generic[Answer, Items, Chunks, Events, Changes]):
     @abstractmethod
     def _changes(self, events: Events) -> Changes:
         """The events, each as an ImageChange."""
+
+    @abstractmethod
+    def _wait(self, start: Callable[[], Wait], limit: float | None, finish: Callable[[Outcome], Any]) -> Answer:
+        """Drive the wait (service.client.waiting) to its outcome within `limit` seconds, and answer
+        `finish(outcome)`."""
 
 
 class Client(Calls[Any, Iterator[dict[str, Any]], Iterator[bytes], Iterator[StreamEvent], Iterator[ImageChange]]):
@@ -276,6 +323,46 @@ class Client(Calls[Any, Iterator[dict[str, Any]], Iterator[bytes], Iterator[Stre
     def _changes(self, events: Iterator[StreamEvent]) -> Iterator[ImageChange]:
         for event in events:
             yield ImageChange.of(event)
+
+    def _wait(self, start: Callable[[], Wait], limit: float | None, finish: Callable[[Outcome], Any]) -> Any:
+        wait = start()
+        deadline = None if limit is None else time.monotonic() + limit
+        expired = threading.Event()
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise _timed_out(wait.image_id, limit)
+            try:
+                with self._open(wait.watch.call()) as response:
+                    # A blocking read cannot be given a deadline: at the deadline, the connection is closed under it.
+                    timer = None if left is None else threading.Timer(left, _expire, (response, expired))
+                    if timer is not None:
+                        timer.start()
+                    try:
+                        if wait.watch.opened(response):
+                            for line in response.iter_lines():
+                                if wait.line(line) is DESCRIBE:
+                                    try:
+                                        wait.described_as(self._get(wait.describe_call()))
+                                    except errors.NotFoundException as missing:
+                                        wait.vanished(missing.message)
+                                if wait.done is not None:
+                                    return finish(wait.done)
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
+            except httpx.TransportError as exc:
+                if expired.is_set():
+                    raise _timed_out(wait.image_id, limit) from None
+                if not wait.described:
+                    raise self._core.unreachable(exc) from exc
+                # dropped, reset, timed out: resume from the cursor
+            except Exception:
+                if expired.is_set():
+                    raise _timed_out(wait.image_id, limit) from None
+                raise
+            pause = wait.watch.wait()
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
 
 
 class AsyncClient(
@@ -355,3 +442,26 @@ class AsyncClient(
     async def _changes(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[ImageChange]:
         async for event in events:
             yield ImageChange.of(event)
+
+    async def _wait(self, start: Callable[[], Wait], limit: float | None, finish: Callable[[Outcome], Any]) -> Any:
+        wait = start()
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    try:
+                        async with self._open(wait.watch.call()) as response:
+                            if wait.watch.opened(response):
+                                async for line in response.aiter_lines():
+                                    if wait.line(line) is DESCRIBE:
+                                        try:
+                                            wait.described_as(await self._get(wait.describe_call()))
+                                        except errors.NotFoundException as missing:
+                                            wait.vanished(missing.message)
+                                    if wait.done is not None:
+                                        return finish(wait.done)
+                    except httpx.TransportError as exc:
+                        if not wait.described:
+                            raise self._core.unreachable(exc) from exc
+                    await asyncio.sleep(wait.watch.wait())
+        except TimeoutError:
+            raise _timed_out(wait.image_id, limit) from None

@@ -24,7 +24,13 @@ import jmespath.exceptions
 
 from service.client import api, core, errors, from_environment, shapes
 
-COMMANDS = ("describe-image", "list-images", "image-history", "watch", "transitions", "builds")
+COMMANDS = (
+    "describe-image", "list-images", "image-history", "watch", "transitions", "builds", "wait-image", "subscriptions",
+)
+SUBSCRIPTION_COLUMNS = ("NAME", "KIND", "TARGET", "CURSOR", "LAG", "DEAD LETTERS", "STATE", "LAST ERROR")
+# wait-image's exit statuses besides 0 (reached) and 1 (an error talking to the service).
+CANNOT_REACH = 3
+TIMED_OUT = 4
 # pcluster's CLI checks the id against its OpenAPI pattern before calling anything, in these words.
 IMAGE_ID_PATTERN = "^[a-zA-Z][a-zA-Z0-9-]+$"
 HISTORY_COLUMNS = ("TIME", "BUILD STATUS", "STACK STATUS", "IMAGE BUILDER", "AMI", "SOURCE", "REASON")
@@ -102,6 +108,22 @@ def add_commands(commands: Any) -> None:
                         help="the summary's groups (default version)")
     builds.add_argument("--output", choices=["table", "json"], default="table")
 
+    waiting = commands.add_parser(
+        "wait-image", help="wait for an image to be done, on the change stream: exit 0 reached, 3 never will, "
+        "4 timed out, 1 an error talking to the service",
+    )  # fmt: skip
+    _common(waiting)
+    _image_id(waiting)
+    waiting.add_argument("--until", choices=["complete", "deleted"], default="complete",
+                         help="BUILD_COMPLETE (default), or deleted (gone or DELETE_COMPLETE)")
+    waiting.add_argument("--timeout", type=_seconds, help="give up after this many seconds (exit 4); default never")
+
+    subscribed = commands.add_parser(
+        "subscriptions", help="each notification subscription's health: cursor, lag, last error, dead letters"
+    )
+    subscribed.add_argument("--endpoint", help="the service's URL (env STATUSCACHE_URL, default http://127.0.0.1:8080)")
+    subscribed.add_argument("--output", choices=["table", "json"], default="table")
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="the service's URL (env STATUSCACHE_URL, default http://127.0.0.1:8080)")
@@ -118,21 +140,31 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run one client command; the exit status."""
     out = out or sys.stdout
     url, token = from_environment()
-    region: str | None = args.region
-    if region is None and args.command in ("describe-image", "list-images"):
+    region: str | None = getattr(args, "region", None)
+    if region is None and args.command in ("describe-image", "list-images", "wait-image"):
         # As pcluster does: without --region, the region the AWS tools would use.
         region = os.environ.get("AWS_DEFAULT_REGION") or None
     try:
         with api.Client(args.endpoint or url, token=token) as client:
-            handler: Callable[[api.Client, argparse.Namespace, str | None, TextIO], None] = _HANDLERS[args.command]
-            handler(client, args, region, out)
+            handler: Handler = _HANDLERS[args.command]
+            status = handler(client, args, region, out)
     except (errors.ApiException, Refused) as exc:
         message = exc.message if isinstance(exc, errors.ApiException) else str(exc)
         _print(out, {"message": message})
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status or 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 10**9:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    return seconds
 
 
 def _print(out: TextIO, value: Any) -> None:
@@ -357,11 +389,49 @@ def _watch_line(seq: int, kind: str, data: dict[str, Any]) -> str:
     return "  ".join([where, *parts]).rstrip()
 
 
-_HANDLERS: dict[str, Callable[[api.Client, argparse.Namespace, str | None, TextIO], None]] = {
+def _wait_image(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> int:
+    _check_image_id(args.image_id)
+    try:
+        ended = client.image_outcome(args.image_id, region, until=args.until, timeout=args.timeout)
+    except errors.ImageWaitTimeout as exc:
+        print(exc, file=sys.stderr)
+        return TIMED_OUT
+    document = ended.document
+    # As describe-image prints it: the document, or for an image that is gone pcluster's {"message": ...}.
+    _print(out, {"message": document.get("message", "")} if ended.gone else shapes.pcluster_describe(document))
+    print(ended.reason, file=sys.stderr)
+    return 0 if ended.reached else CANNOT_REACH
+
+
+def _subscriptions(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    found = client.api("/v3/subscriptions")["subscriptions"]
+    if args.output == "json":
+        print(json.dumps(found, indent=2), file=out)
+        return
+    if not found:
+        print("No subscriptions (STATUSCACHE_SUBSCRIPTIONS_FILE names none).", file=out)
+        return
+    rows: list[tuple[str, ...]] = [SUBSCRIPTION_COLUMNS]
+    for item in found:
+        state = "disabled" if item["disabled"] else ("retrying" if item.get("attempts") else "ok")
+        cursor = "-" if item["cursor"] is None else str(item["cursor"])
+        rows.append((
+            item["name"], item["kind"], item["target"], cursor, _duration(item["lagSeconds"]),
+            str(item["deadLetters"]), state, item.get("disabledReason") or item.get("lastError") or "",
+        ))  # fmt: skip
+    _table(rows, out)
+
+
+# Each command's work; an exit status other than 0 when it has one of its own to give.
+Handler = Callable[[api.Client, argparse.Namespace, str | None, TextIO], int | None]
+
+_HANDLERS: dict[str, Handler] = {
     "describe-image": _describe,
     "list-images": _list,
     "image-history": _history,
     "watch": _watch,
     "transitions": _transitions,
     "builds": _builds,
+    "wait-image": _wait_image,
+    "subscriptions": _subscriptions,
 }

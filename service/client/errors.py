@@ -8,6 +8,10 @@ ApiException                      .message (the service's own words, unchanged),
  ├── InternalServiceException     5xx: the service failed or could not reach AWS (503: .retry_after if given)
  └── ServiceUnreachableException  no answer at all (refused, reset, timed out): .status is None
 
+WaitError                         wait_image did not see what it waited for (not an answer of the API)
+ ├── ImageWaitFailed              the image reached a state from which that can no longer come: .document
+ └── ImageWaitTimeout             the timeout passed first
+
 httpx's exceptions never escape: they are translated here, in `from_response` and `unreachable`.
 """
 
@@ -54,6 +58,24 @@ class InternalServiceException(ApiException):
 
 class ServiceUnreachableException(ApiException):
     pass
+
+
+class WaitError(Exception):
+    """Base of what wait_image raises when the image did not reach what was waited for."""
+
+
+class ImageWaitFailed(WaitError):
+    """The image can no longer reach what was waited for (a failed build, a failed deletion, gone): `.document`
+    is its last describe document in the seed's shape (for a gone image: image_id, region and message)."""
+
+    def __init__(self, reason: str, *, document: dict[str, object]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.document = document
+
+
+class ImageWaitTimeout(WaitError):
+    """The timeout passed before the image reached what was waited for, or a state that rules it out."""
 
 
 _BY_STATUS: dict[int, type[ApiException]] = {

@@ -262,3 +262,43 @@ builds_pending = Table(
     Column("region", String(32), primary_key=True),
     Column("image_id", String(128), primary_key=True),
 )
+
+# Notifications (service.notify): each subscription's cursor over the change sequence (transitions.id), moved
+# only after its sink accepted, and the state of the delivery after it (failed attempts, when to try again).
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    # Every transition up to this id has been delivered (or was not one to send).
+    Column("delivered_seq", BigInteger, nullable=False),
+    # An image first seen by the cache is news only if created after this (service.domain.subscriptions.is_news).
+    Column("news_since", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    # Failed attempts at the transition after the cursor, since the first of them; when to try again.
+    Column("attempts", Integer, nullable=False),
+    Column("first_failure_at", UtcDateTime, nullable=True),
+    Column("next_attempt_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UtcDateTime, nullable=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    # Set when the sink said never again (a webhook's 410); a replay enables it again.
+    Column("disabled_at", UtcDateTime, nullable=True),
+    Column("disabled_reason", Text, nullable=True),
+)
+
+# Deliveries given up on after STATUSCACHE_NOTIFY_GIVE_UP_SECONDS of failures: kept with what was sent.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("subscription", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failure_at", UtcDateTime, nullable=False),
+    Column("dead_at", UtcDateTime, nullable=False),
+    Column("last_error", Text, nullable=False),
+)
+Index("ix_dead_letters_subscription", dead_letters.c.subscription, dead_letters.c.id)

@@ -145,6 +145,7 @@
       state.seq = Math.max(state.seq, seq);
       changed.add(key);
       scheduleRender();
+      scheduleSubscriptions(2000);
       if (state.open && state.open.key === key) showDetails(key, { refresh: true });
     });
     stream.addEventListener("gone", (event) => {
@@ -896,6 +897,51 @@
     problem.hidden = !text;
   }
 
+  // --- notifications: each subscription's health (GET /v3/subscriptions) --------------------------------------
+
+  let subscriptionsTimer = null;
+
+  // Looked at again shortly after each change (a delivery follows it) and every 30 s (retries, lag growing).
+  function scheduleSubscriptions(delay) {
+    clearTimeout(subscriptionsTimer);
+    subscriptionsTimer = setTimeout(loadSubscriptions, delay);
+  }
+
+  async function loadSubscriptions() {
+    try {
+      const { subscriptions } = await json("/v3/subscriptions");
+      renderSubscriptions(subscriptions || []);
+    } catch (error) {
+      // Not a reason to stop the board: the images are what it is for.
+      $("subscriptions").hidden = true;
+    }
+    scheduleSubscriptions(30000);
+  }
+
+  // The state's words, and the badge colour of the build status that means the same to the eye.
+  function subscriptionState(item) {
+    if (item.disabled) return ["Disabled", "BUILD_FAILED"];
+    if (item.attempts) return ["Retrying", "BUILD_IN_PROGRESS"];
+    if (item.lagSeconds > 600) return ["Behind", "BUILD_IN_PROGRESS"];
+    return ["OK", "BUILD_COMPLETE"];
+  }
+
+  const SINKS = { webhook: "Webhook", sns: "SNS", ssm_parameter: "SSM parameter" };
+
+  function renderSubscriptions(items) {
+    $("subscriptions").hidden = items.length === 0;
+    fill($("subscriptions-table").tBodies[0], items.map((item) => {
+      const [label, tone] = subscriptionState(item);
+      const badge = document.createElement("span");
+      badge.className = `badge ${tone}`;
+      badge.textContent = label;
+      return [
+        ["", item.name], ["", SINKS[item.kind] || item.kind], ["num", duration(item.lagSeconds)],
+        ["num", String(item.deadLetters)], ["", badge], ["", item.disabledReason || item.lastError || ""],
+      ];
+    }));
+  }
+
   // --- start ------------------------------------------------------------------------------------------------
 
   function wire() {
@@ -962,6 +1008,7 @@
     try {
       await loadStates();
       follow();
+      loadSubscriptions();
     } catch (error) {
       setLive("offline", "Offline");
       showProblem(`Could not load the images: ${error.message}`);

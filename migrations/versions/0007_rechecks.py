@@ -3,8 +3,8 @@
 The table, its due-time index and (PostgreSQL) its primary key take the new name; no row changes.
 SQLite cannot rename an index, so the index is dropped and made again under its new name.
 
-Revision ID: 0006_rechecks
-Revises: 0005_fleet_history
+Revision ID: 0007_rechecks
+Revises: 0006_subscriptions
 Create Date: 2026-12-06
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0006_rechecks"
-down_revision: str | None = "0005_fleet_history"
+revision: str = "0007_rechecks"
+down_revision: str | None = "0006_subscriptions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
