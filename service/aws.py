@@ -472,3 +472,68 @@ def _snake(operation: str) -> str:
             out.append("_")
         out.append(char.lower())
     return "".join(out)
+
+
+# --- a build's evidence: ParallelCluster's image log operations (service.ingest.evidence, service.api.imagelogs) ---
+
+
+def _plain(raw: dict[str, Any]) -> dict[str, Any]:
+    """A response item as plain data: datetimes kept (the caller formats them), everything else as botocore gave."""
+    return {key: value for key, value in raw.items() if key != "ResponseMetadata"}
+
+
+async def stack_events(aws: Aws, *, region: str, stack_name: str, next_token: str | None = None) -> dict[str, Any]:
+    """One page of DescribeStackEvents: {"StackEvents": [...], "NextToken"?}, as pcluster passes it on.
+
+    AwsNotFound when the stack does not exist (CloudFormation's ValidationError "... does not exist")."""
+    params: dict[str, Any] = {"StackName": stack_name}
+    if next_token:
+        params["NextToken"] = next_token
+    response = await aws._call("cloudformation", region, "DescribeStackEvents", **params)
+    page: dict[str, Any] = {"StackEvents": [_plain(event) for event in response.get("StackEvents") or []]}
+    if response.get("NextToken"):
+        page["NextToken"] = str(response["NextToken"])
+    return page
+
+
+async def log_streams(aws: Aws, *, region: str, group: str, next_token: str | None = None) -> dict[str, Any]:
+    """One page of DescribeLogStreams: {"logStreams": [...], "nextToken"?}; AwsNotFound without the group."""
+    params: dict[str, Any] = {"logGroupName": group}
+    if next_token:
+        params["nextToken"] = next_token
+    response = await aws._call("logs", region, "DescribeLogStreams", **params)
+    page: dict[str, Any] = {"logStreams": [_plain(stream) for stream in response.get("logStreams") or []]}
+    if response.get("nextToken"):
+        page["nextToken"] = str(response["nextToken"])
+    return page
+
+
+async def log_events(
+    aws: Aws,
+    *,
+    region: str,
+    group: str,
+    stream: str,
+    start_time_ms: int | None = None,
+    end_time_ms: int | None = None,
+    limit: int | None = None,
+    start_from_head: bool | None = None,
+    next_token: str | None = None,
+) -> dict[str, Any]:
+    """One GetLogEvents answer: {"events": [...], "nextForwardToken"?, "nextBackwardToken"?}, parameters passed
+    exactly as pcluster passes them (a falsy limit or time is left out). AwsNotFound names the group or stream
+    in its message ("The specified log group/stream does not exist.")."""
+    params: dict[str, Any] = {"logGroupName": group, "logStreamName": stream}
+    if start_time_ms:
+        params["startTime"] = start_time_ms
+    if end_time_ms:
+        params["endTime"] = end_time_ms
+    if limit:
+        params["limit"] = limit
+    if start_from_head is not None:
+        params["startFromHead"] = start_from_head
+    if next_token:
+        params["nextToken"] = next_token
+    response = await aws._call("logs", region, "GetLogEvents", **params)
+    return _plain(response)
+

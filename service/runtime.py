@@ -20,6 +20,7 @@ from service.aws import Aws
 from service.freshness import Freshness
 from service.ingest.consumer import Consumer
 from service.ingest.derivation import BuildDerivation
+from service.ingest.evidence import EvidenceCapture
 from service.ingest.lookup import Lookup
 from service.ingest.rechecker import Rechecker
 from service.ingest.reconciler import Reconciler
@@ -64,6 +65,8 @@ class Runtime:
     # History older than STATUSCACHE_HISTORY_DAYS dropped; builds derived from the transitions.
     retention: Retention
     builds: BuildDerivation
+    # A build's stack events and logs, kept when it ends (ParallelCluster's image log operations after cleanup).
+    evidence: EvidenceCapture
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     # Wakes the build derivation when this process writes transitions.
     transitioned: ChangeSignal = field(default_factory=ChangeSignal)
@@ -108,6 +111,9 @@ class Runtime:
             outage=outage,
             retention=Retention(engine=engine, settings=settings),
             builds=BuildDerivation(cache=cache, metrics=metrics, transitioned=transitioned),
+            evidence=EvidenceCapture(
+                engine=engine, writer=cache.writer, aws=aws, settings=settings, transitioned=transitioned
+            ),
             transitioned=transitioned,
         )
         cache.on_recheck_owed = runtime.rechecker.wake
@@ -148,6 +154,7 @@ class Runtime:
                 for receiver in runtime.consumer.receivers(stop=runtime.stop):
                     runtime.run(receiver, drains=True)
                 runtime.run(runtime.retention.loop())
+                runtime.run(runtime.evidence.loop(region_gate=runtime.lease.holds))
             if recheck:
                 runtime.run(runtime.rechecker.loop())
             # Every process derives builds: API replicas write transitions too (live look-ups).

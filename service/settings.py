@@ -95,6 +95,17 @@ class Settings:
     refresh_concurrency: int = knob(4, minimum=1)
     # Transitions and document revisions older than this are pruned in the background.
     history_days: float = knob(365.0, minimum=1.0)
+    # A build's evidence (stack events, log streams, log events), kept when it ends: what a failed build may keep
+    # of its log events (bytes of messages, events), what a completed one may, captures at once, captures per
+    # second per region (their own budget: never the live lookups'), and how long after its end a build is still
+    # captured (its resources are gone long before).
+    evidence_failed_max_bytes: int = knob(5_000_000, minimum=0)
+    evidence_failed_max_events: int = knob(50_000, minimum=0)
+    evidence_complete_max_bytes: int = knob(500_000, minimum=0)
+    evidence_complete_max_events: int = knob(5_000, minimum=0)
+    evidence_concurrency: int = knob(2, minimum=1)
+    evidence_captures_per_second: float = knob(2.0, minimum=0.1)
+    evidence_lookback_hours: float = knob(24.0, minimum=0.1)
     # The bound on each history query (fleet at a moment, transitions, builds, summaries, each export batch).
     history_query_seconds: float = knob(10.0, minimum=0.1)
     # The change stream: how often it looks for other replicas' changes, and its heartbeat.

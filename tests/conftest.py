@@ -196,7 +196,8 @@ def empty_postgres_url(postgres_url: str) -> str:
                 await connection.execute(
                     text(
                         "TRUNCATE images, revisions, transitions, builds, builds_pending, processed_events, "
-                        "poison_messages, rechecks, subscriptions, dead_letters RESTART IDENTITY"
+                        "poison_messages, rechecks, subscriptions, dead_letters, evidence, evidence_logs "
+                        "RESTART IDENTITY"
                     )
                 )
         finally:

@@ -215,6 +215,8 @@ async def test_a_build_driven_by_real_events_through_the_queue_is_one_exact_buil
         "startTime": event_time(1), "startExact": True, "endTime": event_time(5), "endExact": True,
         "durationSeconds": 4.0,
         "phases": {"PENDING": 1.0, "BUILDING": 1.0, "TESTING": 1.0, "AVAILABLE": 1.0},
+        # issue 18: every entry says whether its evidence was kept (nothing captured here).
+        "evidenceKept": False,
     }
     assert aws_state.total_calls() == calls
 

@@ -257,7 +257,7 @@ async def test_refreshes_become_rechecks_and_back_keeping_their_rows(backend: st
             await engine.dispose()
 
     try:
-        await asyncio.to_thread(command.upgrade, db.alembic_config(url), "0006_subscriptions")
+        await asyncio.to_thread(command.upgrade, db.alembic_config(url), "0007_evidence")
         engine = db.create_engine(Settings(database_url=url))
         async with engine.begin() as connection:
             await connection.execute(text(f"INSERT INTO refreshes ({columns}) VALUES ({values})"), row)
@@ -269,7 +269,7 @@ async def test_refreshes_become_rechecks_and_back_keeping_their_rows(backend: st
         assert indexes == {"ix_rechecks_due_at"}
         assert rows == [("img", 2)]
 
-        await asyncio.to_thread(command.downgrade, db.alembic_config(url), "0006_subscriptions")
+        await asyncio.to_thread(command.downgrade, db.alembic_config(url), "0007_evidence")
         names, indexes, rows = await tables_and_indexes()
         assert "refreshes" in names and "rechecks" not in names
         assert indexes == {"ix_refreshes_due_at"}

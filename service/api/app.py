@@ -36,6 +36,7 @@ from service.api import (
     exposition,
     history,
     image_states,
+    imagelogs,
     listing,
     openapi,
     pages,
@@ -126,10 +127,14 @@ def create_app(
     status_board = board.Board()
     build_routes = builds.Builds(state, page_tokens)
     subscription_routes = subscriptions.Subscriptions(state)
+    image_logs = imagelogs.ImageLogs(state, page_tokens)
     starlette = Starlette(
         routes=[
             Route(describe.PATH, describe_route, methods=["GET"]),
             Route(history.PATH, history.ImageHistory(state, page_tokens).endpoint, methods=["GET"]),
+            Route(imagelogs.STACK_EVENTS_PATH, image_logs.stack_events, methods=["GET"]),
+            Route(imagelogs.LOG_STREAMS_PATH, image_logs.log_streams, methods=["GET"]),
+            Route(imagelogs.LOG_EVENTS_PATH, image_logs.log_events, methods=["GET"]),
             Route(listing.PATH, list_route, methods=["GET"]),
             Route(changes.PATH, stream_route, methods=["GET"]),
             Route(image_states.PATH, image_states.ImageStates(state).endpoint, methods=["GET"]),

@@ -20,7 +20,7 @@ from service.api.query import ORDERS, Query
 from service.domain.builds import COMPLETE, FAILED, IN_PROGRESS, OUTCOMES
 from service.domain.describe import iso_time
 from service.errors import BadToken
-from service.store import builds
+from service.store import builds, evidence
 from service.support.clock import as_utc
 
 PATH = "/v3/image-builds"
@@ -99,9 +99,16 @@ class Builds(HistoryRoute):
             query_seconds=settings.history_query_seconds,
         )
         runtime.metrics.history_queries["builds"] += 1
+        shown = {row.image_id for row in page.rows}
+        kept = await evidence.kept_builds(runtime.engine, region=where.region, image_ids=shown)
         body: dict[str, Any] = {
             "region": where.region,
-            "builds": [build_json(row, reconcile_seconds=settings.resync_seconds) for row in page.rows],
+            "builds": [
+                build_json(row, reconcile_seconds=settings.resync_seconds)
+                # Whether this build's stack events and logs were kept when it ended (GetImageStackEvents, ...).
+                | {"evidenceKept": kept.get(row.image_id) == row.start_time}
+                for row in page.rows
+            ],
             **horizon_fields(oldest, past=past),
         }
         if page.next_key is not None:

@@ -42,7 +42,10 @@ from service.client.core import (
     fleet_query,
     image_path,
     images_call,
+    log_events_call,
+    log_streams_call,
     query,
+    stack_events_call,
 )
 from service.client.events import ImageChange, StreamEvent, Watch
 from service.client.paging import Pager
@@ -191,6 +194,34 @@ class Calls(ABC, Generic[Answer, Items, Chunks, Events, Changes]):
         return self._run(
             fetch(lambda: Call(SUMMARY_PATH, fleet_query(region, since, until, groupBy=group_by)), pythonic)
         )
+
+    def get_image_stack_events(
+        self, image_id: str, region: str | None = None, next_token: str | None = None
+    ) -> Answer:
+        """One page of pcluster's get-image-stack-events: {"events": [...], "next_token"?}; kept after cleanup."""
+        return self._run(fetch(lambda: stack_events_call(image_id, region, next_token), pythonic))
+
+    def list_image_log_streams(
+        self, image_id: str, region: str | None = None, next_token: str | None = None
+    ) -> Answer:
+        """One page of pcluster's list-image-log-streams: {"log_streams": [...], "next_token"?}."""
+        return self._run(fetch(lambda: log_streams_call(image_id, region, next_token), pythonic))
+
+    def get_image_log_events(
+        self, image_id: str, log_stream_name: str, region: str | None = None, next_token: str | None = None, *,
+        start_from_head: bool | None = None, limit: int | None = None, start_time: Moment | None = None,
+        end_time: Moment | None = None,
+    ) -> Answer:  # fmt: skip
+        """One page of pcluster's get-image-log-events: {"events": [...], "next_token", "prev_token"}."""
+        return self._run(
+            fetch(
+                lambda: log_events_call(
+                    image_id, log_stream_name, region, next_token, start_from_head=start_from_head, limit=limit,
+                    start_time=start_time, end_time=end_time,
+                ),
+                pythonic,
+            )
+        )  # fmt: skip
 
     def image_history(
         self, image_id: str, region: str | None = None, since: datetime | str | None = None,

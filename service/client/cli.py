@@ -26,11 +26,16 @@ from service.client import api, core, errors, from_environment, shapes
 
 COMMANDS = (
     "describe-image", "list-images", "image-history", "watch", "transitions", "builds", "wait-image", "subscriptions",
-)
+    "get-image-stack-events", "list-image-log-streams", "get-image-log-events",
+)  # fmt: skip
 SUBSCRIPTION_COLUMNS = ("NAME", "KIND", "TARGET", "CURSOR", "LAG", "DEAD LETTERS", "STATE", "LAST ERROR")
 # wait-image's exit statuses besides 0 (reached) and 1 (an error talking to the service).
 CANNOT_REACH = 3
 TIMED_OUT = 4
+# The commands pcluster has too: its region default (AWS_DEFAULT_REGION) and its output.
+PCLUSTER_COMMANDS = (
+    "describe-image", "list-images", "get-image-stack-events", "list-image-log-streams", "get-image-log-events",
+)  # fmt: skip
 # pcluster's CLI checks the id against its OpenAPI pattern before calling anything, in these words.
 IMAGE_ID_PATTERN = "^[a-zA-Z][a-zA-Z0-9-]+$"
 HISTORY_COLUMNS = ("TIME", "BUILD STATUS", "STACK STATUS", "IMAGE BUILDER", "AMI", "SOURCE", "REASON")
@@ -95,6 +100,34 @@ def add_commands(commands: Any) -> None:
         help="table (default); json: the API's items as one JSON array; ndjson/csv: the service's export, streamed",
     )  # fmt: skip
 
+    # ParallelCluster's image log operations, with pcluster's flags: answered after cleanup from kept evidence.
+    stack_events = commands.add_parser(
+        "get-image-stack-events", help="pcluster get-image-stack-events, kept after the stack is gone"
+    )
+    _common(stack_events)
+    _image_id(stack_events)
+    stack_events.add_argument("--next-token", help="Token to use for paginated requests.")
+    stack_events.add_argument("--query", help="JMESPath query to perform on output.")
+    streams = commands.add_parser(
+        "list-image-log-streams", help="pcluster list-image-log-streams, kept after the log group is gone"
+    )
+    _common(streams)
+    _image_id(streams)
+    streams.add_argument("--next-token", help="Token to use for paginated requests.")
+    streams.add_argument("--query", help="JMESPath query to perform on output.")
+    log_events = commands.add_parser(
+        "get-image-log-events", help="pcluster get-image-log-events, kept after the log group is gone"
+    )
+    _common(log_events)
+    _image_id(log_events)
+    log_events.add_argument("--log-stream-name", required=True, help="Name of the log stream.")
+    log_events.add_argument("--next-token", help="Token to use for paginated requests.")
+    log_events.add_argument("--start-from-head", help="If true, the earliest log events are returned first.")
+    log_events.add_argument("--limit", help="The maximum number of log events returned.")
+    log_events.add_argument("--start-time", help="The start of the time range, in ISO 8601 format.")
+    log_events.add_argument("--end-time", help="The end of the time range, in ISO 8601 format.")
+    log_events.add_argument("--query", help="JMESPath query to perform on output.")
+
     builds = commands.add_parser("builds", help="builds as units (start, end, duration, outcome, reason), or --summary")
     _common(builds)
     builds.add_argument("--since", help=f"builds that started at or after this moment {moment}")
@@ -141,7 +174,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     url, token = from_environment()
     region: str | None = getattr(args, "region", None)
-    if region is None and args.command in ("describe-image", "list-images", "wait-image"):
+    if region is None and args.command in (*PCLUSTER_COMMANDS, "wait-image"):
         # As pcluster does: without --region, the region the AWS tools would use.
         region = os.environ.get("AWS_DEFAULT_REGION") or None
     try:
@@ -422,6 +455,39 @@ def _subscriptions(client: api.Client, args: argparse.Namespace, region: str | N
     _table(rows, out)
 
 
+def _stack_events(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    _check_image_id(args.image_id)
+    call = core.stack_events_call(args.image_id, region, args.next_token)
+    _print(out, _query(client.api(call.path, call.params), args.query))
+
+
+def _log_streams(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    _check_image_id(args.image_id)
+    call = core.log_streams_call(args.image_id, region, args.next_token)
+    _print(out, _query(client.api(call.path, call.params), args.query))
+
+
+def _log_events(client: api.Client, args: argparse.Namespace, region: str | None, out: TextIO) -> None:
+    _check_image_id(args.image_id)
+    # pcluster's CLI types its flags before any request, in these words.
+    head: bool | None = None
+    if args.start_from_head is not None:
+        if args.start_from_head.lower() not in ("true", "false"):
+            raise Refused("Bad Request: Wrong type, expected 'boolean' for parameter 'start-from-head'")
+        head = args.start_from_head.lower() == "true"
+    limit: int | None = None
+    if args.limit is not None:
+        if not re.fullmatch(r"[+-]?[0-9]+", args.limit):
+            raise Refused("Bad Request: Wrong type, expected 'integer' for parameter 'limit'")
+        limit = int(args.limit)
+    call = core.log_events_call(
+        args.image_id, args.log_stream_name, region, args.next_token, start_from_head=head, limit=limit,
+        start_time=args.start_time, end_time=args.end_time,
+    )  # fmt: skip
+    _print(out, _query(client.api(call.path, call.params), args.query))
+
+
+
 # Each command's work; an exit status other than 0 when it has one of its own to give.
 Handler = Callable[[api.Client, argparse.Namespace, str | None, TextIO], int | None]
 
@@ -434,4 +500,7 @@ _HANDLERS: dict[str, Handler] = {
     "builds": _builds,
     "wait-image": _wait_image,
     "subscriptions": _subscriptions,
+    "get-image-stack-events": _stack_events,
+    "list-image-log-streams": _log_streams,
+    "get-image-log-events": _log_events,
 }

@@ -92,6 +92,33 @@ def images_call(image_status: str, region: str | None, next_token: str | None, *
     return Call(IMAGES_PATH, query(imageStatus=image_status, region=region, nextToken=next_token, at=at))
 
 
+def stack_events_call(image_id: str, region: str | None, next_token: str | None) -> Call:
+    """One page of pcluster's GetImageStackEvents (live, or the evidence kept after cleanup)."""
+    return Call(image_path(image_id, "/stackevents"), query(region=region, nextToken=next_token))
+
+
+def log_streams_call(image_id: str, region: str | None, next_token: str | None) -> Call:
+    """One page of pcluster's ListImageLogStreams."""
+    return Call(image_path(image_id, "/logstreams"), query(region=region, nextToken=next_token))
+
+
+def log_events_call(
+    image_id: str, log_stream_name: str, region: str | None = None, next_token: str | None = None, *,
+    start_from_head: bool | None = None, limit: int | None = None, start_time: Moment | None = None,
+    end_time: Moment | None = None,
+) -> Call:  # fmt: skip
+    """One page of pcluster's GetImageLogEvents. The stream name is one path segment, its slashes encoded
+    (`3.2.1/1` as `3.2.1%2F1`), as pcluster's own client sends it."""
+    head = None if start_from_head is None else str(start_from_head).lower()
+    return Call(
+        image_path(image_id, "/logstreams/" + quote(log_stream_name, safe="")),
+        query(
+            region=region, nextToken=next_token, startFromHead=head, limit=limit, startTime=start_time,
+            endTime=end_time,
+        ),
+    )  # fmt: skip
+
+
 def export_headers(media: str) -> dict[str, str]:
     """What asks the transitions route for an export instead of a page."""
     if media not in EXPORT_MEDIA:

@@ -16,6 +16,8 @@ TIMESTAMP_KEYS = frozenset({
     "creation_time", "cloudformation_stack_creation_time", "time", "observed_time",
     # builds, their summary, and the retention horizon of every fleet-history answer
     "start_time", "end_time", "start_not_before", "end_not_before", "since", "until", "horizon",
+    # ParallelCluster's image log operations: stack and log events, log streams
+    "timestamp", "first_event_timestamp", "last_event_timestamp", "last_ingestion_time",
 })
 # Objects whose keys are data (a build's phases are Image Builder statuses), kept as the API spells them.
 DATA_KEYED = frozenset({"phases"})

@@ -21,10 +21,11 @@ from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIEnvironment
 from xml.sax.saxutils import escape
 
-from moto.cloudformation.models import Stack, cloudformation_backends
+from moto.cloudformation.models import Event, Stack, cloudformation_backends
 from moto.core.base_backend import BackendDict
 from moto.core.model_instances import reset_model_data
 from moto.ec2.models import ec2_backends
+from moto.logs.models import logs_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -297,6 +298,41 @@ class FakeAws:
     def delete_stack(self, *, region: str, stack_name: str) -> None:
         self._live_stack(region=region, stack_name=stack_name)
         cloudformation_backends[ACCOUNT_ID][region].delete_stack(stack_name)
+
+    def add_stack_event(
+        self,
+        *,
+        region: str,
+        stack_name: str,
+        logical_id: str,
+        status: str,
+        reason: str | None = None,
+        resource_type: str = "AWS::ImageBuilder::Image",
+        physical_id: str = "",
+    ) -> None:
+        """A resource's status change in the stack's events (moto only records the stack's own)."""
+        stack = self._live_stack(region=region, stack_name=stack_name)
+        stack.events.append(
+            Event(
+                stack_id=stack.stack_id, stack_name=stack.name, logical_resource_id=logical_id,
+                physical_resource_id=physical_id, resource_type=resource_type, resource_status=status,
+                resource_status_reason=reason, resource_properties=None,
+            )
+        )  # fmt: skip
+
+    def put_build_log(self, *, region: str, image_id: str, stream: str, messages: list[tuple[int, str]]) -> None:
+        """Log events (epoch milliseconds, message) in the build's Image Builder log group, created as needed."""
+        backend = logs_backends[ACCOUNT_ID][region]
+        group = f"/aws/imagebuilder/ParallelClusterImage-{image_id}"
+        if group not in backend.groups:
+            backend.create_log_group(group, tags={})
+        if stream not in backend.groups[group].streams:
+            backend.create_log_stream(group, stream)
+        backend.put_log_events(group, stream, [{"timestamp": ms, "message": text} for ms, text in messages])
+
+    def delete_build_logs(self, *, region: str, image_id: str) -> None:
+        """Cleanup: the build's log group goes."""
+        logs_backends[ACCOUNT_ID][region].delete_log_group(f"/aws/imagebuilder/ParallelClusterImage-{image_id}")
 
     def stack_id(self, *, region: str, stack_name: str) -> str:
         """The id (ARN) of the running stack with that name."""

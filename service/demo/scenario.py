@@ -62,7 +62,37 @@ def seed(fake: FakeAws, *, region: str = DEMO_REGION) -> list[str]:
     )
     for image_id in (SUCCEEDS, ROLLS_BACK, BUILDING):
         fake.create_image_stack(region=region, image_id=image_id, version=VERSION, imagebuilder_status="BUILDING")
+    # Each build's Image Builder log as far as it got: what the evidence capture keeps when it ends.
+    for image_id, lines in ((SUCCEEDS, BUILD_LOG_LINES), (ROLLS_BACK, FAILED_LOG_LINES), (BUILDING, 400)):
+        fake.put_build_log(region=region, image_id=image_id, stream=f"{VERSION}/1", messages=build_log(lines))
     return [FINISHED, SUCCEEDS, ROLLS_BACK, BUILDING]
+
+
+# A ParallelCluster build's component output runs to thousands of lines (cookbooks, packages, tests).
+BUILD_LOG_LINES = 8_000
+FAILED_LOG_LINES = 6_000
+_LOG_PHRASES = (
+    "Stdout: * execute[yum-config-manager_enable_epel] action run",
+    "Stdout:   - execute yum-config-manager --enable epel",
+    "Stdout: * package[environment-modules] action install (up to date)",
+    "Stdout: Recipe: aws-parallelcluster-platform::cookbook_virtualenv",
+    "Stdout: * python_virtualenv[/opt/parallelcluster/pyenv/versions/3.9.19/envs/cookbook_virtualenv] action create",
+    "Stdout: [2026-11-30T10:21:07+00:00] INFO: Processing directory[/etc/parallelcluster] action create",
+)
+
+
+def build_log(lines: int, *, failed: bool = False) -> list[tuple[int, str]]:
+    """`lines` log events (epoch milliseconds, message) ending now; a failed build's last lines say why."""
+    end = int(datetime.now(UTC).timestamp() * 1000)
+    start = end - lines * 100
+    messages = [(start + i * 100, f"{_LOG_PHRASES[i % len(_LOG_PHRASES)]} ({i})") for i in range(lines)]
+    if failed:
+        messages += [
+            (end, "Stderr: Error executing action `install` on resource 'package[slurm]'"),
+            (end + 1, "Stderr: No match for argument: slurm-23.11.7"),
+            (end + 2, "Failed to execute component: ExecuteBash failed with status Failed"),
+        ]
+    return messages
 
 
 def steps(*, region: str = DEMO_REGION) -> list[DemoStep]:
@@ -121,6 +151,18 @@ def steps(*, region: str = DEMO_REGION) -> list[DemoStep]:
     def delete_stack(fake: FakeAws) -> None:
         stack_ids[SUCCEEDS] = fake.stack_id(region=region, stack_name=SUCCEEDS)
         fake.delete_stack(region=region, stack_name=SUCCEEDS)
+        # Cleanup takes the build's log group with it: from here on only kept evidence answers.
+        fake.delete_build_logs(region=region, image_id=SUCCEEDS)
+
+    def imagebuilder_fails(fake: FakeAws) -> None:
+        imagebuilder(ROLLS_BACK, "FAILED", build_failure)(fake)
+        last_lines = build_log(0, failed=True)
+        fake.put_build_log(region=region, image_id=ROLLS_BACK, stream=f"{VERSION}/1", messages=last_lines)
+        arn = fake.imagebuilder_arn(region=region, image_id=ROLLS_BACK, version=VERSION)
+        fake.add_stack_event(
+            region=region, stack_name=ROLLS_BACK, logical_id="ParallelClusterImage", status="CREATE_FAILED",
+            reason=build_failure, physical_id=arn,
+        )  # fmt: skip
 
     component = f"arn:aws:imagebuilder:{region}:{ACCOUNT_ID}:component/parallelclusterimage-{ROLLS_BACK}/{VERSION}/1"
     build_failure = (
@@ -135,7 +177,7 @@ def steps(*, region: str = DEMO_REGION) -> list[DemoStep]:
             imagebuilder_event(SUCCEEDS, "TESTING"),
         ),
         DemoStep(
-            50, f"{ROLLS_BACK}: Image Builder FAILED", imagebuilder(ROLLS_BACK, "FAILED", build_failure),
+            50, f"{ROLLS_BACK}: Image Builder FAILED", imagebuilder_fails,
             imagebuilder_event(ROLLS_BACK, "FAILED", build_failure),
         ),
         DemoStep(

@@ -209,6 +209,11 @@ class Lookup:
             self._charge(region=region, caller=caller)
         return Answer(await self._flights.run(key, lambda: self._live(region=region, image_id=image_id)), hit=False)
 
+    def charge(self, *, region: str, caller: str) -> None:
+        """Charge other live AWS reads on a caller's behalf (ParallelCluster's image log operations) to the same
+        budgets, or raise TooManyRequests."""
+        self._charge(region=region, caller=caller)
+
     def _charge(self, *, region: str, caller: str) -> None:
         """Take one live lookup from the caller's share and the region's budget, or raise TooManyRequests."""
         share = self._caller_budgets.get((region, caller))

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.errors import DatabaseUnavailable
 from service.settings import Settings
 from service.store import db, queries
+from service.store import evidence as kept_evidence
 from service.support.clock import utcnow
 from service.support.loops import Backoff, Loop
 
@@ -28,6 +29,8 @@ class Retention:
         older_than = utcnow() - timedelta(days=self._settings.history_days)
         async with db.translated():
             removed = await queries.prune(self._engine, older_than=older_than)
+            # A build's kept evidence goes with its history.
+            removed += await kept_evidence.prune(self._engine, older_than=older_than)
         if removed:
             log.info("pruned %d history rows older than %s", removed, older_than.isoformat())
         return PRUNE_INTERVAL_SECONDS

@@ -302,3 +302,40 @@ dead_letters = Table(
     Column("last_error", Text, nullable=False),
 )
 Index("ix_dead_letters_subscription", dead_letters.c.subscription, dead_letters.c.id)
+
+# A build's evidence, read when it ended (service.ingest.evidence) and answered by ParallelCluster's image log
+# operations once the stack and log group are gone (service.api.imagelogs). One row per image: its latest
+# ended build's. The documents are kept in pcluster's shapes (service.domain.evidence), as JSON.
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
+    # The build the evidence is of (builds.start_time) and how it ended.
+    Column("build_start", UtcDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("captured_at", UtcDateTime, nullable=False),
+    # When the build ended (builds.end_time): the capture delay is captured_at - this.
+    Column("ended_at", UtcDateTime, nullable=True),
+    # GetImageStackEvents' events, newest first; NULL: the stack was already gone.
+    Column("stack_events", Text, nullable=True),
+    # ListImageLogStreams' streams; NULL: the log group was already gone.
+    Column("log_streams", Text, nullable=True),
+    Column("imagebuilder_reason", Text, nullable=True),
+    # Whether the per-build bound cut log events (the answer then says so).
+    Column("cut", Boolean, nullable=False),
+    # Bytes kept for this build (all its rows' JSON), and the AWS calls the capture made.
+    Column("size_bytes", Integer, nullable=False),
+    Column("aws_calls", Integer, nullable=False),
+)
+Index("ix_evidence_captured", evidence.c.captured_at)
+
+# A kept log stream's events ({"timestamp": ms, "message"}), oldest first, as JSON.
+evidence_logs = Table(
+    "evidence_logs",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("image_id", String(128), primary_key=True),
+    Column("log_stream_name", String(512), primary_key=True),
+    Column("events", Text, nullable=False),
+)

@@ -375,10 +375,25 @@
       const [doc, transitions] = await Promise.all([json(path), history(item)]);
       if (!state.open || state.open.key !== key) return;
       $("document").textContent = JSON.stringify(doc, null, 2);
+      showEvidence(doc, item);
       $("timeline").replaceChildren(timeline(transitions, item));
       $("transitions").replaceChildren(transitionTable(transitions));
     } catch (error) {
       $("document").textContent = error.message;
+    }
+  }
+
+  async function showEvidence(doc, item) {
+    const section = $("evidence");
+    section.hidden = doc.imageBuildStatus !== "BUILD_FAILED";
+    if (section.hidden) return;
+    const reason = doc.cloudformationStackStatusReason || doc.imagebuilderImageStatusReason || "";
+    const body = $("evidence-body");
+    body.replaceChildren(block("note", "Loading…"));
+    try {
+      body.replaceChildren(await evidence(item.imageId, item.region, reason));
+    } catch (error) {
+      body.replaceChildren(block("note", error.message));
     }
   }
 
@@ -792,6 +807,105 @@
     return button;
   }
 
+  // --- a failed build's evidence: its failed stack events and the last lines of its log -----------------
+  // ParallelCluster's own image log operations: live while the stack and log group exist, the evidence kept
+  // when the build ended once cleanup has deleted them (X-Cache: ARCHIVE). Read only when asked for.
+
+  const EVIDENCE_LINES = 20;
+  const EVIDENCE_STREAMS = 3;
+  const EVIDENCE_EVENTS = 10;
+
+  function imageLogsPath(imageId, region, suffix, query = {}) {
+    const params = new URLSearchParams({ region, ...query });
+    return `/v3/images/custom/${encodeURIComponent(imageId)}/${suffix}?${params}`;
+  }
+
+  async function optional(path) {
+    const response = await api(path, { headers: { Accept: "application/json" } });
+    if (response.status === 404) return null;
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.message || `${path}: HTTP ${response.status}`);
+    return {
+      body,
+      kept: response.headers.get("X-Cache") === "ARCHIVE",
+      cut: response.headers.get("X-Evidence-Truncated") === "true",
+    };
+  }
+
+  async function evidence(imageId, region, reason) {
+    const box = document.createElement("div");
+    box.className = "evidence";
+    if (reason) box.append(block("reason mono", reason));
+    const [events, streams] = await Promise.all([
+      optional(imageLogsPath(imageId, region, "stackevents")),
+      optional(imageLogsPath(imageId, region, "logstreams")),
+    ]);
+    if (!events && !streams) {
+      box.append(block("note", "No stack events or build log: AWS has none now and none were kept."));
+      return box;
+    }
+    if ((events && events.kept) || (streams && streams.kept)) {
+      box.append(block("note", "Kept when the build ended: the stack or its log group is gone."));
+    }
+    const failed = events
+      ? events.body.events.filter((event) => /_FAILED$/.test(event.resourceStatus) && event.resourceStatusReason)
+      : [];
+    if (failed.length) {
+      const list = document.createElement("ul");
+      list.className = "failed-events";
+      for (const event of failed.slice(0, EVIDENCE_EVENTS)) {
+        const item = document.createElement("li");
+        item.className = "mono";
+        item.textContent = `${event.timestamp} ${event.logicalResourceId} ${event.resourceStatus}: `
+          + event.resourceStatusReason;
+        list.append(item);
+      }
+      box.append(block("label", "Failed stack events"), list);
+    }
+    for (const stream of (streams ? streams.body.logStreams : []).slice(0, EVIDENCE_STREAMS)) {
+      const name = stream.logStreamName;
+      const path = imageLogsPath(imageId, region, `logstreams/${encodeURIComponent(name)}`);
+      const tail = await optional(`${path}&limit=${EVIDENCE_LINES}`);
+      const pre = document.createElement("pre");
+      pre.className = "log";
+      pre.tabIndex = 0;
+      pre.textContent = tail ? tail.body.events.map((e) => `${e.timestamp} ${e.message}`).join("\n") : "";
+      const link = document.createElement("a");
+      link.href = `${path}&startFromHead=true`;
+      link.textContent = "the whole log";
+      const head = block("label", `Last lines of ${name} (`);
+      head.append(link, ")");
+      box.append(head, pre);
+      // The newest lines at hand: a failure is told at the end of its log.
+      requestAnimationFrame(() => { pre.scrollTop = pre.scrollHeight; });
+      if (tail && tail.cut) box.append(block("note", "The kept log was cut at the per-build bound: its newest lines."));
+    }
+    return box;
+  }
+
+  // The reason itself opens the evidence: the row reads as before, and one click shows why.
+  function evidenceDetails(build, reason) {
+    const details = document.createElement("details");
+    details.className = "evidence-toggle";
+    const summary = document.createElement("summary");
+    summary.textContent = reason;
+    summary.title = "Show the failed stack events and the last lines of the build log";
+    if (build.evidenceKept) summary.dataset.kept = "";
+    details.append(summary);
+    details.addEventListener("toggle", async () => {
+      if (!details.open || details.dataset.loaded) return;
+      details.dataset.loaded = "1";
+      const loading = block("note", "Loading…");
+      details.append(loading);
+      try {
+        loading.replaceWith(await evidence(build.imageId, build.region));
+      } catch (error) {
+        loading.textContent = error.message;
+      }
+    });
+    return details;
+  }
+
   function renderFailures(reasons, failed) {
     fill($("failure-reasons").tBodies[0], reasons.map((reason) => {
       const text = document.createElement("div");
@@ -820,12 +934,19 @@
       ["", build.version || "—"],
       ["nowrap", moment(build.startTime)],
       ["num", duration(build.durationSeconds)],
-      ["", block("reason mono", reasonOf(build))],
+      ["", reasonWithEvidence(build)],
     ]));
     $("failed-title").hidden = $("failed-builds").hidden = !failed.length;
     const note = $("failed-builds-note");
     note.textContent = failed.length > shown.length ? `Showing the newest ${shown.length} of ${failed.length}.` : "";
     note.hidden = failed.length <= shown.length;
+  }
+
+  function reasonWithEvidence(build) {
+    const cell = document.createElement("div");
+    cell.className = "reason mono";
+    cell.append(evidenceDetails(build, reasonOf(build)));
+    return cell;
   }
 
   function renderVersions(groups) {

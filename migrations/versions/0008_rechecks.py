@@ -3,8 +3,8 @@
 The table, its due-time index and (PostgreSQL) its primary key take the new name; no row changes.
 SQLite cannot rename an index, so the index is dropped and made again under its new name.
 
-Revision ID: 0007_rechecks
-Revises: 0006_subscriptions
+Revision ID: 0008_rechecks
+Revises: 0007_evidence
 Create Date: 2026-12-06
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0007_rechecks"
-down_revision: str | None = "0006_subscriptions"
+revision: str = "0008_rechecks"
+down_revision: str | None = "0007_evidence"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
