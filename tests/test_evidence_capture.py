@@ -73,6 +73,22 @@ async def test_an_ended_build_is_owed_then_captured_whole(runtime: Runtime, aws_
 
 
 @pytest.mark.asyncio
+async def test_a_capture_after_the_stack_was_deleted_reads_its_events_by_stack_id(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    # CloudFormation answers DescribeStackEvents by stack id for 90 days after deletion, by name only before it.
+    aws_build(aws_state)
+    await runtime.reconciler.run_pass(region=REGION)  # the cache learns the stack's id
+    await ended_build(runtime)
+    aws_state.delete_stack(region=REGION, stack_name=IMAGE)
+    await capture_of(runtime).step()
+    kept = await store.read(runtime.engine, region=REGION, image_id=IMAGE)
+    assert kept is not None and kept.stack_events is not None
+    failed = [event for event in kept.stack_events if event["resourceStatus"] == "CREATE_FAILED"]
+    assert [event["resourceStatusReason"] for event in failed] == ["Document failed!"]
+
+
+@pytest.mark.asyncio
 async def test_the_bound_keeps_the_newest_lines_and_says_it_cut(runtime: Runtime, aws_state: FakeAws) -> None:
     aws_build(aws_state, lines=30)
     await ended_build(runtime)

@@ -122,7 +122,7 @@ class EvidenceCapture:
             else domain.Bound(self._settings.evidence_failed_max_bytes, self._settings.evidence_failed_max_events)
         )
         with calls_made() as tally:
-            stack_events = await self._stack_events(region=region, image_id=image_id)
+            stack_events = await self._stack_events(region=region, stack=item.stack_id or image_id)
             streams = await self._log_streams(region=region, image_id=image_id)
             read: dict[str, list[dict[str, Any]]] = {}
             budget = domain.Bound(bound.max_bytes, bound.max_events)
@@ -150,12 +150,13 @@ class EvidenceCapture:
             aws_calls=tally[0],
         )
 
-    async def _stack_events(self, *, region: str, image_id: str) -> list[dict[str, Any]] | None:
+    async def _stack_events(self, *, region: str, stack: str) -> list[dict[str, Any]] | None:
+        """The stack's events, every page; `stack` its id where known (answered after deletion too), else name."""
         events: list[dict[str, Any]] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
             try:
-                page = await aws_calls.stack_events(self._aws, region=region, stack_name=image_id, next_token=token)
+                page = await aws_calls.stack_events(self._aws, region=region, stack_name=stack, next_token=token)
             except AwsNotFound:
                 return None if not events else events
             except AwsError as exc:

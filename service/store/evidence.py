@@ -82,6 +82,9 @@ class Owed:
     build_start: datetime
     outcome: str
     ended_at: datetime | None
+    # The build's stack (its ARN): CloudFormation answers by id for 90 days after the stack is deleted, by name
+    # only while it exists, so a capture that comes after cleanup still finds the stack's events.
+    stack_id: str | None = None
 
 
 async def save(writer: Writer, capture: Capture) -> None:
@@ -146,8 +149,12 @@ async def owed(engine: AsyncEngine, *, regions: Collection[str], since: datetime
     kept = evidence.alias("kept")
     regions = list(regions)
     derived = (
-        select(builds.c.region, builds.c.image_id, builds.c.start_time, builds.c.outcome, builds.c.end_time)
+        select(
+            builds.c.region, builds.c.image_id, builds.c.start_time, builds.c.outcome, builds.c.end_time,
+            images.c.stack_id,
+        )
         .outerjoin(kept, and_(kept.c.region == builds.c.region, kept.c.image_id == builds.c.image_id))
+        .outerjoin(images, and_(images.c.region == builds.c.region, images.c.image_id == builds.c.image_id))
         .where(
             builds.c.region.in_(regions),
             builds.c.outcome.in_((COMPLETE, FAILED, DELETED)),
@@ -159,7 +166,9 @@ async def owed(engine: AsyncEngine, *, regions: Collection[str], since: datetime
     )
     ended_at = func.coalesce(images.c.status_since, images.c.changed_at)
     unseen = (
-        select(images.c.region, images.c.image_id, ended_at.label("ended_at"), images.c.build_status)
+        select(
+            images.c.region, images.c.image_id, ended_at.label("ended_at"), images.c.build_status, images.c.stack_id
+        )
         .outerjoin(kept, and_(kept.c.region == images.c.region, kept.c.image_id == images.c.image_id))
         .outerjoin(builds, and_(builds.c.region == images.c.region, builds.c.image_id == images.c.image_id))
         .where(
@@ -176,10 +185,10 @@ async def owed(engine: AsyncEngine, *, regions: Collection[str], since: datetime
     async with engine.connect() as connection:
         rows = (await connection.execute(derived)).all()
         first_seen = (await connection.execute(unseen)).all()
-    owed = [Owed(row.region, row.image_id, row.start_time, row.outcome, row.end_time) for row in rows]
+    owed = [Owed(row.region, row.image_id, row.start_time, row.outcome, row.end_time, row.stack_id) for row in rows]
     owed += [
         Owed(row.region, row.image_id, row.ended_at, FAILED if row.build_status == BUILD_FAILED else COMPLETE,
-             row.ended_at)
+             row.ended_at, row.stack_id)
         for row in first_seen
     ]  # fmt: skip
     return owed[:limit]
