@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/fault_run.py [--short] [--json results.json]
 
-One real `serve` process (API, reconciler, event consumer, healer) talks to AWS only through a small HTTP
+One real `serve` process (API, reconciler, event consumer, rechecker) talks to AWS only through a small HTTP
 proxy of ours in front of the fake AWS (moto plus the Image Builder fake), and to a PostgreSQL server of
 its own. The run then, phase by phase, makes the proxy throttle, answer 5xx, reset connections, answer
 slower than the live-lookup bound, or refuse every connection (the service is restarted during that one),
@@ -16,7 +16,7 @@ Figures, per phase:
 - answers served as a plain hit (`X-Cache: HIT` without `X-Cache-Stale`) that were never true ("wrong"), at
   any time, and after the fault ended; and hits still showing an earlier truth after it ended ("outdated");
 - seconds from the end of the fault until every image is answered as a plain hit equal to the truth;
-- at the end: events sent, and events lost (an image whose final answer is not its truth), owed looks left,
+- at the end: events sent, and events lost (an image whose final answer is not its truth), rechecks left,
   and the service log's tracebacks.
 
 Nothing here is production code; it needs the [demo] extra (moto) and PostgreSQL's server binaries.
@@ -426,12 +426,12 @@ class Run:
             "STATUSCACHE_DATABASE_URL": self.postgres.url,
             "STATUSCACHE_REGIONS": REGION,
             "STATUSCACHE_EVENTS_QUEUE_URL": self.queue_url,
-            # Reconciliation would heal a lost event: keep it out of the run (it runs once, at start).
+            # Reconciliation would repair a lost event: keep it out of the run (it runs once, at start).
             "STATUSCACHE_RESYNC_SECONDS": "3600",
             "STATUSCACHE_BACKOFF_INITIAL_SECONDS": "0.2",
             "STATUSCACHE_BACKOFF_MAX_SECONDS": "2",
-            "STATUSCACHE_HEAL_BACKOFF_INITIAL_SECONDS": "0.5",
-            "STATUSCACHE_HEAL_BACKOFF_MAX_SECONDS": "4",
+            "STATUSCACHE_RECHECK_BACKOFF_INITIAL_SECONDS": "0.5",
+            "STATUSCACHE_RECHECK_BACKOFF_MAX_SECONDS": "4",
             "STATUSCACHE_LIVE_LOOKUP_TIMEOUT_SECONDS": "3",
             "STATUSCACHE_LIVE_LOOKUPS_PER_SECOND": "100",
             "STATUSCACHE_LIVE_LOOKUPS_PER_CALLER_PER_SECOND": "100",
@@ -694,7 +694,7 @@ class Run:
             "events_sent": self.events,
             "images_not_matching_the_truth_at_the_end": lost,
             "converged_at_the_end": converged is not None,
-            "owed_looks_left": ready.get("owedLooks"),
+            "rechecks_left": ready.get("rechecksOwed"),
             "answers": dict(sorted(self.answers.items())),
             "log_tracebacks": logs.count("Traceback"),
             "log_database_lines": sum("database unavailable" in line or "database available again" in line
@@ -771,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
     end = results["end"]
     wrong = sum(phase["wrong_hits_during"] + phase["wrong_hits_after"] for phase in results["phases"])
-    return 0 if wrong == 0 and not end["images_not_matching_the_truth_at_the_end"] and not end["owed_looks_left"] else 1
+    return 0 if wrong == 0 and not end["images_not_matching_the_truth_at_the_end"] and not end["rechecks_left"] else 1
 
 
 if __name__ == "__main__":

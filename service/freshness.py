@@ -1,7 +1,7 @@
 """How current this process's answers are: the state that changes answers (X-Cache-Stale, /readyz), not counters.
 
 One `Freshness` per process, written by the components that find out (the AWS module, the reconciler,
-the event consumer, the healer, the database outage tracker) and read by the API: whether AWS answers in
+the event consumer, the rechecker, the database outage tracker) and read by the API: whether AWS answers in
 each region, since when this process may be behind AWS there, whether the database is down. Unlike the
 counters in service.metrics, what is here decides what a request is answered.
 """
@@ -25,8 +25,8 @@ class Freshness:
     aws_last_answer: dict[str, float] = field(default_factory=dict)
     aws_last_failure: dict[str, float] = field(default_factory=dict)
     aws_last_error: dict[str, str] = field(default_factory=dict)
-    # Looks at AWS still owed now (service.ingest.healer), as /readyz reports them.
-    heal_backlog: int = 0
+    # Rechecks owed now (service.ingest.rechecker), as /readyz reports them.
+    rechecks_owed: int = 0
     # Whether a database outage is under way now (service.store.outage).
     database_down: bool = False
 

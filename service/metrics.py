@@ -33,20 +33,20 @@ CALL_NOT_FOUND = "not_found"  # the resource does not exist: often a normal answ
 CALL_ERROR = "error"
 
 # How a describe was answered (its X-Cache header): from the cache, live, or from the cache but not the
-# confirmed truth of now (a look at AWS is owed, or the database is down and memory answered).
+# confirmed truth of now (a recheck is owed, or the database is down and memory answered).
 ANSWER_HIT = "HIT"
 ANSWER_MISS = "MISS"
 ANSWER_STALE = "STALE"
 # Why an answer carries X-Cache-Stale.
-STALE_AWS_ERROR = "aws-error"  # a part could not be confirmed at the last look; another look is owed
+STALE_AWS_ERROR = "aws-error"  # a part could not be confirmed at the last look; a recheck is owed
 STALE_UNCONFIRMED = "unconfirmed"  # not confirmed against AWS for longer than the bound, or since AWS failed
 STALE_DATABASE = "database-unavailable"  # the database is down: the record this process last read
 
-# Outcomes of the background looks owed (service.ingest.healer).
-HEAL_ATTEMPTED = "attempted"
-HEAL_HEALED = "healed"  # the look settled the need
-HEAL_FAILED = "failed"  # AWS still could not answer (all or part): retried after a backoff
-HEAL_DROPPED = "dropped"  # the look found nothing to store (a stack that is not an image, an unplaced AMI gone)
+# Outcomes of rechecks (service.ingest.rechecker).
+RECHECK_ATTEMPTED = "attempted"
+RECHECK_SETTLED = "settled"  # the look settled the recheck
+RECHECK_FAILED = "failed"  # AWS still could not answer (all or part): retried after a backoff
+RECHECK_DROPPED = "dropped"  # the look found nothing to store (a stack that is not an image, an unplaced AMI gone)
 
 
 # Outcomes of an HTTP request for the cache (the `cache` label of statuscache_http_requests_total).
@@ -130,8 +130,8 @@ class Metrics:
     aws_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Queue messages and events by what became of them: received, poison, ignored (not an event we
     # read), duplicates, ignored_resources, ignored_amis (not about an image), applied, refreshed
-    # (needed a targeted refresh), owed (a look AWS did not answer, kept for the healer), deleted,
-    # delete_retries, delete_failures.
+    # (needed a targeted refresh), rechecks_owed (a look AWS did not answer, left to the rechecker),
+    # deleted, delete_retries, delete_failures.
     events: Counter[str] = field(default_factory=Counter)
     # Targeted refreshes run (AWS look-ups of one image an event could not place; coalesced per image).
     targeted_refreshes: int = 0
@@ -170,8 +170,8 @@ class Metrics:
     stream_clients: int = 0
     # Describe answers that carried X-Cache-Stale, by reason (STALE_*).
     stale_answers: Counter[str] = field(default_factory=Counter)
-    # Background looks at AWS still owed (HEAL_*); how many are owed now is in service.freshness.
-    heals: Counter[str] = field(default_factory=Counter)
+    # Rechecks by outcome (RECHECK_*); how many are owed now is in service.freshness.
+    rechecks: Counter[str] = field(default_factory=Counter)
     # Database outages seen by requests, the requests answered 503 and those served stale from memory
     # meanwhile (whether one is under way now is in service.freshness).
     database_outages: int = 0

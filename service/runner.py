@@ -237,7 +237,7 @@ async def poll(settings: Settings) -> None:
 
 async def sync_once(settings: Settings) -> int:
     require_aws()
-    async with Runtime.open(settings, poll=False, heal=False) as runtime:
+    async with Runtime.open(settings, poll=False, recheck=False) as runtime:
         reports = await runtime.reconciler.run_once()
     for report in reports:
         print(

@@ -21,8 +21,8 @@ from service.freshness import Freshness
 from service.ingest.consumer import Consumer
 from service.ingest.derivation import BuildDerivation
 from service.ingest.evidence import EvidenceCapture
-from service.ingest.healer import Healer
 from service.ingest.lookup import Lookup
+from service.ingest.rechecker import Rechecker
 from service.ingest.reconciler import Reconciler
 from service.ingest.retention import Retention
 from service.metrics import Metrics
@@ -35,7 +35,7 @@ from service.store.cache import Cache
 from service.store.keys import Keys
 from service.store.lease import RegionLease
 from service.store.outage import DatabaseOutage
-from service.store.refresh_queue import RefreshQueue
+from service.store.rechecks import Rechecks
 from service.support.loops import Loop
 from service.support.signal import ChangeSignal
 
@@ -58,8 +58,8 @@ class Runtime:
     freshness: Freshness
     # Secrets shared by the deployment's replicas (signing keys), from the database.
     keys: Keys
-    # Looks at AWS still owed, taken in the background.
-    healer: Healer
+    # Rechecks (looks at AWS still owed), taken in the background.
+    rechecker: Rechecker
     # Database outages as requests meet them: logged once, summarised, ended by a probe.
     outage: DatabaseOutage
     # History older than STATUSCACHE_HISTORY_DAYS dropped; builds derived from the transitions.
@@ -85,7 +85,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, engine: AsyncEngine, aws: Aws) -> Runtime:
         """The components, all counting in one Metrics and telling one Freshness: the AWS clients' own."""
-        cache = Cache(engine, retry_seconds=settings.heal_backoff_initial_seconds)
+        cache = Cache(engine, retry_seconds=settings.recheck_backoff_initial_seconds)
         metrics, freshness = aws.metrics, aws.freshness
         outage = DatabaseOutage(engine, metrics=metrics, freshness=freshness)
         transitioned = ChangeSignal()
@@ -104,8 +104,8 @@ class Runtime:
             metrics=metrics,
             freshness=freshness,
             keys=Keys(engine),
-            healer=Healer(
-                cache=cache, queue=RefreshQueue(cache.writer), aws=aws, settings=settings, metrics=metrics,
+            rechecker=Rechecker(
+                cache=cache, rechecks=Rechecks(cache.writer), aws=aws, settings=settings, metrics=metrics,
                 freshness=freshness,
             ),
             outage=outage,
@@ -116,7 +116,7 @@ class Runtime:
             ),
             transitioned=transitioned,
         )
-        cache.on_owed = runtime.healer.wake
+        cache.on_recheck_owed = runtime.rechecker.wake
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
         cache.subscribe(
@@ -131,14 +131,14 @@ class Runtime:
         settings: Settings,
         *,
         poll: bool,
-        heal: bool = True,
+        recheck: bool = True,
         background: list[Coroutine[Any, Any, None]] | None = None,
         subscriptions: SubscriptionsFile | None = None,
     ) -> AsyncIterator[Runtime]:
         """Prepare the schema, open clients, start the loops; close everything on exit.
 
-        `poll`: the reconciler, the event consumer and retention. `heal`: the looks at AWS still owed, which
-        every serving process takes (an API replica's own live lookups can leave one owed).
+        `poll`: the reconciler, the event consumer and retention. `recheck`: the rechecks (looks at AWS still owed),
+        which every serving process takes (an API replica's own live lookups can leave one owed).
         """
         if settings.is_sqlite:
             # The embedded default migrates itself; a shared database is migrated by an operator.
@@ -155,8 +155,8 @@ class Runtime:
                     runtime.run(receiver, drains=True)
                 runtime.run(runtime.retention.loop())
                 runtime.run(runtime.evidence.loop(region_gate=runtime.lease.holds))
-            if heal:
-                runtime.run(runtime.healer.loop())
+            if recheck:
+                runtime.run(runtime.rechecker.loop())
             # Every process derives builds: API replicas write transitions too (live look-ups).
             runtime.run(runtime.builds.loop())
             for coroutine in background or ():

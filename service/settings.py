@@ -2,7 +2,9 @@
 
 Every knob is a field of Settings with its default written there and nowhere else; its environment
 variable is STATUSCACHE_<FIELD NAME upper-cased> unless the field says otherwise, and from_env reads
-every field, so a new knob needs one line here and one row in the README's table (a test holds both).
+every field, so a new knob needs one line here and one row in the README's table (a test holds both). A
+renamed knob keeps its older variable (`older`), read when the new one is unset, so existing configurations
+keep working.
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ FALLBACK_REGION = "us-east-1"
 ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
-def knob(default: Any, *, minimum: float | None = None, maximum: float | None = None, env: str | None = None) -> Any:
-    """A setting's default, with the range from_env accepts and, where it differs, its variable's name."""
-    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "env": env})
+def knob(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    env: str | None = None,
+    older: str | None = None,
+) -> Any:
+    """A setting's default, with the range from_env accepts, where it differs its variable's name, and the
+    variable it was read from before a rename (still read when the new one is unset)."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "env": env, "older": older})
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,13 @@ class Settings:
     # Bounded backoff for the poller loops after a failed pass.
     backoff_initial_seconds: float = knob(1.0, minimum=0.01)
     backoff_max_seconds: float = knob(60.0, minimum=0.01)
-    # A look at AWS that got no answer (a part of a lookup, an event's refresh) is retried in the background
-    # after this, doubling per failure up to the maximum: how soon after AWS recovers the cache is whole again.
-    heal_backoff_initial_seconds: float = knob(1.0, minimum=0.01)
-    heal_backoff_max_seconds: float = knob(15.0, minimum=0.01)
+    # A recheck (a look at AWS that got no answer: a part of a lookup, an event's targeted refresh) is retried in
+    # the background after this, doubling per failure up to the maximum: how soon after AWS recovers the cache is
+    # whole again. `older`: the variables' names before rechecks had their name.
+    recheck_backoff_initial_seconds: float = knob(
+        1.0, minimum=0.01, older="STATUSCACHE_HEAL_BACKOFF_INITIAL_SECONDS"
+    )
+    recheck_backoff_max_seconds: float = knob(15.0, minimum=0.01, older="STATUSCACHE_HEAL_BACKOFF_MAX_SECONDS")
     # A cached answer not confirmed against AWS for longer than this carries `X-Cache-Stale: unconfirmed`;
     # 0 means two reconciliation intervals.
     stale_after_seconds: float = knob(0.0, minimum=0.0)
@@ -162,6 +175,21 @@ def env_name(setting: Field[Any]) -> str:
     return named or f"STATUSCACHE_{setting.name.upper()}"
 
 
+def older_env_name(setting: Field[Any]) -> str | None:
+    """The variable a renamed setting was read from before, if any."""
+    older: str | None = setting.metadata.get("older")
+    return older
+
+
+def variable(env: Mapping[str, str], setting: Field[Any]) -> str:
+    """Which variable to read `setting` from: its own, unless only its older name is set (an existing config)."""
+    name = env_name(setting)
+    older = older_env_name(setting)
+    if older is not None and not env.get(name, "").strip() and env.get(older, "").strip():
+        return older
+    return name
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the URL forms operators paste (postgres://, postgresql://) and pick the async drivers."""
     for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://"):
@@ -173,7 +201,7 @@ def normalize_database_url(url: str) -> str:
 
 
 def _number(env: Mapping[str, str], setting: Field[Any]) -> float | int:
-    name = env_name(setting)
+    name = variable(env, setting)
     default = setting.default
     assert isinstance(default, int | float)
     raw = env.get(name)
@@ -196,7 +224,7 @@ def _number(env: Mapping[str, str], setting: Field[Any]) -> float | int:
 
 
 def _flag(env: Mapping[str, str], setting: Field[Any]) -> bool:
-    name = env_name(setting)
+    name = variable(env, setting)
     raw = env.get(name, "").strip().lower()
     if raw == "":
         return bool(setting.default)
@@ -284,7 +312,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         elif isinstance(setting.default, int | float):
             values[setting.name] = _number(env, setting)
         else:
-            values[setting.name] = (env.get(env_name(setting)) or "").strip() or setting.default
+            values[setting.name] = (env.get(variable(env, setting)) or "").strip() or setting.default
     settings = Settings(**values)
     if settings.presign_reuse_seconds >= settings.presign_expires_seconds:
         raise ConfigurationError(

@@ -98,7 +98,7 @@ def promtool() -> str:
 @pytest.fixture
 def aws_state(fake_aws: FakeAws) -> FakeAws:
     """The fake AWS, emptied and with counters at zero."""
-    fake_aws.heal()
+    fake_aws.recover()
     fake_aws.reset()
     fake_aws.reset_calls()
     return fake_aws
@@ -196,7 +196,7 @@ def empty_postgres_url(postgres_url: str) -> str:
                 await connection.execute(
                     text(
                         "TRUNCATE images, revisions, transitions, builds, builds_pending, processed_events, "
-                        "poison_messages, refreshes, subscriptions, dead_letters, evidence, evidence_logs "
+                        "poison_messages, rechecks, subscriptions, dead_letters, evidence, evidence_logs "
                         "RESTART IDENTITY"
                     )
                 )

@@ -336,7 +336,7 @@ async def test_aws_down_with_nothing_cached_is_503(client: httpx.AsyncClient, aw
     try:
         response = await describe(client, "unreachable")
     finally:
-        aws_state.heal()
+        aws_state.recover()
     assert response.status_code == 503
     assert set(response.json()) == {"message"}
 
@@ -349,7 +349,7 @@ async def test_aws_down_still_serves_what_is_cached(client: httpx.AsyncClient, a
     try:
         response = await describe(client, "survivor")
     finally:
-        aws_state.heal()
+        aws_state.recover()
     assert response.status_code == 200
     assert response.headers["x-cache"] == "HIT"
 
@@ -535,7 +535,7 @@ async def test_aws_unreachable_503_asks_to_retry_later(client: httpx.AsyncClient
     try:
         response = await describe(client, "unreachable-retry")
     finally:
-        aws_state.heal()
+        aws_state.recover()
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
     assert response.json() == {"message": "The image is not cached and AWS could not be reached; retry later."}
@@ -583,7 +583,7 @@ async def test_answers_are_unconfirmed_from_the_moment_reconciling_fails(
         await runtime.reconciler.loop().run_once()
         during = await describe(client, "outage-survivor")
     finally:
-        aws_state.heal()
+        aws_state.recover()
     await runtime.reconciler.loop().run_once()
     after = await describe(client, "outage-survivor")
 

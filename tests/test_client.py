@@ -104,7 +104,7 @@ def test_errors_are_pclusters_exceptions_with_the_services_message(
             with pytest.raises(InternalServiceException) as down:
                 client.describe_image("cl-unreachable")
         finally:
-            aws_state.heal()
+            aws_state.recover()
     assert (missing.value.status, missing.value.message) == (
         404, "No image or stack associated with ParallelCluster image id: cl-never-built.",
     )  # fmt: skip

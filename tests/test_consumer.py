@@ -1,4 +1,4 @@
-"""The event consumer through a real (moto) SQS queue: apply, de-duplicate, order, poison, crash, heal."""
+"""The event consumer through a real (moto) SQS queue: apply, de-duplicate, order, poison, crash, recheck."""
 
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ async def test_database_down_deletes_nothing(runtime: Runtime, aws_state: FakeAw
 
 
 @pytest.mark.slow
-async def test_lost_event_is_healed_by_reconcile_and_counted(
+async def test_lost_event_is_repaired_by_reconcile_and_counted(
     runtime: Runtime, aws_state: FakeAws, queue: Queue, client: httpx.AsyncClient
 ) -> None:
     await known_building_image(runtime, aws_state, "evt-lost")
@@ -394,15 +394,15 @@ async def test_event_whose_refresh_aws_refuses_is_kept_and_applied_once_aws_answ
     # The message is done with (deleted), but what it told us is kept until AWS can be asked.
     assert queue.depth() == 0
     assert await stored_images(runtime) == 0
-    assert await runtime.healer.backlog() == 1
-    aws_state.heal()
-    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    assert await runtime.rechecker.backlog() == 1
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
     body = await describe(client, "evt-kept")
     assert body["imageBuildStatus"] == "BUILD_IN_PROGRESS" and body["imagebuilderImageStatus"] == "PENDING"
     items = await history(client, "evt-kept")
     assert [item["source"] for item in items] == ["event"]
     assert items[0]["time"] == stamp(5).replace("Z", ".000Z")
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 @pytest.mark.slow
@@ -420,9 +420,9 @@ async def test_new_image_builder_image_of_a_cached_image_is_stale_until_it_can_b
 
     assert queue.depth() == 0
     assert during.headers["x-cache"] == "STALE" and during.headers["x-cache-stale"] == "aws-error"
-    aws_state.heal()
-    report = await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
-    assert report.healed == 1
+    aws_state.recover()
+    report = await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
+    assert report.settled == 1
     assert (await client.get("/v3/images/custom/evt-rebuilt")).headers["x-cache"] == "HIT"
 
 
@@ -437,11 +437,11 @@ async def test_ami_event_that_ec2_cannot_place_is_kept_until_it_can(
     await drain(runtime.consumer, queue)
 
     assert queue.depth() == 0
-    assert await runtime.healer.backlog() == 1
-    aws_state.heal()
-    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    assert await runtime.rechecker.backlog() == 1
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
     assert (await describe(client, "evt-unplaced"))["imageBuildStatus"] == "BUILD_COMPLETE"
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 @pytest.mark.slow
@@ -452,13 +452,13 @@ async def test_refresh_need_of_a_stack_that_is_not_an_image_is_dropped_once_aws_
     aws_state.fail_always("ec2.DescribeImages", code="InternalError", status=500)
     queue.send(stack_event(stack_id, "CREATE_COMPLETE", at=1))
     await drain(runtime.consumer, queue)
-    assert await runtime.healer.backlog() == 1
+    assert await runtime.rechecker.backlog() == 1
 
-    aws_state.heal()
-    await runtime.healer.run_once(now=datetime.now(UTC) + LATER)
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=datetime.now(UTC) + LATER)
 
     assert await stored_images(runtime) == 0
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 @pytest.mark.slow
@@ -471,7 +471,7 @@ async def test_answers_are_unconfirmed_while_the_event_queue_cannot_be_read(
     aws_state.fail_always("sqs.ReceiveMessage", code="InternalError", status=500)
     await runtime.consumer.receiver(queue_url=queue.url, stop=asyncio.Event()).run_once()
     during = await client.get("/v3/images/custom/evt-deaf")
-    aws_state.heal()
+    aws_state.recover()
     other = ami_event("ami-1", "available", at=1)
     other["detail-type"] = "EC2 Instance State-change Notification"
     queue.send(other)  # something to receive, so the long poll answers at once

@@ -104,7 +104,7 @@ def test_serve_answers_hit_and_miss_and_keeps_data_across_restart(
         assert response.headers["x-cache"] == "HIT"
     finally:
         restarted.stop()
-        aws_state.heal()
+        aws_state.recover()
 
 
 def test_serve_refuses_bad_settings(serve_env: dict[str, str]) -> None:
@@ -174,7 +174,7 @@ def test_serve_started_during_an_aws_outage_is_ready_and_serves_its_cache(
         response = httpx.get(f"{restarted.base}/v3/images/custom/e2e-outage")
     finally:
         output = restarted.stop()
-        aws_state.heal()
+        aws_state.recover()
 
     assert body["checks"] == {"database": True, "schema": True}
     assert body["reconcile"]["firstPassDone"] is False

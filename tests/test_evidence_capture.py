@@ -104,12 +104,12 @@ async def test_a_throttled_capture_stores_nothing_and_stays_owed(runtime: Runtim
     aws_build(aws_state)
     await ended_build(runtime)
     now = [utcnow()]
-    capture = capture_of(runtime, lambda: now[0], heal_backoff_initial_seconds=5, heal_backoff_max_seconds=5)
+    capture = capture_of(runtime, lambda: now[0], recheck_backoff_initial_seconds=5, recheck_backoff_max_seconds=5)
     aws_state.fail_always("logs.GetLogEvents", code="ThrottlingException")
     await capture.step()
     assert await store.read(runtime.engine, region=REGION, image_id=IMAGE) is None
     assert capture.deferred == 1
-    aws_state.heal()
+    aws_state.recover()
     # Owed, not forgotten, and not asked again before its backoff is over.
     await capture.step()
     assert await store.read(runtime.engine, region=REGION, image_id=IMAGE) is None

@@ -54,7 +54,7 @@ def test_faults_never_leave_a_wrong_hit_nor_lose_an_event() -> None:
     assert phases["full outage"]["restart_ready_after_seconds"] < 10
     end = results["end"]
     assert end["images_not_matching_the_truth_at_the_end"] == []
-    assert end["owed_looks_left"] == 0
+    assert end["rechecks_left"] == 0
     assert end["log_tracebacks"] == 0
     # One line when the database went, one when it came back.
     assert end["log_database_lines"] == 2

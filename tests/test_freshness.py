@@ -45,5 +45,5 @@ def test_aws_is_reachable_when_its_last_answer_is_not_older_than_its_last_failur
 @pytest.mark.asyncio
 async def test_every_component_tells_the_runtimes_freshness(runtime: Runtime) -> None:
     assert runtime.aws.freshness is runtime.freshness
-    for component in (runtime.reconciler, runtime.consumer, runtime.healer):
+    for component in (runtime.reconciler, runtime.consumer, runtime.rechecker):
         assert component.freshness is runtime.freshness

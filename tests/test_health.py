@@ -27,7 +27,7 @@ async def test_ready_while_aws_is_down_and_no_reconcile_has_succeeded(
         await runtime.reconciler.loop().run_once()
         ready = await client.get("/readyz")
     finally:
-        aws_state.heal()
+        aws_state.recover()
 
     body = orjson.loads(ready.content)
     assert ready.status_code == 200 and body["ready"] is True
@@ -45,7 +45,7 @@ async def test_aws_reported_reachable_again_once_it_answers(
     runtime.polling = True
     aws_state.fail_all(status=503)
     await runtime.reconciler.loop().run_once()
-    aws_state.heal()
+    aws_state.recover()
     await runtime.reconciler.loop().run_once()
 
     body = (await client.get("/readyz")).json()

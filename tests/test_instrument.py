@@ -125,7 +125,7 @@ async def test_every_line_a_request_causes_carries_its_id(
 ) -> None:
     aws_state.fail_all(status=503)
     answer = await client.get("/v3/images/custom/unreachable", headers={"X-Request-ID": "trace-42"})
-    aws_state.heal()
+    aws_state.recover()
 
     assert answer.status_code == 503
     caused = [line for line in lines.lines if line["logger"].startswith("service.")]

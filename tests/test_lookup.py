@@ -1,4 +1,4 @@
-"""A live lookup that AWS could only partly answer: answered as pcluster would, never cached as the truth, healed."""
+"""A live lookup that AWS could only partly answer: answered as pcluster would, never cached as the truth, rechecked."""
 
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ async def test_image_builder_failure_answers_degraded_but_is_not_a_hit(
     assert again.headers["x-cache"] == "STALE"
     assert again.headers["x-cache-stale"] == "aws-error"
 
-    aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + LATER)
-    healed = await describe(client, "ib-fails")
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=utcnow() + LATER)
+    rechecked = await describe(client, "ib-fails")
 
-    assert healed.headers["x-cache"] == "HIT" and "x-cache-stale" not in healed.headers
-    assert healed.json()["imagebuilderImageStatus"] == "BUILDING"
+    assert rechecked.headers["x-cache"] == "HIT" and "x-cache-stale" not in rechecked.headers
+    assert rechecked.json()["imagebuilderImageStatus"] == "BUILDING"
 
 
 @pytest.mark.parametrize(
@@ -86,12 +86,12 @@ async def test_bucket_failure_answers_not_available_but_is_not_a_hit(
     assert live.json()["imageConfiguration"] == {"url": "NOT_AVAILABLE"}
     assert again.headers["x-cache"] == "STALE"
 
-    aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + LATER)
-    healed = await describe(client, "bucket-fails")
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=utcnow() + LATER)
+    rechecked = await describe(client, "bucket-fails")
 
-    assert healed.headers["x-cache"] == "HIT"
-    assert config_path(healed.json()).startswith(f"/{DEFAULT_BUCKET}/")
+    assert rechecked.headers["x-cache"] == "HIT"
+    assert config_path(rechecked.json()).startswith(f"/{DEFAULT_BUCKET}/")
 
 
 async def test_a_missing_bucket_is_a_fact_and_cached(
@@ -105,7 +105,7 @@ async def test_a_missing_bucket_is_a_fact_and_cached(
 
     assert live.json()["imageConfiguration"] == {"url": "NOT_AVAILABLE"}
     assert cached.headers["x-cache"] == "HIT" and "x-cache-stale" not in cached.headers
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 async def test_a_missing_image_builder_image_is_a_fact_and_cached(
@@ -118,46 +118,46 @@ async def test_a_missing_image_builder_image_is_a_fact_and_cached(
 
     assert cached.headers["x-cache"] == "HIT"
     assert "imagebuilderImageStatus" not in cached.json()
-    assert await runtime.healer.backlog() == 0
+    assert await runtime.rechecker.backlog() == 0
 
 
 @pytest.mark.slow
-async def test_healing_waits_while_aws_still_fails_then_succeeds(
+async def test_a_recheck_waits_while_aws_still_fails_then_succeeds(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
-    aws_state.create_image_stack(region=REGION, image_id="slow-heal", imagebuilder_status="TESTING")
+    aws_state.create_image_stack(region=REGION, image_id="slow-recheck", imagebuilder_status="TESTING")
     aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
-    await describe(client, "slow-heal")
+    await describe(client, "slow-recheck")
 
-    still_failing = await runtime.healer.run_once(now=utcnow() + LATER)
-    assert still_failing.failed == 1 and still_failing.healed == 0
-    assert (await describe(client, "slow-heal")).headers["x-cache"] == "STALE"
+    still_failing = await runtime.rechecker.run_once(now=utcnow() + LATER)
+    assert still_failing.failed == 1 and still_failing.settled == 0
+    assert (await describe(client, "slow-recheck")).headers["x-cache"] == "STALE"
 
-    aws_state.heal()
-    healed = await runtime.healer.run_once(now=utcnow() + 2 * LATER)
-    assert healed.healed == 1
-    response = await describe(client, "slow-heal")
+    aws_state.recover()
+    rechecked = await runtime.rechecker.run_once(now=utcnow() + 2 * LATER)
+    assert rechecked.settled == 1
+    response = await describe(client, "slow-recheck")
     assert response.headers["x-cache"] == "HIT"
     assert response.json()["imagebuilderImageStatus"] == "TESTING"
 
 
 @pytest.mark.slow
-async def test_the_healer_loop_heals_within_seconds_of_aws_recovering(
+async def test_the_rechecker_loop_settles_within_seconds_of_aws_recovering(
     client: httpx.AsyncClient, aws_state: FakeAws, runtime: Runtime
 ) -> None:
-    aws_state.create_image_stack(region=REGION, image_id="quick-heal", imagebuilder_status="BUILDING")
+    aws_state.create_image_stack(region=REGION, image_id="quick-recheck", imagebuilder_status="BUILDING")
     aws_state.fail_always("imagebuilder.GetImage", code="ThrottlingException", status=400)
-    assert (await describe(client, "quick-heal")).headers["x-cache"] == "MISS"
+    assert (await describe(client, "quick-recheck")).headers["x-cache"] == "MISS"
     stop = asyncio.Event()
-    loop = asyncio.create_task(runtime.healer.loop().run(stop=stop))
+    loop = asyncio.create_task(runtime.rechecker.loop().run(stop=stop))
     try:
         await asyncio.sleep(1.5)  # a few failed attempts, backing off
-        aws_state.heal()
+        aws_state.recover()
         recovered = asyncio.get_running_loop().time()
-        while (await describe(client, "quick-heal")).headers["x-cache"] != "HIT":
-            assert asyncio.get_running_loop().time() - recovered < 10, "not healed within seconds"
+        while (await describe(client, "quick-recheck")).headers["x-cache"] != "HIT":
+            assert asyncio.get_running_loop().time() - recovered < 10, "not rechecked within seconds"
             await asyncio.sleep(0.1)
     finally:
         stop.set()
         await asyncio.wait_for(loop, timeout=5)
-    assert (await describe(client, "quick-heal")).json()["imagebuilderImageStatus"] == "BUILDING"
+    assert (await describe(client, "quick-recheck")).json()["imagebuilderImageStatus"] == "BUILDING"

@@ -208,3 +208,72 @@ async def test_fleet_history_is_backfilled_from_the_transitions(backend: str, tm
     finally:
         if backend == "postgresql":
             await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+async def test_refreshes_become_rechecks_and_back_keeping_their_rows(backend: str, tmp_path: Path) -> None:
+    import asyncio
+    from datetime import datetime
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from tests.conftest import _pg_admin, _pg_database_url
+
+    name = f"statuscache_rechecks_{id(tmp_path)}"
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    else:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        url = _pg_database_url(name)
+    # Naive UTC, as the columns store it: a raw INSERT passes no type to convert an aware time.
+    t0 = datetime(2026, 1, 5, 9)
+    row = {
+        "region": "us-east-1", "kind": "image", "subject": "img", "requested_at": t0, "happened_at": None,
+        "source": "live", "reason": "could not read config", "attempts": 2, "due_at": t0, "last_error": "x",
+    }
+    columns = ", ".join(row)
+    values = ", ".join(f":{column}" for column in row)
+
+    async def tables_and_indexes() -> tuple[set[str], set[str], list[tuple[object, ...]]]:
+        engine = db.create_engine(Settings(database_url=url))
+        try:
+            async with engine.connect() as connection:
+                def read(sync: Connection) -> tuple[set[str], set[str]]:
+                    inspector = inspect(sync)
+                    names = set(inspector.get_table_names())
+                    indexes = {
+                        index["name"] for table in names & {"refreshes", "rechecks"}
+                        for index in inspector.get_indexes(table) if index["name"]
+                    }
+                    return names, indexes
+
+                names, indexes = await connection.run_sync(read)
+                table = "rechecks" if "rechecks" in names else "refreshes"
+                found = await connection.execute(text(f"SELECT subject, attempts FROM {table}"))
+                rows = [tuple(each) for each in found]
+            return names, indexes, rows
+        finally:
+            await engine.dispose()
+
+    try:
+        await asyncio.to_thread(command.upgrade, db.alembic_config(url), "0007_evidence")
+        engine = db.create_engine(Settings(database_url=url))
+        async with engine.begin() as connection:
+            await connection.execute(text(f"INSERT INTO refreshes ({columns}) VALUES ({values})"), row)
+        await engine.dispose()
+
+        await db.migrate(url)
+        names, indexes, rows = await tables_and_indexes()
+        assert "rechecks" in names and "refreshes" not in names
+        assert indexes == {"ix_rechecks_due_at"}
+        assert rows == [("img", 2)]
+
+        await asyncio.to_thread(command.downgrade, db.alembic_config(url), "0007_evidence")
+        names, indexes, rows = await tables_and_indexes()
+        assert "refreshes" in names and "rechecks" not in names
+        assert indexes == {"ix_refreshes_due_at"}
+        assert rows == [("img", 2)]
+    finally:
+        if backend == "postgresql":
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

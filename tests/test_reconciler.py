@@ -160,7 +160,7 @@ async def test_loop_backs_off_and_recovers_after_failure(runtime: Runtime, aws_s
 
 
 @pytest.mark.slow
-async def test_throttled_image_builder_keeps_the_last_known_status_and_is_healed(
+async def test_throttled_image_builder_keeps_the_last_known_status_and_is_rechecked(
     runtime: Runtime, aws_state: FakeAws, client: httpx.AsyncClient
 ) -> None:
     aws_state.create_image_stack(region=REGION, image_id="kept-ib", imagebuilder_status="BUILDING")
@@ -174,8 +174,8 @@ async def test_throttled_image_builder_keeps_the_last_known_status_and_is_healed
     # Not knowing is not "absent": the last known status stays, flagged as not confirmed.
     assert during.json()["imagebuilderImageStatus"] == "BUILDING"
     assert during.headers["x-cache"] == "STALE"
-    aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + timedelta(minutes=10))
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=utcnow() + timedelta(minutes=10))
     after = await client.get("/v3/images/custom/kept-ib")
     assert after.json()["imagebuilderImageStatus"] == "TESTING"
     assert after.headers["x-cache"] == "HIT"
@@ -190,7 +190,7 @@ async def test_new_image_whose_image_builder_is_throttled_is_not_stored_as_compl
 
     await runtime.reconciler.run_pass(region=REGION)
     during = await client.get("/v3/images/custom/new-ib")
-    aws_state.heal()
+    aws_state.recover()
     # The next pass looks again although the stack did not change: the last look failed.
     await runtime.reconciler.run_pass(region=REGION)
     after = await client.get("/v3/images/custom/new-ib")
@@ -208,8 +208,8 @@ async def test_bucket_outage_during_a_pass_is_not_stored_as_not_available(
 
     report = await runtime.reconciler.run_pass(region=REGION)
     during = await client.get("/v3/images/custom/bucket-pass")
-    aws_state.heal()
-    await runtime.healer.run_once(now=utcnow() + timedelta(minutes=10))
+    aws_state.recover()
+    await runtime.rechecker.run_once(now=utcnow() + timedelta(minutes=10))
     after = await client.get("/v3/images/custom/bucket-pass")
 
     assert report.unconfirmed == 1

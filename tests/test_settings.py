@@ -39,8 +39,8 @@ def test_the_demo_is_not_a_setting() -> None:
         ("live_lookups_per_second", 20.0),
         ("live_lookups_per_caller_per_second", 10.0),
         ("live_lookup_timeout_seconds", 20.0),
-        ("heal_backoff_initial_seconds", 1.0),
-        ("heal_backoff_max_seconds", 15.0),
+        ("recheck_backoff_initial_seconds", 1.0),
+        ("recheck_backoff_max_seconds", 15.0),
         ("stale_after_seconds", 0.0),
         ("db_pool_size", 10),
         ("db_max_overflow", 10),
@@ -295,13 +295,56 @@ def test_every_setting_is_read_from_its_variable_and_documented_in_the_readme() 
         assert f"`{env_name(setting)}`" in readme, f"{env_name(setting)} is not in the README's table"
 
 
+def test_a_renamed_settings_older_variable_is_documented_in_the_readme() -> None:
+    from dataclasses import fields
+
+    from service.settings import older_env_name
+
+    readme = (REPOSITORY / "README.md").read_text()
+    older = [name for setting in fields(Settings) if (name := older_env_name(setting)) is not None]
+    assert older
+    for name in older:
+        assert f"`{name}`" in readme, f"{name} (an older name still read) is not in the README"
+
+
+@pytest.mark.parametrize(
+    ("env", "initial", "maximum"),
+    [
+        pytest.param(
+            {"STATUSCACHE_HEAL_BACKOFF_INITIAL_SECONDS": "2", "STATUSCACHE_HEAL_BACKOFF_MAX_SECONDS": "30"},
+            2.0, 30.0, id="older-names-only",
+        ),
+        pytest.param(
+            {"STATUSCACHE_RECHECK_BACKOFF_INITIAL_SECONDS": "3", "STATUSCACHE_HEAL_BACKOFF_INITIAL_SECONDS": "2"},
+            3.0, 15.0, id="new-name-wins",
+        ),
+        pytest.param(
+            {"STATUSCACHE_RECHECK_BACKOFF_MAX_SECONDS": " ", "STATUSCACHE_HEAL_BACKOFF_MAX_SECONDS": "20"},
+            1.0, 20.0, id="blank-new-name-falls-back",
+        ),
+    ],
+)
+def test_recheck_backoff_still_reads_the_older_heal_variables(
+    env: dict[str, str], initial: float, maximum: float
+) -> None:
+    settings = from_env(env)
+    assert (settings.recheck_backoff_initial_seconds, settings.recheck_backoff_max_seconds) == (initial, maximum)
+
+
+def test_a_bad_value_under_the_older_name_names_the_older_variable() -> None:
+    with pytest.raises(ConfigurationError, match="STATUSCACHE_HEAL_BACKOFF_MAX_SECONDS"):
+        from_env({"STATUSCACHE_HEAL_BACKOFF_MAX_SECONDS": "soon"})
+
+
 def test_every_statuscache_variable_the_service_names_is_a_setting() -> None:
     import re
     from dataclasses import fields
 
-    from service.settings import env_name
+    from service.settings import env_name, older_env_name
 
     known = {env_name(setting) for setting in fields(Settings)} | {"STATUSCACHE_LOG_LEVEL", "STATUSCACHE_REGIONS"}
+    # A renamed knob's older variable is still read (existing configurations), so the service names it too.
+    known |= {older for setting in fields(Settings) if (older := older_env_name(setting)) is not None}
     # The client's own environment (where the service is, its token): not the service's settings, and
     # documented in the README's "Client" section instead of its configuration table.
     client = {"STATUSCACHE_URL", "STATUSCACHE_TOKEN"}

@@ -11,7 +11,7 @@ Every answer says where it came from (`X-Cache`) and, when it is not the confirm
     X-Cache: HIT                                   from the cache
     X-Cache: MISS                                  looked up live just now
     X-Cache: STALE   X-Cache-Stale: aws-error      from the cache, but a part could not be confirmed at the
-                                                   last look (AWS throttled or failed); another look is owed
+                                                   last look (AWS throttled or failed); a recheck is owed
     X-Cache: STALE   X-Cache-Stale: database-unavailable
                                                    the database is down: the record as this process last read it
     X-Cache: HIT     X-Cache-Stale: unconfirmed    from the cache, not confirmed against AWS for longer than
@@ -155,7 +155,7 @@ def answer_headers(
         outcome = ANSWER_MISS
     elif historical:
         outcome = ANSWER_HIT
-    elif stale is not None or image.pending:
+    elif stale is not None or image.recheck_owed:
         outcome = ANSWER_STALE
         stale = stale or STALE_AWS_ERROR
     else:
@@ -278,7 +278,7 @@ class FastDescribe(FastPath):
         if at is not None:
             return None
         image = runtime.lookup.recent(region=region, image_id=image_id)
-        if image is None or image.pending:
+        if image is None or image.recheck_owed:
             # A record owing a look at AWS is answered STALE by the route.
             return None
         prepared = self.answers.get(memo_key(runtime, image))

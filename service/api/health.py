@@ -100,7 +100,7 @@ def upstream(runtime: Runtime) -> dict[str, Any]:
             "behindSince": times(freshness.reconcile_behind_since),
         },
         "events": {"behindSince": times(freshness.events_behind_since)},
-        "owedLooks": freshness.heal_backlog,
+        "rechecksOwed": freshness.rechecks_owed,
         "databaseOutage": freshness.database_down,
     }
 

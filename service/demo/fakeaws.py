@@ -89,7 +89,7 @@ class FakeAws:
         self._calls: collections.Counter[str] = collections.Counter()
         self._failures: dict[str, collections.deque[tuple[str, int]]] = {}
         self._down_status: int | None = None
-        # Operations failing on every call until heal(): a throttle or outage of one API, not of AWS.
+        # Operations failing on every call until recover(): a throttle or outage of one API, not of AWS.
         self._failing: dict[str, tuple[str, int]] = {}
         self._images: dict[str, dict[str, Any]] = {}
         self._server: BaseWSGIServer | None = None
@@ -163,11 +163,11 @@ class FakeAws:
             self._down_status = status
 
     def fail_always(self, operation: str, *, code: str = "Throttling", status: int = 400) -> None:
-        """Fail every call of `operation` ("service.Operation") until heal()."""
+        """Fail every call of `operation` ("service.Operation") until recover()."""
         with self._lock:
             self._failing[operation] = (code, status)
 
-    def heal(self) -> None:
+    def recover(self) -> None:
         """End fail_all and fail_always (failures queued by fail_next stay queued)."""
         with self._lock:
             self._down_status = None

@@ -43,7 +43,7 @@ def start(settings: Settings) -> tuple[Settings, FakeAws, list[Coroutine[Any, An
     # The scenario sends each step's EventBridge event to this queue, and the service consumes it.
     overrides: dict[str, Any] = {"regions": (scenario.DEMO_REGION,), "events_queue_urls": (queue_url,)}
     if "STATUSCACHE_RESYNC_SECONDS" not in os.environ:
-        # Events bring the changes; reconciliation heals what they miss, often enough to watch it.
+        # Events bring the changes; reconciliation repairs what they miss, often enough to watch it.
         overrides["resync_seconds"] = 30.0
     log.warning(
         "DEMO: statuscache demo serves invented images from a local fake AWS (moto in-process at %s): %s. "

@@ -147,10 +147,10 @@ class Change:
     happened_at: datetime | None = None
     # Parts (PART_*) this observation asked AWS about and got no answer for (throttled, 5xx, timeout,
     # reset): not knowing, which unlike an observed absence is never stored as a fact. The stored part
-    # stays, and the image is marked for another look (service.domain.refreshes).
+    # stays, and a recheck of the image is owed (service.domain.rechecks).
     unknown: frozenset[str] = frozenset()
     # A whole observation: every part pcluster would read for this image now, not an event's patch. One
-    # with nothing unknown settles a pending look at the image.
+    # with nothing unknown settles the image's recheck, if one is owed.
     whole: bool = False
 
 
@@ -179,9 +179,9 @@ class CachedImage:
     config: ConfigLocation
     changed_at: datetime
     confirmed_at: datetime
-    # A look at the image is pending: a part could not be confirmed at the last look, or a look-up an
-    # event asked for failed. The record is the last known truth, not a confirmed one.
-    pending: bool = False
+    # A recheck of the image is owed: a part could not be confirmed at the last look, or a targeted refresh
+    # an event asked for failed. The record is the last known truth, not a confirmed one.
+    recheck_owed: bool = False
 
     @functools.cached_property
     def confirmed_epoch(self) -> float:

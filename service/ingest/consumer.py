@@ -2,12 +2,12 @@
 
 What an event means is decided in service.domain.plans; this module does the reading and writing around it.
 
-An event whose look at AWS gets no answer (a refresh, or EC2 naming an unplaced AMI's image) is not lost
-to it: the look is recorded as owed (service.domain.refreshes) in the same transaction that records the
-event as processed, and the healer takes it from there. That, rather than leaving the message on the
-queue, because a queue gives up after maxReceiveCount deliveries (to the dead-letter queue, where the
-service no longer sees it) while an AWS outage can last longer; and because one event in a batch of ten
-should not hold back the other nine.
+An event whose look at AWS gets no answer (a targeted refresh, or EC2 naming an unplaced AMI's image) is
+not lost to it: a recheck is recorded as owed (service.domain.rechecks) in the same transaction that
+records the event as processed, and the rechecker takes it from there. That, rather than leaving the
+message on the queue, because a queue gives up after maxReceiveCount deliveries (to the dead-letter queue,
+where the service no longer sees it) while an AWS outage can last longer; and because one event in a batch
+of ten should not hold back the other nine.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from service.aws import Aws, QueueMessage, queue_region
 from service.domain import events
 from service.domain.models import Change, Source
 from service.domain.plans import Facts, decide, is_image_resource, worth_storing
-from service.domain.refreshes import KIND_AMI, KIND_IMAGE, Need
+from service.domain.rechecks import KIND_AMI, KIND_IMAGE, Recheck
 from service.errors import AwsError, DatabaseUnavailable, MalformedEvent
 from service.freshness import Freshness
 from service.ingest.observe import observe_live
@@ -131,7 +131,7 @@ class Consumer:
         # In message order: changes accumulate, and an event that needs a look-up first commits what came
         # before it, so history keeps the order things happened in. One look-up per image per batch.
         pending: list[Change] = []
-        owed: list[Need] = []
+        rechecks: list[Recheck] = []
         refreshed: set[tuple[str, str]] = set()
         for event in fresh.values():
             try:
@@ -140,7 +140,7 @@ class Consumer:
                 # Only an AMI event asks AWS here: which image, if any, is this AMI's. Owe that question.
                 if not isinstance(event, events.AmiStateEvent):
                     raise
-                owed.append(self._owed(event, kind=KIND_AMI, subject=event.ami_id, error=exc))
+                rechecks.append(self._recheck(event, kind=KIND_AMI, subject=event.ami_id, error=exc))
                 continue
             plan = decide(event, facts)
             if plan.ignored is not None:
@@ -160,12 +160,12 @@ class Consumer:
                     await self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
                     self.metrics.event_lag.observe(lag_seconds(event.envelope.time))
                 except AwsError as exc:
-                    owed.append(self._owed(event, kind=KIND_IMAGE, subject=image_id, error=exc))
+                    rechecks.append(self._recheck(event, kind=KIND_IMAGE, subject=image_id, error=exc))
                 self.metrics.events["refreshed"] += 1
-        # The ids are recorded with the last changes and the looks owed: a crash before this point redelivers
+        # The ids are recorded with the last changes and the rechecks owed: a crash before this point redelivers
         # the batch, and after it nothing the events said depends on the messages any more.
-        await self.cache.apply_many(pending, event_ids=list(fresh), poison=poison, needs=owed)
-        self.metrics.events["owed"] += len(owed)
+        await self.cache.apply_many(pending, event_ids=list(fresh), poison=poison, owed=rechecks)
+        self.metrics.events["rechecks_owed"] += len(rechecks)
         self._applied(pending)
         await self._delete(queue_url=queue_url, messages=messages)
 
@@ -176,14 +176,14 @@ class Consumer:
             if change.happened_at is not None:
                 self.metrics.event_lag.observe(lag_seconds(change.happened_at))
 
-    def _owed(self, event: events.Event, *, kind: str, subject: str, error: AwsError) -> Need:
+    def _recheck(self, event: events.Event, *, kind: str, subject: str, error: AwsError) -> Recheck:
         region = event.envelope.region
         log.warning(
-            "event %s: AWS did not answer (%s); the look at %s %s/%s is kept and retried",
+            "event %s: AWS did not answer (%s); a recheck of %s %s/%s is owed",
             event.envelope.event_id, error.message, kind, region, subject,
             extra={"region": region, "image_id": subject, "event_id": event.envelope.event_id},
         )
-        return Need(
+        return Recheck(
             region=region,
             kind=kind,
             subject=subject,

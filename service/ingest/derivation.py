@@ -34,7 +34,7 @@ class BuildDerivation:
             name="build derivation",
             step=self.derive,
             backoff=Backoff(BUILDS_OUTAGE_RETRY_SECONDS, BUILDS_OUTAGE_RETRY_SECONDS),
-            # An outage is not a fault of this code: one line, as the consumer and the healer say it.
+            # An outage is not a fault of this code: one line, as the consumer and the rechecker say it.
             quiet=(DatabaseUnavailable,),
             wake=self._transitioned.wait,
             settle_seconds=BUILDS_GATHER_SECONDS,

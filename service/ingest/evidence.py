@@ -63,7 +63,7 @@ class EvidenceCapture:
         self._slots = asyncio.Semaphore(settings.evidence_concurrency)
         # A build AWS did not answer for waits before its next try, doubling.
         self._owed = Pauses[tuple[str, str]](
-            Backoff(settings.heal_backoff_initial_seconds, settings.heal_backoff_max_seconds)
+            Backoff(settings.recheck_backoff_initial_seconds, settings.recheck_backoff_max_seconds)
         )
         # Which replica captures a region: the reconciler's lease holder (None: this process, always).
         self._region_gate: Callable[[str], Awaitable[bool]] | None = None

@@ -5,7 +5,7 @@ Every AWS failure here is one of two things, and which one decides what may be s
   could not read it either. That is what describe says (fields absent, `NOT_AVAILABLE`), stored as fact;
 - no answer (`service.aws.is_unknown`: throttled, 5xx, timeout, connection trouble): not knowing. The
   part is left out of the change and named in `Change.unknown`, so the stored value stays, the request
-  is answered as pcluster would answer it now, and another look is owed (service.domain.refreshes).
+  is answered as pcluster would answer it now, and a recheck is owed (service.domain.rechecks).
 """
 
 from __future__ import annotations

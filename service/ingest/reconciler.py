@@ -45,13 +45,13 @@ class PassReport:
     imagebuilder_lookups: int = 0
     # Changes that no event had already brought: how an operator sees whether events are healthy.
     corrected: int = 0
-    # Images with a part AWS did not answer for: stored as last known, flagged, and owed another look.
+    # Images with a part AWS did not answer for: stored as last known, flagged, and owed a recheck.
     unconfirmed: int = 0
 
 
 def needs_imagebuilder(stack: StackInfo, known: Known | None) -> bool:
-    """Look the Image Builder image up only where it can still change, was never fetched, or a look is owed."""
-    if known is None or not known.imagebuilder_fetched or known.stack_id != stack.stack_id or known.pending:
+    """Look the Image Builder image up only where it can still change, was never fetched, or a recheck is owed."""
+    if known is None or not known.imagebuilder_fetched or known.stack_id != stack.stack_id or known.recheck_owed:
         return True
     if not status.stack_is_settled(stack.status):
         return True
@@ -70,7 +70,7 @@ class Reconciler:
     first_pass_done: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run_pass(self, *, region: str) -> PassReport:
-        # Only this pass's own calls (and those of the tasks it starts): live lookups, the healer and the
+        # Only this pass's own calls (and those of the tasks it starts): live lookups, the rechecker and the
         # consumer call AWS at the same time, in the same process.
         with calls_made() as tally:
             report = await self._pass(region=region)

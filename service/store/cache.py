@@ -28,7 +28,7 @@ class Cache:
     """Reads and writes image records. Listeners hear about every committed batch of results.
 
     A database that cannot answer surfaces from its methods as DatabaseUnavailable (service.store.db.unavailable).
-    `retry_seconds` is how long after a look fails (or is owed) it is first tried again.
+    `retry_seconds` is how long after a look fails (or a recheck is owed) it is first tried again.
     """
 
     def __init__(self, engine: AsyncEngine, *, retry_seconds: float = 1.0) -> None:
@@ -49,13 +49,13 @@ class Cache:
         self.subscribe = self.changes.subscribe
 
     @property
-    def on_owed(self) -> Callable[[], None] | None:
-        """Called (on the event loop) after a commit that left a look owed: the healer's wake-up."""
-        return self.changes.on_owed
+    def on_recheck_owed(self) -> Callable[[], None] | None:
+        """Called (on the event loop) after a commit that left a recheck owed: the rechecker's wake-up."""
+        return self.changes.on_recheck_owed
 
-    @on_owed.setter
-    def on_owed(self, callback: Callable[[], None] | None) -> None:
-        self.changes.on_owed = callback
+    @on_recheck_owed.setter
+    def on_recheck_owed(self, callback: Callable[[], None] | None) -> None:
+        self.changes.on_recheck_owed = callback
 
     def close(self) -> None:
         if self._sqlite is not None:

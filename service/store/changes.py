@@ -1,7 +1,7 @@
 """Applying changes: the one idempotent `apply` every writer goes through, in batches, each one transaction.
 
 A batch locks its images, reads them, decides every change in memory (service.domain.rows) against the
-row as the batch left it, and writes images, revisions, transitions and the looks they leave owed
+row as the batch left it, and writes images, revisions, transitions and the rechecks they leave owed
 together. Listeners hear about every committed batch of results.
 """
 
@@ -18,11 +18,11 @@ from sqlalchemy.engine import Connection
 
 from service.domain import rows
 from service.domain.models import Change
-from service.domain.refreshes import Need
+from service.domain.rechecks import Recheck
 from service.domain.rows import ApplyResult
 from service.store import builds, poison, processed
 from service.store.poison import Poison
-from service.store.refresh_queue import write_needs
+from service.store.rechecks import write_rechecks
 from service.store.tables import images, revisions, transitions
 from service.store.writer import Writer, upsert
 from service.support.clock import utcnow
@@ -46,20 +46,20 @@ class _Extra:
 
     event_ids: Sequence[str] = ()
     poison: Sequence[Poison] = ()
-    needs: Sequence[Need] = ()
-    settled: Sequence[tuple[Need, datetime]] = ()
+    owed: Sequence[Recheck] = ()
+    settled: Sequence[tuple[Recheck, datetime]] = ()
 
 
 class Changes:
-    """Applies changes through `writer`. `retry_seconds` is how long after a look fails (or is owed) it is
-    first tried again."""
+    """Applies changes through `writer`. `retry_seconds` is how long after a look fails (or a recheck is
+    owed) it is first tried again."""
 
     def __init__(self, writer: Writer, *, retry_seconds: float) -> None:
         self._writer = writer
         self.retry_seconds = retry_seconds
         self._listeners: list[Listener] = []
-        # Called (on the event loop) after a commit that left a look owed: the healer's wake-up.
-        self.on_owed: Callable[[], None] | None = None
+        # Called (on the event loop) after a commit that left a recheck owed: the rechecker's wake-up.
+        self.on_recheck_owed: Callable[[], None] | None = None
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -70,31 +70,31 @@ class Changes:
         *,
         event_ids: Sequence[str] = (),
         poison: Sequence[Poison] = (),
-        needs: Sequence[Need] = (),
-        settled: Sequence[tuple[Need, datetime]] = (),
+        owed: Sequence[Recheck] = (),
+        settled: Sequence[tuple[Recheck, datetime]] = (),
     ) -> list[ApplyResult]:
         """Apply changes in order, in batches, each batch one transaction (retried on lock conflicts).
 
-        `event_ids` are recorded as processed, `poison` messages stored, `needs` (looks owed that no change
-        carries: an event's failed refresh) recorded and `settled` needs (a look begun at the time given that
-        found nothing to store) removed in the last batch's transaction: if anything before fails, a
-        redelivered event is not mistaken for a duplicate. The looks the changes themselves leave owed, or
-        settle, are written with them (service.domain.refreshes).
+        `event_ids` are recorded as processed, `poison` messages stored, `owed` rechecks (that no change
+        carries: an event's failed targeted refresh) recorded and `settled` rechecks (a look begun at the time
+        given that found nothing to store) removed in the last batch's transaction: if anything before fails, a
+        redelivered event is not mistaken for a duplicate. The rechecks the changes themselves leave owed, or
+        settle, are written with them (service.domain.rechecks).
         """
         results: list[ApplyResult] = []
         size = BATCH_SIZE if self._writer.threaded else LOOP_BATCH_SIZE
         starts = list(range(0, len(changes), size)) or [0]
         for start in starts:
             batch = changes[start : start + size]
-            extra = _Extra(event_ids, poison, needs, settled) if start == starts[-1] else _Extra()
+            extra = _Extra(event_ids, poison, owed, settled) if start == starts[-1] else _Extra()
             batch_results = await self._writer.write(
                 functools.partial(_write_batch, batch=batch, extra=extra, retry_seconds=self.retry_seconds)
             )
             results.extend(batch_results)
             for listener in self._listeners:
                 listener(batch_results)
-            if self.on_owed is not None and (extra.needs or any(change.unknown for change in batch)):
-                self.on_owed()
+            if self.on_recheck_owed is not None and (extra.owed or any(change.unknown for change in batch)):
+                self.on_recheck_owed()
         return results
 
 
@@ -130,8 +130,8 @@ def _write_batch(
         planned.add(change)
     results = planned.write(connection)
     now = utcnow()
-    write_needs(
-        connection, batch, needs=extra.needs, settled=extra.settled, now=now, retry_seconds=retry_seconds
+    write_rechecks(
+        connection, batch, owed=extra.owed, settled=extra.settled, now=now, retry_seconds=retry_seconds
     )
     processed.record(connection, extra.event_ids, now=now)
     poison.keep(connection, extra.poison, now=now)

@@ -1,6 +1,6 @@
 """The images table as read: one record as served (straight from SQLite where it can), its parts, its owner by link.
 
-A served record carries whether a look at it is owed (a row in refreshes): such a record is served stale.
+A served record carries whether a recheck of it is owed (a row in rechecks): such a record is served stale.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import records
 from service.domain.models import CachedImage, ConfigLocation
-from service.domain.refreshes import KIND_IMAGE
+from service.domain.rechecks import KIND_IMAGE
 from service.store import db
 from service.store.db import SqliteDirect
-from service.store.tables import images, refreshes, revisions
+from service.store.tables import images, rechecks, revisions
 from service.support.clock import as_utc
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,16 @@ REVISION_READ_COLUMNS = tuple(
     else revisions.c[column.name]
     for column in READ_COLUMNS
 )
-# The image's owed look, if any (the kind is inlined, so the direct reader's parameters stay region, image_id).
-IMAGE_NEED = and_(
-    refreshes.c.region == images.c.region,
-    refreshes.c.kind == literal_column(f"'{KIND_IMAGE}'"),
-    refreshes.c.subject == images.c.image_id,
+# The image's recheck owed, if any (the kind is inlined, so the direct reader's parameters stay region, image_id).
+IMAGE_RECHECK = and_(
+    rechecks.c.region == images.c.region,
+    rechecks.c.kind == literal_column(f"'{KIND_IMAGE}'"),
+    rechecks.c.subject == images.c.image_id,
 )
-# A served record, and whether a look at it is owed (the owed look's subject, NULL when none).
+# A served record, and whether a recheck of it is owed (the recheck's subject, NULL when none).
 READ = (
-    select(*READ_COLUMNS, refreshes.c.subject)
-    .select_from(images.outerjoin(refreshes, IMAGE_NEED))
+    select(*READ_COLUMNS, rechecks.c.subject)
+    .select_from(images.outerjoin(rechecks, IMAGE_RECHECK))
     .where(images.c.region == bindparam("region"), images.c.image_id == bindparam("image_id"))
 )
 # The same statement as text, for the direct SQLite reader (parameters: region, image_id).
@@ -60,7 +60,7 @@ SQLITE_READ = str(READ.compile(dialect=sqlite.dialect()))
 
 def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> CachedImage:
     """A record (or a revision) as served, from the values of READ_COLUMNS (or REVISION_READ_COLUMNS), in order,
-    then (READ only) the owed look's subject.
+    then (READ only) the recheck's subject.
 
     Times may be SQLite's text (the direct reader) or datetimes (the engine): both are UTC.
     """
@@ -74,7 +74,7 @@ def stored_image(*, region: str, image_id: str, columns: Sequence[Any]) -> Cache
         config=ConfigLocation(bucket=bucket, key=key, available=bool(available)),
         changed_at=as_utc(changed_at),
         confirmed_at=as_utc(confirmed_at),
-        pending=len(columns) > 8 and columns[8] is not None,
+        recheck_owed=len(columns) > 8 and columns[8] is not None,
     )
 
 

@@ -1,4 +1,4 @@
-"""What reconciliation knows of a region's stored images: one read, each image with whether a look is owed."""
+"""What reconciliation knows of a region's stored images: one read, each image with whether a recheck is owed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store import db
-from service.store.images import IMAGE_NEED
-from service.store.tables import images, refreshes
+from service.store.images import IMAGE_RECHECK
+from service.store.tables import images, rechecks
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,8 @@ class Known:
     stack_id: str | None
     stack_status: str | None
     imagebuilder_fetched: bool
-    # A look at the image is owed (a part AWS did not answer for, an event's failed refresh).
-    pending: bool = False
+    # A recheck of the image is owed (a part AWS did not answer for, an event's failed targeted refresh).
+    recheck_owed: bool = False
 
 
 async def known(engine: AsyncEngine, *, region: str) -> dict[str, Known]:
@@ -34,9 +34,9 @@ async def known(engine: AsyncEngine, *, region: str) -> dict[str, Known]:
                 images.c.stack_id,
                 images.c.stack_status,
                 images.c.imagebuilder_as_of,
-                refreshes.c.subject,
+                rechecks.c.subject,
             )
-            .select_from(images.outerjoin(refreshes, IMAGE_NEED))
+            .select_from(images.outerjoin(rechecks, IMAGE_RECHECK))
             .where(images.c.region == region)
         )
         return {
@@ -45,7 +45,7 @@ async def known(engine: AsyncEngine, *, region: str) -> dict[str, Known]:
                 stack_id=row.stack_id,
                 stack_status=row.stack_status,
                 imagebuilder_fetched=row.imagebuilder_as_of is not None,
-                pending=row.subject is not None,
+                recheck_owed=row.subject is not None,
             )
             for row in rows
         }

@@ -178,16 +178,17 @@ poison_messages = Table(
     Column("received_at", UtcDateTime, nullable=False),
 )
 
-# Looks at AWS still owed (service.domain.refreshes): a part AWS could not answer for, a refresh an event asked
-# for that failed. Kept until a look settles it, retried with backoff; an image with one here is served stale.
-refreshes = Table(
-    "refreshes",
+# Rechecks, the looks at AWS still owed (service.domain.rechecks): a part AWS could not answer for, a targeted
+# refresh an event asked for that failed. Kept until a look settles it, retried with backoff; an image with one
+# here is served stale.
+rechecks = Table(
+    "rechecks",
     metadata,
     Column("region", String(32), primary_key=True),
     # "image" (subject: an image id) or "ami" (subject: an AMI id the cache cannot place yet).
     Column("kind", String(16), primary_key=True),
     Column("subject", String(128), primary_key=True),
-    # The look must begin at or after this to settle the need.
+    # The look must begin at or after this to settle the recheck.
     Column("requested_at", UtcDateTime, nullable=False),
     # The event time the look's change is applied with (NULL: the look's own time).
     Column("happened_at", UtcDateTime, nullable=True),
@@ -197,7 +198,7 @@ refreshes = Table(
     Column("due_at", UtcDateTime, nullable=False),
     Column("last_error", Text, nullable=True),
 )
-Index("ix_refreshes_due_at", refreshes.c.due_at)
+Index("ix_rechecks_due_at", rechecks.c.due_at)
 
 # Secrets this deployment's replicas share (token and cookie signing keys): created on first use.
 service_keys = Table(

@@ -299,7 +299,7 @@ def test_fail_next_times_and_other_operations_unaffected(fake: FakeAws) -> None:
     cloudformation.describe_stacks(StackName="flaky")
 
 
-def test_fail_all_answers_every_call_until_heal(fake: FakeAws) -> None:
+def test_fail_all_answers_every_call_until_recover(fake: FakeAws) -> None:
     fake.create_image_stack(region=REGION, image_id="down")
     arn = fake.imagebuilder_arn(region=REGION, image_id="down")
     sts = client(fake, "sts")
@@ -317,7 +317,7 @@ def test_fail_all_answers_every_call_until_heal(fake: FakeAws) -> None:
             call()
         assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     assert fake.total_calls() == 3
-    fake.heal()
+    fake.recover()
     assert sts.get_caller_identity()["Account"] == ACCOUNT_ID
     assert imagebuilder.get_image(imageBuildVersionArn=arn)["image"]["state"]["status"] == "BUILDING"
 
@@ -377,7 +377,7 @@ async def test_aiobotocore_clients_work(fake: FakeAws) -> None:
     assert fake.total_calls() == 5
 
 
-def test_fail_always_fails_one_operation_until_heal(fake: FakeAws) -> None:
+def test_fail_always_fails_one_operation_until_recover(fake: FakeAws) -> None:
     fake.create_image_stack(region=REGION, image_id="always")
     cloudformation = client(fake, "cloudformation")
     s3 = client(fake, "s3")
@@ -389,5 +389,5 @@ def test_fail_always_fails_one_operation_until_heal(fake: FakeAws) -> None:
             cloudformation.describe_stacks(StackName="always")
         assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
     s3.head_bucket(Bucket=DEFAULT_BUCKET)  # other operations answer
-    fake.heal()
+    fake.recover()
     assert cloudformation.describe_stacks(StackName="always")["Stacks"][0]["StackName"] == "always"

@@ -1,4 +1,4 @@
-"""The looks owed at AWS, decided purely: what leaves one owed, what settles it, how rows merge, the backoff."""
+"""Rechecks, decided purely: what leaves one owed, what settles it, how rows merge, the backoff."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from service.domain.models import PART_CONFIG, PART_IMAGEBUILDER, Change, Source
-from service.domain.refreshes import (
+from service.domain.rechecks import (
     KIND_AMI,
     KIND_IMAGE,
-    Need,
-    need_for,
+    Recheck,
+    recheck_for,
     retry_delay,
     row_after,
     settled_by_time,
@@ -50,32 +50,32 @@ def stored(*, requested: datetime = T0, source: str = "live", happened: datetime
         pytest.param(change(whole=False), None, id="event-patch"),
         pytest.param(
             change(unknown=frozenset({PART_IMAGEBUILDER})),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "could not read imagebuilder"),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "could not read imagebuilder"),
             id="image-builder-unknown",
         ),
         pytest.param(
             change(source=Source.RECONCILE, unknown=frozenset({PART_CONFIG, PART_IMAGEBUILDER})),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.RECONCILE, "could not read config, imagebuilder"),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.RECONCILE, "could not read config, imagebuilder"),
             id="two-parts-unknown",
         ),
         pytest.param(
             change(source=Source.EVENT, unknown=frozenset({PART_CONFIG}), happened=EARLIER),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.EVENT, "could not read config", happened_at=EARLIER),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.EVENT, "could not read config", happened_at=EARLIER),
             id="refresh-keeps-the-event-time",
         ),
     ],
 )
-def test_a_change_that_could_not_read_a_part_leaves_a_look_owed(incoming: Change, owed: Need | None) -> None:
-    assert need_for(incoming) == owed
+def test_a_change_that_could_not_read_a_part_leaves_a_recheck_owed(incoming: Change, owed: Recheck | None) -> None:
+    assert recheck_for(incoming) == owed
 
 
 @pytest.mark.parametrize(
     ("row", "incoming", "settled"),
     [
         pytest.param(None, change(), False, id="nothing-owed"),
-        pytest.param(stored(), change(at=T0), True, id="whole-look-as-old-as-the-need"),
-        pytest.param(stored(), change(at=LATER), True, id="whole-look-after-the-need"),
-        pytest.param(stored(), change(at=EARLIER), False, id="look-began-before-the-need"),
+        pytest.param(stored(), change(at=T0), True, id="whole-look-as-old-as-the-recheck"),
+        pytest.param(stored(), change(at=LATER), True, id="whole-look-after-the-recheck"),
+        pytest.param(stored(), change(at=EARLIER), False, id="look-began-before-the-recheck"),
         pytest.param(stored(), change(at=LATER, whole=False), False, id="an-event-patch-is-not-a-look"),
         pytest.param(stored(), change(at=LATER, unknown=frozenset({PART_CONFIG})), False, id="still-a-part-unknown"),
     ],
@@ -102,9 +102,9 @@ def test_a_look_that_found_nothing_to_store_settles_by_its_time(
 
 
 def test_a_new_need_is_first_tried_after_the_initial_wait() -> None:
-    need = Need(REGION, KIND_AMI, "ami-1", T0, Source.EVENT, "event e-1: Throttling", happened_at=EARLIER)
+    recheck = Recheck(REGION, KIND_AMI, "ami-1", T0, Source.EVENT, "event e-1: Throttling", happened_at=EARLIER)
 
-    row = row_after(None, need, first_try_at=FIRST_TRY)
+    row = row_after(None, recheck, first_try_at=FIRST_TRY)
 
     assert row == {
         "region": REGION, "kind": KIND_AMI, "subject": "ami-1", "requested_at": T0, "happened_at": EARLIER,
@@ -113,38 +113,38 @@ def test_a_new_need_is_first_tried_after_the_initial_wait() -> None:
 
 
 @pytest.mark.parametrize(
-    ("row", "need", "expected"),
+    ("row", "recheck", "expected"),
     [
         pytest.param(
             stored(requested=EARLIER),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "could not read config"),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "could not read config"),
             {"requested_at": T0, "happened_at": None, "source": "live", "reason": "could not read config"},
             id="later-request-wins",
         ),
         pytest.param(
             stored(requested=LATER),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "r"),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.LIVE, "r"),
             {"requested_at": LATER, "happened_at": None, "source": "live", "reason": "r"},
             id="earlier-request-does-not-move-it-back",
         ),
         pytest.param(
             stored(source="event", happened=EARLIER),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.RECONCILE, "r"),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.RECONCILE, "r"),
             {"requested_at": T0, "happened_at": EARLIER, "source": "event", "reason": "r"},
-            id="an-events-need-stays-the-events",
+            id="an-events-recheck-stays-the-events",
         ),
         pytest.param(
             stored(source="live", happened=EARLIER),
-            Need(REGION, KIND_IMAGE, "img", T0, Source.EVENT, "r", happened_at=LATER),
+            Recheck(REGION, KIND_IMAGE, "img", T0, Source.EVENT, "r", happened_at=LATER),
             {"requested_at": T0, "happened_at": LATER, "source": "event", "reason": "r"},
             id="the-latest-event-time-wins",
         ),
     ],
 )
 def test_a_need_joins_the_stored_one_keeping_its_schedule(
-    row: dict[str, Any], need: Need, expected: dict[str, Any]
+    row: dict[str, Any], recheck: Recheck, expected: dict[str, Any]
 ) -> None:
-    merged = row_after(row, need, first_try_at=FIRST_TRY)
+    merged = row_after(row, recheck, first_try_at=FIRST_TRY)
 
     assert {key: merged[key] for key in expected} == expected
     # News during an outage does not reset the backoff.

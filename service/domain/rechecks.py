@@ -1,14 +1,14 @@
-"""Pure: the durable list of looks at AWS still owed — what puts one on it, what settles it, when to try again.
+"""Pure: rechecks, the durable list of looks at AWS still owed — what owes one, what settles it, when to try again.
 
 AWS answering "it does not exist" is a fact and is stored like any other. AWS not answering
 (throttled, 5xx, timeout, reset) is not knowing: nothing is stored as the truth for that part, and
-the look is owed instead. A look is owed about an image (`KIND_IMAGE`: a part a live lookup, a
-reconcile pass or a refresh could not read, or a refresh an event asked for that failed) or about an
-AMI the cache cannot place yet (`KIND_AMI`: an AMI event whose image only EC2 can name). The list is a
-table, so what an event told us survives the message's deletion, a restart and a failover.
+a recheck is owed instead. A recheck is owed about an image (`KIND_IMAGE`: a part a live lookup, a
+reconcile pass or a targeted refresh could not read, or a targeted refresh an event asked for that failed)
+or about an AMI the cache cannot place yet (`KIND_AMI`: an AMI event whose image only EC2 can name). The
+list is a table, so what an event told us survives the message's deletion, a restart and a failover.
 
-A need is settled by a whole observation, with nothing unknown, begun no earlier than the need arose
-(`settles`); until then it is retried with a bounded exponential backoff (`retry_delay`).
+A recheck is settled by a whole observation, with nothing unknown, begun no earlier than the recheck was
+owed (`settles`); until then it is retried with a bounded exponential backoff (`retry_delay`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Need:
-    """One look owed: about `subject` (an image id, or an AMI id for KIND_AMI) in `region`.
+class Recheck:
+    """One recheck owed: about `subject` (an image id, or an AMI id for KIND_AMI) in `region`.
 
-    `source` and `happened_at` are what the look's change is applied with: an event's need keeps the
+    `source` and `happened_at` are what the recheck's change is applied with: an event's recheck keeps the
     event as the source of the transition it brings, and the event's time as when it happened.
     """
 
@@ -47,11 +47,11 @@ class Need:
         return (self.region, self.kind, self.subject)
 
 
-def need_for(change: Change) -> Need | None:
-    """The look `change` leaves owed: one when it could not read some part, else none."""
+def recheck_for(change: Change) -> Recheck | None:
+    """The recheck `change` leaves owed: one when it could not read some part, else none."""
     if not change.unknown:
         return None
-    return Need(
+    return Recheck(
         region=change.region,
         kind=KIND_IMAGE,
         subject=change.image_id,
@@ -63,8 +63,8 @@ def need_for(change: Change) -> Need | None:
 
 
 def settles(stored: Mapping[str, Any] | None, change: Change) -> bool:
-    """Whether `change` settles the stored need of its image: a whole observation with nothing unknown,
-    begun no earlier than the need arose (a look that began before an event arrived cannot answer it)."""
+    """Whether `change` settles the stored recheck of its image: a whole observation with nothing unknown,
+    begun no earlier than the recheck was owed (a look that began before an event arrived cannot answer it)."""
     return (
         stored is not None
         and change.whole
@@ -74,12 +74,12 @@ def settles(stored: Mapping[str, Any] | None, change: Change) -> bool:
 
 
 def settled_by_time(stored: Mapping[str, Any] | None, observed_at: datetime) -> bool:
-    """Whether a look begun at `observed_at` that found nothing to store settles the stored need."""
+    """Whether a look begun at `observed_at` that found nothing to store settles the stored recheck."""
     return stored is not None and observed_at >= stored["requested_at"]
 
 
-def row_after(stored: Mapping[str, Any] | None, need: Need, *, first_try_at: datetime) -> Row:
-    """The need's row once `need` joins what is stored.
+def row_after(stored: Mapping[str, Any] | None, recheck: Recheck, *, first_try_at: datetime) -> Row:
+    """The recheck's row once `recheck` joins what is stored.
 
     The latest request and event time win (the look must begin after both); an event's source wins over
     a lookup's (the transition it brings is the event's news); the schedule and attempts stay, so news
@@ -87,27 +87,28 @@ def row_after(stored: Mapping[str, Any] | None, need: Need, *, first_try_at: dat
     """
     if stored is None:
         return {
-            "region": need.region,
-            "kind": need.kind,
-            "subject": need.subject,
-            "requested_at": need.requested_at,
-            "happened_at": need.happened_at,
-            "source": need.source.value,
-            "reason": need.reason,
+            "region": recheck.region,
+            "kind": recheck.kind,
+            "subject": recheck.subject,
+            "requested_at": recheck.requested_at,
+            "happened_at": recheck.happened_at,
+            "source": recheck.source.value,
+            "reason": recheck.reason,
             "attempts": 0,
             "due_at": first_try_at,
             "last_error": None,
         }
     happened: datetime | None = stored["happened_at"]
-    if need.happened_at is not None and (happened is None or need.happened_at > happened):
-        happened = need.happened_at
-    source = Source.EVENT.value if Source.EVENT.value in (stored["source"], need.source.value) else need.source.value
+    if recheck.happened_at is not None and (happened is None or recheck.happened_at > happened):
+        happened = recheck.happened_at
+    event = Source.EVENT.value
+    source = event if event in (stored["source"], recheck.source.value) else recheck.source.value
     return {
         **stored,
-        "requested_at": max(stored["requested_at"], need.requested_at),
+        "requested_at": max(stored["requested_at"], recheck.requested_at),
         "happened_at": happened,
         "source": source,
-        "reason": need.reason,
+        "reason": recheck.reason,
     }
 
 
