@@ -105,7 +105,11 @@ class Runtime:
             freshness=freshness,
             keys=Keys(engine),
             healer=Healer(
-                cache=cache, queue=RefreshQueue(cache.writer), aws=aws, settings=settings, metrics=metrics,
+                cache=cache,
+                queue=RefreshQueue(cache.writer),
+                aws=aws,
+                settings=settings,
+                metrics=metrics,
                 freshness=freshness,
             ),
             outage=outage,
@@ -119,9 +123,7 @@ class Runtime:
         cache.on_owed = runtime.healer.wake
         cache.subscribe(runtime.lookup.forget)
         cache.subscribe(lambda results: runtime.changes.notify() if any(r.changed for r in results) else None)
-        cache.subscribe(
-            lambda results: runtime.transitioned.notify() if any(r.transitioned for r in results) else None
-        )
+        cache.subscribe(lambda results: runtime.transitioned.notify() if any(r.transitioned for r in results) else None)
         return runtime
 
     @classmethod
@@ -140,14 +142,10 @@ class Runtime:
         `poll`: the reconciler, the event consumer and retention. `heal`: the looks at AWS still owed, which
         every serving process takes (an API replica's own live lookups can leave one owed).
         """
-        if settings.is_sqlite:
-            # The embedded default migrates itself; a shared database is migrated by an operator.
-            await db.migrate(settings.database_url)
-        engine = db.create_engine(settings)
+        engine = await db.prepare(settings)
         aws = Aws(metrics=Metrics(), freshness=Freshness())
         runtime = cls.build(settings, engine=engine, aws=aws)
         try:
-            await db.check_schema(engine)
             if poll:
                 runtime.run(runtime.reconciler.loop(region_gate=runtime.lease.holds))
                 # Each receiver finishes the batch in hand before the process exits.
