@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # The exit statuses of serve, poll, sync and migrate (the README's operations section lists them).
 CONFIGURATION = 2  # the settings, a file or the database's schema: fix something, then start again
-DATABASE_UNREACHABLE = 3  # the database cannot be reached now: starting again later may be enough
-STARTUP_FAILED = 1  # the server did not start for another reason, logged above (an address in use)
+# sysexits.h's EX_TEMPFAIL: the database cannot be reached now, starting again later may be enough.
+DATABASE_UNREACHABLE = 75
+# uvicorn's own STARTUP_FAILURE: the server did not start for another reason, logged above (an address in use).
+STARTUP_FAILED = 3
 
 
 def exit_status(exc: Exception) -> int:

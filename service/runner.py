@@ -125,7 +125,7 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
     server = DrainingServer(uvicorn_config(app, settings), app.state, tokens=app.tokens, subscriptions=subscriptions)
     server.run()
     if not server.started:
-        # uvicorn logged why (an address in use); a start that failed is not a clean exit.
+        # uvicorn logged why (a failed lifespan); a start that failed is not a clean exit.
         raise StartupFailed("the service did not start (see the lines above)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ from tests.conftest import BACKENDS, PG_ADMIN_URL, _pg_admin, _pg_database_url, 
 
 PASSWORD = "s3cret-never-shown"
 CONFIGURATION = 2
-UNREACHABLE = 3
+UNREACHABLE = 75
+STARTUP_FAILED = 3
 PG_HOST = PG_ADMIN_URL.partition("@")[2].partition("/")[0]
 PG_USER = PG_ADMIN_URL.partition("://")[2].partition("@")[0].partition(":")[0]
 
@@ -173,6 +175,18 @@ def test_log_level_debug_adds_the_traceback_and_keeps_the_status() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_an_address_in_use_is_uvicorns_startup_failure(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = statuscache("--database-url", f"sqlite:///{tmp_path / 'statuscache.db'}", "serve", "--port", str(port))
+    assert result.returncode == STARTUP_FAILED, result.stderr
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_invalid_tokens_and_subscriptions_files_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("subscriptions: [nonsense\n")

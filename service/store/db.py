@@ -261,12 +261,16 @@ def schema_problem(current: str | None, *, head: str | None, known: frozenset[st
     if current == head:
         return None
     if current is not None and current not in known:
-        return SchemaError(
-            f"this database was migrated by a newer statuscache (its schema is at {current}, this release knows "
-            f"up to {head}): run the newer release, or point STATUSCACHE_DATABASE_URL at another database"
-        )
+        return _from_newer_release(current, head=head)
     return SchemaError(
         f"database schema is at {current or 'nothing'}, the code needs {head}: run `statuscache migrate`"
+    )
+
+
+def _from_newer_release(current: str, *, head: str | None) -> SchemaError:
+    return SchemaError(
+        f"this database was migrated by a newer statuscache (its schema is at {current}, this release knows "
+        f"up to {head}): run the newer release, or point STATUSCACHE_DATABASE_URL at another database"
     )
 
 
@@ -286,11 +290,8 @@ async def migrate(database_url: str) -> None:
         current = await current_revision(engine)
     finally:
         await engine.dispose()
-    known = known_revisions()
-    if current is not None and current not in known:
-        problem = schema_problem(current, head=head_revision(), known=known)
-        assert problem is not None
-        raise problem
+    if current is not None and current not in known_revisions():
+        raise _from_newer_release(current, head=head_revision())
     config = alembic_config(database_url)
     # env.py drives its own event loop; keep it off this one.
     await asyncio.to_thread(command.upgrade, config, "head")
