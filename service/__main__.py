@@ -9,9 +9,10 @@ import argparse
 import asyncio
 import os
 import sys
+import traceback
 
 from service.client import cli
-from service.errors import ConfigurationError, SchemaError
+from service.errors import ConfigurationError, DatabaseUnavailable, SchemaError, StartupFailed
 from service.settings import Settings, from_env
 
 
@@ -117,12 +118,31 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(runner.migrate(settings))
         elif args.command == "demo":
             _demo(settings)
-    except (SchemaError, ConfigurationError) as exc:
+    except (SchemaError, ConfigurationError, DatabaseUnavailable, StartupFailed) as exc:
+        if settings.log_level == "DEBUG":
+            traceback.print_exception(exc)
         print(f"statuscache: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+# The exit statuses of serve, poll, sync and migrate (the README's operations section lists them).
+CONFIGURATION = 2  # the settings, a file or the database's schema: fix something, then start again
+# sysexits.h's EX_TEMPFAIL: the database cannot be reached now, starting again later may be enough.
+DATABASE_UNREACHABLE = 75
+# uvicorn's own STARTUP_FAILURE: the server did not start for another reason, logged above (an address in use).
+STARTUP_FAILED = 3
+
+
+def exit_status(exc: Exception) -> int:
+    """The exit status for a start-up refusal. Pure."""
+    if isinstance(exc, DatabaseUnavailable):
+        return DATABASE_UNREACHABLE
+    if isinstance(exc, StartupFailed):
+        return STARTUP_FAILED
+    return CONFIGURATION
 
 
 def _demo(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 StatusCacheError
  ├── ConfigurationError        bad settings; the process refuses to start
  ├── SchemaError               the database is not at the migrations' head
+ ├── StartupFailed             the server's start-up failed after the checks (uvicorn logged why)
  ├── MalformedEvent            a queue message is not an event we can read (kept as poison, counted, deleted)
  ├── DatabaseUnavailable       the database cannot be reached or did not answer in time (503 with Retry-After)
  ├── QueryTimeout              a read of history took longer than its bound (HTTP 503; nothing was changed)
@@ -34,6 +35,10 @@ class SchemaError(StatusCacheError):
     pass
 
 
+class StartupFailed(StatusCacheError):
+    pass
+
+
 class MalformedEvent(StatusCacheError):
     pass
 
@@ -44,6 +49,8 @@ class DatabaseUnavailable(StatusCacheError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
 class QueryTimeout(StatusCacheError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"the query took longer than {seconds:g}s; ask for a narrower window or fewer rows")

@@ -22,7 +22,7 @@ from service.api import connections
 from service.api.app import create_app
 from service.api.state import AppState
 from service.api.tokens import TokenFile
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, StartupFailed
 from service.notify.config import SubscriptionsFile
 from service.runtime import Runtime
 from service.settings import Settings
@@ -120,7 +120,13 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
         settings,
         open_runtime=lambda s: Runtime.open(s, poll=poll, background=list(background), subscriptions=subscriptions),
     )
-    DrainingServer(uvicorn_config(app, settings), app.state, tokens=app.tokens, subscriptions=subscriptions).run()
+    # The database's mistakes said in one line here; inside uvicorn's lifespan they would be a traceback.
+    asyncio.run(db.preflight(settings))
+    server = DrainingServer(uvicorn_config(app, settings), app.state, tokens=app.tokens, subscriptions=subscriptions)
+    server.run()
+    if not server.started:
+        # uvicorn logged why (a failed lifespan); a start that failed is not a clean exit.
+        raise StartupFailed("the service did not start (see the lines above)")
 
 
 def load_subscriptions(settings: Settings) -> SubscriptionsFile | None:
@@ -248,5 +254,7 @@ async def sync_once(settings: Settings) -> int:
 
 
 async def migrate(settings: Settings) -> None:
-    await db.migrate(settings.database_url)
+    async with db.explained(settings.database_url):
+        db.check_sqlite_location(settings.database_url)
+        await db.migrate(settings.database_url)
     log.info("database at revision %s", db.head_revision())

@@ -140,14 +140,10 @@ class Runtime:
         `poll`: the reconciler, the event consumer and retention. `recheck`: the rechecks (looks at AWS still owed),
         which every serving process takes (an API replica's own live lookups can leave one owed).
         """
-        if settings.is_sqlite:
-            # The embedded default migrates itself; a shared database is migrated by an operator.
-            await db.migrate(settings.database_url)
-        engine = db.create_engine(settings)
+        engine = await db.prepare(settings)
         aws = Aws(metrics=Metrics(), freshness=Freshness())
         runtime = cls.build(settings, engine=engine, aws=aws)
         try:
-            await db.check_schema(engine)
             if poll:
                 runtime.run(runtime.reconciler.loop(region_gate=runtime.lease.holds))
                 # Each receiver finishes the batch in hand before the process exits.

@@ -200,6 +200,31 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+# The drivers this release ships (normalize_database_url has picked them by now).
+SUPPORTED_DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be printed or logged: its password replaced by ***."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if not at or ":" not in user:
+        return url
+    return f"{scheme}{separator}{user.partition(':')[0]}:***@{host}{slash}{path}"
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    scheme = url.partition("://")[0]
+    if scheme not in SUPPORTED_DATABASE_SCHEMES:
+        raise ConfigurationError(
+            f"STATUSCACHE_DATABASE_URL: {scheme or url!r} databases are not supported ({shown_url(url)}); use "
+            "sqlite:///PATH (embedded) or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    return url
+
+
 def _number(env: Mapping[str, str], setting: Field[Any]) -> float | int:
     name = variable(env, setting)
     default = setting.default
@@ -284,6 +309,8 @@ def _origins(env: Mapping[str, str], setting: Field[Any]) -> tuple[str, ...]:
                 "e.g. https://dashboard.example.com (no path, no trailing slash, no wildcard)"
             )
     return origins
+
+
 def _log_format(env: Mapping[str, str]) -> str:
     kind = (env.get("STATUSCACHE_LOG_FORMAT") or Settings.log_format).strip().lower()
     if kind not in {"text", "json"}:
@@ -295,7 +322,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate Settings from the environment; a bad value raises ConfigurationError naming it."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {
-        "database_url": normalize_database_url(env.get("STATUSCACHE_DATABASE_URL") or DEFAULT_DATABASE_URL),
+        "database_url": _database_url(env),
         "regions": _regions(env),
         "log_level": _log_level(env),
         "log_format": _log_format(env),

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service.errors import ConfigurationError
-from service.settings import DEFAULT_DATABASE_URL, Settings, from_env, normalize_database_url
+from service.settings import DEFAULT_DATABASE_URL, Settings, from_env, normalize_database_url, shown_url
 
 
 @pytest.fixture(autouse=True)
@@ -412,3 +412,26 @@ def test_a_security_switch_is_refused_unless_it_is_clearly_on_or_off(variable: s
     # "anonymous on purpose" must be said in so many words: a typo must not mean yes, nor silently no.
     with pytest.raises(ConfigurationError, match=variable):
         from_env({variable: "sure"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://app:pw@db/cache", "mysql+pymysql://db/cache", "oracle://db", "sqlite+pysqlite:///x.db", "cache.db"],
+)
+def test_a_database_url_without_a_shipped_driver_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="STATUSCACHE_DATABASE_URL") as refused:
+        from_env({"STATUSCACHE_DATABASE_URL": url})
+    assert ":pw@" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+asyncpg://app:pw@db:5432/cache", "postgresql+asyncpg://app:***@db:5432/cache"),
+        ("postgresql+asyncpg://app:p@ss@db/cache", "postgresql+asyncpg://app:***@db/cache"),
+        ("postgresql+asyncpg://app@db/cache", "postgresql+asyncpg://app@db/cache"),
+        ("sqlite+aiosqlite:///./statuscache.db", "sqlite+aiosqlite:///./statuscache.db"),
+    ],
+)
+def test_a_shown_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert shown_url(url) == shown

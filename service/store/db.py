@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -23,8 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from service.errors import DatabaseUnavailable, SchemaError
-from service.settings import Settings
+from service.errors import ConfigurationError, DatabaseUnavailable, SchemaError, StatusCacheError
+from service.settings import Settings, shown_url
 
 # Found by import, not beside the source tree: the repository's migrations/ ships as service.migrations, so a
 # wheel install and an editable checkout both have it (a plain directory on disk either way).
@@ -246,17 +247,157 @@ async def schema_is_current(engine: AsyncEngine) -> bool:
     return await current_revision(engine) == head_revision()
 
 
+def known_revisions() -> frozenset[str]:
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()
+    )
+
+
+def schema_problem(current: str | None, *, head: str | None, known: frozenset[str]) -> SchemaError | None:
+    """What is wrong with a database whose schema is at `current` for code that needs `head` (None: nothing).
+
+    Pure. A revision this release does not know can only come from a newer release: migrating cannot help.
+    """
+    if current == head:
+        return None
+    if current is not None and current not in known:
+        return _from_newer_release(current, head=head)
+    return SchemaError(
+        f"database schema is at {current or 'nothing'}, the code needs {head}: run `statuscache migrate`"
+    )
+
+
+def _from_newer_release(current: str, *, head: str | None) -> SchemaError:
+    return SchemaError(
+        f"this database was migrated by a newer statuscache (its schema is at {current}, this release knows "
+        f"up to {head}): run the newer release, or point STATUSCACHE_DATABASE_URL at another database"
+    )
+
+
 async def check_schema(engine: AsyncEngine) -> None:
-    current = await current_revision(engine)
-    head = head_revision()
-    if current != head:
-        raise SchemaError(
-            f"database schema is at {current or 'nothing'}, the code needs {head}: run `statuscache migrate`"
-        )
+    problem = schema_problem(await current_revision(engine), head=head_revision(), known=known_revisions())
+    if problem is not None:
+        raise problem
 
 
 async def migrate(database_url: str) -> None:
-    """Upgrade the database to the head revision (Alembic's async env runs the migrations)."""
+    """Upgrade the database to the head revision (Alembic's async env runs the migrations).
+
+    A schema from a newer release is refused (SchemaError) before Alembic would fail to find its revision.
+    """
+    engine = create_async_engine(database_url)
+    try:
+        current = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    if current is not None and current not in known_revisions():
+        raise _from_newer_release(current, head=head_revision())
     config = alembic_config(database_url)
     # env.py drives its own event loop; keep it off this one.
     await asyncio.to_thread(command.upgrade, config, "head")
+
+
+async def prepare(settings: Settings) -> AsyncEngine:
+    """The engine every command opens, its schema checked (the embedded SQLite default migrated first).
+
+    What the operator can get wrong is said in one line: ConfigurationError (fix the settings or the
+    database), SchemaError (migrate, or a newer release migrated it), DatabaseUnavailable (cannot be
+    reached now); see `explained`.
+    """
+    async with explained(settings.database_url):
+        check_sqlite_location(settings.database_url)
+        if settings.is_sqlite:
+            # The embedded default migrates itself; a shared database is migrated by an operator.
+            await migrate(settings.database_url)
+        engine = create_engine(settings)
+        try:
+            await check_schema(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return engine
+
+
+async def preflight(settings: Settings) -> None:
+    """`prepare`, then close: what `serve` checks before uvicorn, so a mistake is one line, not a failed lifespan."""
+    engine = await prepare(settings)
+    await engine.dispose()
+
+
+def check_sqlite_location(database_url: str) -> None:
+    """Refuse a SQLite file whose directory is missing or not writable (SQLite only says "unable to open")."""
+    if not database_url.startswith("sqlite"):
+        return
+    database = database_url.partition("://")[2].removeprefix("/").partition("?")[0]
+    if not database or database == ":memory:":
+        return
+    directory = Path(database).absolute().parent
+    if not directory.is_dir():
+        raise ConfigurationError(
+            f"the SQLite database {database} cannot be created: the directory {directory} does not exist; create "
+            "it, or point STATUSCACHE_DATABASE_URL elsewhere"
+        )
+    try:
+        # Tried, not asked (os.access): root passes every permission check, yet not a read-only mount's.
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(_not_writable(database, directory)) from exc
+
+
+def _not_writable(database: str, directory: Path) -> str:
+    return (
+        f"the SQLite database {database} cannot be opened for writing: this user cannot write to {directory} "
+        "(SQLite keeps its journal beside the file); fix the permissions, or point STATUSCACHE_DATABASE_URL elsewhere"
+    )
+
+
+# PostgreSQL's invalid_catalog_name (the database does not exist), invalid_password and
+# invalid_authorization_specification (a role that does not exist, or pg_hba.conf refuses it).
+MISSING_DATABASE_SQLSTATE = "3D000"
+CREDENTIALS_SQLSTATES = frozenset({"28P01", "28000"})
+
+
+def at_startup(exc: BaseException, *, database_url: str) -> StatusCacheError | None:
+    """The operator's error for a failure to open the database at start-up, else None (not one they caused).
+
+    Decided by type and code like `unavailable`; the URL is named without its password.
+    """
+    if isinstance(exc, StatusCacheError) and not isinstance(exc, DatabaseUnavailable):
+        return exc
+    url = shown_url(database_url)
+    error = _driver_error(exc)
+    sqlstate = _sqlstate(error)
+    if sqlstate == MISSING_DATABASE_SQLSTATE:
+        name = database_url.rpartition("/")[2].partition("?")[0]
+        return ConfigurationError(
+            f"the database {name!r} does not exist ({url}): create it (`createdb {name}`), or correct "
+            "STATUSCACHE_DATABASE_URL"
+        )
+    if sqlstate in CREDENTIALS_SQLSTATES:
+        return ConfigurationError(
+            f"the database refused these credentials ({url}): {_brief(error)}; correct the user and password in "
+            "STATUSCACHE_DATABASE_URL"
+        )
+    if isinstance(error, sqlite3.Error) and _sqlite_code_in(error, frozenset({sqlite3.SQLITE_CANTOPEN})):
+        database = database_url.partition("://")[2].removeprefix("/")
+        return ConfigurationError(_not_writable(database, Path(database).absolute().parent))
+    if isinstance(error, OSError) or unavailable(exc) is not None:
+        # Refused, timed out, a name that does not resolve: maybe only for now (exit status 3, not 2).
+        return DatabaseUnavailable(
+            f"cannot reach the database ({url}): {_brief(error)}; start it, or correct the host and port in "
+            "STATUSCACHE_DATABASE_URL"
+        )
+    return None
+
+
+@contextlib.asynccontextmanager
+async def explained(database_url: str) -> AsyncIterator[None]:
+    """Around opening the database at start-up: the operator's error (`at_startup`) instead of the driver's."""
+    try:
+        yield
+    except Exception as exc:
+        error = at_startup(exc, database_url=database_url)
+        if error is None or error is exc:
+            raise
+        raise error from exc
