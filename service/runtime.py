@@ -212,6 +212,8 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.polling and self.settings.events_queue_urls:
+            self.consumer.stopped()
         if self.notifier is not None:
             await self.notifier.close()
         await self.lease.release_all()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +21,7 @@ from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from service.ingest.consumer import Consumer
 from service.metrics import Metrics
 from service.runtime import Runtime
+from service.settings import Settings
 from service.store.tables import poison_messages
 from tests.conftest import REGION, stored_images
 
@@ -480,3 +484,20 @@ async def test_answers_are_unconfirmed_while_the_event_queue_cannot_be_read(
 
     assert during.headers["x-cache"] == "HIT" and during.headers["x-cache-stale"] == "unconfirmed"
     assert after.headers["x-cache"] == "HIT" and "x-cache-stale" not in after.headers
+
+
+async def test_the_consumer_says_what_it_did_when_the_process_stops(
+    settings: Settings, queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The operator's record (and docker compose's restart check): the counts, once its receivers have stopped.
+    queue.send("not json")
+    polling = replace(settings, events_queue_urls=(queue.url,), resync_seconds=3600.0)
+    with caplog.at_level(logging.INFO, logger="service.ingest.consumer"):
+        async with Runtime.open(polling, poll=True) as runtime:
+            for _ in range(200):
+                if queue.depth() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert runtime.metrics.events["received"] == 1
+    stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event consumer stopped: ")]
+    assert len(stopped) == 1 and "'received': 1" in stopped[0] and "'poison': 1" in stopped[0], stopped

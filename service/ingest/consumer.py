@@ -267,6 +267,11 @@ class Consumer:
             for index in range(self.settings.events_receivers)
         ]
 
+    def stopped(self) -> None:
+        """Once its receivers have stopped: what the consumer did in this process's life, for the operator (how
+        many events it received, applied, found duplicate, deleted...)."""
+        log.info("event consumer stopped: %s", dict(self.metrics.events))
+
     def receiver(self, *, queue_url: str, stop: asyncio.Event, name: str = "event receiver") -> Loop:
         """One receiver of `queue_url`: long polls one after the other; a poll still waiting when `stop` is set
         is abandoned, a batch in hand is handled whole (so its loop drains)."""
