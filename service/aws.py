@@ -252,18 +252,14 @@ class Aws:
 
     async def find_available_ami(self, *, region: str, image_id: str) -> AmiInfo | None:
         """pcluster's AMI path: the first self-owned AMI tagged with this image id and build_status available."""
-        response = await self._call(
-            "ec2",
-            region,
-            "DescribeImages",
-            Owners=["self"],
-            Filters=[
-                {"Name": f"tag:{TAG_IMAGE_ID}", "Values": [image_id]},
-                {"Name": f"tag:{TAG_BUILD_STATUS}", "Values": ["available"]},
-            ],
-        )
+        response = await self._available_amis(region, tagged={"Name": f"tag:{TAG_IMAGE_ID}", "Values": [image_id]})
         images = response.get("Images") or []
         return ami_from_api(images[0]) if images else None
+
+    async def _available_amis(self, region: str, *, tagged: dict[str, Any], **params: Any) -> dict[str, Any]:
+        """DescribeImages of self-owned AMIs matching `tagged` whose build_status tag says available."""
+        available = {"Name": f"tag:{TAG_BUILD_STATUS}", "Values": ["available"]}
+        return await self._call("ec2", region, "DescribeImages", Owners=["self"], Filters=[tagged, available], **params)
 
     async def describe_stack(self, *, region: str, name: str) -> StackInfo | None:
         try:
@@ -411,17 +407,8 @@ class Aws:
         token: str | None = None
         while True:
             params: dict[str, Any] = {"NextToken": token} if token else {}
-            response = await self._call(
-                "ec2",
-                region,
-                "DescribeImages",
-                Owners=["self"],
-                Filters=[
-                    {"Name": "tag-key", "Values": [TAG_IMAGE_ID]},
-                    {"Name": f"tag:{TAG_BUILD_STATUS}", "Values": ["available"]},
-                ],
-                MaxResults=1000,
-                **params,
+            response = await self._available_amis(
+                region, tagged={"Name": "tag-key", "Values": [TAG_IMAGE_ID]}, MaxResults=1000, **params
             )
             yield [ami_from_api(raw) for raw in response.get("Images") or []]
             token = response.get("NextToken")
@@ -486,25 +473,31 @@ async def stack_events(aws: Aws, *, region: str, stack_name: str, next_token: st
     """One page of DescribeStackEvents: {"StackEvents": [...], "NextToken"?}, as pcluster passes it on.
 
     AwsNotFound when the stack does not exist (CloudFormation's ValidationError "... does not exist")."""
-    params: dict[str, Any] = {"StackName": stack_name}
-    if next_token:
-        params["NextToken"] = next_token
-    response = await aws._call("cloudformation", region, "DescribeStackEvents", **params)
-    page: dict[str, Any] = {"StackEvents": [_plain(event) for event in response.get("StackEvents") or []]}
-    if response.get("NextToken"):
-        page["NextToken"] = str(response["NextToken"])
-    return page
+    return await _page(
+        aws, region, "cloudformation", "DescribeStackEvents", {"StackName": stack_name},
+        items="StackEvents", token="NextToken", next_token=next_token,
+    )  # fmt: skip
 
 
 async def log_streams(aws: Aws, *, region: str, group: str, next_token: str | None = None) -> dict[str, Any]:
     """One page of DescribeLogStreams: {"logStreams": [...], "nextToken"?}; AwsNotFound without the group."""
-    params: dict[str, Any] = {"logGroupName": group}
+    return await _page(
+        aws, region, "logs", "DescribeLogStreams", {"logGroupName": group},
+        items="logStreams", token="nextToken", next_token=next_token,
+    )  # fmt: skip
+
+
+async def _page(
+    aws: Aws, region: str, service: str, operation: str, params: dict[str, Any], *, items: str, token: str,
+    next_token: str | None,
+) -> dict[str, Any]:
+    """One page of a paged read: {items: [...], token?} with each item as plain data."""
     if next_token:
-        params["nextToken"] = next_token
-    response = await aws._call("logs", region, "DescribeLogStreams", **params)
-    page: dict[str, Any] = {"logStreams": [_plain(stream) for stream in response.get("logStreams") or []]}
-    if response.get("nextToken"):
-        page["nextToken"] = str(response["nextToken"])
+        params = {**params, token: next_token}
+    response = await aws._call(service, region, operation, **params)
+    page: dict[str, Any] = {items: [_plain(item) for item in response.get(items) or []]}
+    if response.get(token):
+        page[token] = str(response[token])
     return page
 
 

@@ -109,14 +109,18 @@ class ImageLogs:
         # A live read is AWS calls on a client's behalf: the live lookups' budget, per region and per caller.
         self.state.runtime.lookup.charge(region=region, caller=caller_of(request.scope))
 
-    async def stack_events(self, request: Request) -> Response:
-        runtime = self.state.runtime
+    def _asked(self, request: Request) -> tuple[str, str, str | None]:
+        """A paged operation's image (its id checked), region and nextToken; the live read charged to the caller."""
         image_id = request.path_params["image_id"]
         validate_image_id(image_id)
         params = dict(request.query_params)
-        region = region_from(params.get("region"), runtime.settings)
-        token = params.get("nextToken") or None
+        region = region_from(params.get("region"), self.state.runtime.settings)
         self._charge(request, region)
+        return image_id, region, params.get("nextToken") or None
+
+    async def stack_events(self, request: Request) -> Response:
+        runtime = self.state.runtime
+        image_id, region, token = self._asked(request)
         try:
             page = await aws_calls.stack_events(runtime.aws, region=region, stack_name=image_id, next_token=token)
         except AwsNotFound:
@@ -132,21 +136,17 @@ class ImageLogs:
         kept = await store.read(runtime.engine, region=region, image_id=image_id)
         if kept is None or kept.stack_events is None:
             raise NotFound(stack_missing(image_id))
-        query = pages.query(STACK_EVENTS_PATH, image_id=image_id, region=region)
-        start = await self.tokens.read(token, query=query, kind=int) or 0
-        events, following = domain.page_of(kept.stack_events, start=start, size=domain.STACK_EVENTS_PAGE)
-        body = {"nextToken": await self.tokens.issue(following, query=query)} if following is not None else {}
+        events, following = await self._kept_page(
+            kept.stack_events, path=STACK_EVENTS_PATH, image_id=image_id, region=region, token=token,
+            size=domain.STACK_EVENTS_PAGE,
+        )  # fmt: skip
+        body = {"nextToken": following} if following is not None else {}
         body["events"] = events
         return answer(body, source=ARCHIVE)
 
     async def log_streams(self, request: Request) -> Response:
         runtime = self.state.runtime
-        image_id = request.path_params["image_id"]
-        validate_image_id(image_id)
-        params = dict(request.query_params)
-        region = region_from(params.get("region"), runtime.settings)
-        token = params.get("nextToken") or None
-        self._charge(request, region)
+        image_id, region, token = self._asked(request)
         try:
             page = await aws_calls.log_streams(
                 runtime.aws, region=region, group=domain.log_group_name(image_id), next_token=token
@@ -163,13 +163,23 @@ class ImageLogs:
         kept = await store.read(runtime.engine, region=region, image_id=image_id)
         if kept is None or kept.log_streams is None:
             raise NotFound(logs_missing(image_id))
-        query = pages.query(LOG_STREAMS_PATH, image_id=image_id, region=region)
-        start = await self.tokens.read(token, query=query, kind=int) or 0
-        streams, following = domain.page_of(kept.log_streams, start=start, size=domain.LOG_STREAMS_PAGE)
+        streams, following = await self._kept_page(
+            kept.log_streams, path=LOG_STREAMS_PATH, image_id=image_id, region=region, token=token,
+            size=domain.LOG_STREAMS_PAGE,
+        )  # fmt: skip
         body = {"logStreams": streams}
         if following is not None:
-            body["nextToken"] = await self.tokens.issue(following, query=query)
+            body["nextToken"] = following
         return answer(body, source=ARCHIVE, cut=kept.cut)
+
+    async def _kept_page(
+        self, kept: list[dict[str, Any]], *, path: str, image_id: str, region: str, token: str | None, size: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of kept evidence, and the token of the next page (our own, signed for this query) if any."""
+        query = pages.query(path, image_id=image_id, region=region)
+        start = await self.tokens.read(token, query=query, kind=int) or 0
+        items, following = domain.page_of(kept, start=start, size=size)
+        return items, (await self.tokens.issue(following, query=query) if following is not None else None)
 
     async def log_events(self, request: Request) -> Response:
         runtime = self.state.runtime

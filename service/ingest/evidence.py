@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,23 +43,19 @@ EVIDENCE_OUTAGE_RETRY_SECONDS = 2.0
 MAX_PAGES = 100
 
 
+@dataclass(kw_only=True)
 class EvidenceCapture:
-    def __init__(
-        self,
-        *,
-        engine: AsyncEngine,
-        writer: Writer,
-        aws: Aws,
-        settings: Settings,
-        transitioned: ChangeSignal,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self._engine = engine
-        self._writer = writer
-        self._aws = aws
-        self._settings = settings
-        self._transitioned = transitioned
-        self._clock = clock
+    engine: AsyncEngine
+    writer: Writer
+    aws: Aws
+    settings: Settings
+    transitioned: ChangeSignal
+    clock: Callable[[], datetime] = utcnow
+    captured: int = field(default=0, init=False)
+    deferred: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
         self._budgets = {region: TokenBucket(rate=settings.evidence_captures_per_second) for region in settings.regions}
         self._slots = asyncio.Semaphore(settings.evidence_concurrency)
         # A build AWS did not answer for waits before its next try, doubling.
@@ -67,22 +64,20 @@ class EvidenceCapture:
         )
         # Which replica captures a region: the reconciler's lease holder (None: this process, always).
         self._region_gate: Callable[[str], Awaitable[bool]] | None = None
-        self.captured = 0
-        self.deferred = 0
 
     async def step(self) -> float:
         """Capture what is owed and allowed now; the seconds until the next look."""
-        since = self._clock() - timedelta(hours=self._settings.evidence_lookback_hours)
+        since = self.clock() - timedelta(hours=self.settings.evidence_lookback_hours)
         regions = [
-            region for region in self._settings.regions if self._region_gate is None or await self._region_gate(region)
+            region for region in self.settings.regions if self._region_gate is None or await self._region_gate(region)
         ]
         if not regions:
             return EVIDENCE_POLL_SECONDS
         async with db.translated():
             owed = await store.owed(
-                self._engine, regions=regions, since=since, limit=4 * self._settings.evidence_concurrency
+                self.engine, regions=regions, since=since, limit=4 * self.settings.evidence_concurrency
             )
-        paused = self._owed.paused(now=self._clock())
+        paused = self._owed.paused(now=self.clock())
         ready = [item for item in owed if (item.region, item.image_id) not in paused]
         started = []
         for item in ready:
@@ -92,8 +87,8 @@ class EvidenceCapture:
             started.append(item)
         if started:
             await asyncio.gather(*(self._capture_owed(item) for item in started))
-        more = len(started) < len(ready) or len(owed) == 4 * self._settings.evidence_concurrency
-        return 1.0 / self._settings.evidence_captures_per_second if more else EVIDENCE_POLL_SECONDS
+        more = len(started) < len(ready) or len(owed) == 4 * self.settings.evidence_concurrency
+        return 1.0 / self.settings.evidence_captures_per_second if more else EVIDENCE_POLL_SECONDS
 
     async def _capture_owed(self, item: store.Owed) -> None:
         key = (item.region, item.image_id)
@@ -105,11 +100,11 @@ class EvidenceCapture:
                     raise
                 # Not knowing is not "nothing there": nothing stored, the build stays owed, tried again later.
                 self.deferred += 1
-                self._owed.failed(key, now=self._clock())
+                self._owed.failed(key, now=self.clock())
                 log.warning("evidence of %s in %s owed: %s (%s)", item.image_id, item.region, exc.message, exc.code)
                 return
         async with db.translated():
-            await store.save(self._writer, capture)
+            await store.save(self.writer, capture)
         self._owed.succeeded(key)
         self.captured += 1
 
@@ -117,9 +112,9 @@ class EvidenceCapture:
         """Read one ended build's evidence from AWS (AwsError when AWS does not answer: nothing is kept)."""
         region, image_id = item.region, item.image_id
         bound = (
-            domain.Bound(self._settings.evidence_complete_max_bytes, self._settings.evidence_complete_max_events)
+            domain.Bound(self.settings.evidence_complete_max_bytes, self.settings.evidence_complete_max_events)
             if item.outcome == COMPLETE
-            else domain.Bound(self._settings.evidence_failed_max_bytes, self._settings.evidence_failed_max_events)
+            else domain.Bound(self.settings.evidence_failed_max_bytes, self.settings.evidence_failed_max_events)
         )
         with calls_made() as tally:
             stack_events = await self._stack_events(region=region, stack=item.stack_id or image_id)
@@ -140,7 +135,7 @@ class EvidenceCapture:
             image_id=image_id,
             build_start=item.build_start,
             outcome=item.outcome,
-            captured_at=self._clock(),
+            captured_at=self.clock(),
             ended_at=item.ended_at,
             stack_events=stack_events,
             log_streams=[domain.log_stream_document(stream) for stream in streams] if streams is not None else None,
@@ -156,7 +151,7 @@ class EvidenceCapture:
         token: str | None = None
         for _ in range(MAX_PAGES):
             try:
-                page = await aws_calls.stack_events(self._aws, region=region, stack_name=stack, next_token=token)
+                page = await aws_calls.stack_events(self.aws, region=region, stack_name=stack, next_token=token)
             except AwsNotFound:
                 return None if not events else events
             except AwsError as exc:
@@ -175,7 +170,7 @@ class EvidenceCapture:
         for _ in range(MAX_PAGES):
             try:
                 page = await aws_calls.log_streams(
-                    self._aws, region=region, group=domain.log_group_name(image_id), next_token=token
+                    self.aws, region=region, group=domain.log_group_name(image_id), next_token=token
                 )
             except AwsNotFound:
                 return None
@@ -196,7 +191,7 @@ class EvidenceCapture:
         while True:
             try:
                 answer = await aws_calls.log_events(
-                    self._aws, region=region, group=domain.log_group_name(image_id), stream=stream,
+                    self.aws, region=region, group=domain.log_group_name(image_id), stream=stream,
                     start_from_head=False, next_token=token,
                 )  # fmt: skip
             except AwsNotFound:
@@ -219,7 +214,7 @@ class EvidenceCapture:
     async def _imagebuilder_reason(self, *, region: str, image_id: str) -> str | None:
         """Image Builder's failure reason, as the build's transitions recorded it from GetImage: no second call."""
         async with db.translated():
-            kept = await store.build_reason(self._engine, region=region, image_id=image_id)
+            kept = await store.build_reason(self.engine, region=region, image_id=image_id)
         return kept
 
     def loop(self, *, region_gate: Callable[[str], Awaitable[bool]] | None = None) -> Loop:
@@ -231,9 +226,9 @@ class EvidenceCapture:
             step=self.step,
             backoff=Backoff(EVIDENCE_OUTAGE_RETRY_SECONDS, EVIDENCE_OUTAGE_RETRY_SECONDS),
             quiet=(DatabaseUnavailable,),
-            wake=self._transitioned.wait,
+            wake=self.transitioned.wait,
             settle_seconds=EVIDENCE_SETTLE_SECONDS,
-            detail=f"at most {self._settings.evidence_concurrency} at once, "
-            f"{self._settings.evidence_captures_per_second:g}/s per region",
+            detail=f"at most {self.settings.evidence_concurrency} at once, "
+            f"{self.settings.evidence_captures_per_second:g}/s per region",
         )
 

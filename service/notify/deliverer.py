@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta
 
 from service.domain import deliveries
@@ -53,43 +54,42 @@ DEAD_LETTER = "dead_letter"
 DISABLED = "disabled"
 
 
+@dataclass
 class Deliverer:
-    def __init__(
-        self, subscription: Subscription, *, sink: Sink, writer: Writer, feed: Feed, leases: NamedLeases,
-        retries: Retries,
-        poll_seconds: float, metrics: Metrics, clock: Callable[[], datetime] = utcnow,
-        draw: Callable[[], float] = random.random,
-    ) -> None:  # fmt: skip
-        self.subscription = subscription
-        self.name = subscription.name
-        self._sink = sink
-        self._writer = writer
-        self._feed = feed
-        self._leases = leases
-        self._retries = retries
-        self._poll = poll_seconds
-        self._metrics = metrics
-        self._clock = clock
-        self._draw = draw
+    subscription: Subscription
+    _: KW_ONLY
+    sink: Sink
+    writer: Writer
+    feed: Feed
+    leases: NamedLeases
+    retries: Retries
+    poll_seconds: float
+    metrics: Metrics
+    clock: Callable[[], datetime] = utcnow
+    draw: Callable[[], float] = random.random
+
+    @property
+    def name(self) -> str:
+        return self.subscription.name
 
     async def step(self) -> float:
         """Deliver what is due; the seconds until this subscription wants another step."""
-        if not await self._leases.holds(self.name):
-            self._metrics.notify_lease.discard(self.name)
-            self._metrics.notify_lag.pop(self.name, None)
+        if not await self.leases.holds(self.name):
+            self.metrics.notify_lease.discard(self.name)
+            self.metrics.notify_lag.pop(self.name, None)
             return LEASE_SECONDS
-        self._metrics.notify_lease.add(self.name)
-        now = self._clock()
-        state = await store.ensure(self._writer, name=self.name, kind=self.subscription.kind, now=now)
+        self.metrics.notify_lease.add(self.name)
+        now = self.clock()
+        state = await store.ensure(self.writer, name=self.name, kind=self.subscription.kind, now=now)
         if state.disabled_at is not None:
-            self._metrics.notify_lag.pop(self.name, None)
+            self.metrics.notify_lag.pop(self.name, None)
             return DISABLED_SECONDS
         if state.next_attempt_at is not None and state.next_attempt_at > now:
             return (state.next_attempt_at - now).total_seconds()
-        batch = await self._feed.after(state.delivered_seq)
-        self._metrics.notify_lag[self.name] = (now - batch[0].notice.observed_at).total_seconds() if batch else 0.0
+        batch = await self.feed.after(state.delivered_seq)
+        self.metrics.notify_lag[self.name] = (now - batch[0].notice.observed_at).total_seconds() if batch else 0.0
         if not batch:
-            return self._poll
+            return self.poll_seconds
         cursor = state.delivered_seq  # where the row stands
         handled = cursor  # how far this step got
         accepted = False
@@ -106,60 +106,60 @@ class Deliverer:
             if not wanted:
                 handled = notice.seq
                 continue
-            answer = await self._sink.send(notice)
-            now = self._clock()
+            answer = await self.sink.send(notice)
+            now = self.clock()
             if answer.verdict is Verdict.DELIVERED:
-                self._metrics.deliveries[(self.name, DELIVERED)] += 1
+                self.metrics.deliveries[(self.name, DELIVERED)] += 1
                 handled, accepted = notice.seq, True
                 if time.monotonic() - checkpoint >= CHECKPOINT_SECONDS:
-                    if not await store.advance(self._writer, name=self.name, since=cursor, to=handled, now=now,
+                    if not await store.advance(self.writer, name=self.name, since=cursor, to=handled, now=now,
                                                delivered=True):  # fmt: skip
                         return 0.0  # replayed meanwhile: start again from the row
                     cursor, attempts, first_failure, checkpoint = handled, 0, None, time.monotonic()
                 continue
             # Everything before this one is done: recorded first, so the failure below is this one's.
             if handled != cursor:
-                if not await store.advance(self._writer, name=self.name, since=cursor, to=handled, now=now,
+                if not await store.advance(self.writer, name=self.name, since=cursor, to=handled, now=now,
                                            delivered=accepted):  # fmt: skip
                     return 0.0  # replayed meanwhile: start again from the row
                 cursor, attempts, first_failure = handled, 0, None
             if answer.verdict is Verdict.DISABLE:
-                self._metrics.deliveries[(self.name, DISABLED)] += 1
+                self.metrics.deliveries[(self.name, DISABLED)] += 1
                 log.warning("subscription %s disabled: %s", self.name, answer.error)
-                await store.disable(self._writer, name=self.name, reason=answer.error or "disabled", now=now)
+                await store.disable(self.writer, name=self.name, reason=answer.error or "disabled", now=now)
                 return DISABLED_SECONDS
             attempts += 1
             first_failure = first_failure or now
             error = answer.error or "not accepted"
-            if self._retries.exhausted(first_failure=first_failure, now=now):
-                self._metrics.deliveries[(self.name, DEAD_LETTER)] += 1
+            if self.retries.exhausted(first_failure=first_failure, now=now):
+                self.metrics.deliveries[(self.name, DEAD_LETTER)] += 1
                 log.error(
                     "subscription %s: change %d given up after %d attempts since %s (%s): kept as a dead letter",
                     self.name, notice.seq, attempts, first_failure.isoformat(), error,
                 )  # fmt: skip
                 if not await store.dead_letter(
-                    self._writer, name=self.name, since=cursor, notice=notice, body=deliveries.body(notice),
+                    self.writer, name=self.name, since=cursor, notice=notice, body=deliveries.body(notice),
                     attempts=attempts, first_failure_at=first_failure, error=error, now=now,
                 ):  # fmt: skip
                     return 0.0
                 cursor = handled = notice.seq
                 attempts, first_failure = 0, None
                 continue
-            self._metrics.deliveries[(self.name, FAILED)] += 1
-            delay = self._retries.delay(attempts, retry_after=answer.retry_after, draw=self._draw)
+            self.metrics.deliveries[(self.name, FAILED)] += 1
+            delay = self.retries.delay(attempts, retry_after=answer.retry_after, draw=self.draw)
             log.warning(
                 "subscription %s: change %d not delivered (attempt %d: %s); next attempt in %.3gs",
                 self.name, notice.seq, attempts, error, delay,
             )  # fmt: skip
             await store.failed(
-                self._writer, name=self.name, since=cursor, attempts=attempts, first_failure_at=first_failure,
+                self.writer, name=self.name, since=cursor, attempts=attempts, first_failure_at=first_failure,
                 next_attempt_at=now + timedelta(seconds=delay), error=error, now=now,
             )  # fmt: skip
             return delay
         if handled != cursor:
-            await store.advance(self._writer, name=self.name, since=cursor, to=handled, now=self._clock(),
+            await store.advance(self.writer, name=self.name, since=cursor, to=handled, now=self.clock(),
                                 delivered=accepted)  # fmt: skip
         if len(batch) == store.BATCH:
             return 0.0
-        self._metrics.notify_lag[self.name] = 0.0
-        return self._poll
+        self.metrics.notify_lag[self.name] = 0.0
+        return self.poll_seconds
