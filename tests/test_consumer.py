@@ -498,6 +498,8 @@ async def test_the_consumer_says_what_it_did_when_the_process_stops(
                 if queue.depth() == 0:
                     break
                 await asyncio.sleep(0.05)
-            assert runtime.metrics.events["received"] == 1
+    counts = dict(runtime.metrics.events)
+    # At least once: a receiver may see the message again before the first one's delete lands.
+    assert counts["received"] >= 1 and counts["poison"] >= 1, counts
     stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event consumer stopped: ")]
-    assert len(stopped) == 1 and "'received': 1" in stopped[0] and "'poison': 1" in stopped[0], stopped
+    assert stopped == [f"event consumer stopped: {counts}"]
