@@ -33,7 +33,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.cache import Cache
 from service.store.keys import Keys
-from service.store.lease import RegionLease
+from service.store.lease import Leases
 from service.store.outage import DatabaseOutage
 from service.store.rechecks import Rechecks
 from service.support.loops import Loop
@@ -52,7 +52,7 @@ class Runtime:
     signer: UrlSigner
     reconciler: Reconciler
     consumer: Consumer
-    lease: RegionLease
+    lease: Leases
     metrics: Metrics
     # How current answers are (X-Cache-Stale, /readyz): AWS reachability, being behind, the database down.
     freshness: Freshness
@@ -100,7 +100,7 @@ class Runtime:
             ),
             reconciler=Reconciler(cache=cache, aws=aws, settings=settings, metrics=metrics, freshness=freshness),
             consumer=Consumer(cache=cache, aws=aws, settings=settings, metrics=metrics, freshness=freshness),
-            lease=RegionLease(engine, metrics=metrics),
+            lease=Leases(engine, namespace="reconcile", held=metrics.reconcile_lease),
             metrics=metrics,
             freshness=freshness,
             keys=Keys(engine),
@@ -172,7 +172,7 @@ class Runtime:
         """Start delivering the subscriptions of `subscriptions` (and of each version SIGHUP loads)."""
         self.notifier = Notifier(
             subscriptions, writer=self.cache.writer, aws=self.aws, metrics=self.metrics, settings=self.settings,
-            start=lambda coroutine, name: self.start(coroutine, name=name),
+            start=lambda coroutine, name: self.start(coroutine, name=name, drains=True),
             wake=lambda seconds: self.transitioned.wait(seconds=seconds),
         )  # fmt: skip
         self.notifier.start()
@@ -197,6 +197,8 @@ class Runtime:
         self._shutdown_deadline = asyncio.get_running_loop().time() + self.settings.shutdown_seconds
         self.draining.set()
         self.stop.set()
+        if self.notifier is not None:
+            self.notifier.stopping()
         self.changes.close()
 
     async def close(self) -> None:

@@ -68,6 +68,8 @@ class Receiver:
         self.attempts: list[tuple[str, float]] = []
         self.answer: Callable[[str], tuple[int, dict[str, str]]] = lambda message_id: (204, {})
         self.arrived = asyncio.Event()
+        # Seconds each request takes to answer (a slow receiver).
+        self.delay = 0.0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
@@ -80,6 +82,8 @@ class Receiver:
         headers = {key.decode(): value.decode() for key, value in scope["headers"]}
         payload = self.verifier.verify(body, headers)  # raises on a bad signature: the test fails loudly
         self.attempts.append((headers["webhook-id"], time.monotonic()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status, extra = self.answer(headers["webhook-id"])
         if 200 <= status < 300:
             self.got.append((headers["webhook-id"], payload))
@@ -255,8 +259,15 @@ async def test_a_delivery_failing_past_the_give_up_bound_is_a_dead_letter_and_th
     tuned = fast(settings, notify_give_up_seconds=0.3)
     runtime = Runtime.build(tuned, engine=db.create_engine(tuned), aws=Aws())
     receiver = Receiver()
+    # The first change sent (p's) is refused every time; the answer is chosen as it arrives, not after the test has
+    # looked the change up (by then it may have been delivered).
     poisoned = [""]
-    receiver.answer = lambda message_id: (500, {}) if message_id == poisoned[0] else (204, {})
+
+    def answer(message_id: str) -> tuple[int, dict[str, str]]:
+        poisoned[0] = poisoned[0] or message_id
+        return (500, {}) if message_id == poisoned[0] else (204, {})
+
+    receiver.answer = answer
     try:
         await apply(
             runtime, image_change("p", "CREATE_IN_PROGRESS", minute=0),
@@ -269,7 +280,8 @@ async def test_a_delivery_failing_past_the_give_up_bound_is_a_dead_letter_and_th
             async with runtime.engine.connect() as connection:
                 seq = (await connection.execute(select(func.max(dead_letters.c.id)))).scalar_one()
             assert seq is None
-            poisoned[0] = f"msg_{(await _latest_transition(runtime))}"
+            await until(lambda: bool(poisoned[0]))
+            assert poisoned[0] == f"msg_{(await _latest_transition(runtime))}"
             await apply(runtime, image_change("q", "CREATE_COMPLETE", minute=2))
             await until(lambda: runtime.metrics.deliveries[("ci", "dead_letter")] == 1)
             await until(lambda: len(receiver.got) == 1)
@@ -457,6 +469,41 @@ async def test_one_replica_delivers_each_subscription(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_shutting_down_mid_batch_writes_the_cursor_of_what_was_delivered(
+    settings: Settings, aws_state: FakeAws, tmp_path: Path
+) -> None:
+    """A process stopping while it sends a batch finishes the delivery in hand, writes its cursor and stops: the
+    replica (or the restart) taking over sends nothing twice and skips nothing."""
+    from service.aws import Aws
+    from service.store import db
+    from service.store.tables import subscriptions
+
+    tuned = fast(settings)
+    runtime = Runtime.build(tuned, engine=db.create_engine(tuned), aws=Aws())
+    receiver = Receiver()
+    receiver.delay = 0.1
+    try:
+        await apply(runtime, *(image_change(f"mid-{n}", "CREATE_IN_PROGRESS", minute=0) for n in range(20)))
+        async with listening(receiver, free_port()) as url:
+            runtime.notify(subscriptions_file(tmp_path, webhook(url)))
+            await until(lambda: "ci" in runtime.metrics.notify_lag)
+            await apply(runtime, *(image_change(f"mid-{n}", "CREATE_COMPLETE", minute=1) for n in range(20)))
+            await until(lambda: len(receiver.got) >= 3)
+            started = time.monotonic()
+            await runtime.close()
+            assert time.monotonic() - started < 2.0, "the deliverer did not stop at the delivery in hand"
+        assert 3 <= len(receiver.got) < 20
+        engine = db.create_engine(tuned)
+        try:
+            async with engine.connect() as connection:
+                cursor = (await connection.execute(select(subscriptions.c.delivered_seq))).scalar_one()
+        finally:
+            await engine.dispose()
+        assert cursor == max(int(message_id.removeprefix("msg_")) for message_id, _ in receiver.got)
+    finally:
+        await runtime.close()
 
 
 async def test_a_host_that_comes_to_resolve_to_instance_metadata_is_not_sent_to() -> None:

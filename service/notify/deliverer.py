@@ -20,11 +20,12 @@ with the same webhook-id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 
 from service.domain import deliveries
@@ -34,7 +35,7 @@ from service.metrics import Metrics
 from service.notify.feed import Feed
 from service.notify.sinks import Sink
 from service.store import subscriptions as store
-from service.store.lease import NamedLeases
+from service.store.lease import Leases
 from service.store.writer import Writer
 from service.support.clock import utcnow
 
@@ -61,12 +62,15 @@ class Deliverer:
     sink: Sink
     writer: Writer
     feed: Feed
-    leases: NamedLeases
+    leases: Leases
     retries: Retries
     poll_seconds: float
     metrics: Metrics
     clock: Callable[[], datetime] = utcnow
     draw: Callable[[], float] = random.random
+    # Set when the process shuts down: the batch in hand stops after the delivery in flight and its cursor is written,
+    # so the replica taking the lease over does not send again what this one delivered.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
@@ -96,6 +100,8 @@ class Deliverer:
         attempts, first_failure = state.attempts, state.first_failure_at
         checkpoint = time.monotonic()
         for item in batch:
+            if self.stopping.is_set():
+                break
             notice = item.notice
             filters = self.subscription.filters
             wanted = is_news(

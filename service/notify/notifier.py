@@ -22,14 +22,14 @@ from service.notify.feed import Feed
 from service.notify.sinks import Sink, SnsSink, SsmParameterSink, WebhookSink
 from service.settings import Settings
 from service.store import subscriptions as store
-from service.store.lease import NamedLeases
+from service.store.lease import Leases
 from service.store.writer import Writer
 from service.support.clock import utcnow
 from service.support.loops import Backoff, Loop
 
 log = logging.getLogger(__name__)
 
-# Starts a coroutine for the life of the process (Runtime.start), under a name.
+# Starts a coroutine for the life of the process (Runtime.start), under a name; shutting down waits for it to end.
 Starter = Callable[[Coroutine[Any, Any, None], str], None]
 # Returns at the next change this process writes, or after `seconds` (None: no bound).
 Wake = Callable[[float | None], Awaitable[None]]
@@ -49,7 +49,7 @@ class Notifier:
         self._settings = settings
         self._start = start
         self._wake = wake
-        self.leases = NamedLeases(self._engine, namespace="notify")
+        self.leases = Leases(self._engine, namespace="notify")
         self.feed = Feed(self._engine)
         self.retries = Retries(
             initial=settings.notify_retry_initial_seconds, maximum=settings.notify_retry_max_seconds,
@@ -104,12 +104,19 @@ class Notifier:
             leases=self.leases,
             retries=self.retries, poll_seconds=self._settings.notify_poll_seconds, metrics=self._metrics,
         )  # fmt: skip
-        stop, nudge = asyncio.Event(), asyncio.Event()
+        stop, nudge = deliverer.stopping, asyncio.Event()
         self.deliverers[subscription.name] = deliverer
         self._stops[subscription.name] = stop
         self._nudges[subscription.name] = nudge
         self._running[subscription.name] = subscription
         self._start(self._run(deliverer, self.loop(deliverer, nudge), stop, http), f"deliverer {subscription.name}")
+
+    def stopping(self) -> None:
+        """The process shuts down: every deliverer finishes the delivery in hand, writes its cursor and stops (the
+        runtime waits for them within its shutdown bound); `close` then gives the leases up."""
+        self._closed = True
+        for stop in self._stops.values():
+            stop.set()
 
     def _stop(self, name: str) -> None:
         self._stops.pop(name).set()

@@ -1,8 +1,10 @@
-"""Which replica reconciles a region: a PostgreSQL session advisory lock, held on its own connection.
+"""Which replica does a piece of work that only one may do: reconcile a region, deliver a subscription, capture a
+region's evidence. A lease is a PostgreSQL session advisory lock; every lease of a `Leases` is held on one
+connection of its own, so a hundred subscriptions take one connection, not a hundred.
 
-The holder keeps the connection open; if it dies, PostgreSQL drops the connection and the lock with
-it, and the next replica to ask (each asks once per resync interval) takes over. On SQLite there is
-one process and the lease is always held.
+The holder keeps the connection open; if it dies, PostgreSQL drops the connection and its locks with it, and the
+next replica to ask takes over. If this process's connection breaks, every lease it held is given up and asked
+for again. On SQLite there is one process and every lease is always held.
 """
 
 from __future__ import annotations
@@ -14,99 +16,38 @@ import time
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.metrics import Metrics
 from service.store import db
 
 log = logging.getLogger(__name__)
 
 
-class RegionLease:
-    def __init__(self, engine: AsyncEngine, *, metrics: Metrics) -> None:
-        self._engine = engine
-        self._shared = engine.dialect.name == "postgresql"
-        self._held: dict[str, AsyncConnection] = {}
-        self._metrics = metrics
-
-    async def holds(self, region: str) -> bool:
-        """True when this process may reconcile `region` now (taking the lease if it is free)."""
-        if not self._shared:
-            return True
-        connection = self._held.get(region)
-        if connection is not None:
-            try:
-                await connection.execute(text("SELECT 1"))
-                return True
-            except Exception:
-                log.warning("lost the reconcile lease connection for %s; asking again", region)
-                await self._drop(region)
-        # An outage is DatabaseUnavailable here, as everywhere in the store: its loops log it in one line.
-        async with db.translated():
-            connection = await self._engine.connect()
-            try:
-                key = {"key": f"statuscache/reconcile/{region}"}
-                taking = await connection.execute(text("SELECT pg_try_advisory_lock(hashtext(:key))"), key)
-                acquired = bool(taking.scalar_one())
-                # Commit the implicit transaction; the session-level lock outlives it.
-                await connection.commit()
-            except Exception:
-                await connection.close()
-                raise
-        if not acquired:
-            await connection.close()
-            return False
-        log.info("this replica now reconciles %s", region)
-        self._held[region] = connection
-        self._metrics.reconcile_lease.add(region)
-        return True
-
-    async def _drop(self, region: str) -> None:
-        self._metrics.reconcile_lease.discard(region)
-        connection = self._held.pop(region, None)
-        if connection is not None:
-            try:
-                await connection.close()
-            except Exception:
-                log.debug("closing a broken lease connection failed", exc_info=True)
-
-    async def release_all(self) -> None:
-        for region in list(self._held):
-            connection = self._held[region]
-            try:
-                await connection.execute(
-                    text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": f"statuscache/reconcile/{region}"}
-                )
-                await connection.commit()
-            except Exception:
-                log.warning("releasing the reconcile lease for %s failed; closing its connection", region)
-            await self._drop(region)
-
-
-class NamedLeases:
-    """Which replica delivers a subscription (service.notify): the same PostgreSQL session advisory locks as the
-    reconcile lease, every one of a process held on one connection, so a hundred subscriptions take one
-    connection, not a hundred. If the connection breaks, every lease it held is given up and asked for again.
-    On SQLite there is one process and every lease is held."""
-
+class Leases:
     # How long a held lease is trusted before its connection is checked again.
     CHECK_SECONDS = 5.0
 
-    def __init__(self, engine: AsyncEngine, *, namespace: str) -> None:
+    def __init__(self, engine: AsyncEngine, *, namespace: str, held: set[str] | None = None) -> None:
+        """`held`: the set that shows which leases this process holds (a metric); kept true here."""
         self._engine = engine
         self._shared = engine.dialect.name == "postgresql"
         self._namespace = namespace
         self._connection: AsyncConnection | None = None
-        self._held: set[str] = set()
+        self._held: set[str] = held if held is not None else set()
         self._checked = 0.0
+        # One asker at a time: two parts of this process asking for the same lease at once must not open two
+        # sessions, the second of which would find the first one's lock and think another replica holds it.
         self._lock = asyncio.Lock()
 
     def _key(self, name: str) -> str:
         return f"statuscache/{self._namespace}/{name}"
 
     async def holds(self, name: str) -> bool:
-        """True when this process may act for `name` now (taking the lease if it is free)."""
+        """True when this process may act for `name` now (taking the lease if it is free).
+
+        A database outage is DatabaseUnavailable here, as everywhere in the store: the loops asking log it in one line.
+        """
         if not self._shared:
             return True
-        async with self._lock:
+        async with self._lock, db.translated():
             now = time.monotonic()
             if self._connection is not None and now - self._checked > self.CHECK_SECONDS:
                 try:
@@ -121,13 +62,9 @@ class NamedLeases:
                 self._connection = await self._engine.connect()
                 self._checked = now
             try:
-                acquired = bool(
-                    (
-                        await self._connection.execute(
-                            text("SELECT pg_try_advisory_lock(hashtext(:key))"), {"key": self._key(name)}
-                        )
-                    ).scalar_one()
-                )
+                taking = text("SELECT pg_try_advisory_lock(hashtext(:key))")
+                acquired = bool((await self._connection.execute(taking, {"key": self._key(name)})).scalar_one())
+                # Commit the implicit transaction; the session-level lock outlives it.
                 await self._connection.commit()
             except Exception:
                 await self._reset()
