@@ -302,6 +302,39 @@ async def _latest_transition(runtime: Runtime) -> int:
         return int((await connection.execute(select(func.max(transitions.c.id)))).scalar_one())
 
 
+async def test_a_replay_made_on_another_replica_is_followed(
+    quick: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivering replica keeps its subscription's row in memory: a replay written by another replica is seen
+    when the row is read again (after a while, shortened here), or at once when a cursor write runs into it."""
+    from service.notify import deliverer
+    from service.store import subscriptions as store
+
+    monkeypatch.setattr(deliverer, "STATE_SECONDS", 0.3)
+    receiver = Receiver()
+    await apply(quick, image_change("elsewhere", "CREATE_IN_PROGRESS", minute=0))
+    async with listening(receiver, free_port()) as url:
+        quick.notify(subscriptions_file(tmp_path, webhook(url)))
+        await until(lambda: "ci" in quick.metrics.notify_lag)
+        await apply(quick, image_change("elsewhere", "CREATE_COMPLETE", minute=1))
+        await until(lambda: len(receiver.got) == 1)
+        seq = receiver.got[0][1]["data"]["sequence"]
+        # Idle, caught up: another replica's replay (written to the database only) is sent again all the same.
+        await store.replay(quick.cache.writer, name="ci", since_seq=seq, since_time=None, now=datetime.now(UTC))
+        await until(lambda: len(receiver.got) == 2)
+        # While changes flow: the cursor write finds the cursor moved, reads the row again and sends from there.
+        monkeypatch.setattr(deliverer, "STATE_SECONDS", 3600.0)
+        await store.replay(quick.cache.writer, name="ci", since_seq=seq, since_time=None, now=datetime.now(UTC))
+        await apply(quick, image_change("elsewhere", "DELETE_IN_PROGRESS", minute=2))
+        await until(lambda: len(receiver.got) >= 4 and receiver.images()[-1] == ("elsewhere", "DELETE_IN_PROGRESS"))
+        await asyncio.sleep(0.3)
+    assert [message_id for message_id, _ in receiver.got][:2] == [receiver.got[0][0]] * 2
+    assert receiver.images()[2:] in (
+        [("elsewhere", "DELETE_IN_PROGRESS"), ("elsewhere", "BUILD_COMPLETE"), ("elsewhere", "DELETE_IN_PROGRESS")],
+        [("elsewhere", "BUILD_COMPLETE"), ("elsewhere", "DELETE_IN_PROGRESS")],
+    )
+
+
 async def test_replay_sends_again_and_the_route_shows_no_secret(quick: Runtime, tmp_path: Path) -> None:
     receiver = Receiver()
     await apply(quick, image_change("r", "CREATE_IN_PROGRESS", minute=0))
@@ -512,7 +545,7 @@ async def test_a_host_that_comes_to_resolve_to_instance_metadata_is_not_sent_to(
 
     hook = Webhook(name="ci", url="http://169.254.169.254/latest/meta-data/", secret_file="/s", filters=Filters(),
                    secret=b"k" * 32)  # fmt: skip
-    async with httpx.AsyncClient() as http:
+    async with WebhookSink.session(timeout=1.0) as http:
         answer = await WebhookSink(hook, http=http, timeout=1.0).send(_notice())
     assert answer.error is not None and "instance-metadata" in answer.error
 

@@ -79,7 +79,7 @@ async def test_a_first_seen_subscription_starts_at_the_newest_change_and_another
     ids = await add_transitions(writer, 3)
     first = await store.ensure(writer, name="ci", kind="webhook", now=T)
     assert first.delivered_seq == ids[-1] and first.news_since == T and first.attempts == 0
-    assert await store.advance(writer, name="ci", since=ids[-1], to=0, now=T, delivered=False)
+    assert await store.Cursors(writer).advance(name="ci", since=ids[-1], to=0, now=T, delivered=False)
     # Seen again as the same kind: the row as it is (no write).
     writes = len(writer.threads)
     assert (await store.ensure(writer, name="ci", kind="webhook", now=T + timedelta(hours=1))).delivered_seq == 0
@@ -95,7 +95,7 @@ async def test_a_cursor_write_wins_only_where_the_cursor_still_is(writer: Record
     assert await store.replay(writer, name="ci", since_seq=ids[0], since_time=None, now=T) == ids[0] - 1
     cursor = ids[0] - 1
     stale = ids[-1]
-    assert not await store.advance(writer, name="ci", since=stale, to=ids[1], now=T, delivered=True)
+    assert not await store.Cursors(writer).advance(name="ci", since=stale, to=ids[1], now=T, delivered=True)
     assert not await store.failed(
         writer, name="ci", since=stale, attempts=1, first_failure_at=T, next_attempt_at=T, error="503", now=T
     )
@@ -113,7 +113,7 @@ async def test_a_cursor_write_wins_only_where_the_cursor_still_is(writer: Record
         writer, name="ci", since=cursor, notice=notice(ids[0]), body=b"{}", attempts=2, first_failure_at=T,
         error="503", now=T,
     )  # fmt: skip
-    assert await store.advance(writer, name="ci", since=ids[0], to=ids[-1], now=T, delivered=True)
+    assert await store.Cursors(writer).advance(name="ci", since=ids[0], to=ids[-1], now=T, delivered=True)
     state = (await store.states(writer.engine))["ci"]
     assert state.delivered_seq == ids[-1] and state.attempts == 0 and state.delivered_at == T
     async with writer.engine.connect() as connection:
@@ -130,8 +130,68 @@ async def test_every_write_runs_on_the_writer(writer: Recording) -> None:
     assert (await store.states(writer.engine))["ci"].disabled_reason == "410"
     await store.replay(writer, name="ci", since_seq=None, since_time=T, now=T)
     assert (await store.states(writer.engine))["ci"].disabled_at is None
-    assert await store.advance(writer, name="ci", since=ids[0] - 1, to=ids[0], now=T, delivered=True)
+    assert await store.Cursors(writer).advance(name="ci", since=ids[0] - 1, to=ids[0], now=T, delivered=True)
     assert len(writer.threads) == 4
     if writer.threaded:
         # SQLite: the writer thread, whose transactions begin IMMEDIATE (service.store.db.SqliteDirect.write).
         assert all(name.startswith("sqlite-writer") for name in writer.threads)
+
+
+async def test_cursor_moves_asked_together_are_written_together_each_with_its_own_answer(writer: Recording) -> None:
+    """A burst wakes every subscription at once: their cursor moves share transactions (a group commit), and each
+    still hears whether its own compare-and-set won."""
+    import asyncio
+
+    ids = await add_transitions(writer, 3)
+    names = [f"s{n:02d}" for n in range(40)]
+    for name in names:
+        await store.ensure(writer, name=name, kind="webhook", now=T)
+    cursors = store.Cursors(writer)
+    writer.threads.clear()
+    stale = {"s03", "s17"}  # their cursor is not where they think: a replay moved it
+    moved = await asyncio.gather(*(
+        cursors.advance(name=name, since=ids[0] if name in stale else ids[-1], to=ids[-1] + 5, now=T, delivered=True)
+        for name in names
+    ))  # fmt: skip
+    assert moved == [name not in stale for name in names]
+    # The first move is written at once; the 39 asked meanwhile wait for it and go together in the next.
+    assert len(writer.threads) <= 2
+    states = await store.states(writer.engine)
+    assert {name for name in names if states[name].delivered_seq == ids[-1] + 5} == set(names) - stale
+    assert all(states[name].delivered_seq == ids[-1] for name in stale)
+
+
+async def test_a_cursor_write_that_fails_tells_each_mover_and_the_next_ones_are_written(
+    writer: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from service.errors import DatabaseUnavailable
+
+    ids = await add_transitions(writer, 1)
+    await store.ensure(writer, name="a", kind="webhook", now=T)
+    await store.ensure(writer, name="b", kind="webhook", now=T)
+    cursors = store.Cursors(writer)
+    real = Writer.write
+    failing = [True]
+
+    async def write(self: Writer, work: Callable[[Connection], R]) -> R:
+        if failing[0]:
+            failing[0] = False
+            raise DatabaseUnavailable("the database is down")
+        return await real(self, work)
+
+    monkeypatch.setattr(Writer, "write", write)
+    answers = await asyncio.gather(
+        cursors.advance(name="a", since=ids[0], to=ids[0] + 1, now=T, delivered=True),
+        cursors.advance(name="b", since=ids[0], to=ids[0] + 1, now=T, delivered=True),
+        return_exceptions=True,
+    )
+    # Asked together, written together: both hear the outage, neither cursor moved.
+    assert all(isinstance(answer, DatabaseUnavailable) for answer in answers)
+    assert {state.delivered_seq for state in (await store.states(writer.engine)).values()} == {ids[0]}
+    # The next moves are written (the failed transaction left nothing behind).
+    assert await asyncio.gather(
+        cursors.advance(name="a", since=ids[0], to=ids[0] + 1, now=T, delivered=True),
+        cursors.advance(name="b", since=ids[0], to=ids[0] + 1, now=T, delivered=True),
+    ) == [True, True]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
-import httpx
+import aiohttp
 
 from service.aws import Aws
 from service.domain.deliveries import Retries
@@ -51,13 +51,14 @@ class Notifier:
         self._wake = wake
         self.leases = Leases(self._engine, namespace="notify")
         self.feed = Feed(self._engine)
+        self.cursors = store.Cursors(writer)
         self.retries = Retries(
             initial=settings.notify_retry_initial_seconds, maximum=settings.notify_retry_max_seconds,
             give_up=settings.notify_give_up_seconds,
         )  # fmt: skip
         # One HTTP client per webhook subscription: each delivers one request at a time, and one pool shared by a
         # hundred of them spends its time in the pool's bookkeeping (measured: about 6 ms per request).
-        self._clients: set[httpx.AsyncClient] = set()
+        self._clients: set[aiohttp.ClientSession] = set()
         self.deliverers: dict[str, Deliverer] = {}
         self._stops: dict[str, asyncio.Event] = {}
         self._running: dict[str, Subscription] = {}
@@ -69,7 +70,7 @@ class Notifier:
     def start(self) -> None:
         self.apply(self.file.current)
 
-    def sink(self, subscription: Subscription, *, http: httpx.AsyncClient | None = None) -> Sink:
+    def sink(self, subscription: Subscription, *, http: aiohttp.ClientSession | None = None) -> Sink:
         timeout = self._settings.notify_timeout_seconds
         if isinstance(subscription, Webhook):
             assert http is not None
@@ -94,15 +95,12 @@ class Notifier:
     def _launch(self, subscription: Subscription) -> None:
         http = None
         if isinstance(subscription, Webhook):
-            http = httpx.AsyncClient(
-                timeout=self._settings.notify_timeout_seconds, follow_redirects=False, headers={"accept": "*/*"},
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )  # fmt: skip
+            http = WebhookSink.session(timeout=self._settings.notify_timeout_seconds)
             self._clients.add(http)
         deliverer = Deliverer(
-            subscription, sink=self.sink(subscription, http=http), writer=self._writer, feed=self.feed,
-            leases=self.leases,
-            retries=self.retries, poll_seconds=self._settings.notify_poll_seconds, metrics=self._metrics,
+            subscription, sink=self.sink(subscription, http=http), writer=self._writer, cursors=self.cursors,
+            feed=self.feed, leases=self.leases, retries=self.retries, poll_seconds=self._settings.notify_poll_seconds,
+            metrics=self._metrics,
         )  # fmt: skip
         stop, nudge = deliverer.stopping, asyncio.Event()
         self.deliverers[subscription.name] = deliverer
@@ -145,7 +143,9 @@ class Notifier:
             detail=f"{subscription.kind} {subscription.target}",
         )
 
-    async def _run(self, deliverer: Deliverer, loop: Loop, stop: asyncio.Event, http: httpx.AsyncClient | None) -> None:
+    async def _run(
+        self, deliverer: Deliverer, loop: Loop, stop: asyncio.Event, http: aiohttp.ClientSession | None
+    ) -> None:
         """The deliverer's loop until it is stopped; then its lease and HTTP client go."""
         try:
             await loop.run(stop=stop)
@@ -154,7 +154,7 @@ class Notifier:
                 await self.leases.release(deliverer.name)
             if http is not None:
                 self._clients.discard(http)
-                await http.aclose()
+                await http.close()
 
     async def close(self) -> None:
         self._closed = True
@@ -162,7 +162,7 @@ class Notifier:
             self._stop(name)
         await self.leases.release_all()
         for http in list(self._clients):
-            await http.aclose()
+            await http.close()
         self._clients.clear()
 
     async def health(self, *, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -204,7 +204,9 @@ class Notifier:
         await store.ensure(self._writer, name=name, kind=self.file.current.by_name[name].kind, now=now)
         cursor = await store.replay(self._writer, name=name, since_seq=since_seq, since_time=since_time, now=now)
         log.info("subscription %s replays from change %s", name, None if cursor is None else cursor + 1)
-        nudge = self._nudges.get(name)
+        deliverer, nudge = self.deliverers.get(name), self._nudges.get(name)
+        if deliverer is not None:
+            deliverer.forget()
         if nudge is not None:
             nudge.set()
         return cursor

@@ -8,6 +8,8 @@ lock while the event loop is busy elsewhere. Reads stay on the engine."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -148,18 +150,61 @@ def _pending(row: Any) -> Pending:
     return Pending(notice=notice, previous_exists=row.previous is not None)
 
 
-async def advance(writer: Writer, *, name: str, since: int, to: int, now: datetime, delivered: bool) -> bool:
-    """Every transition up to `to` is handled: the cursor moves there from `since` and failures are forgotten.
-    False when the cursor is no longer at `since` (a replay moved it): nothing is changed."""
-    values: dict[str, Any] = {"delivered_seq": to, "attempts": 0, "first_failure_at": None, "next_attempt_at": None}
-    if delivered:
-        values["delivered_at"] = now
-    return await writer.write(lambda connection: _moved(connection, _at(name, since).values(**values)))
+class Cursors:
+    """Every deliverer of a process moves its cursor here: the moves asked while one transaction is being written go
+    together in the next (a group commit). A burst wakes a hundred subscriptions at once, and a transaction each
+    queued them behind one another for the one writer (200 ms a move, measured in bench.notify)."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._waiting: list[tuple[Any, asyncio.Future[bool]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def advance(self, *, name: str, since: int, to: int, now: datetime, delivered: bool) -> bool:
+        """Every transition up to `to` is handled: the cursor moves there from `since` and failures are forgotten.
+        False when the cursor is no longer at `since` (a replay moved it): nothing is changed."""
+        values: dict[str, Any] = {"delivered_seq": to, "attempts": 0, "first_failure_at": None, "next_attempt_at": None}
+        if delivered:
+            values["delivered_at"] = now
+        moved: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((_at(name, since).values(**values), moved))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush(), name="subscription cursors")
+        return await moved
+
+    async def _flush(self) -> None:
+        batch: list[tuple[Any, asyncio.Future[bool]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    moves = functools.partial(_moved_each, [statement for statement, _ in batch])
+                    results: list[bool] | Exception = await self._writer.write(moves)
+                except Exception as exc:  # each mover hears it (an outage: DatabaseUnavailable)
+                    results = exc
+                for index, (_, moved) in enumerate(batch):
+                    if moved.done():
+                        continue
+                    if isinstance(results, Exception):
+                        moved.set_exception(results)
+                    else:
+                        moved.set_result(results[index])
+                batch = []
+        finally:
+            # Cancelled (the process stops): whoever still waits is cancelled too, not left waiting.
+            for _, moved in (*batch, *self._waiting):
+                moved.cancel()
+            self._waiting = []
+            self._flushing = None
 
 
 def _at(name: str, since: int) -> Any:
     # Compare-and-set on the cursor: a deliverer never overwrites a replay that moved it meanwhile.
     return update(subscriptions).where(subscriptions.c.name == name, subscriptions.c.delivered_seq == since)
+
+
+def _moved_each(statements: list[Any], connection: Connection) -> list[bool]:
+    return [_moved(connection, statement) for statement in statements]
 
 
 def _moved(connection: Connection, statement: Any) -> bool:
