@@ -71,6 +71,7 @@ bench: install postgres
 	@scripts/ensure-wrk
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.notify
+	$(BIN)/python -m bench.notify --fanout all --waits 0 --ratio-rounds 0
 
 clean:
 	rm -rf $(VENV) statuscache.db statuscache.db-wal statuscache.db-shm

@@ -345,7 +345,8 @@ async def waits(args: argparse.Namespace, directory: Path) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        await waits(args, Path(directory))
+        if args.waits:
+            await waits(args, Path(directory))
         await deliveries(args, Path(directory))
 
 
