@@ -70,6 +70,7 @@ compose-test: install
 bench: install postgres
 	@scripts/ensure-wrk
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.floor
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.notify --fanout all --waits 0 --ratio-rounds 0
 
