@@ -23,7 +23,6 @@ Every answer says where it came from (`X-Cache`) and, when it is not the confirm
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -65,13 +64,14 @@ PREFIX_LENGTH = len(PREFIX)
 PREPARED_MAX_ENTRIES = 20_000
 
 RawHeaders = list[tuple[bytes, bytes]]
-MemoKey = tuple[str, str, int, int | None]
 
 
 @dataclass(frozen=True)
 class Prepared:
     """A served answer's bytes and headers, the same for every request of one version and signing window."""
 
+    version: int
+    window: int | None
     body: bytes
     etag: str
     # Encoded once: Starlette would rebuild and re-encode them on every request. Each answer adds its own
@@ -85,8 +85,8 @@ def etag_for(image: CachedImage, window: int | None) -> str:
     return f'"{image.version}.{window}"' if window is not None else f'"{image.version}"'
 
 
-def memo_key(runtime: Runtime, image: CachedImage) -> MemoKey:
-    return (image.region, image.image_id, image.version, runtime.signer.window() if image.config.signable else None)
+def signing_window(runtime: Runtime, image: CachedImage) -> int | None:
+    return runtime.signer.window() if image.config.signable else None
 
 
 async def document_body(runtime: Runtime, image: CachedImage) -> bytes:
@@ -98,19 +98,30 @@ async def document_body(runtime: Runtime, image: CachedImage) -> bytes:
 
 
 class PreparedAnswers:
-    """Prepared answers by (region, image, version, signing window); emptied when it grows past its bound."""
+    """The prepared answer of each image's newest version seen (in its signing window), by (region, image):
+    a new version replaces the last one's, so what this holds grows with the images, not with their changes
+    (keyed by version, it held every version ever described until its bound emptied it: ~1.5 KB per change).
+    Emptied when it grows past its bound."""
 
     def __init__(self) -> None:
-        self._memo: BoundedDict[MemoKey, Prepared] = BoundedDict(PREPARED_MAX_ENTRIES)
-        # The dict's own get: the fast path calls it on every answer (a BoundedDict is cleared, never replaced).
-        self.get: Callable[[MemoKey], Prepared | None] = self._memo.get
+        self._memo: BoundedDict[tuple[str, str], Prepared] = BoundedDict(PREPARED_MAX_ENTRIES)
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def get(self, runtime: Runtime, image: CachedImage) -> Prepared | None:
+        """The answer prepared for this version of the image in the current signing window, if there is one."""
+        prepared = self._memo.get((image.region, image.image_id))
+        if prepared is None or prepared.version != image.version:
+            return None
+        return prepared if prepared.window == signing_window(runtime, image) else None
 
     async def prepare(self, runtime: Runtime, image: CachedImage) -> Prepared:
-        key = memo_key(runtime, image)
-        prepared = self._memo.get(key)
+        prepared = self.get(runtime, image)
         if prepared is None:
+            window = signing_window(runtime, image)
             body = await document_body(runtime, image)
-            etag = etag_for(image, key[3])
+            etag = etag_for(image, window)
             validators = [
                 (b"etag", etag.encode()),
                 (b"last-modified", format_datetime(image.changed_at, usegmt=True).encode()),
@@ -118,8 +129,13 @@ class PreparedAnswers:
                 (b"cache-control", b"no-cache"),
             ]
             headers_200 = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *validators]
-            prepared = Prepared(body=body, etag=etag, headers_200=headers_200, headers_304=validators)
-            self._memo[key] = prepared
+            prepared = Prepared(version=image.version, window=window, body=body, etag=etag, headers_200=headers_200,
+                                headers_304=validators)  # fmt: skip
+            key = (image.region, image.image_id)
+            held = self._memo.get(key)
+            # A past version (a describe at= a moment) never takes the place of a newer one.
+            if held is None or held.version <= image.version:
+                self._memo[key] = prepared
         return prepared
 
 
@@ -281,7 +297,7 @@ class FastDescribe(FastPath):
         if image is None or image.recheck_owed:
             # A record owing a look at AWS is answered STALE by the route.
             return None
-        prepared = self.answers.get(memo_key(runtime, image))
+        prepared = self.answers.get(runtime, image)
         if prepared is None:
             return None
         # For the instrumentation outside: which route answered, and from the cache.
