@@ -154,7 +154,15 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         ),
         # The same bound if uvicorn is ever run with h11 instead (`--http h11`).
         h11_max_incomplete_event_size=settings.max_request_line_bytes + settings.max_header_bytes,
+        # X-Forwarded-For believed only from the proxies named; none named, no middleware for it.
+        proxy_headers=bool(trusted_proxies(settings)),
+        forwarded_allow_ips=trusted_proxies(settings) or None,
     )
+
+
+def trusted_proxies(settings: Settings) -> str:
+    """STATUSCACHE_FORWARDED_ALLOW_IPS, else uvicorn's own FORWARDED_ALLOW_IPS; empty: no proxy is trusted."""
+    return settings.forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS", "").strip()
 
 
 class DrainingServer(uvicorn.Server):

@@ -136,6 +136,10 @@ class Settings:
     api_tokens_file: str = ""
     # Serve anonymously on a non-loopback address on purpose (without it, `serve` refuses to start there).
     allow_anonymous: bool = False
+    # The proxies whose X-Forwarded-For/-Proto are believed (uvicorn's --forwarded-allow-ips: addresses, networks or
+    # "*"); uvicorn's FORWARDED_ALLOW_IPS is honoured too. Unset: no proxy-headers middleware at all (uvicorn puts
+    # one in front of every request by default, trusting 127.0.0.1; it cost ~3% of a cached describe).
+    forwarded_allow_ips: str = ""
     # /metrics needs a token too (by default it is open, like /healthz, for scrapers).
     metrics_auth: bool = False
     # Browser origins (scheme://host[:port]) allowed to read the API and the change stream cross-origin.

@@ -112,3 +112,54 @@ def test_only_requests_mid_headers_past_the_timeout_are_swept() -> None:
     connections = {Connection("overdue", 0.0), Connection("reading", 9.5), Connection("answered", None), object()}
     assert close_slow_headers(connections, now=10.0, timeout=1.0) == 1
     assert closed == ["overdue"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("setting", "environment", "seen"),
+    [
+        ("", "", "127.0.0.1"),  # no proxy named: X-Forwarded-For is not believed (and no middleware reads it)
+        ("127.0.0.1", "", "203.0.113.7"),
+        ("", "127.0.0.1", "203.0.113.7"),  # uvicorn's own FORWARDED_ALLOW_IPS
+        ("10.0.0.0/8", "", "127.0.0.1"),  # a proxy named, but the request did not come from it
+    ],
+)
+async def test_forwarded_headers_are_believed_only_from_the_proxies_named(
+    monkeypatch: pytest.MonkeyPatch, setting: str, environment: str, seen: str
+) -> None:
+    import uvicorn
+
+    from service.settings import Settings
+
+    if environment:
+        monkeypatch.setenv("FORWARDED_ALLOW_IPS", environment)
+    else:
+        monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+
+    async def whoami(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "http"
+        client = scope["client"]
+        assert isinstance(client, tuple)
+        body = str(client[0]).encode()
+        length = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": length})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    settings = Settings(host="127.0.0.1", port=free_port(), log_level="WARNING", forwarded_allow_ips=setting)
+    config = uvicorn_config(whoami, settings)
+    config.lifespan = "off"
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        answer = await exchange(
+            settings.port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
+        )
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+    assert answer.partition(b"\r\n\r\n")[2] == seen.encode()
