@@ -117,27 +117,11 @@ def capture(base: str, *, describe: str, page: str, headers: dict[str, str]) -> 
 
 def start_floor(*, answers_path: Path, log_dir: Path, name: str) -> servers.Process:
     """The raw app on uvicorn as `serve` runs it: httptools, uvloop, no access log, one worker."""
-    port = servers.free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("STATUSCACHE_", "AWS_"))}
-    env[ANSWERS_ENV] = str(answers_path)
-    process = servers.Process(
-        name=name,
-        command=[
-            sys.executable, "-m", "uvicorn", "bench.floor:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", "--no-access-log", "--http", "httptools", "--loop", "uvloop",
-            # No proxy-headers middleware (uvicorn's default puts one in front of every app): the floor is bare.
-            "--no-proxy-headers",
-        ],
-        env=env,
-        log_dir=log_dir,
-        port=port,
-    )
-    try:
-        process.wait_ready()
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    return servers.start_asgi(
+        "bench.floor:app", env={ANSWERS_ENV: str(answers_path)}, log_dir=log_dir, name=name,
+        # No proxy-headers middleware: the floor is bare (and `serve` has none unless a proxy is named).
+        options=["--http", "httptools", "--loop", "uvloop", "--no-proxy-headers"],
+    )  # fmt: skip
 
 
 @dataclass

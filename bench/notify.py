@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -216,67 +216,62 @@ async def _describe_ratios(
     in a process of its own (`serve --no-poll`, the fleet's layout: `poll` delivers)."""
     path = f"/v3/images/custom/{images[0]}?region={REGION}"
     script = wrk.write_script(directory, "describe.lua", wrk.rotation_script([path], threads=1))
-    own_port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime=runtime), port=own_port, log_level="warning",
-                                           lifespan="off"))  # fmt: skip
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    body = directory / "describe.json"
-    body.write_bytes((await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{own_port}{path}")).content)
-    replica = await asyncio.to_thread(
-        servers.start_serve, name="replica", database_url=settings.database_url, aws_endpoint="http://127.0.0.1:9",
-        log_dir=directory, extra_env={"STATUSCACHE_ALLOW_ANONYMOUS": "1"},
-    )  # fmt: skip
-    ceiling = await asyncio.to_thread(servers.start_ceiling, body_path=body, log_dir=directory)
-    targets = {"serve": own_port, "replica": replica.port, "ceiling": ceiling.port}
+    async with api_in_process(settings, runtime) as own_port:
+        body = directory / "describe.json"
+        body.write_bytes((await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{own_port}{path}")).content)
+        replica = await asyncio.to_thread(
+            servers.start_serve, name="replica", database_url=settings.database_url, aws_endpoint="http://127.0.0.1:9",
+            log_dir=directory, extra_env={"STATUSCACHE_ALLOW_ANONYMOUS": "1"},
+        )  # fmt: skip
+        ceiling = await asyncio.to_thread(servers.start_ceiling, body_path=body, log_dir=directory)
+        targets = {"serve": own_port, "replica": replica.port, "ceiling": ceiling.port}
 
-    def load(port: int, seconds: float) -> wrk.WrkResult:
-        return wrk.run(f"http://127.0.0.1:{port}", script=script, connections=16, threads=1, duration=seconds)
+        def load(port: int, seconds: float) -> wrk.WrkResult:
+            return wrk.run(f"http://127.0.0.1:{port}", script=script, connections=16, threads=1, duration=seconds)
 
-    async def rounds() -> dict[str, list[tuple[wrk.WrkResult, wrk.WrkResult]]]:
-        pairs: dict[str, list[tuple[wrk.WrkResult, wrk.WrkResult]]] = defaultdict(list)
-        for number in range(args.ratio_rounds):
-            for name in ("serve", "replica"):
-                order = [name, "ceiling"] if number % 2 == 0 else ["ceiling", name]
-                measured = {who: await asyncio.to_thread(load, targets[who], args.describe_seconds) for who in order}
-                pairs[name].append((measured[name], measured["ceiling"]))
-        return pairs
+        async def rounds() -> dict[str, list[tuple[wrk.WrkResult, wrk.WrkResult]]]:
+            pairs: dict[str, list[tuple[wrk.WrkResult, wrk.WrkResult]]] = defaultdict(list)
+            for number in range(args.ratio_rounds):
+                for name in ("serve", "replica"):
+                    order = [name, "ceiling"] if number % 2 == 0 else ["ceiling", name]
+                    measured = {
+                        who: await asyncio.to_thread(load, targets[who], args.describe_seconds) for who in order
+                    }
+                    pairs[name].append((measured[name], measured["ceiling"]))
+            return pairs
 
-    stop = asyncio.Event()
-    bursts = [0]
+        stop = asyncio.Event()
+        bursts = [0]
 
-    async def burst_after_burst() -> None:
-        status = ["DELETE_IN_PROGRESS", "CREATE_COMPLETE"]
-        while not stop.is_set():
-            bursts[0] += 1
-            for start in range(0, len(images), 100):
-                await runtime.cache.apply_many([
-                    change(image, status[bursts[0] % 2], 1 + bursts[0]) for image in images[start:start + 100]
-                ])  # fmt: skip
-            await asyncio.sleep(0.5)
+        async def burst_after_burst() -> None:
+            status = ["DELETE_IN_PROGRESS", "CREATE_COMPLETE"]
+            while not stop.is_set():
+                bursts[0] += 1
+                for start in range(0, len(images), 100):
+                    await runtime.cache.apply_many([
+                        change(image, status[bursts[0] % 2], 1 + bursts[0]) for image in images[start:start + 100]
+                    ])  # fmt: skip
+                await asyncio.sleep(0.5)
 
-    try:
-        for target in targets.values():
-            await asyncio.to_thread(load, target, 1.0)  # warm
-        quiet = await rounds()
-        delivered = sum(runtime.metrics.deliveries.values())
-        background = asyncio.create_task(burst_after_burst())
         try:
-            busy = await rounds()
-            delivered = sum(runtime.metrics.deliveries.values()) - delivered
-            # The same bursts with no one to tell: what following the ingest costs the API without the deliveries.
-            assert runtime.notifier is not None
-            await runtime.notifier.close()
-            ingest_only = await rounds()
+            for target in targets.values():
+                await asyncio.to_thread(load, target, 1.0)  # warm
+            quiet = await rounds()
+            delivered = sum(runtime.metrics.deliveries.values())
+            background = asyncio.create_task(burst_after_burst())
+            try:
+                busy = await rounds()
+                delivered = sum(runtime.metrics.deliveries.values()) - delivered
+                # The same bursts with no one to tell: what following the ingest costs the API without the deliveries.
+                assert runtime.notifier is not None
+                await runtime.notifier.close()
+                ingest_only = await rounds()
+            finally:
+                stop.set()
+                await background
         finally:
-            stop.set()
-            await background
-    finally:
-        ceiling.stop()
-        replica.stop()
-        server.should_exit = True
-        await serving
+            ceiling.stop()
+            replica.stop()
     print(f"cached describe / bare Starlette (same bytes, same uvicorn), wrk -t1 -c16 -d{args.describe_seconds:g}s, "
           f"median of {args.ratio_rounds} alternating rounds; busy: this process ingesting burst after burst of "
           f"{len(images)} transitions ({bursts[0]} bursts), delivering them ({delivered} deliveries while measured), "
@@ -309,38 +304,47 @@ async def waits(args: argparse.Namespace, directory: Path) -> None:
     settings = Settings(database_url=f"sqlite+aiosqlite:///{directory / 'waits.db'}", regions=(REGION,))
     await db.migrate(settings.database_url)
     runtime = Runtime.build(settings, engine=db.create_engine(settings), aws=Aws())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime=runtime), port=port, log_level="warning",
-                                          lifespan="off"))  # fmt: skip
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
     returned: list[float] = []
     try:
-        with Client(f"http://127.0.0.1:{port}") as client:
-            for n in range(args.waits):
-                image = f"wait-{n:03d}"
-                await runtime.cache.apply_many([change(image, "CREATE_IN_PROGRESS", 0)])
-                done: list[float] = []
+        async with api_in_process(settings, runtime) as port:
+            with Client(f"http://127.0.0.1:{port}") as client:
+                for n in range(args.waits):
+                    image = f"wait-{n:03d}"
+                    await runtime.cache.apply_many([change(image, "CREATE_IN_PROGRESS", 0)])
+                    done: list[float] = []
 
-                def wait(image: str = image, done: list[float] = done) -> None:
-                    client.wait_image(image, REGION, timeout=30)
-                    done.append(time.time())
+                    def wait(image: str = image, done: list[float] = done) -> None:
+                        client.wait_image(image, REGION, timeout=30)
+                        done.append(time.time())
 
-                waiter = threading.Thread(target=wait)
-                waiter.start()
-                await asyncio.sleep(0.3)  # the wait has described and is following the stream
-                await runtime.cache.apply_many([change(image, "CREATE_COMPLETE", 1)])
-                committed = time.time()
-                await asyncio.to_thread(waiter.join)
-                returned.append(done[0] - committed)
+                    waiter = threading.Thread(target=wait)
+                    waiter.start()
+                    await asyncio.sleep(0.3)  # the wait has described and is following the stream
+                    await runtime.cache.apply_many([change(image, "CREATE_COMPLETE", 1)])
+                    committed = time.time()
+                    await asyncio.to_thread(waiter.join)
+                    returned.append(done[0] - committed)
     finally:
-        server.should_exit = True
-        await task
         await runtime.close()
     print(f"wait-image: {args.waits} waits, return after the change's commit: p50 "
           f"{statistics.median(returned) * 1000:.0f} ms, p99 {percentile(returned, 0.99) * 1000:.0f} ms, "
           f"max {max(returned) * 1000:.0f} ms")
+
+
+@contextlib.asynccontextmanager
+async def api_in_process(settings: Settings, runtime: Runtime) -> AsyncIterator[int]:
+    """The API on `runtime`, in uvicorn on this event loop (as `serve` runs it beside its loops): its port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime=runtime), port=port, log_level="warning",
+                                           lifespan="off"))  # fmt: skip
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def main(args: argparse.Namespace) -> None:

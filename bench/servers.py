@@ -165,21 +165,31 @@ def start_ceiling(*, body_path: Path, log_dir: Path, name: str = "ceiling") -> P
 
     It answers every route with the bytes of `body_path` (a describe answer, or a list page).
     """
+    return start_asgi(
+        "bench.ceiling:app", env={"BENCH_CEILING_BODY": str(body_path)}, log_dir=log_dir, name=name,
+        options=["--lifespan", "on"], ready_path="/healthz",
+    )  # fmt: skip
+
+
+def start_asgi(
+    app: str, *, env: dict[str, str], log_dir: Path, name: str, options: list[str], ready_path: str = "/readyz"
+) -> Process:
+    """`python -m uvicorn APP` on a free port with uvicorn's `options`, no access log, ready; `env` on top of this
+    process's environment without its STATUSCACHE_ and AWS_ variables."""
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("STATUSCACHE_", "AWS_"))}
-    env["BENCH_CEILING_BODY"] = str(body_path)
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith(("STATUSCACHE_", "AWS_"))}
     process = Process(
         name=name,
         command=[
-            sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", "--no-access-log", "--lifespan", "on",
+            sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log", *options,
         ],
-        env=env,
+        env=inherited | env,
         log_dir=log_dir,
         port=port,
     )
     try:
-        process.wait_ready(path="/healthz")
+        process.wait_ready(path=ready_path)
     except BaseException:
         process.stop()
         raise

@@ -138,6 +138,7 @@ def load_subscriptions(settings: Settings) -> SubscriptionsFile | None:
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """uvicorn's configuration for the service: its listen address, and bounds on what a request may send."""
+    proxies = trusted_proxies(settings)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -155,8 +156,8 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         # The same bound if uvicorn is ever run with h11 instead (`--http h11`).
         h11_max_incomplete_event_size=settings.max_request_line_bytes + settings.max_header_bytes,
         # X-Forwarded-For believed only from the proxies named; none named, no middleware for it.
-        proxy_headers=bool(trusted_proxies(settings)),
-        forwarded_allow_ips=trusted_proxies(settings) or None,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
     )
 
 

@@ -8,14 +8,18 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
+import uvicorn
 
 from service.api.app import create_app
 from service.api.connections import BoundedHttpToolsProtocol, close_slow_headers
 from service.runner import DrainingServer, uvicorn_config
 from service.runtime import Runtime
 from tests.conftest import free_port
+
+S = TypeVar("S", bound=uvicorn.Server)
 
 
 @asynccontextmanager
@@ -24,7 +28,13 @@ async def running(runtime: Runtime, **overrides: float) -> AsyncIterator[Drainin
         runtime.settings, host="127.0.0.1", port=free_port(), log_level="WARNING", **overrides
     )
     app = create_app(settings, runtime=runtime)
-    server = DrainingServer(uvicorn_config(app, settings), app.state)
+    async with started(DrainingServer(uvicorn_config(app, settings), app.state)) as server:
+        yield server
+
+
+@asynccontextmanager
+async def started(server: S) -> AsyncIterator[S]:
+    """`server` serving until the block ends."""
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -127,8 +137,6 @@ def test_only_requests_mid_headers_past_the_timeout_are_swept() -> None:
 async def test_forwarded_headers_are_believed_only_from_the_proxies_named(
     monkeypatch: pytest.MonkeyPatch, setting: str, environment: str, seen: str
 ) -> None:
-    import uvicorn
-
     from service.settings import Settings
 
     if environment:
@@ -148,18 +156,9 @@ async def test_forwarded_headers_are_believed_only_from_the_proxies_named(
     settings = Settings(host="127.0.0.1", port=free_port(), log_level="WARNING", forwarded_allow_ips=setting)
     config = uvicorn_config(whoami, settings)
     config.lifespan = "off"
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
+    async with started(uvicorn.Server(config)):
         answer = await exchange(
             settings.port,
             b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
         )
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
     assert answer.partition(b"\r\n\r\n")[2] == seen.encode()

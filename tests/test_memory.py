@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
 from service.api.describe import PreparedAnswers
 from service.demo.fakeaws import FakeAws
-from service.domain.models import Change, ConfigLocation, Observed, Source, StackInfo
 from service.runtime import Runtime
 from tests.conftest import REGION
+from tests.test_notify import image_change
 
 pytestmark = pytest.mark.asyncio
 
-T = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 STATUSES = ("UPDATE_IN_PROGRESS", "UPDATE_COMPLETE")
-
-
-def change(image_id: str, status: str, minute: int) -> Change:
-    at = T + timedelta(minutes=minute)
-    stack = StackInfo(
-        name=image_id, stack_id=f"arn:aws:cloudformation:{REGION}:123456789012:stack/{image_id}/1", status=status,
-        creation_time=T, tags=(("parallelcluster:image_id", image_id), ("parallelcluster:version", "3.9.0")),
-    )  # fmt: skip
-    return Change(
-        region=REGION, image_id=image_id, source=Source.EVENT, observed_at=at, happened_at=at,
-        stack=Observed(at, stack),
-        config=Observed(at, ConfigLocation(bucket="b", key=f"{image_id}.yaml", available=True)),
-    )  # fmt: skip
 
 
 async def test_prepared_describe_answers_hold_one_version_per_image(runtime: Runtime, aws_state: FakeAws) -> None:
@@ -38,7 +22,7 @@ async def test_prepared_describe_answers_hold_one_version_per_image(runtime: Run
     images = [f"churn-{n}" for n in range(3)]
     versions = []
     for minute in range(40):
-        await runtime.cache.apply_many([change(image, STATUSES[minute % 2], minute) for image in images])
+        await runtime.cache.apply_many([image_change(image, STATUSES[minute % 2], minute=minute) for image in images])
         for image_id in images:
             image = await runtime.cache.read(region=REGION, image_id=image_id)
             assert image is not None

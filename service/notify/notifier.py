@@ -60,7 +60,6 @@ class Notifier:
         # hundred of them spends its time in the pool's bookkeeping (measured: about 6 ms per request).
         self._clients: set[aiohttp.ClientSession] = set()
         self.deliverers: dict[str, Deliverer] = {}
-        self._stops: dict[str, asyncio.Event] = {}
         self._running: dict[str, Subscription] = {}
         # Set to run a deliverer's next step now (a replay).
         self._nudges: dict[str, asyncio.Event] = {}
@@ -102,25 +101,23 @@ class Notifier:
             feed=self.feed, leases=self.leases, retries=self.retries, poll_seconds=self._settings.notify_poll_seconds,
             metrics=self._metrics,
         )  # fmt: skip
-        stop, nudge = deliverer.stopping, asyncio.Event()
+        nudge = asyncio.Event()
         self.deliverers[subscription.name] = deliverer
-        self._stops[subscription.name] = stop
         self._nudges[subscription.name] = nudge
         self._running[subscription.name] = subscription
-        self._start(self._run(deliverer, self.loop(deliverer, nudge), stop, http), f"deliverer {subscription.name}")
+        self._start(self._run(deliverer, self.loop(deliverer, nudge), http), f"deliverer {subscription.name}")
 
     def stopping(self) -> None:
         """The process shuts down: every deliverer finishes the delivery in hand, writes its cursor and stops (the
         runtime waits for them within its shutdown bound); `close` then gives the leases up."""
         self._closed = True
-        for stop in self._stops.values():
-            stop.set()
+        for deliverer in self.deliverers.values():
+            deliverer.stopping.set()
 
     def _stop(self, name: str) -> None:
-        self._stops.pop(name).set()
+        self.deliverers.pop(name).stopping.set()
         self._nudges.pop(name).set()
         self._running.pop(name)
-        self.deliverers.pop(name)
         self._metrics.notify_lag.pop(name, None)
         self._metrics.notify_lease.discard(name)
 
@@ -143,14 +140,12 @@ class Notifier:
             detail=f"{subscription.kind} {subscription.target}",
         )
 
-    async def _run(
-        self, deliverer: Deliverer, loop: Loop, stop: asyncio.Event, http: aiohttp.ClientSession | None
-    ) -> None:
+    async def _run(self, deliverer: Deliverer, loop: Loop, http: aiohttp.ClientSession | None) -> None:
         """The deliverer's loop until it is stopped; then its lease and HTTP client go."""
         try:
-            await loop.run(stop=stop)
+            await loop.run(stop=deliverer.stopping)
         finally:
-            if stop.is_set():
+            if deliverer.stopping.is_set():
                 await self.leases.release(deliverer.name)
             if http is not None:
                 self._clients.discard(http)
