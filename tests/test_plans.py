@@ -88,6 +88,18 @@ REFRESH = Plan(refresh=(REGION, IMAGE_ID))
 NOTHING = Plan()
 
 
+def refresh_keeping(**part: Observed[Any]) -> Plan:
+    """A refresh, with what the event says kept as news in case the look gets no answer."""
+    return Plan(refresh=(REGION, IMAGE_ID), news=applied(**part).change)
+
+
+def stack_news(status: str, *, stack_id: str = STACK_ID) -> Plan:
+    return refresh_keeping(stack_status=Observed(T, StackStatusPatch(stack_id, status, "why")))
+
+
+AMI_NEWS = refresh_keeping(ami_state=Observed(T, AmiStatePatch(AMI_ID, "failed")))
+
+
 def stack_part(as_of: datetime, status: str = "CREATE_IN_PROGRESS", *, stack_id: str = STACK_ID) -> Facts:
     stack = StackInfo(
         name=IMAGE_ID, stack_id=stack_id, status=status, creation_time=STACK.creation_time, tags=STACK.tags
@@ -112,20 +124,25 @@ def stack_part(as_of: datetime, status: str = "CREATE_IN_PROGRESS", *, stack_id:
             stack_event("CREATE_IN_PROGRESS"), stack_part(AFTER), NOTHING, id="older-repeated-news-needs-nothing"
         ),
         pytest.param(
-            stack_event("CREATE_FAILED"), stack_part(AFTER), REFRESH, id="older-news-that-disagrees-is-refreshed"
+            stack_event("CREATE_FAILED"), stack_part(AFTER), stack_news("CREATE_FAILED"),
+            id="older-news-that-disagrees-is-refreshed",
         ),
-        pytest.param(stack_event("CREATE_COMPLETE"), Facts(NOW), REFRESH, id="unknown-image-is-refreshed"),
         pytest.param(
-            stack_event("CREATE_COMPLETE"), Facts(NOW, parts=Parts(ami=Observed(BEFORE, AMI))), REFRESH,
+            stack_event("CREATE_COMPLETE"), Facts(NOW), stack_news("CREATE_COMPLETE"), id="unknown-image-is-refreshed"
+        ),
+        pytest.param(
+            stack_event("CREATE_COMPLETE"), Facts(NOW, parts=Parts(ami=Observed(BEFORE, AMI))),
+            stack_news("CREATE_COMPLETE"),
             id="image-without-a-stored-stack-is-refreshed",
         ),
         pytest.param(
-            stack_event("CREATE_COMPLETE"), Facts(NOW, parts=Parts(stack=Observed(BEFORE, None))), REFRESH,
+            stack_event("CREATE_COMPLETE"), Facts(NOW, parts=Parts(stack=Observed(BEFORE, None))),
+            stack_news("CREATE_COMPLETE"),
             id="stack-observed-absent-is-refreshed",
         ),
         pytest.param(
-            stack_event("CREATE_IN_PROGRESS", stack_id=OTHER_STACK_ID), stack_part(BEFORE), REFRESH,
-            id="another-stack-of-that-name-is-refreshed",
+            stack_event("CREATE_IN_PROGRESS", stack_id=OTHER_STACK_ID), stack_part(BEFORE),
+            stack_news("CREATE_IN_PROGRESS", stack_id=OTHER_STACK_ID), id="another-stack-of-that-name-is-refreshed",
         ),
     ],
 )
@@ -211,17 +228,19 @@ def ami_part(as_of: datetime, ami: AmiInfo = AMI) -> Facts:
             ami_event("failed"), ami_part(BEFORE), applied(ami_state=Observed(T, AmiStatePatch(AMI_ID, "failed"))),
             id="known-and-patchable-is-applied",
         ),
-        pytest.param(ami_event("failed"), ami_part(AFTER), REFRESH, id="known-but-older-is-refreshed"),
+        pytest.param(ami_event("failed"), ami_part(AFTER), AMI_NEWS, id="known-but-older-is-refreshed"),
         pytest.param(
-            ami_event("failed"), ami_part(BEFORE, AmiInfo(ami_id="ami-other", state="available")), REFRESH,
+            ami_event("failed"), ami_part(BEFORE, AmiInfo(ami_id="ami-other", state="available")), AMI_NEWS,
             id="known-but-another-ami-is-refreshed",
         ),
         pytest.param(
-            ami_event("failed"), Facts(NOW, image_id=IMAGE_ID, parts=Parts(stack=Observed(BEFORE, STACK))), REFRESH,
+            ami_event("failed"), Facts(NOW, image_id=IMAGE_ID, parts=Parts(stack=Observed(BEFORE, STACK))), AMI_NEWS,
             id="known-without-a-stored-ami-is-refreshed",
         ),
         pytest.param(
-            ami_event("available"), Facts(NOW, ami=AMI), REFRESH, id="unknown-tagged-is-refreshed-by-its-tag"
+            ami_event("available"), Facts(NOW, ami=AMI),
+            refresh_keeping(ami_state=Observed(T, AmiStatePatch(AMI_ID, "available"))),
+            id="unknown-tagged-is-refreshed-by-its-tag",
         ),
         pytest.param(
             ami_event("available"), Facts(NOW, ami=AmiInfo(ami_id=AMI_ID, state="available")),

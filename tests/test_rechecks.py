@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from service.domain.models import PART_CONFIG, PART_IMAGEBUILDER, Change, Source
+from service.domain.models import (
+    PART_CONFIG,
+    PART_IMAGEBUILDER,
+    AmiStatePatch,
+    Change,
+    Observed,
+    Source,
+    StackStatusPatch,
+)
 from service.domain.rechecks import (
     KIND_AMI,
     KIND_IMAGE,
     Recheck,
+    combined_news,
+    decode_news,
+    encode_news,
+    news,
     recheck_for,
     retry_delay,
     row_after,
     settled_by_time,
     settles,
+    supersedes,
 )
 
 REGION = "us-east-1"
@@ -157,3 +171,32 @@ def test_a_need_joins_the_stored_one_keeping_its_schedule(
 )
 def test_retries_double_up_to_the_maximum(attempts: int, delay: float) -> None:
     assert retry_delay(attempts, initial=1.0, maximum=15.0) == delay
+
+
+# --- an event's news, waiting for its image ----------------------------------------------------------
+
+
+def test_news_keeps_per_part_the_newer_and_round_trips_through_its_json() -> None:
+    t0 = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
+    first = Change(
+        region="us-east-1", image_id="img", source=Source.EVENT, observed_at=t0 + timedelta(seconds=2), happened_at=t0,
+        stack_status=Observed(t0, StackStatusPatch("stack-1", "CREATE_IN_PROGRESS", "User Initiated")),
+    )
+    second = Change(
+        region="us-east-1", image_id="img", source=Source.EVENT, observed_at=t0 + timedelta(seconds=1),
+        happened_at=t0 + timedelta(seconds=30),
+        stack_status=Observed(t0 - timedelta(seconds=5), StackStatusPatch("stack-1", "ROLLBACK", None)),
+        ami_state=Observed(t0 + timedelta(seconds=30), AmiStatePatch("ami-1", "available")),
+    )
+    held = combined_news(news(first), second)
+    # The stack's older news loses to the newer, the AMI's is added; the later event time and hearing win.
+    assert held.stack_status == first.stack_status
+    assert held.ami_state == second.ami_state
+    assert held.happened_at == t0 + timedelta(seconds=30) and held.observed_at == t0 + timedelta(seconds=2)
+    assert decode_news(region="us-east-1", image_id="img", text=encode_news(held)) == held
+    # A part the event did not speak about is not news; a whole look heard after it says everything.
+    assert news(Change(region="us-east-1", image_id="img", source=Source.EVENT, observed_at=t0)) is None
+    look = Change(region="us-east-1", image_id="img", source=Source.RECONCILE, observed_at=t0, whole=True)
+    assert not supersedes(look, held)
+    assert supersedes(replace(look, observed_at=held.observed_at), held)
+    assert not supersedes(replace(look, observed_at=held.observed_at, unknown=frozenset({"imagebuilder"})), held)

@@ -54,11 +54,14 @@ class Plan:
     """What one event means: a change to apply, and/or one image to look up because the event cannot say enough.
 
     `ignored` names the counter of an event that is not about an image (IGNORED_RESOURCE, IGNORED_AMI).
+    `news`, with a refresh: what the event says that can wait for the image if the refresh gets no answer
+    (service.domain.rechecks' news: merged as soon as the image is stored).
     """
 
     change: Change | None = None
     refresh: tuple[str, str] | None = None
     ignored: str | None = None
+    news: Change | None = None
 
 
 def is_image_resource(event: events.ResourceStatusEvent) -> bool:
@@ -109,7 +112,8 @@ def _stack_status(event: events.StackStatusEvent, known: Facts) -> Plan:
     if stored is not None and stored.stack_id == event.stack_id and stored.status == event.status:
         return Plan()  # older or repeated news
     # Not cached, another stack of that name, or older news that disagrees: ask AWS.
-    return Plan(refresh=(event.envelope.region, event.stack_name))
+    news = replace(_change(event, known, image_id=event.stack_name), stack_status=patch)
+    return Plan(refresh=(event.envelope.region, event.stack_name), news=news)
 
 
 def _resource_status(event: events.ResourceStatusEvent, known: Facts) -> Plan:
@@ -139,13 +143,14 @@ def _imagebuilder_state(event: events.ImagebuilderStateEvent, known: Facts) -> P
 
 def _ami_state(event: events.AmiStateEvent, known: Facts) -> Plan:
     region = event.envelope.region
+    patch = Observed(event.envelope.time, AmiStatePatch(event.ami_id, event.state))
     if known.image_id is not None:
-        patch = Observed(event.envelope.time, AmiStatePatch(event.ami_id, event.state))
         if known.parts is not None and records.patched_ami(known.parts, patch) is not None:
             return Plan(change=replace(_change(event, known, image_id=known.image_id), ami_state=patch))
-        return Plan(refresh=(region, known.image_id))
+        news = replace(_change(event, known, image_id=known.image_id), ami_state=patch)
+        return Plan(refresh=(region, known.image_id), news=news)
     tagged = tag_value(known.ami.tags, TAG_IMAGE_ID) if known.ami else None
     if tagged is None:
         # Not a ParallelCluster image's AMI (or already gone).
         return Plan(ignored=IGNORED_AMI)
-    return Plan(refresh=(region, tagged))
+    return Plan(refresh=(region, tagged), news=replace(_change(event, known, image_id=tagged), ami_state=patch))

@@ -9,16 +9,26 @@ list is a table, so what an event told us survives the message's deletion, a res
 
 A recheck is settled by a whole observation, with nothing unknown, begun no earlier than the recheck was
 owed (`settles`); until then it is retried with a bounded exponential backoff (`retry_delay`).
+
+An event about an image the cache does not hold yet (its first reconcile pass has not written it) owes a
+look, but it also said something: a stack's status, an AMI's state, at the event's time. That news is
+kept with the recheck (`news`, `combined_news`) and merged into the image by the write that stores it,
+whichever comes first, the event or that write, by the one rule for "newer" (service.domain.records).
+The recheck stays owed for what the event could not say (tags, reasons, the Image Builder image).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from service.domain.models import Change, Source
+import orjson
+
+from service.domain import records
+from service.domain.models import AmiStatePatch, Change, Observed, Source, StackStatusPatch
+from service.support.clock import as_utc
 
 KIND_IMAGE = "image"
 KIND_AMI = "ami"
@@ -119,3 +129,76 @@ def retry_delay(attempts: int, *, initial: float, maximum: float) -> float:
     # Capped before the power grows: thousands of attempts in a long outage must not overflow.
     doubled: float = initial * 2.0 ** min(attempts - 1, 32)
     return min(maximum, doubled)
+
+
+# --- an event's news, waiting for its image --------------------------------------------------------
+
+
+def news(change: Change) -> Change | None:
+    """What of an event's change can wait for its image: its stack status and AMI state patches (each applies
+    only to the same stack or AMI, by id, so nothing is guessed about an image not seen yet); None if neither."""
+    if change.stack_status is None and change.ami_state is None:
+        return None
+    return Change(
+        region=change.region, image_id=change.image_id, source=Source.EVENT, observed_at=change.observed_at,
+        stack_status=change.stack_status, ami_state=change.ami_state, happened_at=change.happened_at,
+    )
+
+
+def supersedes(change: Change, news: Change) -> bool:
+    """Whether `change` says all that `news` said, and later: a whole look with nothing unknown, begun no
+    earlier than the news was heard (the look that settles the recheck, `settles`, by the same measure)."""
+    return change.whole and not change.unknown and change.observed_at >= news.observed_at
+
+
+def combined_news(held: Change | None, incoming: Change) -> Change:
+    """The news of two events about one image: per part the newer (`records.is_newer`), the later event time."""
+    if held is None:
+        return incoming
+    happened = max(held.happened_at or held.observed_at, incoming.happened_at or incoming.observed_at)
+    return replace(
+        held,
+        observed_at=max(held.observed_at, incoming.observed_at),
+        happened_at=happened,
+        stack_status=incoming.stack_status if records.is_newer(held.stack_status, incoming.stack_status)
+        else held.stack_status,
+        ami_state=incoming.ami_state if records.is_newer(held.ami_state, incoming.ami_state) else held.ami_state,
+    )
+
+
+def encode_news(change: Change) -> str:
+    """The JSON form of news, for the rechecks table's `news` column."""
+    document: dict[str, Any] = {
+        "observedAt": as_utc(change.observed_at).isoformat(),
+        "happenedAt": as_utc(change.happened_at or change.observed_at).isoformat(),
+    }
+    if change.stack_status is not None and change.stack_status.value is not None:
+        patch = change.stack_status.value
+        document["stackStatus"] = {
+            "asOf": as_utc(change.stack_status.as_of).isoformat(), "stackId": patch.stack_id,
+            "status": patch.status, "reason": patch.status_reason,
+        }
+    if change.ami_state is not None and change.ami_state.value is not None:
+        document["amiState"] = {
+            "asOf": as_utc(change.ami_state.as_of).isoformat(), "amiId": change.ami_state.value.ami_id,
+            "state": change.ami_state.value.state,
+        }
+    return orjson.dumps(document).decode()
+
+
+def decode_news(*, region: str, image_id: str, text: str) -> Change:
+    raw = orjson.loads(text)
+    stack = raw.get("stackStatus")
+    ami = raw.get("amiState")
+    return Change(
+        region=region,
+        image_id=image_id,
+        source=Source.EVENT,
+        observed_at=as_utc(raw["observedAt"]),
+        happened_at=as_utc(raw["happenedAt"]),
+        stack_status=(
+            Observed(as_utc(stack["asOf"]), StackStatusPatch(stack["stackId"], stack["status"], stack["reason"]))
+            if stack else None
+        ),
+        ami_state=Observed(as_utc(ami["asOf"]), AmiStatePatch(ami["amiId"], ami["state"])) if ami else None,
+    )

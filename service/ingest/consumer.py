@@ -133,6 +133,10 @@ class Consumer:
         pending: list[Change] = []
         rechecks: list[Recheck] = []
         refreshed: set[tuple[str, str]] = set()
+        unanswered: set[tuple[str, str]] = set()
+        # What events needing a look said (service.domain.rechecks' news): kept with the recheck of an image
+        # whose look got no answer, so it is merged as soon as the image is stored, not when AWS answers.
+        news: list[Change] = []
         for event in fresh.values():
             try:
                 facts = await self.gather(event)
@@ -150,6 +154,8 @@ class Consumer:
             elif plan.refresh is None and plan.ignored is None:
                 # News the cache already reflects (repeated, or older than what is stored).
                 self.metrics.events["stale"] += 1
+            if plan.news is not None:
+                news.append(plan.news)
             if plan.refresh is not None and plan.refresh not in refreshed:
                 refreshed.add(plan.refresh)
                 await self.cache.apply_many(pending)
@@ -160,11 +166,14 @@ class Consumer:
                     await self.refresher.refresh(region=region, image_id=image_id, happened_at=event.envelope.time)
                     self.metrics.event_lag.observe(lag_seconds(event.envelope.time))
                 except AwsError as exc:
+                    unanswered.add(plan.refresh)
                     rechecks.append(self._recheck(event, kind=KIND_IMAGE, subject=image_id, error=exc))
                 self.metrics.events["refreshed"] += 1
+        # A look that did answer saw everything these events said, and more.
+        waiting = [change for change in news if (change.region, change.image_id) in unanswered]
         # The ids are recorded with the last changes and the rechecks owed: a crash before this point redelivers
         # the batch, and after it nothing the events said depends on the messages any more.
-        await self.cache.apply_many(pending, event_ids=list(fresh), poison=poison, owed=rechecks)
+        await self.cache.apply_many(pending, event_ids=list(fresh), poison=poison, owed=rechecks, news=waiting)
         self.metrics.events["rechecks_owed"] += len(rechecks)
         self._applied(pending)
         await self._delete(queue_url=queue_url, messages=messages)

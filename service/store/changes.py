@@ -16,13 +16,14 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 
+from service.domain import rechecks as domain_rechecks
 from service.domain import rows
 from service.domain.models import Change
 from service.domain.rechecks import Recheck
 from service.domain.rows import ApplyResult
 from service.store import builds, poison, processed
 from service.store.poison import Poison
-from service.store.rechecks import write_rechecks
+from service.store.rechecks import held_news, write_rechecks
 from service.store.tables import images, revisions, transitions
 from service.store.writer import Writer, upsert
 from service.support.clock import utcnow
@@ -48,6 +49,8 @@ class _Extra:
     poison: Sequence[Poison] = ()
     owed: Sequence[Recheck] = ()
     settled: Sequence[tuple[Recheck, datetime]] = ()
+    # Events' news about images whose look got no answer (service.domain.rechecks), kept with `owed`.
+    news: Sequence[Change] = ()
 
 
 class Changes:
@@ -72,6 +75,7 @@ class Changes:
         poison: Sequence[Poison] = (),
         owed: Sequence[Recheck] = (),
         settled: Sequence[tuple[Recheck, datetime]] = (),
+        news: Sequence[Change] = (),
     ) -> list[ApplyResult]:
         """Apply changes in order, in batches, each batch one transaction (retried on lock conflicts).
 
@@ -80,13 +84,17 @@ class Changes:
         given that found nothing to store) removed in the last batch's transaction: if anything before fails, a
         redelivered event is not mistaken for a duplicate. The rechecks the changes themselves leave owed, or
         settle, are written with them (service.domain.rechecks).
+
+        `news` (events' news about images their owed rechecks are about) is merged at once into an image that
+        is stored by then, else kept with the recheck; any batch that stores an image merges the news kept for
+        it. The results of those merges follow their batch's (listeners hear them like any other).
         """
         results: list[ApplyResult] = []
         size = BATCH_SIZE if self._writer.threaded else LOOP_BATCH_SIZE
         starts = list(range(0, len(changes), size)) or [0]
         for start in starts:
             batch = changes[start : start + size]
-            extra = _Extra(event_ids, poison, owed, settled) if start == starts[-1] else _Extra()
+            extra = _Extra(event_ids, poison, owed, settled, news) if start == starts[-1] else _Extra()
             batch_results = await self._writer.write(
                 functools.partial(_write_batch, batch=batch, extra=extra, retry_seconds=self.retry_seconds)
             )
@@ -102,7 +110,7 @@ def _write_batch(
     connection: Connection, *, batch: Sequence[Change], extra: _Extra, retry_seconds: float
 ) -> list[ApplyResult]:
     """One batch, inside the caller's transaction: lock, read, merge in memory, write."""
-    keys = sorted({(change.region, change.image_id) for change in batch})
+    keys = sorted({(change.region, change.image_id) for change in (*batch, *extra.news)})
     stored = {}
     if keys:
         if connection.dialect.name == "postgresql":
@@ -128,10 +136,27 @@ def _write_batch(
     planned = _Writes(stored)
     for change in batch:
         planned.add(change)
+    # Events' news about these images: merged into those stored by now (after the batch's own changes,
+    # by the one rule for "newer"), kept for the others.
+    waiting = held_news(connection, keys)
+    for change in extra.news:
+        key = (change.region, change.image_id)
+        waiting[key] = domain_rechecks.combined_news(waiting.get(key), change)
+    kept: dict[tuple[str, str], Change | None] = {}
+    for key, change in waiting.items():
+        if any(
+            (looked.region, looked.image_id) == key and domain_rechecks.supersedes(looked, change) for looked in batch
+        ):
+            kept[key] = None
+        elif key in planned.state:
+            planned.add(change)
+            kept[key] = None
+        else:
+            kept[key] = change
     results = planned.write(connection)
     now = utcnow()
     write_rechecks(
-        connection, batch, owed=extra.owed, settled=extra.settled, now=now, retry_seconds=retry_seconds
+        connection, batch, owed=extra.owed, settled=extra.settled, news=kept, now=now, retry_seconds=retry_seconds
     )
     processed.record(connection, extra.event_ids, now=now)
     poison.keep(connection, extra.poison, now=now)

@@ -8,7 +8,7 @@ them alone; a replica that dies holding a claim only delays those rechecks until
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,17 +44,21 @@ def write_rechecks(
     *,
     owed: Sequence[Recheck],
     settled: Sequence[tuple[Recheck, datetime]],
+    news: Mapping[tuple[str, str], Change | None] = {},
     now: datetime,
     retry_seconds: float,
 ) -> None:
     """The rechecks owed after this batch (inside its transaction): each change's (service.domain.rechecks),
     then `owed`; `settled` rechecks (a look begun at the time given that found nothing to store) go.
+    `news` is what each image's recheck keeps of events' news (None: merged, nothing kept); it goes with
+    its recheck.
 
     Runs after the batch's images are locked (PostgreSQL advisory locks), so two replicas settling and
     renewing the same image's recheck serialize like their image writes do.
     """
     keys = {(change.region, KIND_IMAGE, change.image_id) for change in batch}
     keys |= {recheck.key for recheck in owed} | {recheck.key for recheck, _ in settled}
+    keys |= {(region, KIND_IMAGE, image_id) for region, image_id in news}
     if not keys:
         return
     state: dict[RecheckKey, dict[str, Any] | None] = dict.fromkeys(keys)
@@ -78,6 +82,12 @@ def write_rechecks(
     for recheck, looked_at in settled:
         if domain.settled_by_time(state[recheck.key], looked_at):
             state[recheck.key] = None
+    for key, owed_row in state.items():
+        if owed_row is not None:
+            region, kind, subject = key
+            waiting = news.get((region, subject), owed_row.get("news")) if kind == KIND_IMAGE else None
+            encoded = waiting if waiting is None or isinstance(waiting, str) else domain.encode_news(waiting)
+            state[key] = {**owed_row, "news": encoded}
 
     gone = [key for key in before if state[key] is None]
     if gone:
@@ -85,6 +95,20 @@ def write_rechecks(
     kept = [row for key, row in state.items() if row is not None and row != before.get(key)]
     if kept:
         connection.execute(upsert(rechecks, dialect=connection.dialect.name), kept)
+
+
+def held_news(connection: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Change]:
+    """The news kept (service.domain.rechecks) for these images, by (region, image id)."""
+    if not keys:
+        return {}
+    held = select(rechecks.c.region, rechecks.c.subject, rechecks.c.news).where(
+        rechecks.c.kind == KIND_IMAGE, rechecks.c.news.is_not(None),
+        tuple_(rechecks.c.region, rechecks.c.subject).in_(sorted(keys)),
+    )
+    return {
+        (region, image_id): domain.decode_news(region=region, image_id=image_id, text=text)
+        for region, image_id, text in connection.execute(held)
+    }
 
 
 class Rechecks:

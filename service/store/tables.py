@@ -197,6 +197,9 @@ rechecks = Table(
     Column("attempts", Integer, nullable=False),
     Column("due_at", UtcDateTime, nullable=False),
     Column("last_error", Text, nullable=True),
+    # What the event that owed it said about an image the cache did not hold yet (service.domain.rechecks'
+    # news), merged into the image as soon as a write stores it; NULL: nothing waiting.
+    Column("news", Text, nullable=True),
 )
 Index("ix_rechecks_due_at", rechecks.c.due_at)
 
