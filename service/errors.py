@@ -12,7 +12,8 @@ StatusCacheError
  │    │    └── BadToken        a nextToken this service did not issue
  │    ├── NotFound             404
  │    ├── TooManyRequests      429 (our own live-lookup budget)
- │    └── AtCapacity           503 (a bound this server keeps, e.g. change-stream clients; retry, or elsewhere)
+ │    ├── AtCapacity           503 (a bound this server keeps, e.g. change-stream clients; retry, or elsewhere)
+ │    └── NotYetListed         503 (a list of a region no reconcile pass has listed yet, or not by that moment)
  └── AwsError                  AWS could not answer
       ├── AwsThrottled         throttling / rate exceeded (429 when nothing cached)
       ├── AwsNotFound          the resource does not exist (a normal answer on lookups)
@@ -84,6 +85,12 @@ class TooManyRequests(RequestError):
 
 
 class AtCapacity(RequestError):
+    status_code = 503
+
+
+class NotYetListed(RequestError):
+    """A list of a region no reconcile pass has listed yet (Retry-After), or had not by the moment asked."""
+
     status_code = 503
 
 

@@ -25,6 +25,9 @@ class Freshness:
     aws_last_answer: dict[str, float] = field(default_factory=dict)
     aws_last_failure: dict[str, float] = field(default_factory=dict)
     aws_last_error: dict[str, str] = field(default_factory=dict)
+    # When (unix time) this process's own reconcile pass last listed each region whole (the database has
+    # every replica's: service.store.listings); list answers are confirmed as of then.
+    listed_at: dict[str, float] = field(default_factory=dict)
     # Rechecks owed now (service.ingest.rechecker), as /readyz reports them.
     rechecks_owed: int = 0
     # Whether a database outage is under way now (service.store.outage).

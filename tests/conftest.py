@@ -12,6 +12,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -222,6 +223,7 @@ async def runtime(settings: Settings, aws_state: FakeAws) -> AsyncIterator[Runti
     engine = db.create_engine(settings)
     built = Runtime.build(settings, engine=engine, aws=Aws())
     try:
+        await mark_listed(built)
         yield built
     finally:
         await built.close()
@@ -233,6 +235,18 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://statuscache") as http:
         yield http
 
+
+
+# When the runtimes tests build were first listed: before any moment a test's history is scripted at.
+LISTED_SINCE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+async def mark_listed(runtime: Runtime, *, since: datetime = LISTED_SINCE) -> None:
+    """What reconcile passes leave behind: every configured region listed, first at `since` and last now (a
+    runtime built without its poller has listed nothing, and its lists would answer 503)."""
+    for region in runtime.settings.regions:
+        await runtime.cache.listed(region=region, at=since)
+        await runtime.cache.listed(region=region, at=datetime.now(UTC))
 
 
 async def stored_images(runtime: Runtime) -> int:
@@ -266,6 +280,7 @@ class LiveService:
         self.thread.start()
         for _ in range(200):
             if self.server.started:
+                self.run(mark_listed(self.app.state.runtime))
                 return self
             self.thread.join(0.05)
         raise AssertionError("the service did not start")

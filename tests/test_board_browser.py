@@ -25,11 +25,13 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
+from sqlalchemy import delete
 from starlette.middleware import Middleware
 
 from service.api.app import create_app
 from service.demo.fakeaws import ACCOUNT_ID, FakeAws
 from service.runtime import Runtime
+from service.store.tables import region_listings
 from tests.conftest import OTHER_REGION, REGION, free_port, serving
 from tests.fleet_script import at, fleet, ib_failure
 from tests.test_e2e import wait_until_ready
@@ -190,6 +192,28 @@ async def test_the_board_lists_the_images_and_follows_an_event_live_without_a_re
         await expect(page.locator("#live")).to_have_text("Live")
         if ARTIFACTS:
             await page.screenshot(path=str(Path(ARTIFACTS) / "board.png"), full_page=True)
+
+
+@pytest.mark.asyncio
+async def test_a_region_not_yet_listed_says_so_until_its_first_pass(
+    runtime: Runtime, aws_state: FakeAws, tmp_path: Path
+) -> None:
+    """Not "0 images": the fleet of a region no pass has listed is unknown; the board asks again until it is."""
+    async with runtime.engine.begin() as connection:
+        await connection.execute(delete(region_listings))
+    aws_state.create_ami(region=REGION, image_id="listed-at-last")
+    app = create_app(runtime.settings, runtime=runtime)
+    async with (
+        serving(app) as base,
+        browser() as chromium_browser,
+        page_of(chromium_browser, tmp_path=tmp_path, name="board-not-yet-listed") as page,
+    ):
+        await page.goto(base + "/")
+        await expect(page.locator("#summary")).to_have_text(f"{REGION}, {OTHER_REGION}: not yet listed.")
+        await expect(page.locator("#empty")).to_be_hidden()
+        await runtime.reconciler.run_once()
+        await expect(page.locator("#summary")).to_have_text("1 of 1 images.", timeout=10_000)
+        await expect(row(page, "listed-at-last").locator(".badge")).to_have_text("Complete")
 
 
 @pytest.mark.asyncio

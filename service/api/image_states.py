@@ -5,7 +5,7 @@ updated is in none of them) and carry no Image Builder status or age, so the boa
 describe per image. This is one read of the same rows /metrics reads, with the change sequence it was
 read at: a client lists, then follows /v3/image-changes from `changeSeq` and misses nothing in between
 (Kubernetes' list-then-watch). Remembered like a list page: dropped by any local write, kept at most
-read_cache_seconds.
+read_cache_seconds. `notYetListed` names the regions no reconcile pass has listed yet (service.store.listings).
 """
 
 from __future__ import annotations
@@ -78,8 +78,17 @@ async def _build(runtime: Runtime, regions: tuple[str, ...]) -> tuple[bytes, str
     # The sequence is read first: whatever changes after it is in the stream that follows from it.
     seq = await queries.latest_seq(runtime.engine)
     snapshot = await states.read(runtime.engine, regions=regions)
+    listed = await runtime.cache.listings(regions)
+    # Regions no reconcile pass has listed yet: their images here are only those events and describes
+    # brought, not their fleet (the board says "not yet listed", not "0 images").
+    unlisted = [region for region in regions if region not in listed]
     body = orjson.dumps(
-        {"regions": list(regions), "changeSeq": seq, "images": [state_json(image) for image in snapshot.existing]}
+        {
+            "regions": list(regions),
+            "changeSeq": seq,
+            "images": [state_json(image) for image in snapshot.existing],
+            "notYetListed": unlisted,
+        }
     )
     count, versions = snapshot.fingerprint
-    return body, f'"{seq}.{count}.{versions}.{"+".join(regions)}"'
+    return body, f'"{seq}.{count}.{versions}.{"+".join(regions)}.{"+".join(unlisted)}"'

@@ -13,6 +13,13 @@ built a page, so a forged one never finds a remembered page and is refused when 
 With `at=T` it answers as it would have at T (same shape, same pagination), from the transitions: the
 fleet as the cache knew it then, consistent with describe `at=T` (service.store.fleet). Those pages are
 not remembered (each moment is asked once) and go to the router.
+
+A region no reconcile pass has listed yet (by any replica: service.store.listings) has no list to give:
+the images the cache holds then are those events and describes brought, not the fleet. Its list answers
+503 with Retry-After (pcluster, unable to list, answers 500); `at=` a moment before the region was first
+listed answers 404 (that moment has no list, and never will: nothing to retry). Once listed, a page not confirmed
+by a pass for longer than the staleness bound, or since this process may be behind AWS in the region,
+carries `X-Cache-Stale: unconfirmed`, as describes do.
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath, s
 from service.api.query import parse
 from service.api.requests import etag_matches, header, parse_timestamp, region_from
 from service.api.state import AppState
+from service.domain.describe import iso_time
 from service.domain.listing import IMAGE_STATUS_FILTERS
-from service.errors import BadRequest
-from service.metrics import CACHE_HIT
+from service.errors import BadRequest, NotFound, NotYetListed
+from service.metrics import CACHE_HIT, STALE_UNCONFIRMED
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import fleet, queries
@@ -50,6 +58,9 @@ PATH = "/v3/images/custom"
 PAGE_MAX_ENTRIES = 1000
 # Pages of the list as it stood at a moment (`at=`).
 AT_PAGE_SIZE = 100
+# Seconds a client is asked to wait for a region's first listing.
+NOT_YET_LISTED_RETRY_SECONDS = 5
+UNCONFIRMED = (b"x-cache-stale", STALE_UNCONFIRMED.encode())
 
 PageKey = tuple[str, str, str | None]
 RawHeaders = list[tuple[bytes, bytes]]
@@ -68,6 +79,8 @@ class Page:
     # The local write generation it was built in, and when (monotonic).
     generation: int
     built_at: float
+    # When (unix time) a reconcile pass last listed the page's region, as the database said at build time.
+    listed_at: float
 
 
 def page_body(listed: queries.ListPage, token: str | None) -> bytes:
@@ -78,7 +91,7 @@ def page_body(listed: queries.ListPage, token: str | None) -> bytes:
     return body + b"}"
 
 
-def prepare(body: bytes, *, generation: int, built_at: float) -> Page:
+def prepare(body: bytes, *, generation: int, built_at: float, listed_at: float) -> Page:
     etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
     validators = [(b"etag", etag.encode()), (b"cache-control", b"no-cache")]
     gzipped = gzipped_200 = gzipped_304 = None
@@ -103,20 +116,48 @@ def prepare(body: bytes, *, generation: int, built_at: float) -> Page:
         gzipped=gzipped,
         generation=generation,
         built_at=built_at,
+        listed_at=listed_at,
     )
 
 
-def page_answer(page: Page, scope: Scope) -> FastAnswer:
+def unconfirmed(runtime: Runtime, region: str, listed_at: float, now: float) -> bool:
+    """Whether a list answer must say it is unconfirmed: its region not listed by a pass for longer than the
+    staleness bound, or not since this process may have fallen behind AWS there (describe's rule)."""
+    listed_at = max(listed_at, runtime.freshness.listed_at.get(region, 0.0))
+    if now - listed_at > runtime.settings.stale_bound_seconds:
+        return True
+    freshness = runtime.freshness
+    if freshness.reconcile_behind_since or freshness.events_behind_since:
+        behind_since = freshness.behind_since(region)
+        return behind_since is not None and listed_at < behind_since
+    return False
+
+
+def page_answer(page: Page, scope: Scope, runtime: Runtime, region: str) -> FastAnswer:
     """(status, headers, body) of a prepared page for this request; the headers are a list of its own."""
     gzipped = page.gzipped
     compressed = gzipped is not None and accepts_gzip(header(scope, b"accept-encoding"))
     if etag_matches(header(scope, b"if-none-match"), page.etag):
         if compressed and page.gzipped_headers_304 is not None:
-            return 304, [*page.gzipped_headers_304], b""
-        return 304, [*page.headers_304], b""
-    if compressed and gzipped is not None and page.gzipped_headers_200 is not None:
-        return 200, [*page.gzipped_headers_200], gzipped
-    return 200, [*page.headers_200], page.body
+            answer: FastAnswer = 304, [*page.gzipped_headers_304], b""
+        else:
+            answer = 304, [*page.headers_304], b""
+    elif compressed and gzipped is not None and page.gzipped_headers_200 is not None:
+        answer = 200, [*page.gzipped_headers_200], gzipped
+    else:
+        answer = 200, [*page.headers_200], page.body
+    if unconfirmed(runtime, region, page.listed_at, time.time()):
+        answer[1].append(UNCONFIRMED)
+        runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
+    return answer
+
+
+def not_yet_listed(region: str) -> NotYetListed:
+    return NotYetListed(
+        f"The cache has not listed the images of region {region} yet (its first reconcile pass has not "
+        "completed), so it has no list to give; retry later.",
+        retry_after=NOT_YET_LISTED_RETRY_SECONDS,
+    )
 
 
 def question(query: bytes, settings: Settings) -> tuple[PageKey, datetime | None]:
@@ -156,13 +197,22 @@ class ListImages:
             await self._answer_at(scope, receive, send, runtime, key=key, at=at)
             return
         page = self.remembered(runtime, key) or await self._building.run(key, lambda: self._build(runtime, key))
-        await send_answer(send, page_answer(page, scope))
+        await send_answer(send, page_answer(page, scope, runtime, key[0]))
 
     async def _answer_at(
         self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, *, key: PageKey, at: datetime
     ) -> None:
         """A page of the list as it stood at `at`; its token is signed for this very question."""
         region, image_status, token = key
+        listing = (await runtime.cache.listings([region])).get(region)
+        if listing is None:
+            raise not_yet_listed(region)
+        if at < listing.first_listed_at:
+            # Not a fault of the server's, nor one that passes: that moment has no list, and never will.
+            raise NotFound(
+                f"The cache had not listed the images of region {region} by {iso_time(at)}: it first listed them "
+                f"at {iso_time(listing.first_listed_at)}, so it has no list of that moment; ask for a later one."
+            )
         query = pages.query(PATH, region=region, imageStatus=image_status, at=at.isoformat())
         after = await self.tokens.read(token, query=query, kind=str)
         page = await fleet.images_at(
@@ -208,11 +258,17 @@ class ListImages:
         after = await self.tokens.read(token, query=query, kind=str)
         # Taken before the query: a write that lands meanwhile makes the page stale at once.
         generation, started = runtime.lookup.generation, time.monotonic()
+        listing = (await runtime.cache.listings([region])).get(region)
+        if listing is None:
+            raise not_yet_listed(region)
         listed = await queries.list_images(
             runtime.engine, region=region, image_status=image_status, after=after, entries=self._entries
         )
         next_token = await self.tokens.issue(listed.next_after, query=query) if listed.next_after is not None else None
-        page = prepare(page_body(listed, next_token), generation=generation, built_at=started)
+        page = prepare(
+            page_body(listed, next_token), generation=generation, built_at=started,
+            listed_at=listing.listed_at.timestamp(),
+        )
         self._pages[key] = page
         return page
 
@@ -251,4 +307,4 @@ class FastList(FastPath):
         # For the instrumentation outside: which route answered (the router, which names it, never ran).
         scope[ROUTE_KEY] = PATH
         scope[CACHE_KEY] = CACHE_HIT
-        return page_answer(page, scope)
+        return page_answer(page, scope, runtime, key[0])

@@ -143,6 +143,9 @@ class Reconciler:
                 report.gone += 1
 
         results = await self.cache.apply_many(changes)
+        # Both lists were read whole and what they said is stored: the region's list answers are now true.
+        await self.cache.listed(region=region, at=started)
+        self.freshness.listed_at[region] = started.timestamp()
         report.images_seen = len(set(stacks) | set(amis))
         report.changed = sum(result.changed for result in results)
         report.transitions = sum(result.transitioned for result in results)

@@ -8,12 +8,13 @@ every write goes through the one Writer (service.store.writer).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.models import Change
 from service.domain.rows import ApplyResult
-from service.store import builds, known, processed
+from service.store import builds, known, listings, processed
 from service.store.changes import Changes, Listener
 from service.store.db import sqlite_direct_for
 from service.store.images import Images
@@ -63,6 +64,13 @@ class Cache:
 
     async def apply(self, change: Change) -> ApplyResult:
         return (await self.apply_many([change]))[0]
+
+    async def listed(self, *, region: str, at: datetime) -> None:
+        """A reconcile pass that began at `at` listed `region` whole (service.store.listings)."""
+        await listings.record(self.writer, region=region, at=at)
+
+    async def listings(self, regions: Sequence[str]) -> dict[str, listings.Listing]:
+        return await listings.read(self.engine, regions)
 
     async def known(self, *, region: str) -> dict[str, Known]:
         return await known.known(self.engine, region=region)

@@ -203,6 +203,16 @@ rechecks = Table(
 )
 Index("ix_rechecks_due_at", rechecks.c.due_at)
 
+# When a reconcile pass (of any replica) first and last listed each region: a list answer for a region
+# never listed would be an empty fleet presented as truth.
+region_listings = Table(
+    "region_listings",
+    metadata,
+    Column("region", String(32), primary_key=True),
+    Column("first_listed_at", UtcDateTime, nullable=False),
+    Column("listed_at", UtcDateTime, nullable=False),
+)
+
 # Secrets this deployment's replicas share (token and cookie signing keys): created on first use.
 service_keys = Table(
     "service_keys",

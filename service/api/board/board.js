@@ -113,13 +113,31 @@
     };
   }
 
+  // Regions no reconcile pass has listed yet: their count is unknown, not 0. Asked again until they are listed.
+  const UNLISTED_RETRY_MS = 5000;
+
   async function loadStates() {
     const body = await json("/v3/image-states");
     state.regions = body.regions;
     state.seq = body.changeSeq;
     state.images = new Map(body.images.map((item) => [keyOf(item.region, item.imageId), item]));
+    state.unlisted = body.notYetListed || [];
     fillRegions();
     render();
+    if (state.unlisted.length) setTimeout(refreshListed, UNLISTED_RETRY_MS);
+  }
+
+  async function refreshListed() {
+    const body = await json("/v3/image-states").catch(() => null);
+    if (!body) return setTimeout(refreshListed, UNLISTED_RETRY_MS);
+    state.unlisted = body.notYetListed || [];
+    // Images the first listing brought arrive on the change stream; the list answer has them too.
+    for (const item of body.images) {
+      const key = keyOf(item.region, item.imageId);
+      if (!state.images.has(key)) state.images.set(key, item);
+    }
+    render();
+    if (state.unlisted.length) setTimeout(refreshListed, UNLISTED_RETRY_MS);
   }
 
   // --- the change stream: live, no polling --------------------------------------------------------------
@@ -288,11 +306,15 @@
     const shown = items.slice(0, MAX_ROWS);
     $("rows").replaceChildren(...shown.map((item) => renderRow(item, keyOf(item.region, item.imageId))));
     changed.clear();
-    $("empty").hidden = items.length > 0;
     const total = [...state.images.values()].filter(inRegion).length;
-    $("summary").textContent = items.length > shown.length
+    const unlisted = (state.unlisted || []).filter((region) => inRegion({ region }));
+    const counted = items.length > shown.length
       ? `Showing ${shown.length} of ${items.length} matching images (${total} in all): search to narrow.`
       : `${items.length} of ${total} images.`;
+    const pending = unlisted.length ? `${unlisted.join(", ")}: not yet listed.` : "";
+    // A region not yet listed has no count to give: "0 images" would present an unknown fleet as empty.
+    $("summary").textContent = unlisted.length && total === 0 ? pending : [counted, pending].filter(Boolean).join(" ");
+    $("empty").hidden = items.length > 0 || unlisted.length > 0;
   }
 
   function fillRegions() {
