@@ -348,6 +348,9 @@ def _tables(data: Generated) -> Iterator[tuple[str, tuple[str, ...], Iterator[tu
     yield "revisions", REVISION_COLUMNS, iter(data.revisions)
     yield "images", IMAGE_COLUMNS, (tuple(row[c] for c in IMAGE_COLUMNS) for row in data.images)
     yield "builds", BUILD_COLUMNS, (tuple(row[c] for c in BUILD_COLUMNS) for row in data.builds)
+    # Listed since the history began, as the passes that wrote it leave it (lists of a region never listed
+    # answer 503, and at= before the first listing 404).
+    yield "region_listings", ("region", "first_listed_at", "listed_at"), iter([(REGION, data.begin, data.end)])
 
 
 async def load_postgres(url: str, data: Generated) -> None:

@@ -189,7 +189,11 @@ async def seed_sqlite(path: Path, images: list[Synthetic]) -> None:
     try:
         # Observed just now, as a reconcile pass leaves a cache: answers are the confirmed truth of now (an
         # old observation would make every answer carry X-Cache-Stale: unconfirmed, which no steady cache does).
-        await Cache(engine).apply_many(changes_for(images, at=datetime.now(UTC)))
+        cache = Cache(engine)
+        now = datetime.now(UTC)
+        await cache.apply_many(changes_for(images, at=now))
+        # And listed, as that pass leaves it (lists of a region never listed answer 503).
+        await cache.listed(region=REGION, at=now)
     finally:
         await engine.dispose()
 
