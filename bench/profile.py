@@ -1,110 +1,171 @@
-"""Where a server's time goes under load: py-spy samples of the process during one wrk run, summarized."""
+"""python -m bench.profile: where a cached answer's time goes, by feature, in microseconds per request.
+
+`serve` (seeded, like bench.floor's) answers one workload under wrk while py-spy samples it (own time, the
+frame on top of the stack, idle excluded, without pausing the process); the same requests are then sent to the
+raw ASGI floor (bench.floor) for the rate the server alone allows. Every sampled frame is put in one bucket:
+the server itself (uvicorn, httptools, uvloop, asyncio: the floor pays this too), or the feature of ours whose
+code it is (request ids and counting, validation, the record and its headers, authentication, the connection
+bounds, ...). A bucket's share of the samples times the time per request is what that feature costs per
+request, and the ratio the answer would reach were it free: the measure issue 20 asks for where a ratio cannot
+be reached without dropping a feature.
+
+    .venv/bin/python -m bench.profile [--workload describe|describe-304|list|list-304] [--seconds 8] [--tokens]
+"""
 
 from __future__ import annotations
 
+import argparse
 import collections
+import contextlib
+import hashlib
+import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
-from bench import wrk
-from bench.servers import Process
+import httpx
+
+from bench import load, seed, servers, wrk
+from bench.fake import TimedFakeAws
+from bench.floor import TOKEN, capture, start_floor
+
+# (bucket, pattern on the frame's file): the first that matches names the bucket. Ours are by module, as the
+# features live in them; what is not ours is the server's.
+BUCKETS: list[tuple[str, re.Pattern[str]]] = [
+    ("request id, counting, log context (instrument)", re.compile(r"service/api/instrument\.py")),
+    ("connection bounds (connections)", re.compile(r"service/api/connections\.py")),
+    ("authentication (auth, tokens)", re.compile(r"service/api/(auth|tokens|sessions)\.py")),
+    ("CORS (cors)", re.compile(r"service/api/cors\.py")),
+    ("validation: query, id, region (query, requests)", re.compile(r"service/api/(query|requests)\.py")),
+    ("describe: record, Age, X-Cache, ETag, 304 (describe, lookup)",
+     re.compile(r"service/(api/describe|ingest/lookup|domain/describe|presign)\.py")),
+    ("list: page, ETag, 304, staleness (listing)", re.compile(r"service/api/(listing|pages|compression)\.py")),
+    ("app wiring (app, state)", re.compile(r"service/api/(app|state)\.py")),
+    ("other statuscache code", re.compile(r"service/")),
+    ("server: uvicorn, httptools, uvloop, asyncio (the floor pays it too)", re.compile(r".")),
+]
+# py-spy's raw format: frames separated by ";", the count last; a frame is "function (file:line)".
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
-@dataclass(frozen=True)
-class Profile:
-    samples: int
-    self_top: list[tuple[str, float]]  # (frame, share of samples)
-    inclusive_top: list[tuple[str, float]]
-    thread_share: dict[str, float]
-    result: wrk.WrkResult
+def ensure_py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(found).exists():
+        raise SystemExit("py-spy is missing: `make install` installs it (the dev extra)")
+    return found
 
 
-def available() -> bool:
-    return shutil.which("py-spy") is not None or (Path(__file__).resolve().parent.parent / ".venv/bin/py-spy").exists()
+def bucket_of(file: str) -> str:
+    return next(name for name, pattern in BUCKETS if pattern.search(file))
 
 
-def _py_spy() -> str:
-    found = shutil.which("py-spy")
-    return found or str(Path(__file__).resolve().parent.parent / ".venv/bin/py-spy")
-
-
-# Frames every sample of the main thread passes through: they say nothing about where the time goes.
-_SCAFFOLDING = (
-    "(<frozen runpy>)", "(threading.py)", "(service/__main__.py)", "(asyncio/runners.py)",
-    "BaseEventLoop.run_forever", "BaseEventLoop.run_until_complete", "BaseEventLoop._run_once", "Handle._run",
-)
-
-
-def _thread_kind(name: str) -> str:
-    """'thread (4816): Thread-460 (_connection_worker_thread)' -> 'Thread (_connection_worker_thread)'."""
-    name = re.sub(r"^thread \(\d+\): ", "", name)
-    return re.sub(r"^(Thread|asyncio)[-_]\d+", r"\1", name)
-
-
-def summarize(raw: str, *, top: int) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]], dict[str, float]]:
-    """Collapsed stacks ("thread;frame;frame count" lines) -> self and inclusive shares per frame, per thread."""
-    self_counts: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    threads: collections.Counter[str] = collections.Counter()
+def own_time(raw: str) -> tuple[collections.Counter[str], collections.Counter[str], int]:
+    """Samples by bucket and by function (own time: the frame on top), and the total, from py-spy's raw output."""
+    buckets: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
+        top = stack.split(";")[-1]
+        match = FRAME.match(top)
+        file = match["file"] if match else top
+        function = f"{match['function']} ({Path(file).name})" if match else top
+        buckets[bucket_of(file)] += count
+        functions[function] += count
         total += count
-        threads[_thread_kind(frames[0])] += count
-        self_counts[frames[-1]] += count
-        for frame in set(frames[1:]):
-            if not any(marker in frame for marker in _SCAFFOLDING):
-                inclusive[frame] += count
-    if total == 0:
-        return 0, [], [], {}
-    def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
-        return [(frame, n / total) for frame, n in counter.most_common(top)]
-
-    return total, share(self_counts), share(inclusive), {name: n / total for name, n in threads.most_common(5)}
+    return buckets, functions, total
 
 
-def profile_during_load(
-    service: Process, *, script: Path, workdir: Path, duration: float, connections: int, top: int = 15
-) -> Profile:
-    output = workdir / f"profile-{service.name}.txt"
-    command = [
-        _py_spy(), "record", "--pid", str(service.pid), "--duration", f"{max(1, int(duration))}",
-        "--format", "raw", "--rate", "200", "--nolineno", "--threads", "--gil", "--output", str(output),
-    ]
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        result = wrk.run(service.base, script=script, duration=duration, connections=connections)
-    except BaseException:
-        spy.kill()
-        spy.communicate()
-        raise
-    try:
-        _, stderr = spy.communicate(timeout=duration + 30)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.communicate()
-        raise
-    if spy.returncode != 0 or not output.exists():
-        raise RuntimeError(f"py-spy failed ({spy.returncode}): {stderr.decode(errors='replace')[-500:]}")
-    samples, self_top, inclusive_top, threads = summarize(output.read_text(), top=top)
-    return Profile(samples, self_top, inclusive_top, threads, result)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--workload", default="describe", choices=["describe", "describe-304", "list", "list-304"])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--tokens", action="store_true", help="with a tokens file (every request authenticated)")
+    parser.add_argument("--top", type=int, default=20, help="functions listed by own time")
+    parser.add_argument("--rate", type=int, default=997, help="py-spy samples per second")
+    args = parser.parse_args(argv)
+    py_spy = ensure_py_spy()
+    wrk.ensure_wrk()
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="statuscache-bench-profile-")))
+        fake = TimedFakeAws()
+        fake.start()
+        stack.callback(fake.stop)
+        images = seed.synthetic(args.images)
+        seed.seed_sqlite_sync(workdir / "profile.db", images)
+        env, auth = {}, {}
+        if args.tokens:
+            tokens = workdir / "tokens"
+            tokens.write_text(f"bench {hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
+            env, auth = {"STATUSCACHE_API_TOKENS_FILE": str(tokens)}, {"Authorization": f"Bearer {TOKEN}"}
+        service = stack.enter_context(servers.start_serve(
+            name="service", database_url=f"sqlite+aiosqlite:///{workdir / 'profile.db'}",
+            aws_endpoint=fake.endpoint_url, log_dir=workdir, extra_env=env,
+        ))  # fmt: skip
+        paths = [load.describe_path(image.image_id) for image in images]
+        with httpx.Client(base_url=service.base, timeout=30.0, headers=auth) as client:
+            pages = [load.LIST_PATH]
+            while len(pages) <= 10 and (token := client.get(pages[-1]).json().get("nextToken")):
+                pages.append(str(httpx.URL(load.LIST_PATH).copy_merge_params({"nextToken": token})))
+            targets = paths if args.workload.startswith("describe") else pages
+            etags = [client.get(path).headers["etag"] for path in targets]
+        conditional = args.workload.endswith("-304")
+        headers = [auth | ({"If-None-Match": etag} if conditional else {}) for etag in etags]
+        script = wrk.write_script(workdir, "profile.lua", wrk.rotation_script(targets, headers=headers, threads=1))
+        answers = capture(service.base, describe=paths[len(paths) // 2], page=pages[0], headers=auth)
+        answers_path = workdir / "floor.json"
+        answers_path.write_text(json.dumps({"answers": answers, "authorization": auth.get("Authorization")}))
+        floor = stack.enter_context(start_floor(answers_path=answers_path, log_dir=workdir, name="floor"))
+        for target in (service, floor):
+            wrk.run(target.base, script=script, duration=1, connections=args.connections, threads=1)
+
+        # Sampled while wrk runs: py-spy starts a second in and stops a second before wrk does.
+        raw_path = workdir / "samples.txt"
+        sampled: dict[str, subprocess.CompletedProcess[str]] = {}
+
+        def sample() -> None:
+            threading.Event().wait(1.0)
+            sampled["py-spy"] = subprocess.run(
+                [py_spy, "record", "--pid", str(service.pid), "--duration", str(int(args.seconds)), "--rate",
+                 str(args.rate), "--nonblocking", "--format", "raw", "--output", str(raw_path)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        mine = wrk.run(service.base, script=script, duration=args.seconds + 2, connections=args.connections, threads=1)
+        sampler.join()
+        bare = wrk.run(floor.base, script=script, duration=args.seconds, connections=args.connections, threads=1)
+        if sampled["py-spy"].returncode != 0 or not raw_path.exists():
+            raise SystemExit(f"py-spy failed: {sampled['py-spy'].stderr.strip()}")
+        buckets, functions, total = own_time(raw_path.read_text())
+
+    per_request = 1e6 / mine.rps
+    floor_per_request = 1e6 / bare.rps
+    ratio = mine.rps / bare.rps
+    print(f"{args.workload}{' with a tokens file' if args.tokens else ''}: statuscache {mine.rps:,.0f} req/s "
+          f"({per_request:.1f} us/request), raw ASGI {bare.rps:,.0f} req/s ({floor_per_request:.1f} us/request), "
+          f"ratio {ratio:.2f}x; {total:,} samples over {args.seconds:g}s (wrk -t1 -c{args.connections})")  # fmt: skip
+    print(f"{'where the time goes (own time)':<68}{'share':>7}{'us/req':>8}{'ratio were it free':>20}")
+    for name, count in buckets.most_common():
+        share = count / total
+        cost = share * per_request
+        free = 1e6 / (per_request - cost) / bare.rps if "server" not in name else float("nan")
+        print(f"{name:<68}{share:>6.1%}{cost:>8.2f}{free:>19.2f}x")
+    print(f"top {args.top} functions by own time:")
+    for function, count in functions.most_common(args.top):
+        print(f"  {count / total:>6.1%}  {count / total * per_request:>6.2f} us  {function}")
+    return 0
 
 
-def render(profile: Profile) -> str:
-    lines = [
-        f"py-spy --gil: {profile.samples} samples holding the GIL, of the service under the describe load "
-        f"({profile.result.rps:.0f} req/s while sampled; sampling slows it)",
-        "threads: " + ", ".join(f"{name} {share:.0%}" for name, share in profile.thread_share.items()),
-        "top frames by self time:",
-    ]
-    lines += [f"  {share:6.1%}  {frame}" for frame, share in profile.self_top]
-    lines.append("top frames by inclusive time:")
-    lines += [f"  {share:6.1%}  {frame}" for frame, share in profile.inclusive_top]
-    return "\n".join(lines)
+if __name__ == "__main__":
+    sys.exit(main())
