@@ -71,6 +71,7 @@ bench: install postgres
 	@scripts/ensure-wrk
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.floor
+	$(BIN)/python -m bench.stream_floor
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.notify --fanout all --waits 0 --ratio-rounds 0
 	$(BIN)/python -m bench.soak
