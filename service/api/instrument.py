@@ -65,12 +65,13 @@ class FastPath:
     def answer(self, scope: Scope) -> FastAnswer | None:
         raise NotImplementedError
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the awaitable of whoever answers, so a long response further in (the
+        # change stream) holds no frame of this layer for its whole life.
         answer = self.answer(scope)
         if answer is None:
-            await self.app(scope, receive, send)
-            return
-        await send_answer(send, answer)
+            return self.app(scope, receive, send)
+        return send_answer(send, answer)
 
 
 async def send_answer(send: Send, answer: FastAnswer) -> None:
