@@ -146,8 +146,15 @@ class Watchers:
     def watch(self, *, region: str | None, image_id: str | None, after: int) -> Watcher:
         """A new client, receiving every change after `after` into its buffer; its request writes to it until it
         hands it over."""
-        watcher = Watcher((region, image_id), after=after, now=self._clock())
-        self._groups.setdefault(watcher.key, {})[watcher] = None
+        key = (region, image_id)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = {}
+        else:
+            # The group's own key: one tuple for all its clients (every unfiltered client has the same).
+            key = next(iter(group)).key
+        watcher = Watcher(key, after=after, now=self._clock())
+        group[watcher] = None
         return watcher
 
     def hand_over(self, watcher: Watcher, send: Send) -> None:
