@@ -89,7 +89,6 @@ class Watcher:
         return chunk
 
 
-
 async def write(watcher: Watcher) -> None:
     """A writer: what the client has not been sent, then, once its stream has ended, the closing comment."""
     send = watcher.send
