@@ -73,6 +73,7 @@ bench: install postgres
 	$(BIN)/python -m bench.floor
 	$(BIN)/python -m bench.profile --workload describe
 	$(BIN)/python -m bench.profile --workload describe --tokens
+	$(BIN)/python -m bench.stream_floor
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.notify --fanout all --waits 0 --ratio-rounds 0
 	$(BIN)/python -m bench.soak

@@ -172,7 +172,8 @@ def start_ceiling(*, body_path: Path, log_dir: Path, name: str = "ceiling") -> P
 
 
 def start_asgi(
-    app: str, *, env: dict[str, str], log_dir: Path, name: str, options: list[str], ready_path: str = "/readyz"
+    app: str, *, env: dict[str, str], log_dir: Path, name: str, options: list[str], ready_path: str = "/readyz",
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Process:
     """`python -m uvicorn APP` on a free port with uvicorn's `options`, no access log, ready; `env` on top of this
     process's environment without its STATUSCACHE_ and AWS_ variables."""
@@ -187,6 +188,7 @@ def start_asgi(
         env=inherited | env,
         log_dir=log_dir,
         port=port,
+        preexec_fn=preexec_fn,
     )
     try:
         process.wait_ready(path=ready_path)

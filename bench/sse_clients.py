@@ -1,6 +1,7 @@
 """A lean change-stream load generator: N idle SSE clients on raw asyncio sockets, in one process.
 
-Run as `python -m bench.sse_clients --port P --count N [--path /v3/image-changes?region=...]`. It connects
+Run as `python -m bench.sse_clients --port P --count N [--path /v3/image-changes?region=...] [--header 'Name: value'
+...]`. It connects
 its clients (at most --ramp handshakes at once), then prints one JSON line {"connected": n, "failed": k} and
 obeys commands read from stdin, one per line, answering each with one JSON line:
 
@@ -68,9 +69,12 @@ class SseClient(asyncio.Protocol):
             self.connected.set_result(False)
 
 
-async def connect_all(*, host: str, port: int, path: str, count: int, ramp: int) -> list[SseClient]:
+async def connect_all(
+    *, host: str, port: int, path: str, count: int, ramp: int, headers: list[str] | None = None
+) -> list[SseClient]:
     loop = asyncio.get_running_loop()
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    extra = "".join(f"{header}\r\n" for header in headers or ())
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n{extra}\r\n".encode()
     clients: list[SseClient] = []
     gate = asyncio.Semaphore(ramp)
 
@@ -115,9 +119,12 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--path", default="/v3/image-changes")
     parser.add_argument("--ramp", type=int, default=100, help="handshakes in flight at once")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value', sent with every request")
     args = parser.parse_args(argv)
     raise_fd_limit()
-    clients = await connect_all(host=args.host, port=args.port, path=args.path, count=args.count, ramp=args.ramp)
+    clients = await connect_all(
+        host=args.host, port=args.port, path=args.path, count=args.count, ramp=args.ramp, headers=args.header
+    )
     print(json.dumps({"connected": len(clients), "failed": args.count - len(clients)}), flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,12 +77,17 @@ def idle_cpu(process: servers.Process, seconds: float) -> float:
 class Clients:
     """Stream clients in child processes (bench.sse_clients), connected on entry and closed on exit."""
 
-    def __init__(self, *, port: int, count: int, per_process: int = CLIENTS_PER_PROCESS, path: str = PATH) -> None:
+    def __init__(
+        self, *, port: int, count: int, per_process: int = CLIENTS_PER_PROCESS, path: str = PATH,
+        headers: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self.count = count
         sizes = [per_process] * (count // per_process) + ([count % per_process] if count % per_process else [])
+        sent = [argument for header in headers for argument in ("--header", header)]
         self.processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "bench.sse_clients", "--port", str(port), "--count", str(size), "--path", path],
+                [sys.executable, "-m", "bench.sse_clients", "--port", str(port), "--count", str(size), "--path", path,
+                 *sent],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=servers.REPO,
                 preexec_fn=raise_fd_limit,
             )
@@ -253,9 +258,10 @@ def baseline_tree(workdir: Path) -> Iterator[Path | None]:
 
 
 def start(
-    *, name: str, database_url: str, fake: TimedFakeAws, workdir: Path, tree: Path | None = None
+    *, name: str, database_url: str, fake: TimedFakeAws, workdir: Path, tree: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> servers.Process:
-    extra = {"STATUSCACHE_LIVE_LOOKUPS_PER_SECOND": "1000"}
+    extra = {"STATUSCACHE_LIVE_LOOKUPS_PER_SECOND": "1000", **(env or {})}
     if tree is not None:
         extra["PYTHONPATH"] = str(tree)
     return servers.start_serve(

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import auth
 from service.api.app import StatusCacheApp, create_app
 from service.api.sessions import COOKIE, KEY_NAME, Sessions
+from service.api.state import AppState
 from service.api.tokens import Caller, digest
 from service.aws import Aws
 from service.demo.fakeaws import FakeAws
@@ -41,6 +42,10 @@ DESCRIBE = "/v3/images/custom/{}"
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def bearer_header(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
 
 
 def line(name: str, token: str) -> str:
@@ -326,6 +331,48 @@ async def test_the_change_stream_accepts_the_session_cookie(runtime: Runtime, to
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
             assert await anext(stream.aiter_lines()) == "retry: 2000"
+
+
+@pytest.mark.asyncio
+async def test_a_reload_ends_the_revoked_callers_waits_for_their_clients_and_no_one_elses(
+    runtime: Runtime, tokens_path: Path
+) -> None:
+    """A long response waiting for its client to leave (the change stream) is told "disconnected" once its caller's
+    token leaves the file; its task carries on (it was the wait that was cancelled, not the request). Any other
+    cancellation stays a cancellation."""
+    answered: dict[str, Message] = {}
+
+    async def held_open(scope: Scope, receive: Receive, send: Send) -> None:
+        answered[scope[auth.CALLER]] = await receive()
+
+    async def client_stays() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        raise AssertionError
+
+    tokens = auth.TokenFile(str(tokens_path))
+    authentication = auth.Authentication(held_open, tokens=tokens, state=AppState(runtime.settings, runtime),
+                                         protect_metrics=False)  # fmt: skip
+
+    def request(token: str) -> asyncio.Task[None]:
+        scope = {"type": "http", "method": "GET", "path": "/v3/image-changes", "headers": bearer_header(token)}
+        return asyncio.create_task(authentication(scope, client_stays, send))
+
+    alice, bob = request(ALICE), request(BOB)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert {waiter.caller.name for waiter in authentication.waiting.values()} == {"alice", "bob"}
+    await asyncio.to_thread(tokens_path.write_text, line("bob", BOB) + "\n")
+    assert tokens.reload()
+    await asyncio.wait_for(alice, timeout=5)
+    assert answered == {"alice": {"type": "http.disconnect"}} and not alice.cancelled()
+    assert not bob.done() and [waiter.caller.name for waiter in authentication.waiting.values()] == ["bob"]
+    bob.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bob
+    assert answered.keys() == {"alice"} and authentication.waiting == {}
 
 
 @pytest.mark.asyncio

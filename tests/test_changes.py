@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import text
+from starlette.types import Message
 
 from service.api.app import create_app
 from service.api.changes import ChangeStream, StreamFront
@@ -434,6 +435,36 @@ async def test_a_slow_client_is_dropped_with_its_position_intact_and_holds_up_no
         assert ids == written[: len(ids)] and len(ids) < len(written)
         async with following(http, last_event_id=ids[-1]) as resumed:
             assert await resumed.until(len(written) - len(ids), within=30) == written[len(ids) :]
+
+
+async def test_a_change_that_cannot_be_written_fails_its_request_as_a_failed_send_did(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    """Changes are written by writers of their own, not by the request's task: what one raises is raised where the
+    request is answered (uvicorn logs it and closes the connection), and the stream leaves nothing behind."""
+    app = create_app(runtime.settings, runtime=runtime)
+    stream = stream_route(app)
+    opened = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        data = message.get("body", b"")
+        if data.startswith(b"retry:"):
+            opened.set()
+        elif data.startswith(b"id: "):
+            raise RuntimeError("the connection broke")
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError
+
+    scope = {"type": "http", "method": "GET", "path": URL, "query_string": b"", "headers": []}
+    request = asyncio.create_task(app(scope, receive, send))
+    await opened.wait()
+    assert len(stream.watchers) == 1  # handed over: its request only waits for the client to leave
+    await write(runtime, ["unwritable"])
+    with pytest.raises(RuntimeError, match="the connection broke"):
+        await asyncio.wait_for(request, timeout=10)
+    assert (len(stream.watchers), stream.watchers.admitted, runtime.metrics.stream_clients) == (0, 0, 0)
 
 
 def stream_route(app: Any) -> ChangeStream:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from starlette.types import Message
 
 from service.api.watchers import CHUNK_BYTES, KEEPALIVE, WAKE_BATCH, End, Watcher, Watchers
 
@@ -76,19 +77,66 @@ def test_a_client_too_far_behind_is_dropped_and_holds_nothing_while_the_others_g
     assert len(watchers) == 1
 
 
+class Socket:
+    """A handed-over client's end of the wire: the bodies written to it, and whether more was to follow each."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, bool]] = []
+
+    async def send(self, message: Message) -> None:
+        self.written.append((message["body"], message["more_body"]))
+
+
+async def written(*clients: Watcher) -> None:
+    """Until these clients have no writer started or to start: a few turns of the loop, as these sockets never
+    make a writer wait."""
+    for _ in range(100):
+        if not any(client.writer is not None or client.queued for client in clients):
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("writers still busy after 100 turns of the event loop")
+
+
 @pytest.mark.asyncio
-async def test_a_change_wakes_a_waiting_client_and_ending_wakes_it_too() -> None:
+async def test_a_handed_over_client_is_written_each_change_and_holds_no_writer_between() -> None:
     watchers = Watchers(backlog=10)
     watcher = watchers.watch(region=None, image_id=None, after=0)
-    watcher.waiter = asyncio.get_running_loop().create_future()
     change(watchers, 1)
-    await asyncio.wait_for(watcher.waiter, timeout=1)
-    watcher.waiter = asyncio.get_running_loop().create_future()
+    # What arrived before the hand-over (while its request sent what it missed) is written once it is handed over.
+    socket = Socket()
+    watchers.hand_over(watcher, socket.send)
+    await written(watcher)
+    assert socket.written == [(b"event1", True)] and watcher.writer is None
+    change(watchers, 2)
+    change(watchers, 3)
+    await written(watcher)
+    assert socket.written[1:] == [(b"event2event3", True)] and watcher.writer is None
+
+
+@pytest.mark.asyncio
+async def test_ending_a_stream_writes_what_it_holds_then_the_closing_comment() -> None:
+    watchers = Watchers(backlog=10)
+    watcher = watchers.watch(region=None, image_id=None, after=0)
+    socket = Socket()
+    watchers.hand_over(watcher, socket.send)
+    change(watchers, 1)
     watchers.end(watcher, End.SHUTDOWN)
-    await asyncio.wait_for(watcher.waiter, timeout=1)
-    assert watcher.ended is End.SHUTDOWN
-    # Shutting down keeps what is held: it is written before the closing comment.
-    assert watcher.take() == b"event1"
+    await written(watcher)
+    # Shutting down keeps what is held: it is written before the closing comment, which ends the response.
+    assert socket.written == [(b"event1", True), (End.SHUTDOWN.value, False)] and watcher.writer is None
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_left_is_written_nothing_more() -> None:
+    watchers = Watchers(backlog=10)
+    watcher = watchers.watch(region=None, image_id=None, after=0)
+    socket = Socket()
+    watchers.hand_over(watcher, socket.send)
+    change(watchers, 1)
+    watchers.release(watcher)
+    change(watchers, 2)
+    await written(watcher)
+    assert socket.written == [] and len(watchers) == 0
 
 
 def test_end_is_final_and_the_first_reason_stays() -> None:
@@ -179,18 +227,19 @@ def test_the_smallest_backlog_setting_holds_a_page_of_the_feed() -> None:
 @pytest.mark.asyncio
 @pytest.mark.slow
 async def test_clients_are_woken_a_batch_per_turn_of_the_loop() -> None:
-    loop = asyncio.get_running_loop()
     watchers = Watchers(backlog=10)
     clients = [watchers.watch(region=None, image_id=None, after=0) for _ in range(3 * WAKE_BATCH)]
-    for client in clients:
-        client.waiter = loop.create_future()
+    sockets = [Socket() for _ in clients]
+    for client, socket in zip(clients, sockets, strict=True):
+        watchers.hand_over(client, socket.send)
     assert change(watchers, 1) == len(clients)
-    # More changes before anyone was woken: each client is still woken once.
+    # More changes before any writer started: each client still gets one writer.
     assert change(watchers, 2) == len(clients)
     woken = []
     for _ in range(3):
         await asyncio.sleep(0)
-        woken.append(sum(client.waiter.done() for client in clients if client.waiter is not None))
+        woken.append(sum(not client.queued for client in clients))
     # Something else on the loop (a describe) runs between two batches.
     assert woken == [WAKE_BATCH, 2 * WAKE_BATCH, 3 * WAKE_BATCH]
-    assert all(client.take() == b"event1event2" for client in clients)
+    await written(*clients)
+    assert all(socket.written == [(b"event1event2", True)] for socket in sockets)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,6 +76,50 @@ def _printable(path: str) -> str:
     return path if path.isprintable() else repr(path)
 
 
+class UntilRevoked:
+    """The request's `receive`, also answering "disconnected" once the caller's token leaves the file.
+
+    A long response admitted before a revocation (the change stream) stops when its client goes away,
+    and so stops at the reload that revokes its token too. Short answers never call `receive`. Nothing
+    waits for reloads on a request's behalf: while it waits in `receive` it is listed in `waiting`, and a
+    reload that revokes its caller cancels that wait (Authentication.end_revoked), which then answers
+    "disconnected". Waiting for the reload in tasks of its own cost a held stream 4 KB.
+    """
+
+    __slots__ = ("caller", "receive", "revoked", "scope", "tokens", "waiting")
+
+    def __init__(
+        self, scope: Scope, receive: Receive, *, caller: Caller, tokens: TokenFile,
+        waiting: dict[asyncio.Task[Any], UntilRevoked],
+    ) -> None:  # fmt: skip
+        self.scope = scope
+        self.receive = receive
+        self.caller = caller
+        self.tokens = tokens
+        self.waiting = waiting
+        # Set by the reload that revoked the caller, just before it cancels the wait.
+        self.revoked = False
+
+    async def __call__(self) -> Message:
+        if not self.revoked and self.tokens.tokens.holds(self.caller):
+            task = asyncio.current_task()
+            assert task is not None
+            self.waiting[task] = self
+            try:
+                return await self.receive()
+            except asyncio.CancelledError:
+                if not self.revoked:
+                    raise
+                # The cancellation was the revocation's, not the task's: the task carries on.
+                task.uncancel()
+            finally:
+                self.waiting.pop(task, None)
+        scope = self.scope
+        log.info("%s %s caller=%s: token revoked, response ended", scope["method"], _printable(scope["path"]),
+                 self.caller.name)  # fmt: skip
+        return {"type": "http.disconnect"}
+
+
 class Authentication:
     def __init__(self, app: ASGIApp, *, tokens: TokenFile, state: AppState, protect_metrics: bool) -> None:
         self.app = app
@@ -82,77 +127,58 @@ class Authentication:
         self.state = state
         self.protect_metrics = protect_metrics
         self._sessions: Sessions | None = None
+        # The requests of this app waiting in `receive` (a held change stream's, mostly), by task.
+        self.waiting: dict[asyncio.Task[Any], UntilRevoked] = {}
+        tokens.listeners.append(self.end_revoked)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the awaitable of whoever answers, so a long response (the change stream)
+        # holds no frame of this layer for its whole life.
         scope_type = scope["type"]
         if scope_type == "lifespan":
-            await self.app(scope, receive, self._after_startup(send))
-            return
+            return self.app(scope, receive, self._after_startup(send))
         if scope_type != "http":
             # No websocket routes: refuse anything else outright rather than think about it.
-            await send({"type": "websocket.close", "code": 1008})
-            return
+            return send({"type": "websocket.close", "code": 1008})
         path: str = scope["path"]
         if is_public(path, protect_metrics=self.protect_metrics):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         if path == SESSION_PATH:
-            await self._session_endpoint(scope, send)
-            return
+            return self._session_endpoint(scope, send)
         authorization, cookie = two_headers(scope, b"authorization", b"cookie")
         if authorization is not None:
             caller = self._bearer(authorization)
             if caller is None:
-                await self._refuse(scope, send, INVALID, reason=_bad_authorization(authorization), invalid=True)
-                return
-        elif cookie is not None and (session := cookie_value(cookie)) is not None:
-            try:
-                sessions = await self._session_keeper()
-                caller = sessions.verify(session, tokens=self.tokens.tokens, now=time.time()).caller
-            except SessionRefused as refused:
-                message = EXPIRED if refused.reason == "expired session" else INVALID
-                await self._refuse(scope, send, message, reason=refused.reason, invalid=True, clear_cookie=True)
-                return
-        else:
-            await self._refuse(scope, send, MISSING, reason="no credentials", invalid=False)
+                return self._refuse(scope, send, INVALID, reason=_bad_authorization(authorization), invalid=True)
+            return self._admit(scope, receive, send, caller)
+        if cookie is not None and (session := cookie_value(cookie)) is not None:
+            return self._admit_session(scope, receive, send, session)
+        return self._refuse(scope, send, MISSING, reason="no credentials", invalid=False)
+
+    async def _admit_session(self, scope: Scope, receive: Receive, send: Send, session: str) -> None:
+        try:
+            sessions = await self._session_keeper()
+            caller = sessions.verify(session, tokens=self.tokens.tokens, now=time.time()).caller
+        except SessionRefused as refused:
+            message = EXPIRED if refused.reason == "expired session" else INVALID
+            await self._refuse(scope, send, message, reason=refused.reason, invalid=True, clear_cookie=True)
             return
+        await self._admit(scope, receive, send, caller)
+
+    def _admit(self, scope: Scope, receive: Receive, send: Send, caller: Caller) -> Awaitable[None]:
         scope[CALLER] = caller.name
         if log.isEnabledFor(logging.INFO):
-            log.info("%s %s caller=%s", scope["method"], _printable(path), caller.name)
-        await self.app(scope, self._until_revoked(scope, receive, caller), send)
+            log.info("%s %s caller=%s", scope["method"], _printable(scope["path"]), caller.name)
+        revocable = UntilRevoked(scope, receive, caller=caller, tokens=self.tokens, waiting=self.waiting)
+        return self.app(scope, revocable, send)
 
-    def _until_revoked(self, scope: Scope, receive: Receive, caller: Caller) -> Receive:
-        """The request's `receive`, also answering "disconnected" once the caller's token leaves the file.
-
-        A long response admitted before a revocation (the change stream) stops when its client goes away,
-        and so stops at the reload that revokes its token too. Short answers never call `receive`.
-        """
-        tokens = self.tokens
-        pending: asyncio.Future[Message] | None = None
-
-        async def receive_until_revoked() -> Message:
-            nonlocal pending
-            while tokens.tokens.holds(caller):
-                if pending is None:
-                    pending = asyncio.ensure_future(receive())
-                reload = asyncio.ensure_future(tokens.reloaded.wait())
-                try:
-                    await asyncio.wait((pending, reload), return_when=asyncio.FIRST_COMPLETED)
-                except asyncio.CancelledError:
-                    pending.cancel()
-                    raise
-                finally:
-                    reload.cancel()
-                if pending.done():
-                    message, pending = pending.result(), None
-                    return message
-            if pending is not None:
-                pending.cancel()
-            method, path = scope["method"], _printable(scope["path"])
-            log.info("%s %s caller=%s: token revoked, response ended", method, path, caller.name)
-            return {"type": "http.disconnect"}
-
-        return receive_until_revoked
+    def end_revoked(self) -> None:
+        """After a reload: every request waiting in `receive` for a caller no longer in the file stops waiting."""
+        tokens = self.tokens.tokens
+        for task, waiter in list(self.waiting.items()):
+            if not waiter.revoked and not tokens.holds(waiter.caller):
+                waiter.revoked = True
+                task.cancel()
 
     def _bearer(self, authorization: bytes) -> Caller | None:
         scheme, _, token = authorization.partition(b" ")

@@ -6,16 +6,19 @@ resuming within the tailer's ring is served from memory; from further back, from
 the ring takes over. A stream ends cleanly when the process begins to shut down, or when its client
 falls too far behind; the client reconnects (to any replica) with its Last-Event-ID and misses nothing.
 
-Ten thousand streams stay open at once, so an open one is kept small: one coroutine and one task (the
-one that notices the client leaving), a Watcher, and no Starlette frames (StreamFront sends GETs past
-the router, whose frames held for the life of a stream cost more than everything here).
+Ten thousand streams stay open at once, so an open one is kept small: once it has been sent what it
+missed, its request's task only waits for the client to leave (as a bare ASGI app holding a response open
+would), its Watcher is handed to the fan-out, which writes to it when there is something to write
+(service.api.watchers), and no layer in front of it holds a frame (StreamFront and the fast paths hand back
+the stream's own coroutine; StreamFront also sends GETs past the router, whose frames held for the life of
+a stream cost more than everything here).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from functools import partial
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,7 +28,7 @@ from service.api.query import parse
 from service.api.requests import header, parse_event_id, region_from, validate_image_id
 from service.api.state import AppState
 from service.api.tailer import StreamEvent, Tailer, TailerStopped, current, render
-from service.api.watchers import End, Watcher, Watchers
+from service.api.watchers import End, Watcher, Watchers, body
 from service.errors import AtCapacity, RequestError
 from service.runtime import Runtime
 from service.store import queries
@@ -46,10 +49,6 @@ START: Message = {
 # change resumes from there (EventSource too: a block without data still sets its last event id).
 OPENING = b"retry: 2000\nid: %d\n: connected\n\n"
 OPENING_NO_ID = b"retry: 2000\n: connected\n\n"
-
-
-def body(data: bytes, *, more: bool = True) -> Message:
-    return {"type": "http.response.body", "body": data, "more_body": more}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,57 +100,62 @@ class ChangeStream:
 
     async def run(self, opening: Opening, receive: Receive, send: Send) -> None:
         """The stream of an admitted request: what it missed, then every change as it comes, until it ends."""
-        runtime, region, image_id = opening.runtime, opening.region, opening.image_id
         watchers = self.watchers
+        metrics = opening.runtime.metrics
         watcher: Watcher | None = None
-        disconnected: asyncio.Task[None] | None = None
-        runtime.metrics.stream_clients += 1
+        metrics.stream_clients += 1
         try:
-            tailer = self.tailer(runtime)
+            watcher = await self.catch_up(opening, send)
+            if watcher is None:
+                return
+            watchers.hand_over(watcher, send)
+            # Until the client leaves, or its stream has been written to the end (the server then says so too).
             try:
-                await tailer.started()
-            except TailerStopped:
-                # Shutdown began before the tailer knew where the feed stands: end at once, resuming where asked.
-                await send(START)
-                await send(body(OPENING % opening.after if opening.after is not None else OPENING_NO_ID))
-                await send(body(End.SHUTDOWN.value, more=False))
-                return
-            position = tailer.cursor if opening.after is None else opening.after
-            await send(START)
-            await send(body(OPENING % position))
-            while not tailer.ring.covers(position) and not runtime.draining.is_set():
-                position = await replay_from_database(
-                    runtime, send, after=position, upto=tailer.cursor, region=region, image_id=image_id
-                )
-            if runtime.draining.is_set():
-                await send(body(End.SHUTDOWN.value, more=False))
-                return
-            # From here to `watch`, nothing awaits: the ring holds every change up to the cursor, and the
-            # watcher receives every change after it.
-            backlog = [event for event in tailer.ring.since(position) if event.matches(region, image_id)]
-            watcher = watchers.watch(region=region, image_id=image_id, after=max(position, tailer.cursor))
-            disconnected = asyncio.ensure_future(until_disconnected(receive))
-            disconnected.add_done_callback(partial(client_left, watchers, watcher))
-            await send_events(runtime, send, backlog)
-            while True:
-                chunk = watcher.take()
-                if chunk is not None:
-                    await send(body(chunk))
-                elif watcher.ended is not None:
-                    break
-                else:
-                    watcher.waiter = asyncio.get_running_loop().create_future()
-                    await watcher.waiter
-                    watcher.waiter = None
-            if watcher.ended is not End.DISCONNECTED:
-                await send(body(watcher.ended.value, more=False))
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except asyncio.CancelledError:
+                if watcher.failure is None:
+                    raise
+                raise watcher.failure from None
         finally:
-            runtime.metrics.stream_clients -= 1
-            if disconnected is not None:
-                disconnected.cancel()
+            metrics.stream_clients -= 1
             if watcher is not None:
-                watchers.unwatch(watcher)
+                watchers.release(watcher)
             watchers.leave()
+
+    async def catch_up(self, opening: Opening, send: Send) -> Watcher | None:
+        """The head, and every change the client missed; then the watcher receiving the rest, or None when the
+        stream has already ended (shutdown began)."""
+        runtime, region, image_id = opening.runtime, opening.region, opening.image_id
+        tailer = self.tailer(runtime)
+        try:
+            await tailer.started()
+        except TailerStopped:
+            # Shutdown began before the tailer knew where the feed stands: end at once, resuming where asked.
+            await send(START)
+            await send(body(OPENING % opening.after if opening.after is not None else OPENING_NO_ID))
+            await send(body(End.SHUTDOWN.value, more=False))
+            return None
+        position = tailer.cursor if opening.after is None else opening.after
+        await send(START)
+        await send(body(OPENING % position))
+        while not tailer.ring.covers(position) and not runtime.draining.is_set():
+            position = await replay_from_database(
+                runtime, send, after=position, upto=tailer.cursor, region=region, image_id=image_id
+            )
+        if runtime.draining.is_set():
+            await send(body(End.SHUTDOWN.value, more=False))
+            return None
+        # From here to `watch`, nothing awaits: the ring holds every change up to the cursor, and the
+        # watcher receives every change after it.
+        backlog = [event for event in tailer.ring.since(position) if event.matches(region, image_id)]
+        watcher = self.watchers.watch(region=region, image_id=image_id, after=max(position, tailer.cursor))
+        try:
+            await send_events(runtime, send, backlog)
+        except BaseException:
+            self.watchers.release(watcher)
+            raise
+        return watcher
 
 
 class StreamFront:
@@ -162,27 +166,20 @@ class StreamFront:
         self.app = app
         self.route = route
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the awaitable of whoever answers, so an open stream holds no frame here.
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET" or scope.get("root_path"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         try:
             opening = self.route.open(scope)
         except RequestError as exc:
-            response = await request_error(Request(scope, receive), exc)
-            await response(scope, receive, send)
-            return
-        await self.route.run(opening, receive, send)
+            return refuse(scope, receive, send, exc)
+        return self.route.run(opening, receive, send)
 
 
-def client_left(watchers: Watchers, watcher: Watcher, task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        watchers.end(watcher, End.DISCONNECTED)
-
-
-async def until_disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+async def refuse(scope: Scope, receive: Receive, send: Send, exc: RequestError) -> None:
+    response = await request_error(Request(scope, receive), exc)
+    await response(scope, receive, send)
 
 
 async def send_events(runtime: Runtime, send: Send, events: list[StreamEvent]) -> None:

@@ -9,7 +9,7 @@ In the stack only when origins are configured.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,33 +22,28 @@ ALLOWED_HEADERS = b"Authorization, If-None-Match, If-Modified-Since, Last-Event-
 # What a dashboard reads besides the body: validators, cache state, back-off, the auth challenge.
 EXPOSED_HEADERS = b"ETag, Last-Modified, Age, X-Cache, Retry-After, WWW-Authenticate"
 PREFLIGHT_MAX_AGE = b"600"
+# What an origin not listed gets: no CORS header, only the word that the answer depends on the origin.
+VARY = ((b"vary", b"Origin"),)
 
 
 class Cors:
     def __init__(self, app: ASGIApp, *, origins: Iterable[str]) -> None:
         self.app = app
-        self.origins = frozenset(origin.encode() for origin in origins)
+        # Each listed origin's response headers, built once: a request (a held stream too) shares them.
+        self.headers = {origin: _response_headers(origin) for origin in (name.encode() for name in origins)}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the awaitable of whoever answers, so a long response (the change stream)
+        # holds no frame of this layer for its whole life.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         origin, preflight_method = two_headers(scope, b"origin", b"access-control-request-method")
         if origin is None:
-            await self.app(scope, receive, send)
-            return
-        allowed = origin in self.origins
+            return self.app(scope, receive, send)
+        headers = self.headers.get(origin)
         if scope["method"] == "OPTIONS" and preflight_method is not None:
-            await self._preflight(send, origin=origin, allowed=allowed, method=preflight_method)
-            return
-        extra = _response_headers(origin) if allowed else [(b"vary", b"Origin")]
-
-        async def with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, with_cors)
+            return self._preflight(send, origin=origin, allowed=headers is not None, method=preflight_method)
+        return self.app(scope, receive, WithCors(send, VARY if headers is None else headers))
 
     async def _preflight(self, send: Send, *, origin: bytes, allowed: bool, method: bytes) -> None:
         if not allowed or method.decode("latin-1") not in ALLOWED_REQUEST_METHODS:
@@ -77,10 +72,26 @@ class Cors:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _response_headers(origin: bytes) -> list[tuple[bytes, bytes]]:
-    return [
+class WithCors:
+    """A response's `send`, adding the CORS headers to its head. An object with slots, not a closure: a change
+    stream holds its `send` for its whole life. Not a coroutine: it hands back the awaitable of the `send` it wraps."""
+
+    __slots__ = ("extra", "send")
+
+    def __init__(self, send: Send, extra: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.send = send
+        self.extra = extra
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
+        return self.send(message)
+
+
+def _response_headers(origin: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    return (
         (b"access-control-allow-origin", origin),
         (b"access-control-allow-credentials", b"true"),
         (b"vary", b"Origin"),
         (b"access-control-expose-headers", EXPOSED_HEADERS),
-    ]
+    )

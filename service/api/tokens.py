@@ -12,12 +12,12 @@ it could be a token pasted by mistake). On reload (SIGHUP) a bad file keeps the 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +140,8 @@ class TokenFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # Set (and replaced) at each reload: long responses wait on it to re-check their caller.
-        self.reloaded = asyncio.Event()
+        # Called after each reload (in the event loop's thread): Authentication ends what revoked callers hold open.
+        self.listeners: list[Callable[[], None]] = []
         self.tokens = load(path)
         log.info("tokens file %s: %d tokens for %d callers", path, len(self.tokens), len(self.tokens.names))
         if not len(self.tokens):
@@ -155,7 +155,7 @@ class TokenFile:
             log.error("tokens file not reloaded, the %d tokens loaded before stay in force: %s", len(self.tokens), exc)
             return False
         self.tokens = tokens
-        reloaded, self.reloaded = self.reloaded, asyncio.Event()
-        reloaded.set()
         log.info("tokens file %s reloaded: %d tokens for %d callers", self.path, len(tokens), len(tokens.names))
+        for listener in self.listeners:
+            listener()
         return True

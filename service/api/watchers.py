@@ -1,12 +1,17 @@
-"""The change-stream clients connected to this process: what each asked for, and what it has not been sent yet.
+"""The change-stream clients connected to this process: what each asked for, what it has not been sent yet, and
+the writing of it.
 
 `publish` never awaits: a change's bytes (built once, by the tailer) go into the buffer of every client whose
-filter matches, and each client's own task writes its buffer to its socket, so no client waits for another.
-A client with more than `backlog` events unsent reads slower than changes arrive: it is dropped, its buffer
-emptied, and its stream ends after the last whole event it was written, which is where it resumes from with
-Last-Event-ID.
+filter matches, and a writer task of that client's own writes its buffer to its socket, so no client waits for
+another. A client with more than `backlog` events unsent reads slower than changes arrive: it is dropped, its
+buffer emptied, and its stream ends after the last whole event it was written, which is where it resumes from
+with Last-Event-ID.
 
-Clients are woken WAKE_BATCH at a time, one batch per turn of the event loop: a change (or a round of
+An idle client holds no task of its own, only its Watcher: its request's task waits for it to leave, as any
+server's does, and a writer is started when there is something to write, and ends when it is written. Ten
+thousand idle streams would otherwise hold ten thousand suspended writers (a task, its frames, a future).
+
+Writers are started WAKE_BATCH at a time, one batch per turn of the event loop: a change (or a round of
 heartbeats) for ten thousand clients would otherwise queue ten thousand task steps at once, and a describe
 arriving meanwhile would wait behind all of them instead of one batch.
 """
@@ -14,10 +19,13 @@ arriving meanwhile would wait behind all of them instead of one batch.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import Enum
+
+from starlette.types import Message, Send
 
 KEEPALIVE = b": keepalive\n\n"
 WAKE_BATCH = 32
@@ -25,6 +33,10 @@ WAKE_BATCH = 32
 CHUNK_BYTES = 64 * 1024
 
 FilterKey = tuple[str | None, str | None]
+
+
+def body(data: bytes, *, more: bool = True) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": more}
 
 
 class End(Enum):
@@ -36,22 +48,28 @@ class End(Enum):
 
 
 class Watcher:
-    """One connected client: its filter (region, image id; None matches any), and the events it has not been sent."""
+    """One connected client: its filter (region, image id; None matches any), the events it has not been sent, and,
+    once its request has handed it over (`Watchers.hand_over`), how to write to it."""
 
     # Ten thousand of these live at once: no per-instance dict.
-    __slots__ = ("after", "ended", "key", "last_sent", "pending", "queued", "waiter")
+    __slots__ = ("after", "ended", "failure", "holder", "key", "last_sent", "pending", "queued", "send", "writer")
 
     def __init__(self, key: FilterKey, *, after: int, now: float) -> None:
         self.key = key
         # Only changes numbered above this are for this client (it has the others already).
         self.after = after
         self.pending: list[bytes] = []
-        # What the client's task awaits when it has nothing to write; set by `wake`.
-        self.waiter: asyncio.Future[None] | None = None
         self.ended: End | None = None
         self.last_sent = now
-        # In line to be woken (once is enough, however many changes come meanwhile).
+        # In line for a writer (once is enough, however many changes come meanwhile).
         self.queued = False
+        # Set by hand_over: the response's ASGI send, and the request's task (which waits for the client to leave).
+        self.send: Send | None = None
+        self.holder: asyncio.Task[object] | None = None
+        # The task writing `pending` now, if any; None between writes (an idle client has none).
+        self.writer: asyncio.Task[None] | None = None
+        # What a writer raised: the holder raises it (the request fails as if it had sent it itself).
+        self.failure: Exception | None = None
 
     def take(self) -> bytes | None:
         """The next piece of the buffer to write (about CHUNK_BYTES at most), or None when it is empty."""
@@ -70,10 +88,27 @@ class Watcher:
         del pending[:count]
         return chunk
 
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+
+async def write(watcher: Watcher) -> None:
+    """A writer: what the client has not been sent, then, once its stream has ended, the closing comment."""
+    send = watcher.send
+    assert send is not None
+    try:
+        while watcher.ended is not End.DISCONNECTED:
+            chunk = watcher.take()
+            if chunk is not None:
+                await send(body(chunk))
+                continue
+            if watcher.ended is not None:
+                await send(body(watcher.ended.value, more=False))
+            return
+    except Exception as exc:
+        # Raised where the request is answered, as a failed send always was: uvicorn logs it and closes.
+        watcher.failure = exc
+        if watcher.holder is not None:
+            watcher.holder.cancel()
+    finally:
+        watcher.writer = None
 
 
 class Watchers:
@@ -108,9 +143,33 @@ class Watchers:
         self.admitted -= 1
 
     def watch(self, *, region: str | None, image_id: str | None, after: int) -> Watcher:
-        watcher = Watcher((region, image_id), after=after, now=self._clock())
-        self._groups.setdefault(watcher.key, {})[watcher] = None
+        """A new client, receiving every change after `after` into its buffer; its request writes to it until it
+        hands it over."""
+        key = (region, image_id)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = {}
+        else:
+            # The group's own key: one tuple for all its clients (every unfiltered client has the same).
+            key = next(iter(group)).key
+        watcher = Watcher(key, after=after, now=self._clock())
+        group[watcher] = None
         return watcher
+
+    def hand_over(self, watcher: Watcher, send: Send) -> None:
+        """From now on writers write the client's buffer with `send`: its request (this task) has sent it what it
+        missed, and only waits for it to leave."""
+        watcher.send = send
+        watcher.holder = asyncio.current_task()
+        if watcher.pending or watcher.ended is not None:
+            self._wake_soon(watcher)
+
+    def release(self, watcher: Watcher) -> None:
+        """The client's request is over (it left, or its stream was written to the end): it receives nothing more,
+        and a writer still busy with it stops."""
+        self.end(watcher, End.DISCONNECTED)
+        if watcher.writer is not None:
+            watcher.writer.cancel()
 
     def unwatch(self, watcher: Watcher) -> None:
         group = self._groups.get(watcher.key)
@@ -120,8 +179,8 @@ class Watchers:
                 del self._groups[watcher.key]
 
     def end(self, watcher: Watcher, why: End) -> None:
-        """End a stream: it stops receiving changes; its task writes what it still holds (unless dropped), then
-        the closing comment."""
+        """End a stream: it stops receiving changes; a writer writes what it still holds (unless dropped), then
+        the closing comment (none when the client is gone)."""
         if watcher.ended is not None:
             return
         watcher.ended = why
@@ -129,26 +188,35 @@ class Watchers:
         if why is End.SLOW:
             watcher.pending.clear()
             self.dropped_slow += 1
-        self._wake_soon(watcher)
+        if why is not End.DISCONNECTED:
+            self._wake_soon(watcher)
 
     def _wake_soon(self, watcher: Watcher) -> None:
-        # A client whose task is busy writing (no waiter) finds the new data when it looks again.
-        if watcher.waiter is None or watcher.queued:
+        # A client being written to finds the new data before its writer ends; one not handed over yet, when its
+        # request hands it over.
+        if watcher.writer is not None or watcher.send is None or watcher.queued:
             return
         watcher.queued = True
         self._to_wake.append(watcher)
         if not self._waking:
             self._waking = True
-            asyncio.get_running_loop().call_soon(self._wake_batch)
+            self._next_batch()
+
+    def _next_batch(self) -> None:
+        # In a context of its own: whoever's task queued the first client (a request, the tailer), its log context
+        # is not the writers'.
+        asyncio.get_running_loop().call_soon(self._wake_batch, context=contextvars.Context())
 
     def _wake_batch(self) -> None:
         to_wake = self._to_wake
+        loop = asyncio.get_running_loop()
         for _ in range(min(WAKE_BATCH, len(to_wake))):
             watcher = to_wake.popleft()
             watcher.queued = False
-            watcher.wake()
+            if watcher.writer is None and watcher.ended is not End.DISCONNECTED:
+                watcher.writer = loop.create_task(write(watcher))
         if to_wake:
-            asyncio.get_running_loop().call_soon(self._wake_batch)
+            self._next_batch()
         else:
             self._waking = False
 
