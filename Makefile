@@ -76,4 +76,4 @@ bench: install postgres
 	$(BIN)/python -m bench.soak
 
 clean:
-	rm -rf $(VENV) statuscache.db statuscache.db-wal statuscache.db-shm
+	rm -rf $(VENV) statuscache.db statuscache.db-wal statuscache.db-shm statuscache.db-leases
