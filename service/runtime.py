@@ -171,7 +171,8 @@ class Runtime:
     def work(self, *, poll: bool, recheck: bool, subscriptions: SubscriptionsFile | None) -> None:
         """Start the background work: with `poll`, the reconciler, the event consumer, retention and evidence capture;
         with `recheck`, the rechecks (looks at AWS still owed), which every serving process takes (an API replica's own
-        live lookups can leave one owed); the deliverers of `subscriptions`."""
+        live lookups can leave one owed; of `serve --workers`, the elected worker takes the others' too, from the
+        table); the deliverers of `subscriptions`."""
         if poll:
             self.run(self.reconciler.loop(region_gate=self.lease.holds))
             # Each receiver finishes the batch in hand before the process exits.
@@ -198,17 +199,22 @@ class Runtime:
         """
         leases = self.poller_lease = Leases(self.engine, namespace="poller", held=self.metrics.poller_lease)
         host = socket.gethostname()
-        elected = False
+        elected = lost = False
 
         async def step() -> float:
-            nonlocal elected
+            nonlocal elected, lost
             held = await leases.holds(host)
             if held and not elected and not self.stop.is_set():
                 elected = True
                 log.info("this worker holds the poller lease of %s: it does the background work", host)
                 self.work(poll=poll, recheck=recheck, subscriptions=subscriptions)
-            elif elected and not held:
-                log.warning("this worker lost the poller lease of %s; it does the background work until it stops", host)
+            elif elected and held == lost:
+                lost = not held
+                if lost:
+                    log.warning("this worker lost the poller lease of %s: it does the background work until it stops, "
+                                "and so may the worker that holds it now", host)  # fmt: skip
+                else:
+                    log.info("this worker holds the poller lease of %s again", host)
             return ELECTION_SECONDS
 
         return Loop(
