@@ -15,6 +15,7 @@ from service.runtime import ELECTION_SECONDS, Runtime
 from service.settings import Settings
 from service.support.workers import Worker
 from tests.conftest import REGION
+from tests.test_exposition import Queue
 from tests.test_notify import until
 
 pytestmark = pytest.mark.asyncio
@@ -24,14 +25,20 @@ BACKGROUND = {"reconciler", "event receiver", "pruner", "evidence capture", "rec
 
 
 def loops(runtime: Runtime) -> set[str]:
-    running = {task.get_name() for task in runtime.tasks if not task.done()}
-    return {name for name in running if name.startswith(tuple(BACKGROUND))}
+    """Which of BACKGROUND run in `runtime` ("event receiver 1 of <queue>" is an event receiver)."""
+    running = [task.get_name() for task in runtime.tasks if not task.done()]
+    return {kind for kind in BACKGROUND if any(name.startswith(kind) for name in running)}
+
+
+def polling(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings, regions=(REGION,), resync_seconds=600.0, events_queue_urls=(Queue().url,), events_receivers=1
+    )
 
 
 async def test_a_process_of_its_own_does_the_background_work_at_once(settings: Settings, aws_state: FakeAws) -> None:
-    tuned = dataclasses.replace(settings, regions=(REGION,), resync_seconds=600.0)
-    async with Runtime.open(tuned, poll=True) as runtime:
-        assert runtime.polling and loops(runtime) == BACKGROUND - {"event receiver"}  # no queue configured
+    async with Runtime.open(polling(settings), poll=True) as runtime:
+        assert runtime.polling and loops(runtime) == BACKGROUND
         assert runtime.metrics.poller_lease == set()
 
 
@@ -39,7 +46,7 @@ async def test_a_process_of_its_own_does_the_background_work_at_once(settings: S
 async def test_one_worker_of_a_host_does_the_background_work_and_another_takes_over(
     settings: Settings, aws_state: FakeAws, tmp_path: Path
 ) -> None:
-    tuned = dataclasses.replace(settings, regions=(REGION,), resync_seconds=600.0)
+    tuned = polling(settings)
     async with AsyncExitStack() as stack:
         workers = [
             await stack.enter_async_context(Runtime.open(tuned, poll=True, worker=Worker(number, 2, tmp_path)))
@@ -47,12 +54,12 @@ async def test_one_worker_of_a_host_does_the_background_work_and_another_takes_o
         ]
         await until(lambda: any(worker.polling for worker in workers))
         holder, other = workers if workers[0].polling else reversed(workers)
-        assert loops(holder) == BACKGROUND - {"event receiver"}
+        assert loops(holder) == BACKGROUND
         assert holder.metrics.poller_lease == {socket.gethostname()}
         assert not other.polling and loops(other) == set() and other.metrics.poller_lease == set()
 
         # The holder stops (SIGTERM, or a crash): the other, asking every ELECTION_SECONDS, takes the work over.
         await holder.close()
         await until(lambda: other.polling, seconds=ELECTION_SECONDS + 10)
-        assert loops(other) == BACKGROUND - {"event receiver"}
+        assert loops(other) == BACKGROUND
         await until(lambda: other.metrics.reconcile_region_passes[(REGION, "ok")] >= 1)
