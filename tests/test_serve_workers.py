@@ -1,6 +1,7 @@
 """`statuscache serve --workers 2` as an operator runs it, on SQLite and on PostgreSQL: one port answered by both
 workers, one of them polling (and another taking over when it dies), a change written through one worker reaching
-stream clients of both, /metrics showing both, SIGTERM draining both; STATUSCACHE_WORKERS the same."""
+stream clients of both, /metrics showing both, SIGTERM draining both, SIGHUP reloading both; STATUSCACHE_WORKERS the
+same."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from service.demo.fakeaws import FakeAws
 from tests.conftest import REGION
 from tests.test_e2e import Server, wait_until_ready
 from tests.test_exposition import samples, value
+from tests.test_reload import ALICE, BOB, line
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +227,30 @@ def test_statuscache_workers_sets_how_many_processes_serve_runs(env: dict[str, s
         assert children == [] and "worker=" not in text and "statuscache_poller" not in text
     else:
         assert len(children) == 2 and set(by_worker(text, "process_resident_memory_bytes")) == {"1", "2"}
+
+
+def test_sighup_reloads_the_tokens_file_in_every_worker(env: dict[str, str], tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(line("alice", ALICE))
+    with started({**env, "STATUSCACHE_API_TOKENS_FILE": str(tokens)}, "--workers", "2") as server:
+
+        def answered(token: str) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            return httpx.get(f"{server.base}/v3/image-states", headers=headers, timeout=10).status_code
+
+        assert answered(BOB) == 401
+        tokens.write_text(line("alice", ALICE) + line("bob", BOB))
+        server.process.send_signal(signal.SIGHUP)
+
+        def bob_let_in_by_both() -> bool:
+            # A connection of its own each time, so that both workers answer: each must have reloaded.
+            assert answered(BOB) in (200, 401)
+            return set(by_worker(scrape(server), "statuscache_http_requests_total", code="200",
+                                 route="/v3/image-states")) == {"1", "2"}  # fmt: skip
+
+        until(bob_let_in_by_both, what="bob's token accepted by both workers")
+        assert all(answered(BOB) == 200 for _ in range(10))
+        output = server.stop()
+    assert server.process.returncode == 0, output
+    reloads = re.findall(r"tokens file \S+ reloaded: 2 tokens for 2 callers \[worker=(\d)\]", output)
+    assert sorted(reloads) == ["1", "2"], output
