@@ -122,33 +122,29 @@ def test_one_port_answers_from_both_workers_and_exactly_one_of_them_polls(
 ) -> None:
     aws_state.create_ami(region=REGION, image_id="worked-done")
     with started(env, "--workers", "2") as workers:
-        answered_by_both(workers)
+        poller = until(lambda: reconciled(workers), what="the poller's first reconcile")
 
+        def both_answered() -> bool:
+            # A connection of its own each time: the kernel hands each to whichever worker accepts it.
+            response = httpx.get(f"{workers.base}/v3/images/custom/worked-done", timeout=10)
+            assert response.status_code == 200 and response.headers["x-cache"] == "HIT"
+            answered = by_worker(scrape(workers), "statuscache_http_requests_total", cache="hit")
+            return set(answered) == {"1", "2"}
 
-def answered_by_both(workers: Server) -> None:
-    poller = until(lambda: reconciled(workers), what="the poller's first reconcile")
-
-    def both_answered() -> bool:
-        # A connection of its own each time: the kernel hands each to whichever worker accepts it.
-        response = httpx.get(f"{workers.base}/v3/images/custom/worked-done", timeout=10)
-        assert response.status_code == 200 and response.headers["x-cache"] == "HIT"
-        answered = by_worker(scrape(workers), "statuscache_http_requests_total", cache="hit")
-        return set(answered) == {"1", "2"}
-
-    until(both_answered, what="describes answered by both workers")
-    text = scrape(workers)
-    assert pollers(text) == [poller]
-    other = ({"1", "2"} - {poller}).pop()
-    # The poller's loops run in it alone: its reconcile passes, its lease; none in the other worker.
-    assert set(by_worker(text, "statuscache_reconcile_passes_total")) == {poller}
-    assert by_worker(text, "statuscache_reconcile_lease_held", region=REGION) == {poller: 1, other: 0}
-    # Every worker's own series are in the scrape, whichever worker answered it; the image states once.
-    assert set(by_worker(text, "process_resident_memory_bytes")) == {"1", "2"}
-    assert value(text, "statuscache_images", region=REGION, image_build_status="BUILD_COMPLETE") == 1
-    output = workers.stop()
-    assert workers.process.returncode == 0, output
-    assert len(re.findall(r"this worker holds the poller lease", output)) == 1, output
-    assert "Traceback" not in output
+        until(both_answered, what="describes answered by both workers")
+        text = scrape(workers)
+        assert pollers(text) == [poller]
+        other = ({"1", "2"} - {poller}).pop()
+        # The poller's loops run in it alone: its reconcile passes, its lease; none in the other worker.
+        assert set(by_worker(text, "statuscache_reconcile_passes_total")) == {poller}
+        assert by_worker(text, "statuscache_reconcile_lease_held", region=REGION) == {poller: 1, other: 0}
+        # Every worker's own series are in the scrape, whichever worker answered it; the image states once.
+        assert set(by_worker(text, "process_resident_memory_bytes")) == {"1", "2"}
+        assert value(text, "statuscache_images", region=REGION, image_build_status="BUILD_COMPLETE") == 1
+        output = workers.stop()
+        assert workers.process.returncode == 0, output
+        assert len(re.findall(r"this worker holds the poller lease", output)) == 1, output
+        assert "Traceback" not in output
 
 
 def test_a_change_reaches_stream_clients_of_every_worker_and_sigterm_drains_them_all(
