@@ -17,11 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The real service when AWS credentials or an endpoint are configured (the same check `serve` makes), else the
-# demo, so `make run` works on a fresh machine with no AWS account; either way on 127.0.0.1:8080 by default.
+# demo, so `make run` works on a fresh machine with no AWS account; either way on 127.0.0.1:8080 by default, and one
+# process whatever STATUSCACHE_WORKERS says (`statuscache serve --workers N` is for a host with cores to spare).
 run: install
 	@if $(BIN)/python -c 'import sys; from service.runner import aws_configured; sys.exit(not aws_configured())'; then \
 		echo "make run: AWS credentials or an endpoint are configured: running statuscache serve (real AWS)" >&2; \
-		exec $(BIN)/statuscache serve; \
+		exec $(BIN)/statuscache serve --workers 1; \
 	else \
 		echo "make run: no AWS credentials or endpoint configured: running statuscache demo (a local fake AWS, invented images)" >&2; \
 		exec $(BIN)/statuscache demo; \
@@ -74,9 +75,10 @@ bench: install postgres
 	$(BIN)/python -m bench.profile --workload describe
 	$(BIN)/python -m bench.profile --workload describe --tokens
 	$(BIN)/python -m bench.stream_floor
+	$(BIN)/python -m bench.workers
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.notify --fanout all --waits 0 --ratio-rounds 0
 	$(BIN)/python -m bench.soak
 
 clean:
-	rm -rf $(VENV) statuscache.db statuscache.db-wal statuscache.db-shm
+	rm -rf $(VENV) statuscache.db statuscache.db-wal statuscache.db-shm statuscache.db-leases

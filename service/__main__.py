@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from service.client import cli
-from service.errors import ConfigurationError, DatabaseUnavailable, SchemaError, StartupFailed
+from service.errors import REFUSALS, ConfigurationError, DatabaseUnavailable, StartupFailed
 from service.settings import Settings, from_env
 
 
@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the API and the poller in one process")
     _listen_arguments(serve)
     serve.add_argument("--no-poll", action="store_true", help="API only (a replica); env STATUSCACHE_NO_POLL=1")
+    serve.add_argument(
+        "--workers", type=_at_least_one, help="processes serving the port, one of them polling; env STATUSCACHE_WORKERS"
+    )
 
     commands.add_parser("poll", help="the poller alone")
     sync = commands.add_parser("sync", help="reconcile against AWS")
@@ -52,6 +55,16 @@ def _listen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="env STATUSCACHE_PORT (8080)")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return number
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     env = dict(os.environ)
     if args.database_url:
@@ -64,6 +77,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         no_poll=True if getattr(args, "no_poll", False) else None,
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     runner.configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
-            runner.serve(settings)
+            return runner.serve(settings)
         elif args.command == "poll":
             asyncio.run(runner.poll(settings))
         elif args.command == "sync":
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(runner.migrate(settings))
         elif args.command == "demo":
             _demo(settings)
-    except (SchemaError, ConfigurationError, DatabaseUnavailable, StartupFailed) as exc:
+    except REFUSALS as exc:
         if settings.log_level == "DEBUG":
             traceback.print_exception(exc)
         print(f"statuscache: {exc}", file=sys.stderr)

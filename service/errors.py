@@ -116,3 +116,7 @@ class AwsAccessDenied(AwsError):
 
 class AwsUnavailable(AwsError):
     pass
+
+
+# What serve, poll, sync and migrate refuse to start for: one line on stderr and an exit status (service.__main__).
+REFUSALS: tuple[type[StatusCacheError], ...] = (SchemaError, ConfigurationError, DatabaseUnavailable, StartupFailed)

@@ -143,6 +143,8 @@ class Metrics:
     reconcile_corrected: Counter[str] = field(default_factory=Counter)
     # Regions whose reconcile lease this process holds now.
     reconcile_lease: set[str] = field(default_factory=set)
+    # With `serve --workers`: the host whose poller lease this worker holds (it does the background work).
+    poller_lease: set[str] = field(default_factory=set)
     # Authentication: refusals by reason (no credentials, unknown token, forged session, expired session,
     # session of a revoked token) and session_issued (POST /v3/session).
     auth: Counter[str] = field(default_factory=Counter)

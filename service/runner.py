@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
 from typing import Any
 
@@ -22,12 +22,14 @@ from service.api import connections
 from service.api.app import create_app
 from service.api.state import AppState
 from service.api.tokens import TokenFile
-from service.errors import ConfigurationError, StartupFailed
+from service.errors import REFUSALS, ConfigurationError, StartupFailed, StatusCacheError
 from service.notify.config import SubscriptionsFile
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import db
 from service.support import logs
+from service.support.loops import Backoff
+from service.support.workers import Outcome, Report, Supervisor, Worker
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +99,23 @@ def require_protection(settings: Settings) -> None:
         raise ConfigurationError(unprotected(settings.host))
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """`serve`: one process, or with STATUSCACHE_WORKERS (--workers) above 1, that many on one port. The exit status."""
     require_protection(settings)
     require_aws()
+    if settings.workers > 1:
+        return serve_workers(settings)
     serve_app(settings)
+    return 0
+
+
+def warn_if_anonymous(settings: Settings) -> None:
+    require_protection(settings)
+    if not settings.api_tokens_file and not is_loopback(settings.host):
+        log.warning(
+            "serving anonymously on %s (STATUSCACHE_ALLOW_ANONYMOUS=1): anyone who can reach it can read the cache",
+            settings.host,
+        )
 
 
 def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, None]] = ()) -> None:
@@ -108,12 +123,7 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
 
     `background` runs beside the loops for the life of the app (the demo's scenario); `serve` has none.
     """
-    require_protection(settings)
-    if not settings.api_tokens_file and not is_loopback(settings.host):
-        log.warning(
-            "serving anonymously on %s (STATUSCACHE_ALLOW_ANONYMOUS=1): anyone who can reach it can read the cache",
-            settings.host,
-        )
+    warn_if_anonymous(settings)
     poll = not settings.no_poll
     subscriptions = load_subscriptions(settings)
     app = create_app(
@@ -127,6 +137,92 @@ def serve_app(settings: Settings, *, background: Sequence[Coroutine[Any, Any, No
     if not server.started:
         # uvicorn logged why (a failed lifespan); a start that failed is not a clean exit.
         raise StartupFailed("the service did not start (see the lines above)")
+
+
+def serve_workers(settings: Settings) -> int:
+    """`serve --workers N`: N processes accepting on one socket (service.support.workers), one of them, elected by
+    the poller lease, doing the background work; every one serves the API, its change stream and /metrics with
+    all workers' counters. The exit status: 0 once every worker drained after SIGTERM.
+
+    Everything an operator can get wrong is checked here, before any worker starts, and said in one line: the
+    files, the database (SQLite is migrated here, once, not by N workers at once) and the address. A worker that
+    still refuses to start stops the others, and its line is this process's last.
+    """
+    warn_if_anonymous(settings)
+    load_subscriptions(settings)
+    if settings.api_tokens_file:
+        TokenFile(settings.api_tokens_file)
+    asyncio.run(db.preflight(settings))
+    listener = listen(settings)
+    log.info("serving on http://%s:%d with %d workers", settings.host, settings.port, settings.workers)
+    supervisor = Supervisor(
+        count=settings.workers,
+        target=lambda worker, report: serve_worker(settings, listener=listener, worker=worker, report=report),
+        drain_seconds=settings.shutdown_seconds,
+        backoff=Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds),
+        reloads=bool(settings.api_tokens_file or settings.subscriptions_file),
+    )
+    with listener:
+        outcome = supervisor.run()
+    if outcome.failed_worker is not None:
+        raise worker_refusal(outcome)
+    return outcome.status
+
+
+# uvicorn's default: connections the kernel queues while every worker is busy (or still starting).
+BACKLOG = 2048
+
+
+def listen(settings: Settings) -> socket.socket:
+    """The socket every worker accepts on, listening before any of them starts (StartupFailed: the address)."""
+    host = settings.host.removeprefix("[").removesuffix("]")
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, settings.port))
+        listener.listen(BACKLOG)
+    except OSError as exc:
+        listener.close()
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        raise StartupFailed(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
+    return listener
+
+
+def serve_worker(settings: Settings, *, listener: socket.socket, worker: Worker, report: Report) -> int:
+    """One worker of `serve --workers`, in its own process: the app on the shared socket until SIGTERM.
+
+    A refusal (the files or the database, changed since the parent's checks) is reported to the parent, which says
+    it as its last line; the worker's own exit status is then its parent's business.
+    """
+    logs.add_fields(worker=worker.number)
+    try:
+        subscriptions = load_subscriptions(settings)
+        app = create_app(
+            settings,
+            open_runtime=lambda s: Runtime.open(
+                s, poll=not settings.no_poll, subscriptions=subscriptions, worker=worker
+            ),
+        )
+        server = DrainingServer(
+            uvicorn_config(app, settings), app.state, tokens=app.tokens, subscriptions=subscriptions,
+            on_started=report.ready,
+        )  # fmt: skip
+        server.run(sockets=[listener])
+    except REFUSALS as exc:
+        log.debug("worker %d refused to start", worker.number, exc_info=exc)
+        report.refused(f"{type(exc).__name__} {exc}")
+        return 1
+    return 0
+
+
+def worker_refusal(outcome: Outcome) -> StatusCacheError:
+    """The error a failed start of `serve --workers` ends with: the worker's own refusal (its line and so its exit
+    status, as a single process would have said it), else StartupFailed naming the worker and how it ended."""
+    kind, _, message = (outcome.refusal or "").partition(" ")
+    refusal = next((error for error in REFUSALS if error.__name__ == kind), None)
+    if refusal is not None:
+        return refusal(message)
+    return StartupFailed(f"worker {outcome.failed_worker} did not start ({outcome.ended}; see the lines above)")
 
 
 def load_subscriptions(settings: Settings) -> SubscriptionsFile | None:
@@ -180,13 +276,20 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(
         self, config: uvicorn.Config, state: AppState, *, tokens: TokenFile | None = None,
-        subscriptions: SubscriptionsFile | None = None,
+        subscriptions: SubscriptionsFile | None = None, on_started: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
+        """`on_started`: called once the app has started and the server accepts (a worker tells its parent)."""
         super().__init__(config)
         self._state = state
         self._tokens = tokens
         self._subscriptions = subscriptions
+        self._on_started = on_started
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -225,8 +328,9 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
-            # uvicorn re-raises captured signals after its shutdown; a drained SIGTERM is a normal exit.
-            self._captured_signals.remove(sig)
+            # uvicorn re-raises captured signals after its shutdown; a drained SIGTERM is a normal exit (however many
+            # came: a worker's parent and a `kill` of the whole process group may both send one).
+            self._captured_signals = [captured for captured in self._captured_signals if captured != sig]
         runtime = self._state.opened
         if runtime is not None and self._loop is not None:
             # A signal handler runs between two bytecodes of the loop's thread: hand over to the loop.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.aws import Aws
+from service.errors import DatabaseUnavailable
 from service.freshness import Freshness
 from service.ingest.consumer import Consumer
 from service.ingest.derivation import BuildDerivation
@@ -36,10 +38,14 @@ from service.store.keys import Keys
 from service.store.lease import Leases
 from service.store.outage import DatabaseOutage
 from service.store.rechecks import Rechecks
-from service.support.loops import Loop
+from service.support.loops import Backoff, Loop
 from service.support.signal import ChangeSignal
+from service.support.workers import Worker
 
 log = logging.getLogger(__name__)
+
+# A worker of `serve --workers` without the poller lease asks for it again this often (its holder dying frees it).
+ELECTION_SECONDS = 2.0
 
 
 @dataclass
@@ -80,6 +86,10 @@ class Runtime:
     notifier: Notifier | None = None
     # Tasks that finish what they hold before the process exits (an event batch being applied).
     draining_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # With `serve --workers`: this process's place among the workers, and the lease that elects the one of them
+    # doing the background work (None: a process of its own, which does it unasked).
+    worker: Worker | None = None
+    poller_lease: Leases | None = None
     _shutdown_deadline: float | None = None
 
     @classmethod
@@ -134,35 +144,86 @@ class Runtime:
         recheck: bool = True,
         background: list[Coroutine[Any, Any, None]] | None = None,
         subscriptions: SubscriptionsFile | None = None,
+        worker: Worker | None = None,
     ) -> AsyncIterator[Runtime]:
         """Prepare the schema, open clients, start the loops; close everything on exit.
 
-        `poll`: the reconciler, the event consumer and retention. `recheck`: the rechecks (looks at AWS still owed),
-        which every serving process takes (an API replica's own live lookups can leave one owed).
+        What runs in the background is `work`'s: at once, or with `worker` (a worker of `serve --workers`) once this
+        process holds the poller lease, so that one worker of the host does it, not each of them.
         """
         engine = await db.prepare(settings)
         aws = Aws(metrics=Metrics(), freshness=Freshness())
         runtime = cls.build(settings, engine=engine, aws=aws)
+        runtime.worker = worker
         try:
-            if poll:
-                runtime.run(runtime.reconciler.loop(region_gate=runtime.lease.holds))
-                # Each receiver finishes the batch in hand before the process exits.
-                for receiver in runtime.consumer.receivers(stop=runtime.stop):
-                    runtime.run(receiver, drains=True)
-                runtime.run(runtime.retention.loop())
-                runtime.run(runtime.evidence.loop(region_gate=runtime.lease.holds))
-            if recheck:
-                runtime.run(runtime.rechecker.loop())
+            if worker is None:
+                runtime.work(poll=poll, recheck=recheck, subscriptions=subscriptions)
+            else:
+                runtime.run(runtime.election(poll=poll, recheck=recheck, subscriptions=subscriptions))
             # Every process derives builds: API replicas write transitions too (live look-ups).
             runtime.run(runtime.builds.loop())
             for coroutine in background or ():
                 runtime.start(coroutine, name="background")
-            if subscriptions is not None:
-                runtime.notify(subscriptions)
-            runtime.polling = poll
             yield runtime
         finally:
             await runtime.close()
+
+    def work(self, *, poll: bool, recheck: bool, subscriptions: SubscriptionsFile | None) -> None:
+        """Start the background work: with `poll`, the reconciler, the event consumer, retention and evidence capture;
+        with `recheck`, the rechecks (looks at AWS still owed), which every serving process takes (an API replica's own
+        live lookups can leave one owed; of `serve --workers`, the elected worker takes the others' too, from the
+        table); the deliverers of `subscriptions`."""
+        if poll:
+            self.run(self.reconciler.loop(region_gate=self.lease.holds))
+            # Each receiver finishes the batch in hand before the process exits.
+            for receiver in self.consumer.receivers(stop=self.stop):
+                self.run(receiver, drains=True)
+            self.run(self.retention.loop())
+            self.run(self.evidence.loop(region_gate=self.lease.holds))
+        if recheck:
+            self.run(self.rechecker.loop())
+        if subscriptions is not None:
+            self.notify(subscriptions)
+        self.polling = poll
+
+    def election(self, *, poll: bool, recheck: bool, subscriptions: SubscriptionsFile | None) -> Loop:
+        """Ask for the poller lease until this worker holds it, then start `work`: one worker of the host does what
+        a single process does in the background, by the lease replicas use (an advisory lock on PostgreSQL, a lock
+        file on SQLite). When its holder dies, the next worker to ask takes the work over.
+
+        The lease is named after the host: the workers of one `serve --workers` share it, and so would two on one host
+        sharing a database; other hosts elect their own (their reconcile and delivery leases still divide the work).
+        Once elected, a worker keeps the work until it stops. If its lease was lost meanwhile (its connection broke
+        in a database outage) and another worker took it, both do the work until one stops, which is safe, as two
+        replicas polling are; that is logged.
+        """
+        leases = self.poller_lease = Leases(self.engine, namespace="poller", held=self.metrics.poller_lease)
+        host = socket.gethostname()
+        elected = lost = False
+
+        async def step() -> float:
+            nonlocal elected, lost
+            held = await leases.holds(host)
+            if held and not elected and not self.stop.is_set():
+                elected = True
+                log.info("this worker holds the poller lease of %s: it does the background work", host)
+                self.work(poll=poll, recheck=recheck, subscriptions=subscriptions)
+            elif elected and held == lost:
+                lost = not held
+                if lost:
+                    log.warning("this worker lost the poller lease of %s: it does the background work until it stops, "
+                                "and so may the worker that holds it now", host)  # fmt: skip
+                else:
+                    log.info("this worker holds the poller lease of %s again", host)
+            return ELECTION_SECONDS
+
+        return Loop(
+            name="poller election",
+            step=step,
+            backoff=Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds),
+            quiet=(DatabaseUnavailable,),
+            detail=f"one worker of {host} does the background work; the others ask every {ELECTION_SECONDS:g}s",
+        )
 
     def run(self, loop: Loop, *, drains: bool = False) -> None:
         """Run `loop` until shutdown (`stop`); with `drains`, close lets its step in hand finish."""
@@ -219,6 +280,8 @@ class Runtime:
         if self.notifier is not None:
             await self.notifier.close()
         await self.lease.release_all()
+        if self.poller_lease is not None:
+            await self.poller_lease.release_all()
         await self.outage.close()
         await self.aws.close()
         self.cache.close()

@@ -51,6 +51,9 @@ class Settings:
     port: int = knob(8080, minimum=0, maximum=65535)
     # API only, no poller (a replica behind a load balancer); the CLI's --no-poll sets it too.
     no_poll: bool = False
+    # Processes `serve` runs on its one port (the CLI's --workers overrides it). 1: one process, no supervisor.
+    # With more, one of them (the holder of the poller lease) does the background work a single process does.
+    workers: int = knob(1, minimum=1)
     log_level: str = "INFO"
     # "text" (a terminal) or "json" (one object per line, for a log pipeline).
     log_format: str = "text"

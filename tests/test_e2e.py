@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,24 +41,35 @@ def wait_until_ready(base: str, *, timeout: float = 30.0, process: subprocess.Po
 
 
 class Server:
+    """`statuscache serve` on a free port; its output goes to a file (readable while it runs, never a full pipe)."""
+
     def __init__(self, *, env: dict[str, str], args: list[str]) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        descriptor, name = tempfile.mkstemp(prefix="statuscache-serve-", suffix=".log")
+        self.log = Path(name)
+        with os.fdopen(descriptor, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
-    def stop(self) -> str:
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, *, timeout: float = 15) -> str:
+        """SIGTERM, then (past `timeout`) SIGKILL; its whole output."""
         self.process.terminate()
         try:
-            output, _ = self.process.communicate(timeout=15)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output, _ = self.process.communicate()
-        return output.decode(errors="replace")
+            self.process.wait()
+        output = self.output()
+        self.log.unlink(missing_ok=True)
+        return output
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 
 import service.__main__ as cli
 from service import runner
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, DatabaseUnavailable, StartupFailed
+from service.support.workers import Outcome
 
 
 @pytest.fixture
@@ -77,7 +78,8 @@ def test_require_aws_refuses_half_a_key_pair_in_botocores_words(no_aws: Path, mo
 
 
 @pytest.mark.parametrize(
-    "argv", [["serve"], ["serve", "--no-poll"], ["poll"], ["sync", "--once"], ["sync"]], ids=" ".join
+    "argv", [["serve"], ["serve", "--no-poll"], ["serve", "--workers", "2"], ["poll"], ["sync", "--once"], ["sync"]],
+    ids=" ".join,
 )
 def test_command_without_aws_exits_2_with_one_line_and_starts_nothing(
     no_aws: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
@@ -175,3 +177,49 @@ def test_a_tokens_file_that_cannot_be_read_refuses_to_start(
     _, err = capsys.readouterr()
     assert err.startswith("statuscache: STATUSCACHE_API_TOKENS_FILE: cannot read") and err.count("\n") == 1
     assert not (no_aws / "cache.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "workers"),
+    [
+        pytest.param(["serve"], {}, 1, id="default"),
+        pytest.param(["serve"], {"STATUSCACHE_WORKERS": "3"}, 3, id="variable"),
+        pytest.param(["serve", "--workers", "2"], {"STATUSCACHE_WORKERS": "3"}, 2, id="flag-wins"),
+    ],
+)
+def test_workers_come_from_the_flag_else_the_variable(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], workers: int
+) -> None:
+    monkeypatch.delenv("STATUSCACHE_WORKERS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli._settings(cli._parser().parse_args(argv)).workers == workers
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_workers_below_one_are_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli._parser().parse_args(["serve", "--workers", value])
+    assert exited.value.code == 2
+    assert "--workers: must be a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error", "says"),
+    [
+        (Outcome(status=1, failed_worker=2, ended="exit status 1", refusal="ConfigurationError the file is gone"),
+         ConfigurationError, "the file is gone"),
+        (Outcome(status=1, failed_worker=1, ended="exit status 1", refusal="DatabaseUnavailable cannot reach it"),
+         DatabaseUnavailable, "cannot reach it"),
+        (Outcome(status=3, failed_worker=2, ended="exit status 3"),
+         StartupFailed, "worker 2 did not start (exit status 3; see the lines above)"),
+        (Outcome(status=1, failed_worker=1, ended="killed by SIGKILL"),
+         StartupFailed, "worker 1 did not start (killed by SIGKILL; see the lines above)"),
+    ],
+)  # fmt: skip
+def test_a_worker_that_did_not_start_ends_serve_with_its_own_refusal(
+    outcome: Outcome, error: type[Exception], says: str
+) -> None:
+    """The worker's own line and so its exit status (2, 75), as one process would have ended; else 3, naming it."""
+    refusal = runner.worker_refusal(outcome)
+    assert type(refusal) is error and str(refusal) == says

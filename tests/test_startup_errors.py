@@ -53,8 +53,13 @@ def statuscache(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 
 def command(name: str) -> tuple[str, ...]:
-    """The command line of `name`: serve on a free port, sync as one pass, the others as they are."""
-    return {"serve": ("serve", "--port", str(free_port())), "sync": ("sync", "--once")}.get(name, (name,))
+    """The command line of `name`: serve on a free port (serve-workers: with two workers), sync as one pass, the
+    others as they are."""
+    return {
+        "serve": ("serve", "--port", str(free_port())),
+        "serve-workers": ("serve", "--port", str(free_port()), "--workers", "2"),
+        "sync": ("sync", "--once"),
+    }.get(name, (name,))
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], *, status: int, says: str) -> None:
@@ -104,7 +109,7 @@ URL_CASES = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["migrate", "serve", "sync"])
+@pytest.mark.parametrize("name", ["migrate", "serve", "serve-workers", "sync"])
 @pytest.mark.parametrize(("url", "says", "status"), URL_CASES)
 def test_a_bad_database_url_is_one_line_and_a_documented_status(name: str, url: str, says: str, status: int) -> None:
     assert_one_line(statuscache("--database-url", url, *command(name)), status=status, says=says)
@@ -175,16 +180,21 @@ def test_log_level_debug_adds_the_traceback_and_keeps_the_status() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
-def test_an_address_in_use_is_uvicorns_startup_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_an_address_in_use_is_uvicorns_startup_failure(tmp_path: Path, workers: list[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = statuscache("--database-url", f"sqlite:///{tmp_path / 'statuscache.db'}", "serve", "--port", str(port))
+        database = f"sqlite:///{tmp_path / 'statuscache.db'}"
+        result = statuscache("--database-url", database, "serve", "--port", str(port), *workers)
     assert result.returncode == STARTUP_FAILED, result.stderr
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+    if workers:
+        # Found before any worker started: the one line, naming the address.
+        assert_one_line(result, status=STARTUP_FAILED, says=f"cannot listen on 127.0.0.1:{port}: address already")
+        assert "worker" not in result.stderr
 
 
 def test_invalid_tokens_and_subscriptions_files_are_one_line(tmp_path: Path) -> None:

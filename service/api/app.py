@@ -110,6 +110,9 @@ def create_app(
         opener = open_runtime or (lambda s: Runtime.open(s, poll=True))
         async with opener(settings) as opened:
             state.opened = opened
+            published = metrics.worker_series(opened)
+            if published is not None:
+                opened.run(published.loop())
             # Everything loaded so far (modules, botocore's service models, the engine) lives as long as
             # the process: keep the garbage collector from walking it again on every full collection.
             gc.collect()
@@ -123,6 +126,7 @@ def create_app(
     page_tokens = pages.PageTokens(lambda name: state.runtime.keys.get(name))
     list_route = listing.ListImages(state, page_tokens)
     stream_route = changes.ChangeStream(state)
+    metrics = exposition.MetricsEndpoint(state)
     health = Health(state)
     status_board = board.Board()
     build_routes = builds.Builds(state, page_tokens)
@@ -144,7 +148,7 @@ def create_app(
             Route(subscriptions.PATH, subscription_routes.endpoint, methods=["GET"]),
             Route(subscriptions.REPLAY_PATH, subscription_routes.replay, methods=["POST"]),
             Route("/stats", health.stats, methods=["GET"]),
-            Route(exposition.PATH, exposition.MetricsEndpoint(state).endpoint, methods=["GET"]),
+            Route(exposition.PATH, metrics.endpoint, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route(openapi.PATH, openapi.OpenApi().endpoint, methods=["GET"]),

@@ -8,7 +8,8 @@ Image states come from the database at scrape time (never from AWS), so every re
 series. At 10,000 images that is 90,000 samples, so the rendered lines of each image are remembered by
 its row version and a scrape re-renders only the images that changed since the last one (none, when the
 fingerprint of the table says nothing did). The counters are this process's own: with several
-processes, each exposes its own.
+replicas, each exposes its own; the workers of `serve --workers` each expose every worker's, labelled by worker
+(service.api.worker_series).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from starlette.responses import Response
 
 from service.api.compression import accepts_gzip
 from service.api.state import AppState
+from service.api.worker_series import WorkerSeries
 from service.domain.status import BUILD_STATUS_BY_STACK_STATUS
 from service.metrics import (
     LOOKUP_BUDGET,
@@ -265,10 +267,8 @@ def _histogram(family: HistogramMetricFamily, labels: Sequence[str], histogram: 
     family.add_metric(list(labels), buckets, histogram.sum)
 
 
-def service_families(
-    metrics: Metrics, *, runtime: Runtime, counts: dict[tuple[str, str], int], scrape_seconds: float
-) -> Iterator[Metric]:
-    """The process's counters (service.metrics) and gauges, as metric families."""
+def images_summary(runtime: Runtime, counts: dict[tuple[str, str], int]) -> GaugeMetricFamily:
+    """Images per region and build status: the database's, the same in every process."""
     summary = GaugeMetricFamily(
         "statuscache_images", "Images per region and build status (a small gauge for panels).",
         labels=["region", "image_build_status"],
@@ -276,8 +276,19 @@ def service_families(
     for region in runtime.settings.regions:
         for status in BUILD_STATUSES:
             summary.add_metric([region, status], counts.get((region, status), 0))
-    yield summary
+    return summary
 
+
+def service_families(
+    metrics: Metrics, *, runtime: Runtime, counts: dict[tuple[str, str], int], scrape_seconds: float
+) -> Iterator[Metric]:
+    """The images summary, then the process's counters (service.metrics) and gauges, as metric families."""
+    yield images_summary(runtime, counts)
+    yield from own_families(metrics, runtime=runtime, scrape_seconds=scrape_seconds)
+
+
+def own_families(metrics: Metrics, *, runtime: Runtime, scrape_seconds: float) -> Iterator[Metric]:
+    """This process's own counters (service.metrics) and gauges, as metric families."""
     requests = sorted(metrics.http_requests.items())
     yield _counter(
         "statuscache_http_requests",
@@ -400,27 +411,55 @@ class _ServiceCollector(Collector):
         return self._families
 
 
+def poller_family(metrics: Metrics) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "statuscache_poller",
+        "1 on the worker of serve --workers that holds the poller lease and does the background work (reconciler, "
+        "event consumer, rechecker, retention, evidence capture, notifications).",
+        value=1.0 if metrics.poller_lease else 0.0,
+    )
+
+
 class MetricsEndpoint:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self.images = ImageStateSeries()
         # The standard process_* series (CPU, memory, open files), read from /proc at scrape time.
         self._process = ProcessCollector(registry=None)
+        # With `serve --workers`: this worker's series, published for the others, and theirs merged into a scrape.
+        self._workers: WorkerSeries | None = None
+
+    def worker_series(self, runtime: Runtime) -> WorkerSeries | None:
+        """With `serve --workers`, this worker's series (which the lifespan publishes, service.api.app)."""
+        if runtime.worker is None:
+            return None
+        if self._workers is None:
+
+            def families() -> list[Metric]:
+                own = own_families(runtime.metrics, runtime=runtime, scrape_seconds=self.images.last_scrape_seconds)
+                return [*own, poller_family(runtime.metrics), *self._process.collect()]
+
+            self._workers = WorkerSeries(runtime.worker, families)
+        return self._workers
 
     async def endpoint(self, request: Request) -> Response:
         runtime = self.state.runtime
         rendered = await self.images.current(runtime)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(
-            _ServiceCollector(
-                service_families(
-                    runtime.metrics, runtime=runtime, counts=rendered.counts,
-                    scrape_seconds=self.images.last_scrape_seconds,
+        workers = self.worker_series(runtime)
+        if workers is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(
+                _ServiceCollector(
+                    service_families(
+                        runtime.metrics, runtime=runtime, counts=rendered.counts,
+                        scrape_seconds=self.images.last_scrape_seconds,
+                    )
                 )
             )
-        )
-        registry.register(self._process)
-        rest = generate_latest(registry)
+            registry.register(self._process)
+            rest = generate_latest(registry)
+        else:
+            rest = render([images_summary(runtime, rendered.counts), *workers.scrape()])
         headers = {"Cache-Control": "no-store"}
         if accepts_gzip(request.headers.get("accept-encoding")):
             body = rendered.gzip.finish(rest)

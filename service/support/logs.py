@@ -101,6 +101,25 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class ProcessFields(logging.Filter):
+    """The same fields on every line that passes (a worker's number), as if each call had passed them in `extra`."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def add_fields(**fields: Any) -> None:
+    """`fields` on every line this process writes from now on (through the root logger's handlers)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ProcessFields(fields))
+
+
 def formatter(kind: str) -> logging.Formatter:
     """The formatter for STATUSCACHE_LOG_FORMAT: "json" or "text"."""
     if kind == "json":
