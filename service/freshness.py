@@ -41,6 +41,17 @@ class Freshness:
             return reconcile if events is None else events
         return min(reconcile, events)
 
+    def unconfirmed(self, region: str, confirmed: float, *, now: float, bound: float) -> bool:
+        """Whether an answer AWS confirmed at `confirmed` (unix time) must say so (`X-Cache-Stale: unconfirmed`):
+        not confirmed for longer than `bound` (the staleness bound), or not since this process may have fallen
+        behind AWS in `region`. The one rule, for a describe's record and a list's listing alike."""
+        if now - confirmed > bound:
+            return True
+        if self.reconcile_behind_since or self.events_behind_since:
+            behind_since = self.behind_since(region)
+            return behind_since is not None and confirmed < behind_since
+        return False
+
     def aws_reachable(self, region: str) -> bool:
         """Whether AWS answered the last call this process made in `region` (True before any call)."""
         failure = self.aws_last_failure.get(region)

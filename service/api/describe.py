@@ -139,24 +139,14 @@ class PreparedAnswers:
         return prepared
 
 
-def unconfirmed(runtime: Runtime, image: CachedImage, now: float) -> bool:
-    """Whether a cached answer must say it is unconfirmed: not confirmed against AWS for longer than the
-    bound, or not since this process may have fallen behind AWS in the image's region."""
-    confirmed = image.confirmed_epoch
-    if now - confirmed > runtime.settings.stale_bound_seconds:
-        return True
-    freshness = runtime.freshness
-    if freshness.reconcile_behind_since or freshness.events_behind_since:
-        behind_since = freshness.behind_since(image.region)
-        return behind_since is not None and confirmed < behind_since
-    return False
-
-
 def hit_headers(runtime: Runtime, image: CachedImage) -> RawHeaders:
-    """A cached answer's X-Cache: HIT and Age, with X-Cache-Stale when it is `unconfirmed` (counted)."""
+    """A cached answer's X-Cache: HIT and Age, with X-Cache-Stale when it is unconfirmed (Freshness.unconfirmed;
+    counted)."""
     now = time.time()
     headers = [X_CACHE_HIT, (b"age", b"%d" % max(0, int(now - image.confirmed_epoch)))]
-    if unconfirmed(runtime, image, now):
+    if runtime.freshness.unconfirmed(
+        image.region, image.confirmed_epoch, now=now, bound=runtime.settings.stale_bound_seconds
+    ):
         headers.append(UNCONFIRMED)
         runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
     return headers

@@ -152,16 +152,9 @@ class Instrument:
                     await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": body})
                 finally:
-                    elapsed = _clock() - started
                     # A fast path names its route and cache outcome itself: the labels without `labels`.
-                    requests = self._requests if self.state.opened is self._counted_in else self._table()
-                    if requests is not None:
-                        cache = CACHE_NOT_MODIFIED if status == 304 else scope[CACHE_KEY]
-                        histogram = requests[(scope[ROUTE_KEY], status, cache)]
-                        histogram.counts[bisect_left(histogram.buckets, elapsed)] += 1
-                        histogram.sum += elapsed
-                    if self.access_log:
-                        self._log(scope, status, elapsed)
+                    cache = CACHE_NOT_MODIFIED if status == 304 else scope[CACHE_KEY]
+                    self._count(scope, status, _clock() - started, (scope[ROUTE_KEY], status, cache))
                 return
 
         token = CONTEXT.set((scope, LOG_FIELDS))
@@ -174,18 +167,17 @@ class Instrument:
             # No answer sent means an exception escaped: Starlette's outermost handler answered 500.
             self._count(scope, scope.get(STATUS_KEY, 500), elapsed)
 
-    def _table(self) -> KeyedHistograms[tuple[str, int, str]] | None:
-        """The request histograms of the runtime open now (looked up again only when it changes)."""
+    def _count(
+        self, scope: Scope, status: int, elapsed: float, key: tuple[str, int, str] | None = None
+    ) -> None:
+        """Count the request (its labels: `key`, or `labels` when not given) and log it if asked to."""
         runtime = self.state.opened
         if runtime is not self._counted_in:
             self._counted_in = runtime
             self._requests = runtime.metrics.http_requests if runtime is not None else None
-        return self._requests
-
-    def _count(self, scope: Scope, status: int, elapsed: float) -> None:
-        requests = self._table()
+        requests = self._requests
         if requests is not None:
-            histogram = requests[labels(scope, status)]
+            histogram = requests[key or labels(scope, status)]
             histogram.counts[bisect_left(histogram.buckets, elapsed)] += 1
             histogram.sum += elapsed
         if self.access_log:

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import pages
 from service.api.compression import LEVEL, MIN_SIZE, Compressor, accepts_gzip, weak
+from service.api.describe import UNCONFIRMED
 from service.api.history_routes import horizon, horizon_headers
 from service.api.instrument import CACHE_KEY, ROUTE_KEY, FastAnswer, FastPath, send_answer
 from service.api.query import parse
@@ -50,6 +51,7 @@ from service.metrics import CACHE_HIT, STALE_UNCONFIRMED
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store import fleet, queries
+from service.store.listings import Listing
 from service.support.bounded import BoundedDict
 from service.support.singleflight import SingleFlight
 
@@ -60,7 +62,6 @@ PAGE_MAX_ENTRIES = 1000
 AT_PAGE_SIZE = 100
 # Seconds a client is asked to wait for a region's first listing.
 NOT_YET_LISTED_RETRY_SECONDS = 5
-UNCONFIRMED = (b"x-cache-stale", STALE_UNCONFIRMED.encode())
 
 PageKey = tuple[str, str, str | None]
 RawHeaders = list[tuple[bytes, bytes]]
@@ -120,19 +121,6 @@ def prepare(body: bytes, *, generation: int, built_at: float, listed_at: float) 
     )
 
 
-def unconfirmed(runtime: Runtime, region: str, listed_at: float, now: float) -> bool:
-    """Whether a list answer must say it is unconfirmed: its region not listed by a pass for longer than the
-    staleness bound, or not since this process may have fallen behind AWS there (describe's rule)."""
-    listed_at = max(listed_at, runtime.freshness.listed_at.get(region, 0.0))
-    if now - listed_at > runtime.settings.stale_bound_seconds:
-        return True
-    freshness = runtime.freshness
-    if freshness.reconcile_behind_since or freshness.events_behind_since:
-        behind_since = freshness.behind_since(region)
-        return behind_since is not None and listed_at < behind_since
-    return False
-
-
 def page_answer(page: Page, scope: Scope, runtime: Runtime, region: str) -> FastAnswer:
     """(status, headers, body) of a prepared page for this request; the headers are a list of its own."""
     gzipped = page.gzipped
@@ -146,18 +134,24 @@ def page_answer(page: Page, scope: Scope, runtime: Runtime, region: str) -> Fast
         answer = 200, [*page.gzipped_headers_200], gzipped
     else:
         answer = 200, [*page.headers_200], page.body
-    if unconfirmed(runtime, region, page.listed_at, time.time()):
+    # Confirmed as of the region's last listing: the database's when the page was built, or this process's since.
+    listed_at = max(page.listed_at, runtime.freshness.listed_at.get(region, 0.0))
+    if runtime.freshness.unconfirmed(region, listed_at, now=time.time(), bound=runtime.settings.stale_bound_seconds):
         answer[1].append(UNCONFIRMED)
         runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
     return answer
 
 
-def not_yet_listed(region: str) -> NotYetListed:
-    return NotYetListed(
-        f"The cache has not listed the images of region {region} yet (its first reconcile pass has not "
-        "completed), so it has no list to give; retry later.",
-        retry_after=NOT_YET_LISTED_RETRY_SECONDS,
-    )
+async def listing_of(runtime: Runtime, region: str) -> Listing:
+    """When a reconcile pass (of any replica) first and last listed `region`; NotYetListed (503) if none has."""
+    listing = (await runtime.cache.listings([region])).get(region)
+    if listing is None:
+        raise NotYetListed(
+            f"The cache has not listed the images of region {region} yet (its first reconcile pass has not "
+            "completed), so it has no list to give; retry later.",
+            retry_after=NOT_YET_LISTED_RETRY_SECONDS,
+        )
+    return listing
 
 
 def question(query: bytes, settings: Settings) -> tuple[PageKey, datetime | None]:
@@ -204,9 +198,7 @@ class ListImages:
     ) -> None:
         """A page of the list as it stood at `at`; its token is signed for this very question."""
         region, image_status, token = key
-        listing = (await runtime.cache.listings([region])).get(region)
-        if listing is None:
-            raise not_yet_listed(region)
+        listing = await listing_of(runtime, region)
         if at < listing.first_listed_at:
             # Not a fault of the server's, nor one that passes: that moment has no list, and never will.
             raise NotFound(
@@ -258,9 +250,7 @@ class ListImages:
         after = await self.tokens.read(token, query=query, kind=str)
         # Taken before the query: a write that lands meanwhile makes the page stale at once.
         generation, started = runtime.lookup.generation, time.monotonic()
-        listing = (await runtime.cache.listings([region])).get(region)
-        if listing is None:
-            raise not_yet_listed(region)
+        listing = await listing_of(runtime, region)
         listed = await queries.list_images(
             runtime.engine, region=region, image_status=image_status, after=after, entries=self._entries
         )

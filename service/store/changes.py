@@ -23,7 +23,7 @@ from service.domain.rechecks import Recheck
 from service.domain.rows import ApplyResult
 from service.store import builds, poison, processed
 from service.store.poison import Poison
-from service.store.rechecks import held_news, write_rechecks
+from service.store.rechecks import held_news, read_rechecks, write_rechecks
 from service.store.tables import images, revisions, transitions
 from service.store.writer import Writer, upsert
 from service.support.clock import utcnow
@@ -138,7 +138,8 @@ def _write_batch(
         planned.add(change)
     # Events' news about these images: merged into those stored by now (after the batch's own changes,
     # by the one rule for "newer"), kept for the others.
-    waiting = held_news(connection, keys)
+    recheck_rows = read_rechecks(connection, batch, owed=extra.owed, settled=extra.settled, images=keys)
+    waiting = held_news(recheck_rows)
     for change in extra.news:
         key = (change.region, change.image_id)
         waiting[key] = domain_rechecks.combined_news(waiting.get(key), change)
@@ -156,7 +157,8 @@ def _write_batch(
     results = planned.write(connection)
     now = utcnow()
     write_rechecks(
-        connection, batch, owed=extra.owed, settled=extra.settled, news=kept, now=now, retry_seconds=retry_seconds
+        connection, batch, state=recheck_rows, owed=extra.owed, settled=extra.settled, news=kept, now=now,
+        retry_seconds=retry_seconds,
     )
     processed.record(connection, extra.event_ids, now=now)
     poison.keep(connection, extra.poison, now=now)

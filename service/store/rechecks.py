@@ -38,32 +38,53 @@ class Claimed:
     attempts: int
 
 
+def read_rechecks(
+    connection: Connection,
+    batch: Sequence[Change],
+    *,
+    owed: Sequence[Recheck],
+    settled: Sequence[tuple[Recheck, datetime]],
+    images: Collection[tuple[str, str]] = (),
+) -> dict[RecheckKey, dict[str, Any] | None]:
+    """The stored row (None: none) of every recheck a batch may touch: its changes' images', `owed`, `settled` and
+    those of `images` (whose kept news the batch merges). Read once, inside the batch's transaction, after its images
+    are locked (PostgreSQL advisory locks), so two replicas settling and renewing the same image's recheck serialize
+    like their image writes do; `write_rechecks` writes what the batch made of them."""
+    keys = {(change.region, KIND_IMAGE, change.image_id) for change in batch}
+    keys |= {recheck.key for recheck in owed} | {recheck.key for recheck, _ in settled}
+    keys |= {(region, KIND_IMAGE, image_id) for region, image_id in images}
+    state: dict[RecheckKey, dict[str, Any] | None] = dict.fromkeys(keys)
+    if keys:
+        for row in connection.execute(select(rechecks).where(KEY.in_(sorted(keys)))):
+            state[(row.region, row.kind, row.subject)] = dict(row._mapping)
+    return state
+
+
+def held_news(state: Mapping[RecheckKey, Mapping[str, Any] | None]) -> dict[tuple[str, str], Change]:
+    """The news kept (service.domain.rechecks) in these rows, by (region, image id)."""
+    return {
+        (region, subject): domain.decode_news(region=region, image_id=subject, text=row["news"])
+        for (region, kind, subject), row in state.items()
+        if kind == KIND_IMAGE and row is not None and row["news"] is not None
+    }
+
+
 def write_rechecks(
     connection: Connection,
     batch: Sequence[Change],
     *,
+    state: dict[RecheckKey, dict[str, Any] | None],
     owed: Sequence[Recheck],
     settled: Sequence[tuple[Recheck, datetime]],
     news: Mapping[tuple[str, str], Change | None] = {},
     now: datetime,
     retry_seconds: float,
 ) -> None:
-    """The rechecks owed after this batch (inside its transaction): each change's (service.domain.rechecks),
-    then `owed`; `settled` rechecks (a look begun at the time given that found nothing to store) go.
-    `news` is what each image's recheck keeps of events' news (None: merged, nothing kept); it goes with
-    its recheck.
-
-    Runs after the batch's images are locked (PostgreSQL advisory locks), so two replicas settling and
-    renewing the same image's recheck serialize like their image writes do.
+    """The rechecks owed after this batch (inside its transaction), from `state` (`read_rechecks`' rows, changed
+    here): each change's (service.domain.rechecks), then `owed`; `settled` rechecks (a look begun at the time given
+    that found nothing to store) go. `news` is what each image's recheck keeps of events' news (None: merged,
+    nothing kept); it goes with its recheck.
     """
-    keys = {(change.region, KIND_IMAGE, change.image_id) for change in batch}
-    keys |= {recheck.key for recheck in owed} | {recheck.key for recheck, _ in settled}
-    keys |= {(region, KIND_IMAGE, image_id) for region, image_id in news}
-    if not keys:
-        return
-    state: dict[RecheckKey, dict[str, Any] | None] = dict.fromkeys(keys)
-    for row in connection.execute(select(rechecks).where(KEY.in_(sorted(keys)))):
-        state[(row.region, row.kind, row.subject)] = dict(row._mapping)
     before = {key: row for key, row in state.items() if row is not None}
     first_try_at = now + timedelta(seconds=retry_seconds)
 
@@ -95,20 +116,6 @@ def write_rechecks(
     kept = [row for key, row in state.items() if row is not None and row != before.get(key)]
     if kept:
         connection.execute(upsert(rechecks, dialect=connection.dialect.name), kept)
-
-
-def held_news(connection: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Change]:
-    """The news kept (service.domain.rechecks) for these images, by (region, image id)."""
-    if not keys:
-        return {}
-    held = select(rechecks.c.region, rechecks.c.subject, rechecks.c.news).where(
-        rechecks.c.kind == KIND_IMAGE, rechecks.c.news.is_not(None),
-        tuple_(rechecks.c.region, rechecks.c.subject).in_(sorted(keys)),
-    )
-    return {
-        (region, image_id): domain.decode_news(region=region, image_id=image_id, text=text)
-        for region, image_id, text in connection.execute(held)
-    }
 
 
 class Rechecks:
