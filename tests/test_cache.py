@@ -206,6 +206,47 @@ async def test_another_replicas_write_is_seen_within_the_read_cache_bound(settin
         await other.engine.dispose()
 
 
+async def test_past_the_read_cache_bound_a_record_is_read_again_only_if_the_database_changed(
+    settings: Settings, runtime: Runtime
+) -> None:
+    # SQLite says whether anything was committed since (its data_version): a record nothing changed is kept past
+    # the bound (the describe fast path's records, when nothing is written); PostgreSQL cannot say, so every
+    # record past the bound is read again, as before.
+    bound = 0.2
+    runtime.lookup._settings = dataclasses.replace(settings, read_cache_seconds=bound)
+    reads: list[str] = []
+    read_now, read = runtime.cache.read_now, runtime.cache.read
+
+    def counted_read_now(**kwargs: str) -> object:
+        reads.append(kwargs["image_id"])
+        return read_now(**kwargs)
+
+    async def counted_read(**kwargs: str) -> object:
+        reads.append(kwargs["image_id"])
+        return await read(**kwargs)
+
+    runtime.cache.read_now, runtime.cache.read = counted_read_now, counted_read  # type: ignore[method-assign, assignment]
+    other = Cache(db.create_engine(settings))
+    try:
+        await runtime.cache.apply(change(T, stack_info=stack()))
+        assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 1
+        await asyncio.sleep(bound + 0.05)
+        await runtime.lookup.get(region=REGION, image_id="img")  # the first look since start: read again
+        reads.clear()
+        for _ in range(2):
+            await asyncio.sleep(bound + 0.05)
+            assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 1
+        kept = not reads
+        await other.apply(change(T + timedelta(seconds=1), stack_info=stack("CREATE_COMPLETE")))
+        await asyncio.sleep(bound + 0.05)
+        reads.clear()
+        assert (await runtime.lookup.get(region=REGION, image_id="img")).image.version == 2
+        assert reads  # another connection committed: read again
+    finally:
+        await other.engine.dispose()
+    assert kept is (runtime.engine.dialect.name == "sqlite")
+
+
 async def test_a_read_racing_a_write_is_not_remembered(runtime: Runtime) -> None:
     await runtime.cache.apply(change(T, stack_info=stack()))
     original_read = runtime.cache.read

@@ -223,15 +223,19 @@ class ListImages:
         await response(scope, receive, send)
 
     def remembered(self, runtime: Runtime, key: PageKey) -> Page | None:
-        """The remembered page while it may still be served; past half its life, a rebuild starts behind it."""
+        """The remembered page while it may still be served (younger than the read-cache bound, or nothing stored
+        has changed since it was built); past half its life, a rebuild starts behind it."""
         page = self._pages.get(key)
-        if page is None or page.generation != runtime.lookup.generation:
-            return None
-        age = time.monotonic() - page.built_at
         bound = runtime.settings.read_cache_seconds
+        if page is None or page.generation != runtime.lookup.generation or bound <= 0:
+            return None
+        now = time.monotonic()
+        age = now - page.built_at
+        if age < bound / 2 or runtime.lookup.unchanged_since(page.built_at, now):
+            return page
         if age >= bound:
             return None
-        if age >= bound / 2 and key not in self._building:
+        if key not in self._building:
             task = asyncio.create_task(self._building.run(key, lambda: self._build(runtime, key)))
             self._refreshing.add(task)
             task.add_done_callback(self._refreshed)

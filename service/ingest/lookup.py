@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,12 @@ class Lookup:
         # (the extra staleness a write by another replica can see).
         self._recent: BoundedDict[tuple[str, str], tuple[float, CachedImage]] = BoundedDict(READ_CACHE_MAX_ENTRIES)
         self._generation = 0
+        # Past that bound a record is still the stored one if the database has not changed since it was read
+        # (Cache.data_version, where the database can tell: SQLite): the version last seen, when it was last
+        # looked at, and the look since which it has not changed (records read before it may be stale).
+        self._data_version: int | None = None
+        self._version_checked_at = -math.inf
+        self._unchanged_since = math.inf
 
     def forget(self, results: Sequence[ApplyResult]) -> None:
         """Called after every committed write batch (Cache listener)."""
@@ -133,9 +140,34 @@ class Lookup:
 
     def _remembered(self, key: tuple[str, str], now: float) -> CachedImage | None:
         entry = self._recent.get(key)
-        if entry is not None and now - entry[0] < self._settings.read_cache_seconds:
-            return entry[1]
+        if entry is None:
+            return None
+        read_at, cached = entry
+        if now - read_at < self._settings.read_cache_seconds or read_at >= self._vouched_since(now):
+            return cached
         return None
+
+    def unchanged_since(self, read_at: float, now: float) -> bool:
+        """Whether nothing stored has changed since `read_at`, as far as the database can say now (False where it
+        cannot: PostgreSQL). Clock times: time.monotonic's, as this lookup's own."""
+        return read_at >= self._vouched_since(now)
+
+    def _vouched_since(self, now: float) -> float:
+        """The moment since which the database has not changed, as a look at most `read_cache_seconds` old
+        says (looking again now when the last one is older): a record read since then is still the stored one.
+        Infinity (no record vouched for) where the database cannot tell."""
+        if now - self._version_checked_at >= self._settings.read_cache_seconds:
+            version = self._cache.data_version()
+            if version is None:
+                self._data_version, self._version_checked_at, self._unchanged_since = None, -math.inf, math.inf
+                return math.inf
+            if version != self._data_version:
+                # Changed since the last look (or never looked): only what is read from `now` on is vouched for.
+                # Every caller read `now` in the same synchronous stretch as this look, so no read began between
+                # them: a record read at `now` or later was read after the look and holds what it saw.
+                self._data_version, self._unchanged_since = version, now
+            self._version_checked_at = now
+        return self._unchanged_since
 
     def _remember(self, key: tuple[str, str], read_at: float, cached: CachedImage | None) -> None:
         if self._settings.read_cache_seconds <= 0 or cached is None or not cached.exists:

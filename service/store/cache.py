@@ -42,6 +42,7 @@ class Cache:
         self.changes = Changes(self.writer, retry_seconds=retry_seconds)
         # The repositories' own methods: a call through the facade costs no extra frame on the hot paths.
         self.read_now = self.images.read_now
+        self.data_version = self.images.data_version
         self.read = self.images.read
         self.read_parts = self.images.read_parts
         self.image_for = self.images.image_for

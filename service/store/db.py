@@ -101,13 +101,24 @@ class SqliteDirect:
 
     def read_one(self, sql: str, parameters: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """Raises sqlite3.OperationalError when SQLite is busy; the caller then takes the async path."""
+        row: tuple[Any, ...] | None = self._read_connection().execute(sql, parameters).fetchone()
+        return row
+
+    def data_version(self) -> int:
+        """SQLite's `data_version` on the reader's connection: it changes whenever any other connection (this
+        process's writers, another worker's, the CLI's) has committed since the last time it was read, so equal
+        values mean nothing that `read_one` read has changed. One read of the database header, no row read.
+        Raises sqlite3.OperationalError when SQLite is busy."""
+        row = self._read_connection().execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def _read_connection(self) -> sqlite3.Connection:
         if self._reader is None:
             reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             reader.execute("PRAGMA query_only=ON")
             reader.execute("PRAGMA busy_timeout=20")
             self._reader = reader
-        row: tuple[Any, ...] | None = self._reader.execute(sql, parameters).fetchone()
-        return row
+        return self._reader
 
     def close(self) -> None:
         if self._reader is not None:

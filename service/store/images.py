@@ -98,6 +98,17 @@ class Images:
             return True, None
         return True, stored_image(region=region, image_id=image_id, columns=direct)
 
+    def data_version(self) -> int | None:
+        """A value that changes whenever the stored images may have changed (SqliteDirect.data_version), read
+        without awaiting; None when the database cannot tell so cheaply (PostgreSQL) or is busy."""
+        if self._direct is None:
+            return None
+        try:
+            return self._direct.data_version()
+        except sqlite3.OperationalError as exc:
+            log.debug("SQLite's data_version could not be read (%s)", exc)
+            return None
+
     async def read(self, *, region: str, image_id: str) -> CachedImage | None:
         """The record as served."""
         answered, record = self.read_now(region=region, image_id=image_id)
