@@ -163,14 +163,19 @@ def create_app(
     fast_list = listing.FastList(starlette, list_route)
     fast = describe.FastDescribe(changes.StreamFront(fast_list, stream_route), describe_route)
     stack: ASGIApp = fast
+    # The answers from memory, through the layers that stand between them and the outermost one, each of which
+    # has a synchronous form (`answering`): the outermost layer asks it itself, and the connection sends what it
+    # gives (service.api.connections). Middleware given to create_app has none: then every request goes the
+    # ASGI way, through all of it.
+    answers = fast_answers(fast, fast_list)
     tokens = TokenFile(settings.api_tokens_file) if settings.api_tokens_file else None
     if tokens is not None:
-        stack = Authentication(stack, tokens=tokens, state=state, protect_metrics=settings.metrics_auth)
+        authentication = Authentication(stack, tokens=tokens, state=state, protect_metrics=settings.metrics_auth)
+        stack, answers = authentication, authentication.answering(answers)
+    shortcut: Shortcut | None = answers
     for cls, args, kwargs in reversed(middleware):
-        stack = cls(stack, *args, **kwargs)
+        stack, shortcut = cls(stack, *args, **kwargs), None
     if settings.cors_origins:
-        stack = Cors(stack, origins=settings.cors_origins)
-    # With nothing between them, the outermost layer asks the fast path itself (no wrapped send): the hot
-    # path pays for its request id and counters and nothing more.
-    shortcut = fast_answers(fast, fast_list) if stack is fast else None
+        cors = Cors(stack, origins=settings.cors_origins)
+        stack, shortcut = cors, cors.answering(shortcut) if shortcut is not None else None
     return StatusCacheApp(stack=stack, state=state, starlette=starlette, shortcut=shortcut, tokens=tokens)

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.instrument import FastAnswer, Shortcut
 from service.api.requests import two_headers
 from service.api.sessions import KEY_NAME, SessionRefused, Sessions, cookie_value
 from service.api.state import AppState
@@ -154,6 +155,38 @@ class Authentication:
         if cookie is not None and (session := cookie_value(cookie)) is not None:
             return self._admit_session(scope, receive, send, session)
         return self._refuse(scope, send, MISSING, reason="no credentials", invalid=False)
+
+    def answering(self, inner: Shortcut) -> Shortcut:
+        """`inner`'s answers from memory, for a request `__call__` would admit: with a token in the file or a valid
+        session (its caller in the scope, its line logged, as `__call__` does). Anything else, a refusal included,
+        is left to `__call__`, which answers it in full (and logs and counts it once)."""
+        protect_metrics = self.protect_metrics
+
+        def answer(scope: Scope) -> FastAnswer | None:
+            path: str = scope["path"]
+            if is_public(path, protect_metrics=protect_metrics):
+                return inner(scope)
+            if path == SESSION_PATH:
+                return None
+            authorization, cookie = two_headers(scope, b"authorization", b"cookie")
+            if authorization is not None:
+                caller = self._bearer(authorization)
+            elif cookie is not None and (session := cookie_value(cookie)) is not None and self._sessions is not None:
+                try:
+                    caller = self._sessions.verify(session, tokens=self.tokens.tokens, now=time.time()).caller
+                except SessionRefused:
+                    return None
+            else:
+                return None
+            if caller is None:
+                return None
+            scope[CALLER] = caller.name
+            answered = inner(scope)
+            if answered is not None and log.isEnabledFor(logging.INFO):
+                log.info("%s %s caller=%s", scope["method"], _printable(path), caller.name)
+            return answered
+
+        return answer
 
     async def _admit_session(self, scope: Scope, receive: Receive, send: Send, session: str) -> None:
         try:

@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import Scope
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from service.api.instrument import Instrument
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +37,38 @@ def refusal(status: int, message: str) -> bytes:
     )
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing oversized request lines and headers; see the module docstring."""
+def answering_app(app: object) -> Instrument | None:
+    """The service's outermost layer, if it is what uvicorn calls (through its proxy-headers middleware at most:
+    what that changes, the client's address and scheme, no answer from memory reads)."""
+    if isinstance(app, ProxyHeadersMiddleware):
+        app = app.app
+    return app if isinstance(app, Instrument) and app.shortcut is not None else None
 
-    # Slots, not instance attributes: uvicorn's protocol has 27 of its own, and four more took its instances past
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing oversized request lines and headers (see the module docstring), and
+    writing the answers the app gives from memory itself.
+
+    A request the app answers from memory (Instrument.answer_now: a cached describe, a remembered list page, with
+    authentication and CORS when configured) is answered here, when its headers are complete, in one write: no
+    ASGI task, no `send` coroutines, no second write for the body. The bytes are those uvicorn's own `send` would
+    write for that answer (its status line, its default headers, then the answer's; `connection: close` when the
+    request ends the connection), which tests/test_connections.py holds against uvicorn answering through ASGI.
+    Everything else, and any request while an answer before it is still being written, goes to uvicorn's ASGI
+    cycle as usual.
+    """
+
+    # Slots, not instance attributes: uvicorn's protocol has 27 of its own, and more took its instances past
     # the 30 a dict can share keys for, so every connection carried a dict of its own (1.6 KB instead of 0.3).
-    __slots__ = ("_header_bytes", "_refused", "_url_bytes", "headers_since")
+    __slots__ = ("_answers", "_header_bytes", "_refused", "_url_bytes", "headers_since")
 
     max_request_line_bytes = 8192
     max_header_bytes = 32768
+    answer_in_connection = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._answers = answering_app(self.app) if self.answer_in_connection else None
         # When the request now being read began (loop time), until its headers are complete; None otherwise.
         self.headers_since: float | None = None
         self._url_bytes = 0
@@ -77,6 +101,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         # uvicorn's own on_header, inline: this runs for every header of every request.
         name = name.lower()
+        # llhttp keeps trailing whitespace, which RFC 9110 section 5.5 excludes from the value.
+        value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         headers.append((name, value))
@@ -84,6 +110,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.headers_since = None
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn calls this once a request's scope is whole and no answer before it is outstanding (in order).
+        answers = self._answers
+        if answers is not None and app is self.app and not cycle.access_log and not self.flow.write_paused:
+            scope = cast(Scope, cycle.scope)
+            now = answers.answer_now(scope)
+            if now is not None:
+                (status, headers, body), started = now
+                self._write_answer(cycle, status, headers, body)
+                answers.answered(scope, status, started)
+                cycle.on_response()
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def _write_answer(self, cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> None:  # fmt: skip
+        """What RequestResponseCycle.send writes for a whole answer, written at once. The answer's headers are the
+        app's own (lower-case names, values it checked: no `connection` header among them)."""
+        content = [STATUS_LINE[status]]
+        for name, value in cycle.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        chunked = status not in (204, 304)
+        for name, value in headers:
+            if name == b"content-length":
+                chunked = False
+            content += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            content.append(b"connection: close\r\n")
+        if chunked:
+            content.append(b"transfer-encoding: chunked\r\n\r\n")
+            content += (b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n") if body else (b"0\r\n\r\n",)
+        else:
+            content += (b"\r\n", body)
+        cycle.response_started = cycle.response_complete = True
+        cycle.waiting_for_100_continue = False
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(content))
+            if not cycle.keep_alive:
+                self.transport.close()
 
     def refuse(self, status: int, message: str) -> None:
         """Answer `status` and close; raising stops the parser (uvicorn then answers nothing more: see below)."""
@@ -106,12 +172,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def bounded_protocol(*, max_request_line_bytes: int, max_header_bytes: int) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn.Config(http=...), with these limits."""
+def bounded_protocol(
+    *, max_request_line_bytes: int, max_header_bytes: int, answer_in_connection: bool = True
+) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with these limits (`answer_in_connection=False`: every
+    request through uvicorn's ASGI cycle, as tests compare)."""
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"max_request_line_bytes": max_request_line_bytes, "max_header_bytes": max_header_bytes},
+        {
+            "max_request_line_bytes": max_request_line_bytes,
+            "max_header_bytes": max_header_bytes,
+            "answer_in_connection": answer_in_connection,
+        },
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Iterable
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.instrument import FastAnswer, Shortcut
 from service.api.requests import two_headers
 
 ALLOWED_METHODS = b"GET, HEAD, POST, DELETE"
@@ -44,6 +45,24 @@ class Cors:
         if scope["method"] == "OPTIONS" and preflight_method is not None:
             return self._preflight(send, origin=origin, allowed=headers is not None, method=preflight_method)
         return self.app(scope, receive, WithCors(send, VARY if headers is None else headers))
+
+    def answering(self, inner: Shortcut) -> Shortcut:
+        """`inner`'s answers from memory with this layer's headers, as `__call__` would add them to its answers: a
+        preflight is left to `__call__`."""
+        headers_for = self.headers
+
+        def answer(scope: Scope) -> FastAnswer | None:
+            origin, preflight_method = two_headers(scope, b"origin", b"access-control-request-method")
+            if origin is None:
+                return inner(scope)
+            if scope["method"] == "OPTIONS" and preflight_method is not None:
+                return None
+            answer = inner(scope)
+            if answer is not None:
+                answer[1].extend(headers_for.get(origin, VARY))  # a list made for this answer alone
+            return answer
+
+        return answer
 
     async def _preflight(self, send: Send, *, origin: bytes, allowed: bool, method: bytes) -> None:
         if not allowed or method.decode("latin-1") not in ALLOWED_REQUEST_METHODS:

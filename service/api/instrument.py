@@ -108,9 +108,10 @@ class SendWithId:
 class Instrument:
     """Request ids, counters and latency, log context, for every request.
 
-    With `shortcut` (the describe fast path's `answer`, given only when no middleware stands between them), a
-    request it answers is sent from here: no wrapped `send`, no log context (nothing logs on that path), one
-    coroutine fewer. Everything else goes through `app` with `send` wrapped.
+    With `shortcut` (the synchronous answers from memory, through the layers between: service.api.app), a request
+    it answers is decided by `answer_now` and sent by whoever asked (this layer, or the connection itself without
+    an ASGI task: service.api.connections): no wrapped `send`, no coroutine of the layers inside. Everything else
+    goes through `app` with `send` wrapped.
     """
 
     def __init__(self, app: ASGIApp, *, state: AppState, shortcut: Shortcut | None = None) -> None:
@@ -125,38 +126,64 @@ class Instrument:
         self._counted_in: object = None
         self._requests: KeyedHistograms[tuple[str, int, str]] | None = None
 
+    def request_id(self, scope: Scope) -> bytes:
+        """The request's id (the client's own when it looks like an id, else a new one), noted in the scope."""
+        request_id = scope.get(REQUEST_ID_KEY)
+        if request_id is None:
+            for key, value in scope["headers"]:
+                if key == REQUEST_ID_HEADER:
+                    if ACCEPTED_REQUEST_ID.match(value):
+                        request_id = value
+                    break
+            if request_id is None:
+                request_id = self._prefix + b"%x" % next(self._counter)
+            scope[REQUEST_ID_KEY] = request_id
+        return request_id
+
+    def answer_now(self, scope: Scope) -> tuple[FastAnswer, float] | None:
+        """The one decision on a request answered from memory: (status, headers, body) with its request id last,
+        and the clock when the decision began; None when the app must answer it (or no shortcut is given).
+
+        Whoever sends the answer (`__call__`, or the connection itself: service.api.connections) then calls
+        `answered`. Lines logged on the way (an admitted caller) carry the request's fields."""
+        shortcut = self.shortcut
+        if shortcut is None or scope["type"] != "http":
+            return None
+        started = _clock()
+        request_id = self.request_id(scope)
+        token = CONTEXT.set((scope, LOG_FIELDS))
+        try:
+            answer = shortcut(scope)
+        finally:
+            CONTEXT.reset(token)
+        if answer is None:
+            return None
+        answer[1].append((REQUEST_ID_HEADER, request_id))  # a list made for this answer alone
+        scope[STATUS_KEY] = answer[0]
+        return answer, started
+
+    def answered(self, scope: Scope, status: int, started: float) -> None:
+        """Count an answer `answer_now` gave, once sent."""
+        # A fast path names its route and cache outcome itself: the labels without `labels`.
+        cache = CACHE_NOT_MODIFIED if status == 304 else scope[CACHE_KEY]
+        self._count(scope, status, _clock() - started, (scope[ROUTE_KEY], status, cache))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id: bytes | None = None
-        for key, value in scope["headers"]:
-            if key == REQUEST_ID_HEADER:
-                if ACCEPTED_REQUEST_ID.match(value):
-                    request_id = value
-                break
-        if request_id is None:
-            request_id = self._prefix + b"%x" % next(self._counter)
-        scope[REQUEST_ID_KEY] = request_id
-        header = (REQUEST_ID_HEADER, request_id)
+        now = self.answer_now(scope)
+        if now is not None:
+            (status, headers, body), started = now
+            try:
+                # send_answer's two messages, without its coroutine frame.
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            finally:
+                self.answered(scope, status, started)
+            return
 
-        if self.shortcut is not None:
-            started = _clock()
-            answer = self.shortcut(scope)
-            if answer is not None:
-                status, headers, body = answer
-                headers.append(header)  # a list made for this answer alone
-                scope[STATUS_KEY] = status
-                try:
-                    # send_answer's two messages, without its coroutine frame: this is every cached answer.
-                    await send({"type": "http.response.start", "status": status, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
-                finally:
-                    # A fast path names its route and cache outcome itself: the labels without `labels`.
-                    cache = CACHE_NOT_MODIFIED if status == 304 else scope[CACHE_KEY]
-                    self._count(scope, status, _clock() - started, (scope[ROUTE_KEY], status, cache))
-                return
-
+        header = (REQUEST_ID_HEADER, self.request_id(scope))
         token = CONTEXT.set((scope, LOG_FIELDS))
         started = _clock()
         try:
