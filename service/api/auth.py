@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.instrument import FastAnswer, Shortcut
+from service.api.instrument import FastAnswer, Shortcut, request_context
 from service.api.requests import two_headers
 from service.api.sessions import KEY_NAME, SessionRefused, Sessions, cookie_value
 from service.api.state import AppState
@@ -183,7 +183,8 @@ class Authentication:
             scope[CALLER] = caller.name
             answered = inner(scope)
             if answered is not None and log.isEnabledFor(logging.INFO):
-                log.info("%s %s caller=%s", scope["method"], _printable(path), caller.name)
+                with request_context(scope):
+                    log.info("%s %s caller=%s", scope["method"], _printable(path), caller.name)
             return answered
 
         return answer

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any, cast
 
+import httptools
 import orjson
 from starlette.types import Scope
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -37,6 +39,19 @@ def refusal(status: int, message: str) -> bytes:
     )
 
 
+class Answered:
+    """What stands for the request-response cycle of a request the connection answered itself: a complete one
+    (uvicorn's parser callbacks that follow, on_body and on_message_complete, then have nothing to do)."""
+
+    response_complete = True
+    keep_alive = True
+    disconnected = False
+
+
+# uvicorn's type for the connection's cycle is its own; this stands in for one, and only ever reads as complete.
+ANSWERED = cast(RequestResponseCycle, Answered())
+
+
 def answering_app(app: object) -> Instrument | None:
     """The service's outermost layer, if it is what uvicorn calls (through its proxy-headers middleware at most:
     what that changes, the client's address and scheme, no answer from memory reads)."""
@@ -51,11 +66,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     A request the app answers from memory (Instrument.answer_now: a cached describe, a remembered list page, with
     authentication and CORS when configured) is answered here, when its headers are complete, in one write: no
-    ASGI task, no `send` coroutines, no second write for the body. The bytes are those uvicorn's own `send` would
-    write for that answer (its status line, its default headers, then the answer's; `connection: close` when the
-    request ends the connection), which tests/test_connections.py holds against uvicorn answering through ASGI.
-    Everything else, and any request while an answer before it is still being written, goes to uvicorn's ASGI
-    cycle as usual.
+    request-response cycle, no ASGI task, no `send` coroutines, no second write for the body. Its scope is made as
+    uvicorn makes it, and the bytes are those uvicorn's own `send` would write for that answer (its status line,
+    its default headers, then the answer's; `connection: close` when the request ends the connection), which
+    tests/test_answers_in_connection.py holds against uvicorn answering through ASGI. Everything else, and any
+    request while an answer before it is still being written (pipelined behind it), goes to uvicorn's ASGI cycle
+    as usual.
     """
 
     # Slots, not instance attributes: uvicorn's protocol has 27 of its own, and more took its instances past
@@ -109,46 +125,64 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.headers_since = None
-        super().on_headers_complete()
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # uvicorn calls this once a request's scope is whole and no answer before it is outstanding (in order).
         answers = self._answers
-        if answers is not None and app is self.app and not cycle.access_log and not self.flow.write_paused:
-            scope = cast(Scope, cycle.scope)
-            now = answers.answer_now(scope)
-            if now is not None:
-                (status, headers, body), started = now
-                self._write_answer(cycle, status, headers, body)
-                answers.answered(scope, status, started)
-                cycle.on_response()
-                return
-        super()._start_asgi_task(cycle, app)
+        cycle = self.cycle
+        if (
+            answers is None
+            or (cycle is not None and not cycle.response_complete)  # an answer before it is still being written
+            or self.flow.write_paused
+            or self.limit_concurrency is not None
+            or self.access_log
+            or self.parser.should_upgrade()
+        ):
+            super().on_headers_complete()
+            return
+        # The scope made whole as uvicorn's on_headers_complete makes it, before it would make a cycle for it.
+        scope = self.scope
+        http_version = self.parser.get_http_version()
+        scope["method"] = self.parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        now = answers.answer_now(cast(Scope, scope))
+        if now is None:
+            super().on_headers_complete()  # the ASGI cycle, as for any request (it makes the same scope again)
+            return
+        (status, headers, body), started = now
+        keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
+        self.cycle = ANSWERED
+        self._write_answer(status, headers, body, keep_alive=keep_alive)
+        answers.answered(cast(Scope, scope), status, started)
+        self.on_response_complete()
 
-    def _write_answer(self, cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> None:  # fmt: skip
+    def _write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_alive: bool) -> None:
         """What RequestResponseCycle.send writes for a whole answer, written at once. The answer's headers are the
         app's own (lower-case names, values it checked: no `connection` header among them)."""
         content = [STATUS_LINE[status]]
-        for name, value in cycle.default_headers:
+        for name, value in self.server_state.default_headers:
             content += (name, b": ", value, b"\r\n")
         chunked = status not in (204, 304)
         for name, value in headers:
             if name == b"content-length":
                 chunked = False
             content += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:
+        if not keep_alive:
             content.append(b"connection: close\r\n")
         if chunked:
             content.append(b"transfer-encoding: chunked\r\n\r\n")
             content += (b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n") if body else (b"0\r\n\r\n",)
         else:
             content += (b"\r\n", body)
-        cycle.response_started = cycle.response_complete = True
-        cycle.waiting_for_100_continue = False
         if not self.transport.is_closing():
             self.transport.write(b"".join(content))
-            if not cycle.keep_alive:
+            if not keep_alive:
                 self.transport.close()
 
     def refuse(self, status: int, message: str) -> None:

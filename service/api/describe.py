@@ -62,6 +62,7 @@ UNCONFIRMED = (b"x-cache-stale", STALE_UNCONFIRMED.encode())
 PREFIX = "/v3/images/custom/"
 PREFIX_LENGTH = len(PREFIX)
 PREPARED_MAX_ENTRIES = 20_000
+ASKED_MAX_ENTRIES = 20_000
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -109,12 +110,16 @@ class PreparedAnswers:
     def __len__(self) -> int:
         return len(self._memo)
 
-    def get(self, runtime: Runtime, image: CachedImage) -> Prepared | None:
-        """The answer prepared for this version of the image in the current signing window, if there is one."""
-        prepared = self._memo.get((image.region, image.image_id))
+    def get(self, runtime: Runtime, image: CachedImage, key: tuple[str, str] | None = None) -> Prepared | None:
+        """The answer prepared for this version of the image (its (region, image id): `key`) in the current signing
+        window, if there is one."""
+        prepared = self._memo.get(key or (image.region, image.image_id))
         if prepared is None or prepared.version != image.version:
             return None
-        return prepared if prepared.window == signing_window(runtime, image) else None
+        window = prepared.window
+        if window is None:
+            return prepared if not image.config.signable else None
+        return prepared if image.config.signable and window == runtime.signer.window() else None
 
     async def prepare(self, runtime: Runtime, image: CachedImage) -> Prepared:
         prepared = self.get(runtime, image)
@@ -139,14 +144,22 @@ class PreparedAnswers:
         return prepared
 
 
+# The Age header of each of the first hours, made once: a cached answer's is one of these most of the time.
+AGE_HEADERS = [(b"age", b"%d" % seconds) for seconds in range(3600)]
+
+
+def age_header(age: float) -> tuple[bytes, bytes]:
+    seconds = max(0, int(age))
+    return AGE_HEADERS[seconds] if seconds < 3600 else (b"age", b"%d" % seconds)
+
+
 def hit_headers(runtime: Runtime, image: CachedImage) -> RawHeaders:
     """A cached answer's X-Cache: HIT and Age, with X-Cache-Stale when it is unconfirmed (Freshness.unconfirmed;
     counted)."""
     now = time.time()
-    headers = [X_CACHE_HIT, (b"age", b"%d" % max(0, int(now - image.confirmed_epoch)))]
-    if runtime.freshness.unconfirmed(
-        image.region, image.confirmed_epoch, now=now, bound=runtime.settings.stale_bound_seconds
-    ):
+    confirmed = image.confirmed_epoch
+    headers = [X_CACHE_HIT, age_header(now - confirmed)]
+    if runtime.freshness.unconfirmed(image.region, confirmed, now=now, bound=runtime.settings.stale_bound_seconds):
         headers.append(UNCONFIRMED)
         runtime.metrics.stale_answers[STALE_UNCONFIRMED] += 1
     return headers
@@ -166,7 +179,7 @@ def answer_headers(
         stale = stale or STALE_AWS_ERROR
     else:
         return ANSWER_HIT, hit_headers(runtime, image)
-    headers = [X_CACHE[outcome], (b"age", b"%d" % max(0, int(time.time() - image.confirmed_epoch)))]
+    headers = [X_CACHE[outcome], age_header(time.time() - image.confirmed_epoch)]
     if stale is not None:
         headers.append((b"x-cache-stale", stale.encode()))
         runtime.metrics.stale_answers[stale] += 1
@@ -225,7 +238,7 @@ class DescribeImage:
             more = [(k.lower().encode(), v.encode()) for k, v in horizon_headers(oldest, past=at < oldest).items()]
         else:
             # Recently read records are answered without awaiting anything.
-            recent = runtime.lookup.recent(region=region, image_id=image_id)
+            recent = runtime.lookup.recent((region, image_id))
             answer = (
                 Answer(recent, hit=True)
                 if recent is not None
@@ -264,33 +277,44 @@ class FastDescribe(FastPath):
         self.app = app
         self.state = route.state
         self.answers = route.answers
+        # What each describe asked (path, query string) means, once read and found valid, without `at`: its
+        # (region, image id). A question's meaning is the settings', which do not change under a running app.
+        self._asked: BoundedDict[tuple[str, bytes], tuple[str, str]] = BoundedDict(ASKED_MAX_ENTRIES)
 
     def answer(self, scope: Scope) -> FastAnswer | None:
         """(status, headers, body) of a cached describe held in memory, or None when the router must answer."""
         runtime = self.state.opened
-        if (
-            runtime is None
-            or scope["type"] != "http"
-            or scope["method"] != "GET"
-            or scope.get("root_path")
-            or not scope["path"].startswith(PREFIX)
-        ):
+        if runtime is None or scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path"):
             return None
-        image_id: str = scope["path"][PREFIX_LENGTH:]
-        try:
-            region, at = question(image_id, scope["query_string"], runtime.settings)
-        except BadRequest:
-            return None  # the route answers it
-        if at is not None:
-            return None
-        image = runtime.lookup.recent(region=region, image_id=image_id)
+        asked = (scope["path"], scope["query_string"])
+        key = self._asked.get(asked)
+        if key is None:
+            key = self._question(asked, runtime.settings)
+            if key is None:
+                return None
+        image = runtime.lookup.recent(key)
         if image is None or image.recheck_owed:
             # A record owing a look at AWS is answered STALE by the route.
             return None
-        prepared = self.answers.get(runtime, image)
+        prepared = self.answers.get(runtime, image, key)
         if prepared is None:
             return None
         # For the instrumentation outside: which route answered, and from the cache.
         scope[ROUTE_KEY] = PATH
         scope[CACHE_KEY] = CACHE_HIT
         return reply(prepared, hit_headers(runtime, image), if_none_match=header(scope, b"if-none-match"))
+
+    def _question(self, asked: tuple[str, bytes], settings: Settings) -> tuple[str, str] | None:
+        """The (region, image id) a describe of now asks about (remembered), or None when the route must read it."""
+        path, query = asked
+        if not path.startswith(PREFIX):
+            return None
+        image_id = path[PREFIX_LENGTH:]
+        try:
+            region, at = question(image_id, query, settings)
+        except BadRequest:
+            return None  # the route answers it
+        if at is not None:
+            return None
+        key = self._asked[asked] = (region, image_id)
+        return key

@@ -15,7 +15,8 @@ import os
 import re
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,6 +80,17 @@ async def send_answer(send: Send, answer: FastAnswer) -> None:
     status, headers, body = answer
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def request_context(scope: Scope) -> Iterator[None]:
+    """Lines logged in the block carry the request's fields (its id, its caller), as every line of a request the
+    app answers through ASGI does."""
+    token = CONTEXT.set((scope, LOG_FIELDS))
+    try:
+        yield
+    finally:
+        CONTEXT.reset(token)
 
 
 class SendWithId:
@@ -145,17 +157,13 @@ class Instrument:
         and the clock when the decision began; None when the app must answer it (or no shortcut is given).
 
         Whoever sends the answer (`__call__`, or the connection itself: service.api.connections) then calls
-        `answered`. Lines logged on the way (an admitted caller) carry the request's fields."""
+        `answered`. A layer that logs on the way (an admitted caller) does it in `request_context`."""
         shortcut = self.shortcut
         if shortcut is None or scope["type"] != "http":
             return None
         started = _clock()
         request_id = self.request_id(scope)
-        token = CONTEXT.set((scope, LOG_FIELDS))
-        try:
-            answer = shortcut(scope)
-        finally:
-            CONTEXT.reset(token)
+        answer = shortcut(scope)
         if answer is None:
             return None
         answer[1].append((REQUEST_ID_HEADER, request_id))  # a list made for this answer alone

@@ -98,8 +98,9 @@ class ConfigLocation:
     key: str | None = None
     available: bool = False
 
-    @property
+    @functools.cached_property
     def signable(self) -> bool:
+        """Worked out once per location: the describe fast path reads it per answer."""
         return self.available and self.bucket is not None and self.key is not None
 
 

@@ -174,14 +174,15 @@ class Lookup:
             return
         self._recent[key] = (read_at, cached)
 
-    def recent(self, *, region: str, image_id: str) -> CachedImage | None:
-        """An existing record without awaiting: from memory if read within `read_cache_seconds`, else read
-        now where the database allows it without a round trip (SQLite); None when neither answers."""
-        key = (region, image_id)
+    def recent(self, key: tuple[str, str]) -> CachedImage | None:
+        """The existing record of (region, image id) without awaiting: from memory if read within
+        `read_cache_seconds` (or unchanged since), else read now where the database allows it without a round trip
+        (SQLite); None when neither answers."""
         now = self._clock()
         remembered = self._remembered(key, now)
         if remembered is not None:
             return remembered
+        region, image_id = key
         answered, cached = self._cache.read_now(region=region, image_id=image_id)
         if not answered or cached is None or not cached.exists:
             return None
