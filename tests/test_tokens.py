@@ -183,3 +183,33 @@ def test_token_create_refuses_a_name_the_file_could_not_hold(capsys: pytest.Capt
     assert cli.main(["token", "create", "two words"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "caller's name" in err
+
+
+def test_an_admitted_authorization_header_is_remembered_for_its_file_version_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(line("alice", TOKEN) + "\n")
+    held = TokenFile(str(path))
+    alice, bob = Caller("alice", digest(TOKEN)), Caller("bob", digest(OTHER))
+    hashed: list[bytes] = []
+    sha256 = hashlib.sha256
+
+    def counted(data: bytes) -> object:
+        hashed.append(data)
+        return sha256(data)
+
+    monkeypatch.setattr(tokens.hashlib, "sha256", counted)
+    header = f"Bearer {TOKEN}".encode()
+    assert [held.tokens.bearer(header) for _ in range(3)] == [alice] * 3
+    assert len(hashed) == 1  # identified once, then remembered
+    # Refusals are never remembered: every one takes identify's constant-time path.
+    assert [held.tokens.bearer(f"Bearer {OTHER}".encode()) for _ in range(2)] == [None, None]
+    assert len(hashed) == 3
+    assert held.tokens.bearer(f"Basic {TOKEN}".encode()) is None
+    assert held.tokens.bearer(f"bearer  {TOKEN} ".encode()) == alice
+    # A reload revokes what the new file does not hold, remembered or not.
+    path.write_text(line("bob", OTHER) + "\n")
+    assert held.reload()
+    assert held.tokens.bearer(header) is None
+    assert held.tokens.bearer(f"Bearer {OTHER}".encode()) == bob

@@ -160,7 +160,7 @@ class Authentication:
         """`inner`'s answers from memory, for a request `__call__` would admit: with a token in the file or a valid
         session (its caller in the scope, its line logged, as `__call__` does). Anything else, a refusal included,
         is left to `__call__`, which answers it in full (and logs and counts it once)."""
-        protect_metrics = self.protect_metrics
+        protect_metrics, tokens = self.protect_metrics, self.tokens
 
         def answer(scope: Scope) -> FastAnswer | None:
             path: str = scope["path"]
@@ -170,7 +170,7 @@ class Authentication:
                 return None
             authorization, cookie = two_headers(scope, b"authorization", b"cookie")
             if authorization is not None:
-                caller = self._bearer(authorization)
+                caller = tokens.tokens.bearer(authorization)
             elif cookie is not None and (session := cookie_value(cookie)) is not None and self._sessions is not None:
                 try:
                     caller = self._sessions.verify(session, tokens=self.tokens.tokens, now=time.time()).caller
@@ -215,10 +215,7 @@ class Authentication:
                 task.cancel()
 
     def _bearer(self, authorization: bytes) -> Caller | None:
-        scheme, _, token = authorization.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return None
-        return self.tokens.tokens.identify(token.strip())
+        return self.tokens.tokens.bearer(authorization)
 
     async def _session_keeper(self) -> Sessions:
         """The session signer, with the deployment's key (read from the database once, at start-up)."""

@@ -58,6 +58,7 @@ from service.support.singleflight import SingleFlight
 PATH = "/v3/images/custom"
 # Pages are ~15 KB: a thousand (any region, filter and token) is 15 MB at most.
 PAGE_MAX_ENTRIES = 1000
+ASKED_MAX_ENTRIES = 10_000
 # Pages of the list as it stood at a moment (`at=`).
 AT_PAGE_SIZE = 100
 # Seconds a client is asked to wait for a region's first listing.
@@ -276,6 +277,9 @@ class FastList(FastPath):
     def __init__(self, app: ASGIApp, route: ListImages) -> None:
         self.app = app
         self.route = route
+        # What each list request asked (its query string) means, once read and found valid, without `at`: its page.
+        # A question's meaning is the settings', which do not change under a running app.
+        self._asked: BoundedDict[bytes, PageKey] = BoundedDict(ASKED_MAX_ENTRIES)
 
     def answer(self, scope: Scope) -> FastAnswer | None:
         """(status, headers, body) of a remembered page, or None when the router must answer. Like the describe
@@ -289,12 +293,16 @@ class FastList(FastPath):
             or scope.get("root_path")
         ):
             return None
-        try:
-            key, at = question(scope["query_string"], runtime.settings)
-        except BadRequest:
-            return None  # the route answers it
-        if at is not None:
-            return None
+        query: bytes = scope["query_string"]
+        key = self._asked.get(query)
+        if key is None:
+            try:
+                key, at = question(query, runtime.settings)
+            except BadRequest:
+                return None  # the route answers it
+            if at is not None:
+                return None
+            self._asked[query] = key
         page = self.route.remembered(runtime, key)
         if page is None:
             return None
