@@ -138,7 +138,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         # The scope made whole as uvicorn's on_headers_complete makes it, before it would make a cycle for it.
-        scope = self.scope
+        scope: Scope = self.scope  # type: ignore[assignment]
         http_version = self.parser.get_http_version()
         scope["method"] = self.parser.get_method().decode("ascii")
         if http_version != "1.1":
@@ -151,7 +151,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         scope["path"] = self.root_path + path
         scope["raw_path"] = self.root_path.encode("ascii") + raw_path
         scope["query_string"] = parsed_url.query or b""
-        now = answers.answer_now(cast(Scope, scope))
+        now = answers.answer_now(scope)
         if now is None:
             super().on_headers_complete()  # the ASGI cycle, as for any request (it makes the same scope again)
             return
@@ -159,7 +159,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
         self.cycle = ANSWERED
         self._write_answer(status, headers, body, keep_alive=keep_alive)
-        answers.answered(cast(Scope, scope), status, started)
+        answers.answered(scope, status, started)
         self.on_response_complete()
 
     def _write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_alive: bool) -> None:
