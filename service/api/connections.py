@@ -15,7 +15,7 @@ import asyncio
 import logging
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 import httptools
 import orjson
@@ -39,17 +39,22 @@ def refusal(status: int, message: str) -> bytes:
     )
 
 
-class Answered:
-    """What stands for the request-response cycle of a request the connection answered itself: a complete one
-    (uvicorn's parser callbacks that follow, on_body and on_message_complete, then have nothing to do)."""
+def answered_cycle() -> RequestResponseCycle:
+    """What stands for the request-response cycle of a request the connection answered itself: one complete
+    cycle, shared (uvicorn's callbacks that follow, on_body, on_message_complete, connection_lost, shutdown, see a
+    complete response and have nothing to do; setting its event wakes nobody)."""
+    cycle = RequestResponseCycle(
+        scope={},  # type: ignore[typeddict-item]
+        transport=None,  # type: ignore[arg-type]
+        flow=None,  # type: ignore[arg-type]
+        logger=log, access_logger=log, access_log=False, default_headers=[], message_event=asyncio.Event(),
+        expect_100_continue=False, keep_alive=True, on_response=lambda: None,
+    )  # fmt: skip
+    cycle.response_started = cycle.response_complete = True
+    return cycle
 
-    response_complete = True
-    keep_alive = True
-    disconnected = False
 
-
-# uvicorn's type for the connection's cycle is its own; this stands in for one, and only ever reads as complete.
-ANSWERED = cast(RequestResponseCycle, Answered())
+ANSWERED = answered_cycle()
 
 
 def answering_app(app: object) -> Instrument | None:
