@@ -160,12 +160,11 @@ class Authentication:
         """`inner`'s answers from memory, for a request `__call__` would admit: with a token in the file or a valid
         session (its caller in the scope, its line logged, as `__call__` does). Anything else, a refusal included,
         is left to `__call__`, which answers it in full (and logs and counts it once)."""
-        open_metrics, tokens = not self.protect_metrics, self.tokens
+        protect_metrics, tokens = self.protect_metrics, self.tokens
 
         def answer(scope: Scope) -> FastAnswer | None:
             path: str = scope["path"]
-            # is_public, inline: this runs for every answer from memory.
-            if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or (path == METRICS_PATH and open_metrics):
+            if is_public(path, protect_metrics=protect_metrics):
                 return inner(scope)
             if path == SESSION_PATH:
                 return None
@@ -174,7 +173,7 @@ class Authentication:
                 caller = tokens.tokens.bearer(authorization)
             elif cookie is not None and (session := cookie_value(cookie)) is not None and self._sessions is not None:
                 try:
-                    caller = self._sessions.verify(session, tokens=self.tokens.tokens, now=time.time()).caller
+                    caller = self._sessions.verify(session, tokens=tokens.tokens, now=time.time()).caller
                 except SessionRefused:
                     return None
             else:

@@ -116,10 +116,7 @@ class PreparedAnswers:
         prepared = self._memo.get(key or (image.region, image.image_id))
         if prepared is None or prepared.version != image.version:
             return None
-        window = prepared.window
-        if window is None:
-            return prepared if not image.config.signable else None
-        return prepared if image.config.signable and window == runtime.signer.window() else None
+        return prepared if prepared.window == signing_window(runtime, image) else None
 
     async def prepare(self, runtime: Runtime, image: CachedImage) -> Prepared:
         prepared = self.get(runtime, image)

@@ -173,16 +173,8 @@ class Instrument:
     def answered(self, scope: Scope, status: int, started: float) -> None:
         """Count an answer `answer_now` gave, once sent."""
         # A fast path names its route and cache outcome itself: the labels without `labels`.
-        key = (scope[ROUTE_KEY], status, CACHE_NOT_MODIFIED if status == 304 else scope[CACHE_KEY])
-        requests = self._requests
-        if requests is None or self.access_log or self.state.opened is not self._counted_in:
-            self._count(scope, status, _clock() - started, key)
-            return
-        # _count's counting, inline: this runs for every answer from memory.
-        elapsed = _clock() - started
-        histogram = requests[key]
-        histogram.counts[bisect_left(histogram.buckets, elapsed)] += 1
-        histogram.sum += elapsed
+        cache = CACHE_NOT_MODIFIED if status == 304 else scope[CACHE_KEY]
+        self._count(scope, status, _clock() - started, (scope[ROUTE_KEY], status, cache))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
