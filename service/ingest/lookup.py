@@ -143,7 +143,7 @@ class Lookup:
         if entry is None:
             return None
         read_at, cached = entry
-        if now - read_at < self._settings.read_cache_seconds or read_at >= self._vouched_since(now):
+        if now - read_at < self._settings.read_cache_seconds or self.unchanged_since(read_at, now):
             return cached
         return None
 
