@@ -19,7 +19,7 @@ from types import FrameType
 
 import httpx
 
-from bench import events, history, ingest, lists, live, load, profile, report, seed, servers, storms, streams, wrk
+from bench import events, history, ingest, lists, live, load, report, sampling, seed, servers, storms, streams, wrk
 from bench.fake import TimedFakeAws
 from bench.report import Row
 
@@ -194,11 +194,11 @@ class Bench:
             self.notes += notes
             if self._should_profile():
                 progress("profiling the service under wrk (py-spy)")
-                sampled = profile.profile_during_load(
+                sampled = sampling.profile_during_load(
                     service, script=rotate, workdir=self.workdir, duration=config.duration,
                     connections=config.connections,
                 )
-                self.profile_text = profile.render(sampled)
+                self.profile_text = sampling.render(sampled)
             self.one_id_storm(service)
 
     def _http_rows(self, pairs: dict[str, list[load.Pair]], *, cached_calls: int) -> None:
@@ -232,7 +232,7 @@ class Bench:
         self.rows.append(Row("describe.cached.aws_calls", cached_calls, "calls", target="== 0", ok=cached_calls == 0))
 
     def _should_profile(self) -> bool:
-        if self.config.profile == "never" or not profile.available():
+        if self.config.profile == "never" or not sampling.available():
             return False
         return self.config.profile == "always" or any(
             row.ok is False for row in self.rows if row.figure.startswith("describe.")

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import load, seed, servers, wrk
+from bench import load, sampling, seed, servers, wrk
 from bench.fake import TimedFakeAws
 from bench.floor import TOKEN, capture, start_floor
 
@@ -53,10 +52,9 @@ FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
 def ensure_py_spy() -> str:
-    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(found).exists():
+    if not sampling.available():
         raise SystemExit("py-spy is missing: `make install` installs it (the dev extra)")
-    return found
+    return sampling.py_spy()
 
 
 # The socket write of an answer the connection writes itself is in a function of ours, but it is the write the floor's
