@@ -24,7 +24,6 @@ from bench.fake import TimedFakeAws
 from bench.report import Row
 
 REGION = seed.REGION
-PRESIGN_REUSE_SECONDS = 600  # the service's default: the signing window is part of the ETag
 LIVE_BUDGET = 20.0  # STATUSCACHE_LIVE_LOOKUPS_PER_SECOND's default, set explicitly for the storm server
 
 
@@ -154,7 +153,7 @@ class Bench:
             etag_state = {"window": 0}
 
             def refresh_etags() -> None:
-                etag_state["window"] = int(time.time() // PRESIGN_REUSE_SECONDS)
+                etag_state["window"] = int(time.time() // load.PRESIGN_REUSE_SECONDS)
                 etags = load.describe_all(service.base, image_ids).etags
                 probe = httpx.get(service.base + paths[0], headers={"If-None-Match": etags[0]}, timeout=10)
                 if probe.status_code != 304:
@@ -164,7 +163,7 @@ class Bench:
                 wrk.write_script(self.workdir, "etag.lua", script)
 
             def same_window(started: float, ended: float) -> bool:
-                windows = {int(started // PRESIGN_REUSE_SECONDS), int(ended // PRESIGN_REUSE_SECONDS)}
+                windows = {int(started // load.PRESIGN_REUSE_SECONDS), int(ended // load.PRESIGN_REUSE_SECONDS)}
                 return windows == {etag_state["window"]}
 
             refresh_etags()

@@ -15,6 +15,7 @@ from bench.servers import Process
 
 REGION = "us-east-1"
 LIST_PATH = f"/v3/images/custom?imageStatus=AVAILABLE&region={REGION}"
+PRESIGN_REUSE_SECONDS = 600  # the service's default: the signing window is part of a describe's ETag
 
 
 def describe_path(image_id: str) -> str:
