@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from service.api import connections
 from service.api.app import StatusCacheApp, create_app
@@ -241,3 +242,88 @@ async def test_middleware_between_means_every_request_goes_through_asgi(runtime:
     app = create_app(runtime.settings, runtime=runtime, middleware=[Middleware(PassesThrough)])
     assert app.shortcut is None and connections.answering_app(app) is None
     assert connections.answering_app(create_app(runtime.settings, runtime=runtime)) is not None
+
+
+async def test_answers_pipelined_before_a_refusal_or_a_close_are_written_first(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    """An answer from memory waits for the loop (connections.Unsent); whatever the connection then writes at once (a
+    431, a 400, the last answer before a close) goes after it, as the requests came."""
+    async with pair(runtime) as served_pair:
+        await cached(runtime, aws_state, served_pair)
+        port = served_pair.in_connection
+        oversized, oversized_closed = await exchange(
+            port, request(DESCRIBE) + request(DESCRIBE, "X-Big: " + "x" * 40_000), answers=2
+        )
+        garbage, garbage_closed = await exchange(port, request(DESCRIBE) + b"NOT HTTP AT ALL\r\n\r\n", answers=2)
+        last, last_closed = await exchange(port, request(DESCRIBE) + request(DESCRIBE, "Connection: close"), answers=2)
+
+    assert [answer.split(b"\r\n")[0] for answer in oversized] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+    ]
+    assert [answer.split(b"\r\n")[0] for answer in garbage] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"]
+    assert [answer.split(b"\r\n")[0] for answer in last] == [b"HTTP/1.1 200 OK"] * 2
+    assert b"\r\nconnection: close\r\n" in last[1] and b"connection: close" not in last[0]
+    assert oversized_closed and garbage_closed and last_closed
+
+
+class Transport:
+    """What a connection wrote, write by write, and whether it closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_answers_from_memory_are_written_together_once_the_loop_has_read_every_ready_connection(
+    runtime: Runtime, aws_state: FakeAws
+) -> None:
+    async with pair(runtime) as served_pair:
+        await cached(runtime, aws_state, served_pair)
+        config = uvicorn_config(
+            served_pair.app, dataclasses.replace(runtime.settings, host="127.0.0.1", port=free_port())
+        )
+        config.load()
+        state = ServerState()
+
+        def connected() -> tuple[connections.BoundedHttpToolsProtocol, Transport]:
+            connection = config.http_protocol_class(config=config, server_state=state, app_state={})  # type: ignore[call-arg]
+            transport = Transport()
+            connection.connection_made(transport)  # type: ignore[arg-type]
+            return connection, transport
+
+        first, second, stopping = connected(), connected(), connected()
+        for connection, _ in (first, second):
+            connection.data_received(request(DESCRIBE) + request(DESCRIBE, "X-Other: 1"))
+        # Decided, not yet written: the loop may still have other ready connections to read.
+        assert first[1].writes == second[1].writes == []
+        stopping[0].data_received(request(DESCRIBE))
+        # A connection closed by a shutdown writes what it had decided first.
+        stopping[0].shutdown()
+        await asyncio.sleep(0)
+
+    for _, transport in (first, second):
+        # Both answers of each, in one write, once the loop came round.
+        (written,) = transport.writes
+        assert written.count(b"HTTP/1.1 200 OK\r\n") == 2 and not transport.closed
+    (written,) = stopping[1].writes
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n") and stopping[1].closed
