@@ -57,13 +57,14 @@ def ensure_py_spy() -> str:
     return sampling.py_spy()
 
 
-# The socket write of an answer the connection writes itself is in a function of ours, but it is the write the floor's
-# uvicorn `send` makes too (twice: head, then body): the server's, not a feature's.
-SERVER_WRITE = "BoundedHttpToolsProtocol._write_answer"
+# The socket write of an answer the connection writes itself is in a function of ours (write_unsent; _write_answer
+# for an answer that ends its connection), but it is the write the floor's uvicorn `send` makes too (twice: head, then
+# body): the server's, not a feature's.
+SERVER_WRITES = {"BoundedHttpToolsProtocol.write_unsent", "BoundedHttpToolsProtocol._write_answer"}
 
 
 def bucket_of(file: str, function: str = "") -> str:
-    if function == SERVER_WRITE:
+    if function in SERVER_WRITES:
         return BUCKETS[-1][0]
     return next(name for name, pattern in BUCKETS if pattern.search(file))
 
