@@ -150,32 +150,19 @@ class Bench:
             )
             paths = [load.describe_path(image_id) for image_id in image_ids]
             rotate = wrk.write_script(self.workdir, "rotate.lua", wrk.rotation_script(paths, threads=config.threads))
-            etag_state = {"window": 0}
-
-            def refresh_etags() -> None:
-                etag_state["window"] = int(time.time() // load.PRESIGN_REUSE_SECONDS)
-                etags = load.describe_all(service.base, image_ids).etags
-                probe = httpx.get(service.base + paths[0], headers={"If-None-Match": etags[0]}, timeout=10)
-                if probe.status_code != 304:
-                    raise RuntimeError(f"If-None-Match with the current ETag answered {probe.status_code}, not 304")
-                headers = [{"If-None-Match": etag} for etag in etags]
-                script = wrk.rotation_script(paths, headers=headers, threads=config.threads)
-                wrk.write_script(self.workdir, "etag.lua", script)
-
-            def same_window(started: float, ended: float) -> bool:
-                windows = {int(started // load.PRESIGN_REUSE_SECONDS), int(ended // load.PRESIGN_REUSE_SECONDS)}
-                return windows == {etag_state["window"]}
-
-            refresh_etags()
+            etags = load.DescribeEtags(
+                service.base, image_ids, auth={}, script=self.workdir / "etag.lua", threads=config.threads
+            )
+            etags.refresh()
             workloads = [
                 load.Workload("describe", rotate),
-                load.Workload("describe-304", self.workdir / "etag.lua", valid=same_window, refresh=refresh_etags),
+                load.Workload("describe-304", self.workdir / "etag.lua", valid=etags.current, refresh=etags.refresh),
             ]
             with servers.start_ceiling(body_path=self.workdir / "ceiling-body.json", log_dir=self.workdir) as ceiling:
                 progress("warming up both servers")
                 for target in (ceiling, service):
                     wrk.run(target.base, script=rotate, duration=1, connections=config.connections)
-                refresh_etags()
+                etags.refresh()
                 progress(f"{config.rounds} rounds of ceiling/service pairs, {config.duration:g}s each")
                 pairs = load.alternate(
                     ceiling=ceiling, service=service, workloads=workloads, rounds=config.rounds,

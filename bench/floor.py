@@ -125,32 +125,6 @@ def start_floor(*, answers_path: Path, log_dir: Path, name: str) -> servers.Proc
     )  # fmt: skip
 
 
-class DescribeEtags:
-    """The describe-304 script's ETags. A describe's ETag carries the signing window (load.PRESIGN_REUSE_SECONDS):
-    once it turns over, the ETags in hand answer 200, not 304, so they are taken again, and a round that straddled
-    the turn is run again."""
-
-    def __init__(self, base: str, paths: list[str], *, auth: dict[str, str], script: Path | None, threads: int) -> None:
-        self.base, self.paths, self.auth, self.script, self.threads = base, paths, auth, script, threads
-        self.window = -1
-
-    def refresh(self) -> None:
-        if self.script is None:
-            return
-        self.window = int(time.time() // load.PRESIGN_REUSE_SECONDS)
-        with httpx.Client(base_url=self.base, timeout=30.0, headers=self.auth) as client:
-            etags = [client.get(path).headers["etag"] for path in self.paths]
-            probe = client.get(self.paths[0], headers={"If-None-Match": etags[0]})
-        if probe.status_code != 304:
-            raise RuntimeError(f"If-None-Match with the current ETag answered {probe.status_code}, not 304")
-        headers = [self.auth | {"If-None-Match": etag} for etag in etags]
-        self.script.write_text(wrk.rotation_script(self.paths, headers=headers, threads=self.threads))
-
-    def current(self, started: float, ended: float) -> bool:
-        """Whether a run from `started` to `ended` (wall clock) was all in the window of the ETags in hand."""
-        return {int(started // load.PRESIGN_REUSE_SECONDS), int(ended // load.PRESIGN_REUSE_SECONDS)} == {self.window}
-
-
 @dataclass
 class Figures:
     rps: list[tuple[float, float]]
@@ -212,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
             wanted = args.only.split(",") if args.only else ["describe", "describe-304", "list", "list-304"]
             files = {name: workdir / f"{setup}-{name}.lua" for name in wanted}
-            for name, script in scripts.items():
+            for name, text in scripts.items():
                 if name in files:
-                    wrk.write_script(workdir, files[name].name, script)
-            etags = DescribeEtags(
-                service.base, paths, auth=auth, script=files.get("describe-304"), threads=args.threads
-            )
+                    files[name].write_text(text)
+            etags = load.DescribeEtags(
+                service.base, [image.image_id for image in images], auth=auth, script=files.get("describe-304"),
+                threads=args.threads,
+            )  # fmt: skip
             etags.refresh()
             for target in (floor, service):
                 for script in files.values():
@@ -226,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, script in files.items():
                     order = (floor, service) if number % 2 == 0 else (service, floor)
                     for _attempt in range(3):
-                        if name == "describe-304" and not etags.current(time.time(), time.time()):
-                            etags.refresh()
                         started = time.time()
+                        if name == "describe-304" and not etags.current(started, started):
+                            etags.refresh()
+                            started = time.time()
                         measured = {
                             who.name: wrk.run(who.base, script=script, duration=args.duration,
                                               connections=args.connections, threads=args.threads)

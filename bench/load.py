@@ -30,11 +30,11 @@ class Described:
     etags: list[str]
 
 
-def describe_all(base: str, image_ids: list[str]) -> Described:
-    """GET every id once (this also signs every URL); each must be a cached 200."""
+def describe_all(base: str, image_ids: list[str], *, headers: dict[str, str] | None = None) -> Described:
+    """GET every id once (this also signs every URL), with `headers` (a token); each must be a cached 200."""
     bodies: list[bytes] = []
     etags: list[str] = []
-    with httpx.Client(base_url=base, timeout=30.0) as client:
+    with httpx.Client(base_url=base, timeout=30.0, headers=headers) as client:
         for image_id in image_ids:
             response = client.get(describe_path(image_id))
             if response.status_code != 200 or response.headers.get("x-cache") != "HIT":
@@ -100,6 +100,34 @@ def summarize(pairs: list[Pair]) -> Summary:
         p99_ratio=median([p.subject.p99_ms / p.ceiling.p99_ms for p in pairs]),
         rounds=len(pairs),
     )
+
+
+class DescribeEtags:
+    """The describe-304 script's ETags. A describe's ETag carries the signing window (PRESIGN_REUSE_SECONDS):
+    once it turns over, the ETags in hand answer 200, not 304, so they are taken again, and a round that straddled
+    the turn is run again."""
+
+    def __init__(
+        self, base: str, image_ids: list[str], *, auth: dict[str, str], script: Path | None, threads: int
+    ) -> None:
+        self.base, self.image_ids, self.auth, self.script, self.threads = base, image_ids, auth, script, threads
+        self.window = -1
+
+    def refresh(self) -> None:
+        if self.script is None:
+            return
+        self.window = int(time.time() // PRESIGN_REUSE_SECONDS)
+        etags = describe_all(self.base, self.image_ids, headers=self.auth).etags
+        paths = [describe_path(image_id) for image_id in self.image_ids]
+        probe = httpx.get(self.base + paths[0], headers=self.auth | {"If-None-Match": etags[0]}, timeout=10)
+        if probe.status_code != 304:
+            raise RuntimeError(f"If-None-Match with the current ETag answered {probe.status_code}, not 304")
+        headers = [self.auth | {"If-None-Match": etag} for etag in etags]
+        self.script.write_text(wrk.rotation_script(paths, headers=headers, threads=self.threads))
+
+    def current(self, started: float, ended: float) -> bool:
+        """Whether a run from `started` to `ended` (wall clock) was all in the window of the ETags in hand."""
+        return {int(started // PRESIGN_REUSE_SECONDS), int(ended // PRESIGN_REUSE_SECONDS)} == {self.window}
 
 
 @dataclass
