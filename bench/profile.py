@@ -74,12 +74,8 @@ def own_time(raw: str) -> tuple[collections.Counter[str], collections.Counter[st
     buckets: collections.Counter[str] = collections.Counter()
     functions: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        top = stack.split(";")[-1]
+    for frames, count in sampling.stacks(raw):
+        top = frames[-1]
         match = FRAME.match(top)
         file = match["file"] if match else top
         function = f"{match['function']} ({Path(file).name})" if match else top

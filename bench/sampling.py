@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +47,21 @@ def _thread_kind(name: str) -> str:
     return re.sub(r"^(Thread|asyncio)[-_]\d+", r"\1", name)
 
 
+def stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw output ("frame;frame;... count" lines): each stack's frames, outermost first, and its samples."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def summarize(raw: str, *, top: int) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]], dict[str, float]]:
     """Collapsed stacks ("thread;frame;frame count" lines) -> self and inclusive shares per frame, per thread."""
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
+    for frames, count in stacks(raw):
         total += count
         threads[_thread_kind(frames[0])] += count
         self_counts[frames[-1]] += count
